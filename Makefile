@@ -1,0 +1,33 @@
+# Set-up and the two main jobs. `make demo` and `make test` each create .venv and install everything first.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of PyTorch; override on a GPU machine, e.g. `make test TORCH=torch`.
+TORCH ?= torch==2.13.0
+PIP_QUIET = 2>&1 | { grep -v -e '^WARNING: Location' -e '^\[notice\]' || test $$? -eq 1; }
+
+.PHONY: setup demo test test-fast bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q "$(TORCH)" $(PIP_QUIET)
+	$(VENV)/bin/python -m pip install -q -e ".[test]" $(PIP_QUIET)
+	$(VENV)/bin/python -c "import torch, transformers, xlgm; print('xlgm', xlgm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/xlgm demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(VENV)/bin/python bench/eval_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

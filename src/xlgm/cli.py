@@ -1,0 +1,186 @@
+"""The `xlgm` command line: train, evaluate, measure, study, demo.
+
+Each subcommand parses its flags into a config and calls a recipe; recipes never parse arguments.
+Problems with user input (`XlgmError`) are printed as one line, with no traceback, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from xlgm.errors import XlgmError
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="a folder in XTREME's layout ({split}-{lang}.tsv); default: the bundled subset")
+    p.add_argument("--hub", action="store_true", help="load the task from Hugging Face datasets (cache honoured)")
+
+
+def _train_parser(sub) -> None:
+    from xlgm.objectives import add_objective_arguments
+    from xlgm.recipes.train import FREEZE_CHOICES, TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
+    p.add_argument("--model", default=d.model, help="`embedded`, a Hub id or a local folder (default: embedded)")
+    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"])
+    p.add_argument("--source-language", default=d.source_language)
+    _add_data_arguments(p)
+    p.add_argument("--train-split", default=d.train_split, choices=["train", "dev"])
+    p.add_argument("--select-split", default=d.select_split, choices=["dev", "test"],
+                   help="split for checkpoint selection (a held-out slice when it equals the train split)")
+    p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction)
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch size per device")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--freeze", default=None, choices=FREEZE_CHOICES,
+                   help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: last only)")
+    p.add_argument("--out", help="run directory (default: runs/TASK-OBJECTIVE-RUNID)")
+    add_objective_arguments(p)
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
+    p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
+    p.add_argument("--task", default=None, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
+    _add_data_arguments(p)
+    p.add_argument("--split", default="test", choices=["dev", "test", "train"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run")
+    p.add_argument("--max-examples", type=int, help="at most N examples per language")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
+    p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the embedded demo: train, then evaluate on every language (no downloads)")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes (default: runs/demo)")
+    p.add_argument("--epochs", type=float, default=1.0)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from xlgm.objectives import objective_from_args
+    from xlgm.recipes.train import TrainConfig, train
+
+    name, options = objective_from_args(args)
+    freeze = args.freeze or ("word" if args.model == "embedded" else "none")
+    config = TrainConfig(
+        model=args.model, task=args.task, source_language=args.source_language,
+        data="hf" if args.hub else ("local" if args.data_dir else "bundled"), data_dir=args.data_dir,
+        train_split=args.train_split, select_split=args.select_split, holdout_fraction=args.holdout_fraction,
+        max_train_examples=args.max_train_examples, max_length=args.max_length, epochs=args.epochs,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
+        mixed_precision=args.mixed_precision, freeze=freeze, save_every=args.save_every,
+        objective=name, objective_options=options)
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
+    out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")
+    run_dir = train(config, out)
+    print(f"run directory: {run_dir}")
+    index = json.loads((run_dir / "checkpoints.json").read_text())
+    best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
+    if best:
+        print(f"best checkpoint: {best['name']} (held-out {config.source_language} accuracy {best['dev_accuracy']:.3f})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from xlgm.data.loading import DataSource
+    from xlgm.data.tasks import get_task
+    from xlgm.models.load import load_target
+    from xlgm.recipes.evaluate import evaluate_languages, format_table, write_report
+    from xlgm.results import ResultsDB
+    from xlgm.runs import RunDir, resolve_target
+
+    target = resolve_target(args.target, args.checkpoint)
+    run_config = RunDir(target.run_dir).config if target.run_dir else {}
+    task_name = args.task or run_config.get("task", "xnli")
+    if run_config and task_name != run_config["task"]:
+        raise XlgmError(f"{args.target} was trained on {run_config['task']}, not {task_name}")
+    task = get_task(task_name)
+    languages = task.resolve_languages(args.languages)
+    source = DataSource.from_args(args.data_dir, args.hub)
+    # Read every data file before loading the model: a malformed file fails in a second, not a minute.
+    from xlgm.data.loading import load_examples
+
+    for lang in languages:
+        load_examples(task, args.split, lang, source, args.max_examples)
+    model, tokenizer = load_target(target, task.num_labels, task.label_names)
+    report = evaluate_languages(model, tokenizer, task, languages, source, args.split, args.max_examples,
+                                args.max_length, args.batch_size)
+    report["target"] = target.label
+    base = target.run_dir or Path(".")
+    out = Path(args.out) if args.out else base / f"eval-{args.split}.json"
+    write_report(report, out)
+    checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
+    with ResultsDB(args.db or (base / ("results.sqlite" if target.run_dir else "xlgm-results.sqlite"))) as db:
+        for lang, r in report["languages"].items():
+            db.add_evaluation(checkpoint_id, task.name, lang, args.split, report["data"], r["num_examples"], r["accuracy"])
+    print(format_table(report))
+    print(f"{report['examples_per_second']:.0f} examples/s; report: {out}")
+    return report
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from xlgm.data.tasks import XNLI
+    from xlgm.models.load import load_target
+    from xlgm.recipes.evaluate import evaluate_languages, format_table, write_report
+    from xlgm.recipes.train import TrainConfig, train
+    from xlgm.runs import resolve_target
+
+    out = Path(args.out)
+    config = TrainConfig(model="embedded", task="xnli", epochs=args.epochs, freeze="word")
+    run_dir = train(config, out / "run")
+    target = resolve_target(str(run_dir))
+    model, tokenizer = load_target(target, XNLI.num_labels, XNLI.label_names)
+    report = evaluate_languages(model, tokenizer, XNLI, XNLI.languages)
+    write_report(report, out / "eval-test.json")
+    print(format_table(report))
+    print(f"report: {out / 'eval-test.json'}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlgm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except XlgmError as err:
+        print(f"xlgm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xlgm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Read task files in XTREME's TSV layout: `{split}-{lang}.tsv`, one `text_a<TAB>text_b<TAB>label` a line.
+
+Every problem is reported as a `DataFormatError` naming the file and the line and what was expected:
+nothing is skipped silently, since a dropped row changes every accuracy computed from the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xlgm.data.tasks import Example, Task
+from xlgm.errors import DataFormatError, XlgmError
+
+
+def tsv_path(data_dir: str | Path, task: Task, split: str, lang: str) -> Path:
+    """Where XTREME's layout keeps a split: `DIR/{split}-{lang}.tsv` or `DIR/{task}/{split}-{lang}.tsv`."""
+    data_dir = Path(data_dir)
+    for candidate in (data_dir / task.name / f"{split}-{lang}.tsv", data_dir / f"{split}-{lang}.tsv"):
+        if candidate.is_file():
+            return candidate
+    return data_dir / f"{split}-{lang}.tsv"
+
+
+def read_tsv(path: str | Path, task: Task, *, labelled: bool = True) -> list[Example]:
+    """Parse one TSV file. With `labelled=False` a two-column file is accepted and labels are -1."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, None, f"a file {path.name} (missing language or split file)")
+    label_ids = {name: i for i, name in enumerate(task.tsv_labels)}
+    # Hugging Face style label names are accepted too (e.g. `paraphrase`), never guessed.
+    label_ids.update({name: i for i, name in enumerate(task.label_names)})
+    examples: list[Example] = []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataFormatError(path, line_no, "UTF-8 text", f"byte {err.object[err.start]:#x}") from None
+    # Lines end at "\n" only: sentences may hold U+2028 or a stray "\r", which are text, not line ends.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for line_no, raw in enumerate(lines, start=1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        if not line.strip():
+            raise DataFormatError(path, line_no, "3 tab-separated columns (text_a, text_b, label)", "a blank line")
+        cols = line.split("\t")
+        allowed = (3,) if labelled else (2, 3)
+        if len(cols) not in allowed:
+            raise DataFormatError(
+                path, line_no, "3 tab-separated columns (text_a, text_b, label)", f"{len(cols)} column(s)"
+            )
+        label = -1
+        if len(cols) == 3:
+            label_text = cols[2].strip()
+            if label_text not in label_ids:
+                raise DataFormatError(
+                    path, line_no, f"a {task.name} label ({' / '.join(task.tsv_labels)})", repr(label_text)
+                )
+            label = label_ids[label_text]
+        examples.append(Example(cols[0], cols[1], label))
+    if not examples:
+        raise DataFormatError(path, None, "at least one example", "an empty file")
+    return examples
+
+
+def read_split(data_dir: str | Path, task: Task, split: str, lang: str) -> list[Example]:
+    if lang not in task.languages:
+        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}")
+    return read_tsv(tsv_path(data_dir, task, split, lang), task)

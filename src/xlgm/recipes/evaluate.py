@@ -1,0 +1,99 @@
+"""Zero-shot evaluation: accuracy of one model on every language of a task.
+
+Fast by construction: each language is tokenized once, batches are sorted by length and padded only to
+their longest member, and the forward passes run under `torch.inference_mode`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
+from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.tasks import Example, Task
+from xlgm.objectives.base import model_inputs
+
+
+@torch.inference_mode()
+def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
+                   batch_size: int = 64, progress: tqdm | None = None) -> np.ndarray:
+    """Logits for every example, in the original order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    collator = BatchCollator(tokenizer, data)
+    out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    try:
+        for indices in length_sorted_batches(data.lengths, batch_size):
+            batch = collator(indices)
+            logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
+            out[indices] = logits.float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(indices))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
+             max_length: int = 128, batch_size: int = 64) -> float:
+    data = tokenize_examples(tokenizer, examples, max_length)
+    logits = predict_logits(model, tokenizer, data, batch_size)
+    return float((logits.argmax(-1) == np.asarray(data.labels)).mean())
+
+
+def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+                       languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",
+                       max_examples: int | None = None, max_length: int = 128, batch_size: int = 64,
+                       show_progress: bool = True) -> dict:
+    """Accuracy per language, the mean over target languages and each language's gap to the source."""
+    per_language = {lang: load_examples(task, split, lang, source, max_examples) for lang in languages}
+    total = sum(len(rows) for rows in per_language.values())
+    results: dict[str, dict] = {}
+    start = time.perf_counter()
+    with tqdm(total=total, desc="evaluate", unit="ex", disable=not show_progress) as bar:
+        for lang, rows in per_language.items():
+            bar.set_postfix_str(lang)
+            data = tokenize_examples(tokenizer, rows, max_length)
+            logits = predict_logits(model, tokenizer, data, batch_size, bar)
+            acc = float((logits.argmax(-1) == np.asarray(data.labels)).mean())
+            results[lang] = {"accuracy": acc, "num_examples": len(rows)}
+    seconds = time.perf_counter() - start
+    summary = summarize(results, task.source_language)
+    return {"task": task.name, "split": split, "data": source.describe(), "languages": results,
+            **summary, "seconds": seconds, "examples_per_second": total / seconds if seconds else None}
+
+
+def summarize(results: dict[str, dict], source_language: str) -> dict:
+    targets = [lang for lang in results if lang != source_language]
+    src = results.get(source_language, {}).get("accuracy")
+    return {
+        "source_language": source_language,
+        "source_accuracy": src,
+        "target_mean_accuracy": float(np.mean([results[t]["accuracy"] for t in targets])) if targets else None,
+        "gap_to_source": {t: src - results[t]["accuracy"] for t in targets} if src is not None else {},
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'lang':<6}{'acc':>8}{'gap':>8}{'n':>7}"]
+    gaps = report.get("gap_to_source", {})
+    for lang, r in report["languages"].items():
+        gap = f"{gaps[lang]:+8.3f}" if lang in gaps else f"{'':>8}"
+        lines.append(f"{lang:<6}{r['accuracy']:8.3f}{gap}{r['num_examples']:7d}")
+    if report.get("target_mean_accuracy") is not None:
+        lines.append(f"{'mean of targets':<14}{report['target_mean_accuracy']:.3f}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

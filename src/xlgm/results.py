@@ -1,0 +1,143 @@
+"""Results in SQLite: runs, checkpoints, evaluations and measures, keyed by config hashes.
+
+One file per run directory (`results.sqlite`) or per study. Writes are idempotent (`INSERT ... ON CONFLICT
+DO UPDATE`), so a rerun after a crash replaces rows rather than duplicating them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    run_dir TEXT,
+    status TEXT NOT NULL DEFAULT 'created',
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    checkpoint_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    epoch REAL,
+    path TEXT,
+    dev_accuracy REAL,
+    is_best INTEGER NOT NULL DEFAULT 0,
+    is_last INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    checkpoint_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    language TEXT NOT NULL,
+    split TEXT NOT NULL,
+    data TEXT NOT NULL,
+    num_examples INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (checkpoint_id, task, language, split, data)
+);
+CREATE TABLE IF NOT EXISTS measures (
+    checkpoint_id TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    data TEXT NOT NULL,
+    value REAL,
+    spread REAL,
+    num_samples INTEGER,
+    seconds REAL,
+    details TEXT,
+    config TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (checkpoint_id, measure, config_hash, data)
+);
+"""
+
+
+def config_hash(config: Any, length: int = 12) -> str:
+    """A stable id from a config (dataclass or JSON-able): sha256 of its canonical JSON."""
+    if is_dataclass(config):
+        config = asdict(config)
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+class ResultsDB:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=60)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultsDB":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_run(self, run_id: str, config: dict, run_dir: str | None, status: str = "created") -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (run_id, config, run_dir, status, created) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET config=excluded.config, run_dir=excluded.run_dir, status=excluded.status",
+                (run_id, json.dumps(config, sort_keys=True, default=str), run_dir, status, time.time()),
+            )
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status=? WHERE run_id=?", (status, run_id))
+
+    def add_checkpoint(self, checkpoint_id: str, run_id: str, step: int, epoch: float | None, path: str | None,
+                       dev_accuracy: float | None, is_best: bool = False, is_last: bool = False) -> None:
+        with self.conn:
+            if is_best:
+                self.conn.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
+            if is_last:
+                self.conn.execute("UPDATE checkpoints SET is_last=0 WHERE run_id=?", (run_id,))
+            self.conn.execute(
+                "INSERT INTO checkpoints (checkpoint_id, run_id, step, epoch, path, dev_accuracy, is_best, is_last) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(checkpoint_id) DO UPDATE SET "
+                "step=excluded.step, epoch=excluded.epoch, path=excluded.path, dev_accuracy=excluded.dev_accuracy, "
+                "is_best=excluded.is_best, is_last=excluded.is_last",
+                (checkpoint_id, run_id, step, epoch, path, dev_accuracy, int(is_best), int(is_last)),
+            )
+
+    def add_evaluation(self, checkpoint_id: str, task: str, language: str, split: str, data: str,
+                       num_examples: int, accuracy: float) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "num_examples=excluded.num_examples, accuracy=excluded.accuracy, created=excluded.created",
+                (checkpoint_id, task, language, split, data, num_examples, accuracy, time.time()),
+            )
+
+    def add_measure(self, checkpoint_id: str, measure: str, config: dict, data: str, value: float | None,
+                    spread: float | None, num_samples: int | None, seconds: float, details: dict) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO measures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "value=excluded.value, spread=excluded.spread, num_samples=excluded.num_samples, "
+                "seconds=excluded.seconds, details=excluded.details, created=excluded.created",
+                (checkpoint_id, measure, config_hash(config), data, value, spread, num_samples, seconds,
+                 json.dumps(details, default=str), json.dumps(config, sort_keys=True, default=str), time.time()),
+            )
+
+    def has_evaluation(self, checkpoint_id: str, task: str, language: str, split: str, data: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM evaluations WHERE checkpoint_id=? AND task=? AND language=? AND split=? AND data=?",
+            (checkpoint_id, task, language, split, data)).fetchone()
+        return row is not None
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
