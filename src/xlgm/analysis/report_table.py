@@ -1,0 +1,247 @@
+"""Long-form tables of how well each measure predicts each cross-lingual target.
+
+* `correlation_table`: Kendall tau-b / Spearman / Pearson with p-values and bootstrap CIs
+  (`xlgm.analysis.correlation.correlate`) for every (measure, target);
+* `granulated_table`: Jiang et al.'s Psi and per-axis psi_i (`xlgm.analysis.granulated`) for every (measure, target);
+* `cmi_table`: Jiang et al.'s conditional-MI criterion K (`xlgm.analysis.cmi`) per measure vs one target
+  (default: the mean target accuracy);
+* `top_correlations`: the strongest rows of a correlation table, by |tau|.
+
+Targets (`xlgm.analysis.frame.add_targets`): ``acc_<l>`` for each language, ``mean_target`` (mean accuracy over the
+non-source languages), ``gap_<l>`` = acc_<source> - acc_<l> for each non-source language, and ``mean_gap``.
+The unit of correlation is the checkpoint (every row) or the run (`xlgm.analysis.frame.select_unit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from xlgm.analysis.cmi import conditional_mutual_information
+from xlgm.analysis.correlation import correlate
+from xlgm.analysis.frame import (ACC_PREFIX, GAP_PREFIX, MEAN_GAP, MEAN_TARGET, AnalysisInputError, RunReduce,
+                                 Unit, acc_column, add_targets, require_columns, select_unit, target_columns)
+from xlgm.analysis.granulated import granulated_kendall
+
+CORRELATION_COLUMNS = [
+    "measure", "target", "target_kind", "language",
+    "tau", "tau_p", "tau_lo", "tau_hi",
+    "spearman", "spearman_p", "spearman_lo", "spearman_hi",
+    "pearson", "pearson_p", "pearson_lo", "pearson_hi",
+    "n", "n_dropped", "expected_sign", "agrees", "note",
+]
+
+
+def describe_target(target: str) -> tuple[str, str | None]:
+    """(kind, language) of a target name: ``("accuracy", "de")`` for ``acc_de``, ``("gap", "de")`` for ``gap_de``,
+    ``("mean_target", None)``, ``("mean_gap", None)``; ``("other", None)`` for any other column."""
+    if target == MEAN_TARGET:
+        return "mean_target", None
+    if target == MEAN_GAP:
+        return "mean_gap", None
+    if target.startswith(ACC_PREFIX):
+        return "accuracy", target[len(ACC_PREFIX):]
+    if target.startswith(GAP_PREFIX):
+        return "gap", target[len(GAP_PREFIX):]
+    return "other", None
+
+
+def expected_sign_for(target: str, sign_vs_accuracy: int | None) -> int | None:
+    """The expected sign of a measure's correlation with `target`, given its expected sign with accuracy.
+
+    Accuracy targets (``acc_<l>``, ``mean_target``) keep the sign; gap targets (``gap_<l>``, ``mean_gap`` =
+    source accuracy - target accuracy) get the opposite sign: a measure expected to fall as target accuracy rises
+    is expected to rise with the transfer gap. This is the hypothesis the table states in ``expected_sign``; the
+    coefficients themselves are never flipped.
+    """
+    if sign_vs_accuracy is None:
+        return None
+    kind, _ = describe_target(target)
+    return -int(sign_vs_accuracy) if kind in ("gap", "mean_gap") else int(sign_vs_accuracy)
+
+
+def prepare_frame(
+    frame: pd.DataFrame,
+    measures: Sequence[str],
+    languages: Sequence[str],
+    source: str = "en",
+    *,
+    unit: Unit = "checkpoint",
+    run_reduce: RunReduce = "last",
+) -> pd.DataFrame:
+    """Reduce `frame` to the unit of correlation (`select_unit`; for ``run_reduce="mean"`` the measures and
+    accuracies are averaged) and add the targets (`add_targets`)."""
+    require_columns(frame, list(measures), "analysis frame (measures)")
+    value_columns = list(measures) + [acc_column(lang) for lang in dict.fromkeys([source, *languages])
+                                      if acc_column(lang) in frame.columns]
+    reduced = select_unit(frame, unit, run_reduce, value_columns=value_columns)
+    return add_targets(reduced, languages, source)
+
+
+def correlation_table(
+    frame: pd.DataFrame,
+    measures: Sequence[str],
+    languages: Sequence[str],
+    source: str = "en",
+    axes: Sequence[str] | None = None,
+    *,
+    unit: Unit = "checkpoint",
+    run_reduce: RunReduce = "last",
+    targets: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    expected_signs: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """One row per (measure, target) with Kendall tau-b, Spearman and Pearson, their p-values and bootstrap CIs.
+
+    Args:
+        frame: the analysis frame (`xlgm.analysis.frame.build_frame`), one row per checkpoint.
+        measures: measure columns to correlate.
+        languages: evaluated languages (``acc_<l>`` columns); those other than `source` are the zero-shot targets.
+        source: the fine-tuning language.
+        axes: hyperparameter columns; only checked to exist here (the correlations are over all rows).
+        unit, run_reduce: correlate over checkpoints, or over runs (`xlgm.analysis.frame.select_unit`).
+        targets: a subset of `xlgm.analysis.frame.target_columns(languages, source)` (default: all of them).
+        n_boot, confidence, seed: the percentile bootstrap of `xlgm.analysis.correlation.correlate` (each row uses
+            a fresh Generator seeded with `seed`, so a row's CI does not depend on the other rows).
+        expected_signs: measure -> expected sign of its correlation with accuracy (+1/-1); for gap targets the
+            expected sign is the opposite (`expected_sign_for`). Reported in ``expected_sign``/``agrees`` only.
+
+    Returns:
+        Long-form DataFrame with columns `CORRELATION_COLUMNS`: measure, target, target_kind ("accuracy",
+        "mean_target", "gap", "mean_gap"), language (None for the means), tau, tau_p, tau_lo, tau_hi, spearman,
+        spearman_p, spearman_lo, spearman_hi, pearson, pearson_p, pearson_lo, pearson_hi, n, n_dropped,
+        expected_sign, agrees, note.
+    """
+    if axes:
+        require_columns(frame, list(axes), "analysis frame (axes)")
+    data = prepare_frame(frame, measures, languages, source, unit=unit, run_reduce=run_reduce)
+    targets = _targets(targets, languages, source)
+    expected_signs = dict(expected_signs or {})
+    unknown = sorted(set(expected_signs) - set(measures))
+    if unknown:
+        raise AnalysisInputError(f"expected_signs: unknown measure(s) {unknown}")
+    rows = []
+    for measure in measures:
+        x = pd.to_numeric(data[measure], errors="coerce").to_numpy(dtype=float)
+        for target in targets:
+            y = data[target].to_numpy(dtype=float)
+            result = correlate(x, y, n_boot=n_boot, confidence=confidence, seed=seed,
+                               expected_sign=expected_sign_for(target, expected_signs.get(measure)))
+            kind, language = describe_target(target)
+            rows.append({"measure": measure, "target": target, "target_kind": kind, "language": language,
+                         **result.as_dict()})
+    table = pd.DataFrame(rows).reindex(columns=CORRELATION_COLUMNS)
+    table["expected_sign"] = table["expected_sign"].astype("Int64")
+    table["agrees"] = table["agrees"].astype("boolean")
+    return table
+
+
+def _targets(targets: Sequence[str] | None, languages: Sequence[str], source: str) -> list[str]:
+    available = target_columns(languages, source)
+    if targets is None:
+        return available
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise AnalysisInputError(f"unknown target(s) {unknown}; available: {available}")
+    return list(targets)
+
+
+def granulated_table(
+    frame: pd.DataFrame,
+    measures: Sequence[str],
+    languages: Sequence[str],
+    source: str = "en",
+    axes: Sequence[str] = (),
+    *,
+    unit: Unit = "checkpoint",
+    run_reduce: RunReduce = "last",
+    targets: Sequence[str] | None = None,
+    variant: Literal["a", "b"] = "a",
+) -> pd.DataFrame:
+    """Jiang et al. 2020 §2.2 granulated Kendall Psi for every (measure, target) (`granulated_kendall`).
+
+    Columns: measure, target, target_kind, language, psi, n, then ``psi[<axis>]`` and ``groups[<axis>]`` (the
+    number of groups averaged) for every axis, and note. ``unit="run"`` gives the paper's setting of one model per
+    configuration when the runs differ only in `axes`.
+    """
+    axes = list(axes)
+    if not axes:
+        raise AnalysisInputError("granulated_table: pass the hyperparameter axes")
+    data = prepare_frame(frame, measures, languages, source, unit=unit, run_reduce=run_reduce)
+    rows = []
+    for measure in measures:
+        for target in _targets(targets, languages, source):
+            result = granulated_kendall(data, measure, target, axes, variant=variant)
+            kind, language = describe_target(target)
+            row = {"measure": measure, "target": target, "target_kind": kind, "language": language,
+                   "psi": result.psi, "n": result.n}
+            for axis_row in result.per_axis.itertuples(index=False):
+                row[f"psi[{axis_row.axis}]"] = axis_row.psi
+                row[f"groups[{axis_row.axis}]"] = axis_row.n_groups
+            row["note"] = result.note
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cmi_table(
+    frame: pd.DataFrame,
+    measures: Sequence[str],
+    languages: Sequence[str],
+    source: str = "en",
+    axes: Sequence[str] = (),
+    *,
+    target: str = MEAN_TARGET,
+    unit: Unit = "checkpoint",
+    run_reduce: RunReduce = "last",
+    max_conditioning: int = 2,
+    pairs: Literal["differ", "all"] = "differ",
+) -> pd.DataFrame:
+    """Jiang et al. 2020 §2.3 conditional-MI criterion K per measure vs `target` (default: mean target accuracy).
+
+    Columns: measure, target, k, argmin (the conditioning set attaining the minimum, as a tuple of axes), n,
+    n_pairs, n_pairs_tied, and ``cmi[<S>]`` = I_hat(S) for every conditioning set S (``cmi[]`` for S = {},
+    ``cmi[a,b]`` for S = {a, b}), and note. See `xlgm.analysis.cmi` for the exact quantities.
+    """
+    axes = list(axes)
+    if not axes:
+        raise AnalysisInputError("cmi_table: pass the hyperparameter axes")
+    data = prepare_frame(frame, measures, languages, source, unit=unit, run_reduce=run_reduce)
+    _targets([target], languages, source)
+    rows = []
+    for measure in measures:
+        result = conditional_mutual_information(data, measure, target, axes, max_conditioning=max_conditioning,
+                                                pairs=pairs)
+        row = {"measure": measure, "target": target, "k": result.k, "argmin": result.argmin, "n": result.n,
+               "n_pairs": result.n_pairs, "n_pairs_tied": result.n_pairs_tied}
+        for subset, value in zip(result.per_subset["conditioning"], result.per_subset["normalized"]):
+            row[f"cmi[{','.join(subset)}]"] = value
+        row["note"] = result.note
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def top_correlations(
+    table: pd.DataFrame,
+    k: int = 10,
+    *,
+    by: str = "tau",
+    targets: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The `k` rows of a `correlation_table` with the largest |`by`| (default |tau|), NaN last, for printing.
+
+    `targets` keeps only those targets (e.g. ``["mean_target", "mean_gap"]``). Returns the columns measure,
+    target, the `by` coefficient with its p-value and CI, the other coefficients, n and expected_sign/agrees when
+    present, with a fresh index.
+    """
+    require_columns(table, ["measure", "target", by], "correlation table")
+    rows = table if targets is None else table[table["target"].isin(list(targets))]
+    order = np.argsort(-np.nan_to_num(rows[by].abs().to_numpy(dtype=float), nan=-1.0), kind="stable")
+    top = rows.iloc[order[: max(int(k), 0)]]
+    wanted = ["measure", "target", by, f"{by}_p", f"{by}_lo", f"{by}_hi"] + [
+        s for s in ("tau", "spearman", "pearson") if s != by] + ["n", "expected_sign", "agrees"]
+    return top[[c for c in dict.fromkeys(wanted) if c in top.columns]].reset_index(drop=True)
