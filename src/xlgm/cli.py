@@ -68,6 +68,26 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
 
 
+def _measure_parser(sub) -> None:
+    p = sub.add_parser("measure", help="generalization measures of a checkpoint, or of every checkpoint of a run")
+    p.add_argument("target", help="a run directory (every checkpoint), a checkpoint directory, or a model")
+    p.add_argument("--measures", default="margin,sharpness-diff,frobenius-distance",
+                   help="comma list of measure names, or `all` (see `xlgm measure --list`)")
+    p.add_argument("--data", default="en-dev", help="LANGUAGE-SPLIT of the examples the measures see")
+    _add_data_arguments(p)
+    p.add_argument("--task", default=None, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--checkpoint", default="all", choices=["all", "best", "last"], help="which checkpoints of a run")
+    p.add_argument("--max-examples", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--params", default=None, help="parameter filter, a regex on names (default: trained parameters)")
+    p.add_argument("--set", action="append", default=[], metavar="MEASURE.OPTION=VALUE",
+                   help="a measure option, e.g. --set sharpness-diff.k=5 (repeatable)")
+    p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
+    p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
+    p.add_argument("--list", action="store_true", help="list the measures with their references and exit")
+
+
 def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="the embedded demo: train, then evaluate on every language (no downloads)")
     p.add_argument("--out", default="runs/demo", help="where the demo writes (default: runs/demo)")
@@ -75,10 +95,10 @@ def _demo_parser(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from xlgm.objectives import objective_from_args
+    from xlgm.objectives import objective_options
     from xlgm.recipes.train import TrainConfig, train
 
-    name, options = objective_from_args(args)
+    name, options = objective_options(args)
     freeze = args.freeze or ("word" if args.model == "embedded" else "none")
     config = TrainConfig(
         model=args.model, task=args.task, source_language=args.source_language,
@@ -137,6 +157,43 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return report
 
 
+def cmd_measure(args: argparse.Namespace) -> list[dict]:
+    from xlgm.data.loading import DataSource
+    from xlgm.data.tasks import get_task
+    from xlgm.measures.base import get_measure, list_measures
+    from xlgm.recipes.measure import (MeasureData, expand_targets, measure_checkpoints, parse_measure_options,
+                                      resolve_measures, write_records)
+    from xlgm.results import ResultsDB
+    from xlgm.runs import RunDir
+
+    if args.list:
+        for name in list_measures():
+            print(f"{name:<26} {get_measure(name).reference}")
+        return []
+    measures = resolve_measures(args.measures)
+    options = parse_measure_options(args.set)
+    unknown = sorted(set(options) - set(measures))
+    if unknown:
+        raise XlgmError(f"--set names measure(s) not requested: {', '.join(unknown)}")
+    targets = expand_targets(args.target, args.checkpoint)
+    run_dir = targets[0].run_dir
+    task_name = args.task or (RunDir(run_dir).config["task"] if run_dir else "xnli")
+    task = get_task(task_name)
+    data = MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size)
+    task.resolve_languages([data.language])
+    base = run_dir or Path(".")
+    with ResultsDB(args.db or (base / ("results.sqlite" if run_dir else "xlgm-results.sqlite"))) as db:
+        records = measure_checkpoints(targets, task, measures, options, data, DataSource.from_args(args.data_dir, args.hub),
+                                      seed=args.seed, param_filter=args.params, db=db)
+    out = Path(args.out) if args.out else base / "measures.json"
+    write_records(records, out)
+    for r in records:
+        spread = f" ± {r['spread']:.4g}" if r.get("spread") is not None else ""
+        print(f"{r['checkpoint_id']:<32} {r['name']:<24} {r['value']:.6g}{spread}  ({r['seconds']:.1f} s)")
+    print(f"results: {out}")
+    return records
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from xlgm.data.tasks import XNLI
     from xlgm.models.load import load_target
@@ -155,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {out / 'eval-test.json'}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "demo": cmd_demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _measure_parser(sub)
     _demo_parser(sub)
     return parser
 

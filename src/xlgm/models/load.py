@@ -22,6 +22,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from transformers.utils import logging as hf_logging
+
 from xlgm.errors import XlgmError
 from xlgm.runs import ResolvedTarget
 
@@ -63,7 +65,13 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
         config.label2id = {name: i for i, name in enumerate(label_names)}
     cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    # The head is new by design; transformers' load report would list it as MISSING on every load.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if not return_new:
         return model
     names = dict(model.named_parameters())

@@ -1,0 +1,161 @@
+"""Measure checkpoints: `xlgm measure RUN_OR_CHECKPOINT --measures a,b,c --data en-dev`.
+
+For each checkpoint the model is loaded once, the data tokenized once into fixed length-sorted batches, and
+every requested measure computed on them (each measure leaves the model exactly as it found it). The
+trained parameters of the run (its `--freeze` choice respected) are what the measures perturb unless a
+parameter filter says otherwise. Results go to the run's SQLite file and a JSON file beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
+from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.tasks import Task
+from xlgm.errors import XlgmError
+from xlgm.measures.base import compute_measure, get_measure, list_measures
+from xlgm.models.load import load_classifier, load_target
+from xlgm.results import ResultsDB
+from xlgm.runs import RunDir, ResolvedTarget, load_initial_into
+
+
+@dataclass(frozen=True)
+class MeasureData:
+    """Which labelled examples the measures see: a language and split, at most `max_examples` rows."""
+
+    language: str = "en"
+    split: str = "dev"
+    max_examples: int = 256
+    batch_size: int = 32
+    max_length: int = 128
+
+    @classmethod
+    def parse(cls, spec: str, **kw: Any) -> "MeasureData":
+        """`en-dev` -> language en, split dev."""
+        lang, sep, split = spec.partition("-")
+        if not sep or split not in ("dev", "test", "train"):
+            raise XlgmError(f"--data {spec!r}: expected LANGUAGE-SPLIT, e.g. en-dev or de-test")
+        return cls(lang, split, **kw)
+
+    @property
+    def key(self) -> str:
+        return f"{self.language}-{self.split}-{self.max_examples}"
+
+
+def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`sharpness-diff.k=5` -> {"sharpness-diff": {"k": 5}}; values are read as YAML scalars."""
+    import yaml
+
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        name, dot, field = key.partition(".")
+        if not eq or not dot:
+            raise XlgmError(f"--set {pair!r}: expected MEASURE.OPTION=VALUE, e.g. sharpness-diff.k=5")
+        options.setdefault(name, {})[field] = yaml.safe_load(value)
+    return options
+
+
+def resolve_measures(spec: str | Sequence[str]) -> list[str]:
+    names = list_measures() if spec in ("all", ["all"]) else (
+        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    for name in names:
+        get_measure(name)  # raises a clear error for an unknown name
+    return names
+
+
+def build_batches(tokenizer, task: Task, data: MeasureData, source: DataSource,
+                  device: torch.device) -> list[dict[str, torch.Tensor]]:
+    rows = load_examples(task, data.split, data.language, source, data.max_examples)
+    tokenized = tokenize_examples(tokenizer, rows, data.max_length)
+    collator = BatchCollator(tokenizer, tokenized)
+    return [{k: v.to(device) for k, v in collator(idx).items()}
+            for idx in length_sorted_batches(tokenized.lengths, data.batch_size)]
+
+
+def initial_state(target: ResolvedTarget, task: Task, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The run's initial weights (base model + recorded head) for the given parameter names."""
+    model = load_classifier(target.model, task.num_labels, task.label_names)
+    load_initial_into(model, target.run_dir)
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in names}
+
+
+def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
+    """A run directory -> all its checkpoints (or `best`/`last`); anything else -> itself."""
+    from xlgm.runs import is_run_dir, resolve_target
+
+    path = Path(target)
+    if which == "all" and path.is_dir() and is_run_dir(path):
+        run = RunDir(path)
+        if not run.index["checkpoints"]:
+            raise XlgmError(f"{path}: the run has no checkpoints yet")
+        return [ResolvedTarget(run.config["model"], path, run.checkpoint_dir(c["name"]))
+                for c in run.index["checkpoints"]]
+    return [resolve_target(target, "best" if which == "all" else which)]
+
+
+def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures: Sequence[str],
+                        options: dict[str, dict[str, Any]], data: MeasureData, source: DataSource,
+                        seed: int = 0, param_filter: str | None = None, db: ResultsDB | None = None,
+                        show_progress: bool = True) -> list[dict]:
+    """Compute every measure on every target; returns one record per (checkpoint, measure)."""
+    from xlgm.measures.base import resolve_config
+    from xlgm.recipes.train import freeze_parameters
+
+    for name in measures:  # bad options fail now, not after a model has loaded
+        resolve_config(get_measure(name), options.get(name))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    records: list[dict] = []
+    init_cache: dict[Path, dict[str, torch.Tensor]] = {}
+    bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
+    for target in targets:
+        model, tokenizer = load_target(target, task.num_labels, task.label_names)
+        run_config = RunDir(target.run_dir).config if target.run_dir else {}
+        freeze_parameters(model, run_config.get("freeze", "none"))
+        model.to(device)
+        batches = build_batches(tokenizer, task, data, source, device)
+        checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
+        for name in measures:
+            bar.set_postfix_str(f"{target.label}: {name}")
+            inputs = {}
+            if "init_state" in get_measure(name).inputs:
+                if target.run_dir is None:
+                    raise XlgmError(f"{name} needs the initial weights: measure a run or a checkpoint of one")
+                if target.run_dir not in init_cache:
+                    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+                    init_cache[target.run_dir] = initial_state(target, task, trained)
+                inputs["init_state"] = init_cache[target.run_dir]
+            start = time.perf_counter()
+            result = compute_measure(name, model, batches, options.get(name), param_filter, seed, **inputs)
+            seconds = time.perf_counter() - start
+            record = {"checkpoint_id": checkpoint_id, "checkpoint": str(target.checkpoint or target.model),
+                      "data": data.key, "seed": seed, "seconds": seconds, **result.to_dict()}
+            records.append(record)
+            if db is not None:
+                config = {"options": options.get(name) or {}, "param_filter": param_filter, "seed": seed}
+                db.add_measure(checkpoint_id, name, config, data.key, result.value, result.spread,
+                               result.num_samples, seconds, result.to_dict())
+            bar.update(1)
+        del model
+    bar.close()
+    return records
+
+
+def write_records(records: list[dict], path: Path) -> None:
+    """Merge into an existing JSON file, keyed by (checkpoint, measure, data, seed)."""
+    existing = json.loads(path.read_text()) if path.exists() else []
+    key = lambda r: (r["checkpoint_id"], r["name"], r["data"], r.get("seed"))  # noqa: E731
+    merged = {key(r): r for r in existing}
+    merged.update({key(r): r for r in records})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(merged.values()), indent=2, default=str) + "\n")
