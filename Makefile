@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q "$(TORCH)" $(PIP_QUIET)
-	$(VENV)/bin/python -m pip install -q -e ".[test]" $(PIP_QUIET)
+	$(VENV)/bin/python -m pip install -q -e ".[test,ray]" $(PIP_QUIET)
 	$(VENV)/bin/python -c "import torch, transformers, xlgm; print('xlgm', xlgm.__version__, 'torch', torch.__version__)"
 	touch $@
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from xlgm.errors import XlgmError
+from xlgm.study.cli import add_study_parser, cmd_study
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -212,7 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {out / 'eval-test.json'}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "demo": cmd_demo,
+            "study": cmd_study}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _measure_parser(sub)
     _demo_parser(sub)
+    add_study_parser(sub)
     return parser
 
 

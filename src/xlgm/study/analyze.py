@@ -1,0 +1,250 @@
+"""`xlgm study analyze SPEC_OR_DIR`: which measure predicts cross-lingual accuracy in this study?
+
+Reads the study's SQLite file (only the rows of the spec's runs, evaluation setting and measure configs),
+builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) and writes to OUT/analysis/:
+
+    frame.csv                 the frame: config, measures, acc_<lang>, mean_target, gap_<lang>, mean_gap
+    correlations.{csv,json}   every measure vs every target: Kendall tau-b, Spearman, Pearson, p-values, bootstrap CIs
+    granulated.{csv,json}     Jiang et al.'s granulated Kendall Psi over the hyperparameter axes
+    cmi.{csv,json}            Jiang et al.'s conditional-mutual-information criterion K vs the mean target accuracy
+    top.csv                   the strongest correlations by |tau|
+    summary.json              study id, unit, axes, measures, languages, rows, completeness
+
+The unit of correlation is the checkpoint or the run (`analysis.unit`, `analysis.run_reduce`). The axes are the
+spec's `analysis.axes`, or by default the configuration fields that vary over the study's runs, minus those that
+another axis already determines (e.g. `rho` when every SAM run has the same rho: it only restates `objective`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xlgm.errors import XlgmError
+from xlgm.results import config_hash
+from xlgm.study.db import StudyDB
+from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
+from xlgm.study.spec import StudySpec, load_spec
+
+AXIS_PRIORITY = ("objective", "seed", "lr")
+
+
+@dataclass
+class StudyData:
+    """What the analysis and the report read from a study folder."""
+
+    spec: StudySpec
+    out: Path
+    frame: pd.DataFrame  # one row per checkpoint, with the targets added
+    runs: pd.DataFrame  # run_id + flattened config, one row per run of the spec that has finished training
+    checkpoints: pd.DataFrame
+    measures: list[str]  # measure columns present in the frame
+    axes: list[str]
+    units_done: int
+    units_total: int
+    notes: list[str] = field(default_factory=list)
+    configs: dict[str, dict] = field(default_factory=dict)  # run_id -> the TrainConfig as recorded
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.spec.languages)
+
+
+def resolve_study(target: str | Path, out: str | Path | None = None) -> tuple[StudySpec, Path]:
+    """A study folder (with OUT/spec.yaml) or a spec file (its folder: --out, else the default)."""
+    path = Path(target)
+    if path.is_dir():
+        if not (path / DB_NAME).is_file():
+            raise XlgmError(f"{path}: not a study folder (no {DB_NAME}); run `xlgm study run SPEC --out {path}`")
+        if not (path / SPEC_NAME).is_file():
+            raise XlgmError(f"{path}: the study folder has no {SPEC_NAME}")
+        return load_spec(path / SPEC_NAME), Path(out) if out else path
+    spec = load_spec(path)
+    folder = Path(out) if out else default_out(spec)
+    if not (folder / DB_NAME).is_file():
+        raise XlgmError(f"{folder / DB_NAME}: no results yet; run `xlgm study run {path}"
+                        + (f" --out {out}`" if out else "`") + " first")
+    return spec, folder
+
+
+def _in(values: list[str]) -> str:
+    return ",".join("?" * len(values))
+
+
+def load_study(spec: StudySpec, out: Path) -> StudyData:
+    """The spec's rows from OUT/study.sqlite as an analysis frame (targets added), with the axes chosen."""
+    from xlgm.analysis import add_targets, build_frame, flatten_configs
+
+    run_ids = [c.run_id for c in spec.run_configs()]
+    notes: list[str] = []
+    with StudyDB(out / DB_NAME) as db:
+        done = db.done_units()
+        trained = [r for r in run_ids if train_unit_id(r) in done]
+        runs = pd.DataFrame(db.query(f"SELECT run_id, config FROM runs WHERE run_id IN ({_in(trained)})", tuple(trained)),
+                            columns=["run_id", "config"])
+        ckpts = pd.DataFrame(db.query(
+            "SELECT checkpoint_id, run_id, step, epoch, dev_accuracy, is_best, is_last FROM checkpoints "
+            f"WHERE run_id IN ({_in(trained)})", tuple(trained)),
+            columns=["checkpoint_id", "run_id", "step", "epoch", "dev_accuracy", "is_best", "is_last"])
+        planned = [u for r in run_ids for u in planned_units(
+            spec, r, ckpts[ckpts.run_id == r].to_dict("records") if r in trained else None)]
+        units_done = sum(u in done for u in planned)
+        if not ckpts.empty:
+            ckpts["is_best"] = ckpts["is_best"].astype(bool)
+            ckpts["is_last"] = ckpts["is_last"].astype(bool)
+            keep = [spec.checkpoints.selects(int(s), bool(last)) for s, last in zip(ckpts.step, ckpts.is_last)]
+            measured = ckpts[keep]
+        else:
+            measured = ckpts
+        ids = list(measured["checkpoint_id"])
+        evals = pd.DataFrame(db.query(
+            f"SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=? "
+            f"AND language IN ({_in(list(spec.languages))}) AND checkpoint_id IN ({_in(ids)})",
+            (spec.task, spec.evaluation.split, eval_data_label(spec), *spec.languages, *ids)),
+            columns=["checkpoint_id", "language", "accuracy"])
+        data_key = spec.measure_data().key
+        rows = []
+        for item in spec.measures.items:
+            rows += db.query(
+                f"SELECT checkpoint_id, measure, value FROM measures WHERE measure=? AND config_hash=? AND data=? "
+                f"AND checkpoint_id IN ({_in(ids)})",
+                (item.name, config_hash(spec.measure_config(item)), data_key, *ids))
+        meas = pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value"])
+    if units_done < len(planned):
+        notes.append(f"the study is not finished: {units_done} of {len(planned)} known units done")
+    if evals.empty:
+        raise XlgmError(f"{out / DB_NAME}: no evaluations of this study's runs yet; run the study first")
+    frame = build_frame(evals, meas, runs, measured)
+    frame = add_targets(frame, list(spec.languages), spec.source_language)
+    measures = [m for m in spec.measures.names if m in frame.columns]
+    missing = [m for m in spec.measures.names if m not in frame.columns]
+    if missing:
+        notes.append(f"no values yet for measure(s) {', '.join(missing)}")
+    flat = flatten_configs(runs)
+    axes = list(spec.analysis.axes) if spec.analysis.axes else auto_axes(flat)
+    unknown = [a for a in axes if a not in frame.columns]
+    if unknown:
+        raise XlgmError(f"{spec.source}: analysis.axes: unknown config field(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(c for c in flat.columns if c != 'run_id')}")
+    configs = {r: json.loads(c) for r, c in zip(runs["run_id"], runs["config"])}
+    return StudyData(spec, out, frame, flat, ckpts, measures, axes, units_done, len(planned), notes, configs)
+
+
+def auto_axes(runs: pd.DataFrame) -> list[str]:
+    """The hyperparameter axes of a grid: config fields that vary over the runs and are not determined by the axes
+    kept before them (objective, seed and lr first, then the config's order)."""
+    columns = [c for c in runs.columns if c != "run_id"]
+    order = [c for c in AXIS_PRIORITY if c in columns] + [c for c in columns if c not in AXIS_PRIORITY]
+    table = runs[columns].map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else v)
+    kept: list[str] = []
+    for column in order:
+        if table[column].nunique(dropna=False) < 2:
+            continue
+        if kept and (table.groupby(kept, dropna=False)[column].nunique(dropna=False) <= 1).all():
+            continue  # a function of the axes already kept (e.g. rho, constant within each objective)
+        kept.append(column)
+    return kept
+
+
+def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
+    """correlations, granulated, cmi and top tables (granulated/cmi are empty without axes)."""
+    from xlgm.analysis import cmi_table, correlation_table, granulated_table, top_correlations
+
+    spec, a = data.spec, data.spec.analysis
+    if not data.measures:
+        raise XlgmError(f"{data.out}: no measure values yet; nothing to correlate")
+    frame = _base_frame(data)
+    kw = dict(unit=a.unit, run_reduce=a.run_reduce)
+    corr = correlation_table(frame, data.measures, data.languages, spec.source_language, data.axes,
+                             n_boot=a.n_boot, confidence=a.confidence, seed=a.seed, **kw)
+    tables = {"correlations": corr}
+    if data.axes:
+        tables["granulated"] = granulated_table(frame, data.measures, data.languages, spec.source_language,
+                                                data.axes, **kw)
+        tables["cmi"] = cmi_table(frame, data.measures, data.languages, spec.source_language, data.axes,
+                                  max_conditioning=a.max_conditioning, **kw)
+    else:
+        tables["granulated"] = pd.DataFrame()
+        tables["cmi"] = pd.DataFrame()
+        data.notes.append("no hyperparameter axis varies: granulated Kendall and CMI left out")
+    tables["top"] = top_correlations(corr, a.top)
+    return tables
+
+
+def _base_frame(data: StudyData) -> pd.DataFrame:
+    """The frame without the derived targets (the analysis functions add them after reducing to the unit)."""
+    derived = [c for c in data.frame.columns if c.startswith("gap_") or c in ("mean_target", "mean_gap")]
+    return data.frame.drop(columns=derived)
+
+
+def unit_frame(data: StudyData) -> pd.DataFrame:
+    """The rows correlated over (checkpoints, or one per run), with the targets."""
+    from xlgm.analysis.report_table import prepare_frame
+
+    a = data.spec.analysis
+    return prepare_frame(_base_frame(data), data.measures, data.languages, data.spec.source_language,
+                         unit=a.unit, run_reduce=a.run_reduce)
+
+
+def _jsonable(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records", default_handler=str))
+
+
+def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
+    folder = data.out / "analysis"
+    folder.mkdir(parents=True, exist_ok=True)
+    data.frame.to_csv(folder / "frame.csv", index=False)
+    for name in ("correlations", "granulated", "cmi"):
+        tables[name].to_csv(folder / f"{name}.csv", index=False)
+        (folder / f"{name}.json").write_text(json.dumps(_jsonable(tables[name]), indent=1) + "\n")
+    tables["top"].to_csv(folder / "top.csv", index=False)
+    summary = {"study_id": data.spec.study_id, "name": data.spec.name, "unit": data.spec.analysis.unit,
+               "run_reduce": data.spec.analysis.run_reduce, "axes": data.axes, "measures": data.measures,
+               "languages": data.languages, "source_language": data.spec.source_language,
+               "checkpoints": int(len(data.frame)), "runs": int(data.frame["run_id"].nunique()),
+               "units_done": data.units_done, "units_total": data.units_total, "notes": data.notes}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return folder
+
+
+def format_top(top: pd.DataFrame) -> str:
+    def num(v: Any, fmt: str, width: int) -> str:
+        text = "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+        return f"{text:>{width}}"
+
+    width = max([len("measure")] + [len(str(m)) for m in top.get("measure", [])])
+    lines = [f"{'measure':<{width}}  {'target':<12}{'tau':>7} {'95% CI':>16} {'p':>8}{'spearman':>10}{'pearson':>9}"
+             f"{'n':>5}"]
+    for r in top.itertuples(index=False):
+        ci = f"[{num(r.tau_lo, '+.2f', 0)}, {num(r.tau_hi, '+.2f', 0)}]"
+        lines.append(f"{r.measure:<{width}}  {r.target:<12}{num(r.tau, '+.3f', 7)} {ci:>16} {num(r.tau_p, '.3g', 8)}"
+                     f"{num(r.spearman, '+.3f', 10)}{num(r.pearson, '+.3f', 9)}{int(r.n):>5}")
+    return "\n".join(lines)
+
+
+def analyze_study(target: str | Path, out: str | Path | None = None, echo: bool = True
+                  ) -> tuple[StudyData, dict[str, pd.DataFrame]]:
+    spec, folder = resolve_study(target, out)
+    data = load_study(spec, folder)
+    tables = analysis_tables(data)
+    written = write_tables(data, tables)
+    if echo:
+        unit = data.spec.analysis.unit + (f" ({data.spec.analysis.run_reduce} checkpoint)"
+                                          if data.spec.analysis.unit == "run" else "")
+        print(f"study {spec.name} ({spec.study_id}): {data.frame['run_id'].nunique()} runs, {len(data.frame)} "
+              f"checkpoints; unit {unit}; axes {', '.join(data.axes) or '(none)'}")
+        for note in data.notes:
+            print(f"note: {note}")
+        print(format_top(tables["top"]))
+        if not tables["cmi"].empty:
+            cmi = tables["cmi"][["measure", "k"]].sort_values("k", ascending=False, na_position="last")
+            print("CMI K vs mean target accuracy: " + ", ".join(
+                f"{m} {num:.3f}" if not np.isnan(num) else f"{m} nan" for m, num in zip(cmi.measure, cmi.k)))
+        print(f"tables: {written}")
+    return data, tables

@@ -1,0 +1,99 @@
+"""`xlgm study run|analyze|report`: the command-line side of studies.
+
+Hooked into `xlgm` by `add_study_parser(sub)` (the `study` subcommand, handler `cmd_study`); also runnable on its
+own as `python -m xlgm.study.cli run SPEC ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from xlgm.errors import XlgmError
+
+
+def add_study_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("study", help="run a grid of fine-tuning runs from a YAML spec, analyse it, report it",
+                              description="Studies: train every grid point of a spec, evaluate and measure its "
+                                          "checkpoints (resumable), correlate measures with cross-lingual accuracy.")
+    p.set_defaults(handler=cmd_study)
+    sub = p.add_subparsers(dest="study_command", required=True)
+
+    r = sub.add_parser("run", help="train, evaluate and measure every grid point (finished work is skipped)")
+    r.add_argument("spec", help="the study spec (YAML), e.g. studies/demo.yaml")
+    r.add_argument("--out", help="study folder (default: runs/study-NAME)")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one run after the other here; ray: one Ray task per run (default: local)")
+    r.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    r.add_argument("--cpus-per-task", type=int, help="Ray: CPUs per task without GPUs (default: CPUs / runs)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--analyze", action="store_true", help="analyse and write the report when the runs are done")
+
+    for name, text in (("analyze", "correlate measures with accuracy; tables into OUT/analysis/"),
+                       ("report", "an HTML + markdown report with figures into OUT/report/")):
+        a = sub.add_parser(name, help=text)
+        a.add_argument("target", help="the study folder, or its spec (then --out or the default folder)")
+        a.add_argument("--out", help="the study folder when TARGET is a spec")
+    return p
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    if args.study_command == "run":
+        cmd_run(args)
+    elif args.study_command == "analyze":
+        from xlgm.study.analyze import analyze_study
+
+        analyze_study(args.target, args.out)
+    elif args.study_command == "report":
+        from xlgm.study.report import report_study
+
+        report_study(args.target, args.out)
+    else:  # pragma: no cover - argparse rejects it first
+        raise XlgmError(f"unknown study command {args.study_command!r}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from xlgm.study.runner import run_study
+    from xlgm.study.spec import load_spec
+
+    spec = load_spec(args.spec)
+    text = Path(args.spec).read_text(encoding="utf-8")
+    result = run_study(spec, args.out, args.executor, args.address, args.cpus_per_task,
+                       show_progress=not args.no_progress, spec_text=text)
+    print(f"study {spec.name} ({result.study_id}): {result.runs} runs, {result.units_done} of {result.units_total} "
+          f"units done ({result.units_now} now); results: {result.out / 'study.sqlite'}")
+    if args.analyze:
+        from xlgm.study.report import report_study
+
+        report_study(result.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlgm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_study_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`xlgm study ...` on its own (the same error handling as `xlgm`)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "study":
+        argv = ["study", *argv]
+    args = build_parser().parse_args(argv)
+    try:
+        cmd_study(args)
+    except XlgmError as err:
+        print(f"xlgm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xlgm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

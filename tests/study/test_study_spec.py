@@ -1,0 +1,112 @@
+"""The study spec: validation errors name the file and the field; grid expansion; a stable study id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xlgm.study.spec import SpecError, load_spec, parse_text
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+BASE = """\
+name: t
+model: some/model
+target_languages: [de, sw]
+train: {epochs: 1, lr: 5.0e-5, max_train_examples: 64}
+grid:
+  - objective: adamw
+  - {objective: sam, rho: [0.02, 0.05], lr: [1.0e-5, 2.0e-5]}
+seeds: [0, 1]
+checkpoints: {every: 5}
+measures: [margin, {sharpness-diff: {num_draws: 2}}]
+"""
+
+
+def spec_error(text: str) -> str:
+    with pytest.raises(SpecError) as err:
+        parse_text(text, "studies/x.yaml")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("rho: [0.02, 0.05]", "rho: abc"), "studies/x.yaml: grid[1].rho: expected a number, got 'abc'"),
+    (("rho: [0.02, 0.05]", "rho: [0.02, abc]"), "studies/x.yaml: grid[1].rho[1]: expected a number, got 'abc'"),
+    (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml: grid[1]: rho"),
+    (("rho: [0.02, 0.05]", "lam: 0.1"), "studies/x.yaml: grid[1].lam: neither an option of objective sam"),
+    (("objective: adamw", "objective: adam"), "studies/x.yaml: grid[0].objective: expected one of"),
+    (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml: train.seed: set by the spec's `seeds`"),
+    (("epochs: 1,", "epochs: 1, warmup: 3,"), "studies/x.yaml: train.warmup: unknown training option"),
+    (("epochs: 1,", "epochs: 0,"), "studies/x.yaml: train: epochs must be > 0"),
+    (("[de, sw]", "[de, xx]"), "studies/x.yaml: target_languages[1]: unknown language 'xx'"),
+    (("seeds: [0, 1]", "seeds: [0, one]"), "studies/x.yaml: seeds[1]: expected an integer, got 'one'"),
+    (("{every: 5}", "{every: 5, steps: [2]}"), "studies/x.yaml: checkpoints: give `every` or `steps`, not both"),
+    (("[margin,", "[nope,"), "studies/x.yaml: measures.names[0]: unknown measure 'nope'"),
+    (("num_draws: 2", "draws: 2"), "studies/x.yaml: measures.names[1].sharpness-diff: unknown option(s) draws"),
+    (("name: t", "name: t\nfoo: 1"), "studies/x.yaml: foo: unknown field"),
+])
+def test_errors_name_the_field(change, message):
+    old, new = change
+    assert old in BASE
+    assert spec_error(BASE.replace(old, new, 1)).startswith(message)
+
+
+def test_yaml_syntax_error_names_the_line():
+    assert spec_error("name: t\ngrid: [\n  - x: : y\n").startswith("studies/x.yaml:")
+    assert "required field missing" in spec_error("name: t\n")
+
+
+def test_grid_expansion():
+    spec = parse_text(BASE)
+    configs = spec.run_configs()
+    assert len(configs) == (1 + 2 * 2) * 2  # adamw + sam x rho x lr, each with 2 seeds
+    assert len({c.run_id for c in configs}) == len(configs)
+    sam = [c for c in configs if c.objective == "sam"]
+    assert {(c.objective_options["rho"], c.lr, c.seed) for c in sam} == {
+        (rho, lr, seed) for rho in (0.02, 0.05) for lr in (1e-5, 2e-5) for seed in (0, 1)}
+    adamw = [c for c in configs if c.objective == "adamw"]
+    assert all(c.lr == 5e-5 and c.objective_options == {} for c in adamw)
+    assert all(c.save_every == 5 and c.max_train_examples == 64 and c.model == "some/model" for c in configs)
+    assert spec.languages == ("en", "de", "sw")
+    assert [m.name for m in spec.measures.items] == ["margin", "sharpness-diff"]
+    # checkpoints by steps: saved every gcd, the listed steps and the last measured
+    steps = parse_text(BASE.replace("{every: 5}", "{steps: [40, 10, 20]}"))
+    assert steps.checkpoints.save_every == 10
+    assert steps.checkpoints.selects(20, False) and not steps.checkpoints.selects(30, False)
+    assert steps.checkpoints.selects(35, True)
+
+
+def test_study_id_is_stable():
+    a, b = parse_text(BASE), parse_text(BASE)
+    assert a == b and a.study_id == b.study_id and len(a.study_id) == 12
+    reordered = parse_text("# a comment\n" + BASE.replace("{epochs: 1, lr: 5.0e-5, max_train_examples: 64}",
+                                                          "{max_train_examples: 64, lr: 5e-5, epochs: 1.0}"))
+    assert reordered.study_id == a.study_id  # formatting, key order, 5e-5 vs 5.0e-5, 1 vs 1.0
+    assert [c.run_id for c in reordered.run_configs()] == [c.run_id for c in a.run_configs()]
+    assert parse_text(BASE.replace("seeds: [0, 1]", "seeds: [0, 2]")).study_id != a.study_id
+
+
+def test_spec_round_trips_through_yaml(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    text = BASE.replace("seeds: [0, 1]", "seeds: [0, 1]\ndata: data\nanalysis: {unit: run, axes: [objective, rho]}")
+    spec = parse_text(text, "x.yaml", base_dir=tmp_path)
+    assert spec.data.kind == "local" and spec.data.dir == str(data.resolve())
+    again = parse_text(spec.to_yaml(), "elsewhere.yaml", base_dir=tmp_path / "elsewhere")
+    assert again == spec and again.study_id == spec.study_id
+    steps = parse_text(BASE.replace("{every: 5}", "{steps: [4, 8]}"))
+    assert parse_text(steps.to_yaml()) == steps
+
+
+def test_shipped_specs_validate():
+    paths = sorted(STUDIES.glob("*.yaml"))
+    assert {p.name for p in paths} >= {"demo.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
+    specs = {p.name: load_spec(p) for p in paths}
+    demo = specs["demo.yaml"]
+    assert demo.model == "embedded" and demo.data.kind == "bundled" and len(demo.target_languages) == 14
+    assert {c.objective for c in demo.run_configs()} == {"adamw", "sam", "fisher", "mvr"}
+    assert {"margin", "sharpness-diff", "frobenius-distance", "hessian-top-eig"} <= set(demo.measures.names)
+    mbert = specs["xnli-mbert.yaml"]
+    assert mbert.data.kind == "hf" and mbert.train_options["train_split"] == "train"
+    assert mbert.seeds == (0, 1, 2)
