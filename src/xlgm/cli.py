@@ -90,9 +90,9 @@ def _measure_parser(sub) -> None:
 
 
 def _demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the embedded demo: train, then evaluate on every language (no downloads)")
-    p.add_argument("--out", default="runs/demo", help="where the demo writes (default: runs/demo)")
-    p.add_argument("--epochs", type=float, default=1.0)
+    p = sub.add_parser("demo", help="the embedded demo study: train, evaluate, measure, analyse, report (no downloads)")
+    p.add_argument("--out", default="runs/study-demo", help="where the demo writes (default: runs/study-demo)")
+    p.add_argument("--spec", default=None, help="another spec than the shipped studies/demo.yaml")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -196,21 +196,22 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from xlgm.data.tasks import XNLI
-    from xlgm.models.load import load_target
-    from xlgm.recipes.evaluate import evaluate_languages, format_table, write_report
-    from xlgm.recipes.train import TrainConfig, train
-    from xlgm.runs import resolve_target
+    """The shipped demo study, then its analysis and report (a rerun resumes where it stopped)."""
+    import time
 
-    out = Path(args.out)
-    config = TrainConfig(model="embedded", task="xnli", epochs=args.epochs, freeze="word")
-    run_dir = train(config, out / "run")
-    target = resolve_target(str(run_dir))
-    model, tokenizer = load_target(target, XNLI.num_labels, XNLI.label_names)
-    report = evaluate_languages(model, tokenizer, XNLI, XNLI.languages)
-    write_report(report, out / "eval-test.json")
-    print(format_table(report))
-    print(f"report: {out / 'eval-test.json'}")
+    from xlgm.study.analyze import analyze_study
+    from xlgm.study.report import report_study
+    from xlgm.study.runner import run_study
+    from xlgm.study.spec import load_spec
+
+    spec_path = Path(args.spec) if args.spec else Path(__file__).parent / "studies" / "demo.yaml"
+    spec = load_spec(spec_path)
+    start = time.perf_counter()
+    result = run_study(spec, args.out, "local", None, None, show_progress=True,
+                       spec_text=spec_path.read_text(encoding="utf-8"))
+    analyze_study(result.out)  # prints the top correlations
+    report_study(result.out)
+    print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results: {result.out / 'study.sqlite'}")
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "demo": cmd_demo,

@@ -110,3 +110,16 @@ def test_shipped_specs_validate():
     mbert = specs["xnli-mbert.yaml"]
     assert mbert.data.kind == "hf" and mbert.train_options["train_split"] == "train"
     assert mbert.seeds == (0, 1, 2)
+
+
+def test_every_shipped_spec_loads():
+    from pathlib import Path
+
+    import xlgm
+    from xlgm.study.spec import load_spec
+
+    shipped = sorted((Path(xlgm.__file__).parent / "studies").glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"demo.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
+    for path in shipped:
+        spec = load_spec(path)
+        assert spec.name and spec.grid, path

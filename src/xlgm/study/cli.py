@@ -7,7 +7,6 @@ own as `python -m xlgm.study.cli run SPEC ...`.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -70,29 +69,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         report_study(result.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xlgm")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_study_parser(sub)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`xlgm study ...` on its own (the same error handling as `xlgm`)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """`python -m xlgm.study.cli run ...` = `xlgm study run ...`."""
+    from xlgm.cli import main as xlgm_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "study":
-        argv = ["study", *argv]
-    args = build_parser().parse_args(argv)
-    try:
-        cmd_study(args)
-    except XlgmError as err:
-        print(f"xlgm: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xlgm: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return xlgm_main(argv if argv[:1] == ["study"] else ["study", *argv])
 
 
 if __name__ == "__main__":
