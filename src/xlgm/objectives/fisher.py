@@ -1,0 +1,153 @@
+"""`fisher`: Fisher Penalty (Jastrzebski, Arpit, Åstrand, Kerg, Wang, Xiong, Socher, Cho & Geras,
+"Catastrophic Fisher Explosion: Early Phase Fisher Matrix Impacts Generalization", ICML 2021).
+
+The loss is
+
+    CE(f(x), y) + λ · ‖∇θ CE(f(x'), ŷ)‖²,     ŷ ~ p_θ(· | x')  (sampled, not the true labels)
+
+where x' is the micro-batch or its first `sub_batch` examples: the squared norm of the mini-batch
+gradient with labels drawn from the model's own predictive distribution, the paper's cheap proxy for the
+trace of the Fisher information. The penalty is differentiated by double back-propagation: the inner
+gradient is taken with `create_graph=True` and the total is back-propagated once with `ctx.backward`.
+
+Options (all only active with `--objective fisher`):
+
+* `lam` (`--fisher-lambda`, default 0.1): the penalty weight (α in the paper), a hyper-parameter the
+  paper tunes per setting; no value is prescribed for fine-tuning encoders, so 0.1 is our default, to
+  be tuned. λ = 0 is plain cross-entropy.
+* `sub_batch` (`--fisher-sub-batch`, default: the whole micro-batch): compute the penalty on the first m
+  examples only, to save time. With m smaller than the micro-batch an extra forward pass on the m
+  examples is run, so only that part is double-differentiated. Note that ‖mean gradient‖² shrinks with
+  the batch it is averaged over (its noise part ∝ 1/m), so the effective strength of λ depends on m.
+* `every` (`--fisher-every`, default 1): apply the penalty on optimizer steps where step % every == 0,
+  to save time; other steps are plain cross-entropy, and the penalty is not rescaled by `every`.
+
+Cost: double back-propagation is inherently about 3x an AdamW step (a linear layer's matmuls: 1 forward
++ 2 inner backward + 6 outer backward, against 1 + 2), whatever the implementation; `sub_batch` and
+`every` are the ways to pay less.
+
+With gradient accumulation each micro-batch computes its own penalty on its own (sub-)batch and its
+share is scaled by `ctx.loss_scale`: the step's penalty is the mean of per-micro-batch penalties, not the
+penalty of the whole batch's mean gradient. Under DDP the penalty is per rank and its gradient is
+all-reduced with the rest (the inner `autograd.grad` never touches `.grad`, so DDP's hooks see one
+backward); the extra sub-batch forward runs under `ctx.no_sync`.
+
+Attention kernels: the fused SDPA kernels (flash / memory-efficient, on CPU and CUDA) have no double
+backward, so the forward whose graph is differentiated twice runs under the SDPA math backend.
+
+Mixed precision: under fp16 the inner loss is multiplied by the GradScaler's scale before the inner
+gradient and the penalty divided by scale² (in fp32); an overflow makes the total non-finite and the
+GradScaler skips the step. bf16 needs nothing special.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from xlgm.objectives.base import StepContext
+from xlgm.objectives.common import (
+    check_nonnegative,
+    check_positive_int,
+    cross_entropy,
+    grad_scale,
+    logits_of,
+    trainable_parameters,
+    upcast,
+)
+
+
+def math_attention():
+    """A context in which scaled_dot_product_attention uses the (twice differentiable) math backend."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ŷ_i ~ softmax(logits_i), drawn with `generator` (on the generator's device), no gradient."""
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def gradient_norm_penalty(
+    loss: torch.Tensor, params: list[torch.Tensor], scale: float = 1.0
+) -> torch.Tensor:
+    """‖∇_params loss‖², differentiable (create_graph=True); `scale` is the fp16 loss scale to undo."""
+    target = loss * scale if scale != 1.0 else loss
+    grads = torch.autograd.grad(target, params, create_graph=True, allow_unused=True)
+    squares = [upcast(g).pow(2).sum() for g in grads if g is not None]
+    if not squares:
+        return loss.new_zeros((), dtype=torch.float32)
+    penalty = torch.stack([s.to(squares[0].device) for s in squares]).sum()
+    if scale != 1.0:
+        penalty = penalty / (scale * scale)
+    return penalty
+
+
+@dataclass(frozen=True)
+class FisherConfig:
+    lam: float = 0.1
+    sub_batch: int | None = None  # None: the whole micro-batch
+    every: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "lam", check_nonnegative("lam (--fisher-lambda)", self.lam))
+        object.__setattr__(
+            self, "sub_batch", check_positive_int("sub_batch (--fisher-sub-batch)", self.sub_batch, allow_none=True)
+        )
+        object.__setattr__(self, "every", check_positive_int("every (--fisher-every)", self.every))
+
+
+class FisherObjective:
+    name = "fisher"
+
+    def __init__(self, config: FisherConfig | None = None):
+        self.config = config or FisherConfig()
+
+    def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
+        return None
+
+    def is_active(self, step: int) -> bool:
+        return self.config.lam > 0 and step % self.config.every == 0
+
+    def micro_step(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
+    ) -> dict[str, float]:
+        labels = batch["labels"]
+        if not self.is_active(ctx.step):
+            loss = cross_entropy(logits_of(model, batch), labels)
+            ctx.backward(loss * ctx.loss_scale)
+            value = loss.item()
+            return {"loss": value, "objective": value, "fisher_active": 0.0}
+
+        size = labels.shape[0]
+        m = size if self.config.sub_batch is None else min(self.config.sub_batch, size)
+        params = [p for _, p in trainable_parameters(model)]
+        if m == size:
+            with math_attention():
+                logits = logits_of(model, batch)
+            sub_logits = logits
+        else:
+            logits = logits_of(model, batch)
+            sub = {k: v[:m] for k, v in batch.items()}
+            with ctx.no_sync(model), math_attention():
+                sub_logits = logits_of(model, sub)
+        loss = cross_entropy(logits, labels)
+        y_hat = sample_labels(sub_logits, ctx.generator)
+        penalty = gradient_norm_penalty(cross_entropy(sub_logits, y_hat), params, grad_scale(ctx))
+        total = loss + self.config.lam * penalty
+        ctx.backward(total * ctx.loss_scale)
+        loss_value, penalty_value = torch.stack([loss.detach(), penalty.detach().to(loss.device)]).tolist()
+        return {
+            "loss": loss_value,
+            "objective": loss_value + self.config.lam * penalty_value,
+            "fisher_penalty": penalty_value,
+            "fisher_active": 1.0,
+        }

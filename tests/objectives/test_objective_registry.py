@@ -1,0 +1,173 @@
+"""The registry, configs, validation errors, CLI options, and every objective under accelerate."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
+from objectives_testlib import (
+    make_batch,
+    make_rows,
+    params_of,
+    run_steps,
+    same_params,
+    split,
+    tiny_model,
+    wordpiece_tokenizer,
+)
+
+from xlgm.errors import XlgmError
+from xlgm.objectives import (
+    OBJECTIVES,
+    add_objective_arguments,
+    build_config,
+    build_objective,
+    describe_objective,
+    objective_from_args,
+)
+
+
+def test_registry_and_defaults():
+    assert list(OBJECTIVES) == ["adamw", "sam", "asam", "fisher", "mvr"]
+    assert describe_objective(build_objective("adamw")) == {"objective": "adamw"}
+    sam = build_objective("sam")
+    assert (sam.name, sam.config.rho, sam.config.shared_perturbation) == ("sam", 0.05, False)
+    asam = build_objective("ASAM")
+    assert (asam.name, asam.config.rho, asam.config.eta) == ("asam", 0.5, 0.01)
+    fisher = build_objective("fisher")
+    assert (fisher.config.lam, fisher.config.sub_batch, fisher.config.every) == (0.1, None, 1)
+    mvr = build_objective("mvr")
+    assert (mvr.config.lam, mvr.config.rate, mvr.config.max_length) == (0.6, 0.2, None)
+    assert describe_objective(build_objective("sam", rho=0.1)) == {
+        "objective": "sam",
+        "rho": 0.1,
+        "shared_perturbation": False,
+    }
+    for spec in OBJECTIVES.values():
+        assert spec.reference and spec.summary
+
+
+def test_configs_are_frozen():
+    config = build_config("sam", rho=0.2)
+    with pytest.raises(Exception):
+        config.rho = 0.3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "name,options,message",
+    [
+        ("sam", {"rho": -0.1}, r"rho \(--rho\) must be >= 0"),
+        ("asam", {"rho": math.nan}, "finite"),
+        ("asam", {"eta": -1}, "eta"),
+        ("sam", {"rho": "big"}, "must be a number"),
+        ("sam", {"rho": True}, "must be a number"),
+        ("sam", {"shared_perturbation": "yes"}, "true or false"),
+        ("fisher", {"lam": -1.0}, "fisher-lambda"),
+        ("fisher", {"lam": math.inf}, "finite"),
+        ("fisher", {"sub_batch": 0}, "fisher-sub-batch"),
+        ("fisher", {"sub_batch": 2.5}, "integer"),
+        ("fisher", {"every": 0}, "fisher-every"),
+        ("mvr", {"lam": -0.6}, "mvr-lambda"),
+        ("mvr", {"rate": 1.0}, r"\[0, 1\)"),
+        ("mvr", {"rate": -0.1}, "mvr-rate"),
+        ("mvr", {"max_length": 0}, "max_length"),
+        ("adamw", {"rho": 0.1}, "no option rho"),
+        ("sam", {"lam": 0.1}, "its options are: rho, shared_perturbation"),
+        ("sgd", {}, "unknown objective 'sgd'"),
+    ],
+)
+def test_argument_validation_errors(name, options, message):
+    with pytest.raises(XlgmError, match=message):
+        build_objective(name, **options)
+
+
+def test_boundaries_are_accepted():
+    assert build_objective("sam", rho=0).config.rho == 0.0
+    assert build_objective("mvr", rate=0, lam=0).config.rate == 0.0
+    assert build_objective("fisher", sub_batch=1, every=1, lam=0).config.sub_batch == 1
+    assert build_objective("fisher", sub_batch=4.0).config.sub_batch == 4
+
+
+def parser():
+    return add_objective_arguments(argparse.ArgumentParser(prog="xlgm train"))
+
+
+def test_cli_options():
+    args = parser().parse_args([])
+    assert objective_from_args(args).name == "adamw"
+    args = parser().parse_args(["--objective", "SAM", "--rho", "0.1", "--sam-shared-perturbation"])
+    objective = objective_from_args(args)
+    assert (objective.name, objective.config.rho, objective.config.shared_perturbation) == ("sam", 0.1, True)
+    args = parser().parse_args(["--objective", "asam", "--asam-eta", "0.05"])
+    assert (objective_from_args(args).config.rho, objective_from_args(args).config.eta) == (0.5, 0.05)
+    args = parser().parse_args(
+        ["--objective", "fisher", "--fisher-lambda", "0.3", "--fisher-sub-batch", "8", "--fisher-every", "10"]
+    )
+    config = objective_from_args(args).config
+    assert (config.lam, config.sub_batch, config.every) == (0.3, 8, 10)
+    args = parser().parse_args(["--objective", "mvr", "--mvr-lambda", "0.5", "--mvr-rate", "0.1"])
+    config = objective_from_args(args, max_length=128).config
+    assert (config.lam, config.rate, config.max_length) == (0.5, 0.1, 128)
+    # extra options go only where they belong
+    assert objective_from_args(parser().parse_args(["--objective", "sam"]), max_length=128).name == "sam"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--rho", "0.1"], "--rho applies to --objective sam/asam, not to --objective adamw"),
+        (["--objective", "sam", "--fisher-lambda", "1"], "--fisher-lambda applies to --objective fisher"),
+        (["--objective", "fisher", "--mvr-rate", "0.1"], "--mvr-rate applies to --objective mvr"),
+        (["--objective", "sam", "--asam-eta", "0.1"], "--asam-eta applies to --objective asam"),
+        (["--objective", "mvr", "--mvr-rate", "1.5"], r"\[0, 1\)"),
+        (["--objective", "fisher", "--fisher-every", "0"], ">= 1"),
+    ],
+)
+def test_cli_errors(argv, message):
+    args = parser().parse_args(argv)
+    with pytest.raises(XlgmError, match=message):
+        objective_from_args(args)
+
+
+def test_cli_rejects_unknown_objective():
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--objective", "sgd"])
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("adamw", {}),
+        ("sam", {"rho": 0.1}),
+        ("sam", {"rho": 0.1, "shared_perturbation": True}),
+        ("asam", {}),
+        ("fisher", {"lam": 0.5, "sub_batch": 3}),
+        ("mvr", {"rate": 0.3}),
+    ],
+)
+def test_every_objective_under_accelerate_matches_the_plain_loop(name, options):
+    accelerate = pytest.importorskip("accelerate")
+    tok = wordpiece_tokenizer()
+    rows = make_rows(16, seed=9)
+    steps = [split(make_batch(tok, rows, range(8 * s, 8 * s + 8)), [4, 4]) for s in range(2)]
+
+    reference = tiny_model(vocab_size=len(tok), seed=2)
+    objective = build_objective(name, **options)
+    objective.setup(reference, tok, rows)
+    run_steps(objective, reference, steps, seed=3)
+
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = tiny_model(vocab_size=len(tok), seed=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    before = params_of(model)
+    objective = build_objective(name, **options)
+    objective.setup(model, tok, rows)
+    logs = run_steps(objective, model, steps, accelerator=accelerator, optimizer=optimizer, seed=3)
+    assert all(math.isfinite(entry["loss"]) for entry in logs)
+    assert not same_params(before, params_of(model))
+    for a, b in zip(reference.parameters(), model.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
