@@ -90,7 +90,7 @@ def format_table(report: dict) -> str:
         gap = f"{gaps[lang]:+8.3f}" if lang in gaps else f"{'':>8}"
         lines.append(f"{lang:<6}{r['accuracy']:8.3f}{gap}{r['num_examples']:7d}")
     if report.get("target_mean_accuracy") is not None:
-        lines.append(f"{'mean of targets':<14}{report['target_mean_accuracy']:.3f}")
+        lines.append(f"mean of targets {report['target_mean_accuracy']:.3f}")
     return "\n".join(lines)
 
 

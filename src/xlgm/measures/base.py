@@ -1,0 +1,393 @@
+"""What a generalization measure returns, how measures are registered, and how one is computed.
+
+A *measure* is a function `fn(ctx, config) -> MeasureResult` registered under a name:
+
+    @register_measure("margin", reference="Bassi et al. 2024 ...", config_cls=MarginConfig)
+    def margin(ctx: MeasureContext, config: MarginConfig) -> MeasureResult:
+        ...
+        return ctx.result(value, spread=..., num_samples=..., some_detail=...)
+
+`compute_measure(name, model, batches, ...)` resolves the config, opens the shared guard (`guard.preserved`:
+eval mode, parameters/buffers/flags restored bitwise on exit, a private seeded generator), selects the
+parameters the measure looks at (`params.select_parameters`) and calls the function with a `MeasureContext`,
+which carries the model, the batches, the selected parameters, their values at entry (`w0`) and the loss
+helpers of `loss.py`, counting the forward/backward passes they make.
+
+A *group* measure (kind="group") looks at several trained models at once (e.g. the variance of parameters
+across seeds); it takes state dicts, not a model and batches: `compute_group_measure(name, state_dicts)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xlgm.errors import XlgmError
+from xlgm.measures import loss as loss_lib
+from xlgm.measures.guard import preserved
+from xlgm.measures.params import ParamFilter, describe_filter, select_parameters
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """Tensors, numpy scalars/arrays, tuples and dataclasses -> plain Python (floats, ints, lists, dicts)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return value.item() if value.numel() == 1 and value.dim() == 0 else value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    """One measure's value on one model and data set.
+
+    value: the measure (a float). spread: the standard deviation (ddof=1) of the per-sample values where the
+    measure samples (Monte Carlo draws, Hutchinson probes), else None. num_samples: how many samples the value
+    averages (None when it does not sample). details: everything else worth keeping (search traces, radii,
+    losses before/after, per-layer values, operator applications, cost in forward-pass units...).
+    """
+
+    name: str
+    value: float
+    spread: float | None = None
+    num_samples: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "spread": self.spread,
+            "num_samples": self.num_samples,
+            "details": _jsonable(self.details),
+        }
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (ddof=1; None for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("no values")
+    spread = float(arr.std(ddof=1)) if arr.size >= 2 else None
+    return float(arr.mean()), spread
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The context a measure works in
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MeasureContext:
+    """What a measure function may use. Created by `compute_measure` inside the guard.
+
+    `params` are the selected parameters (requires_grad=True for them and only them while the measure runs),
+    `w0` their values at entry (clones; never modified). The helpers count forward/backward passes in `meter`.
+    """
+
+    name: str
+    model: nn.Module
+    batches: list[dict[str, torch.Tensor]]
+    named_params: list[tuple[str, nn.Parameter]]
+    generator: torch.Generator
+    seed: int
+    config: Any
+    inputs: dict[str, Any] = field(default_factory=dict)
+    param_filter: str = "requires_grad"
+    meter: loss_lib.CostMeter = field(default_factory=loss_lib.CostMeter)
+
+    # -- the selected parameters ---------------------------------------------------------------------------
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_params]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.named_params]
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @cached_property
+    def w0(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    @cached_property
+    def abs_w0(self) -> list[torch.Tensor]:
+        """|w0|, elementwise (the scale of magnitude-aware / adaptive perturbations)."""
+        return [w.abs() for w in self.w0]
+
+    @cached_property
+    def num_examples(self) -> int:
+        return loss_lib.total_examples(self.batches)
+
+    @torch.no_grad()
+    def set_params(self, values: Sequence[torch.Tensor]) -> None:
+        """Write `values` into the selected parameters (in place, same storage)."""
+        for p, v in zip(self.params, values):
+            p.copy_(v)
+
+    @torch.no_grad()
+    def set_offset(self, delta: Sequence[torch.Tensor]) -> None:
+        """Move the selected parameters to w0 + delta."""
+        for p, w, d in zip(self.params, self.w0, delta):
+            p.copy_(w).add_(d)  # in place: the same float additions as w + d, no temporary
+
+    def reset(self) -> None:
+        """Move the selected parameters back to w0."""
+        self.set_params(self.w0)
+
+    # -- randomness ------------------------------------------------------------------------------------------
+
+    def draw_seeds(self, n: int) -> list[int]:
+        """`n` seeds from the measure's generator, for noise that must be regenerated identically later
+        (common random numbers across the steps of a search)."""
+        return torch.randint(0, 2**62, (n,), generator=self.generator, device=self.generator.device).tolist()
+
+    def sub_generator(self, seed: int) -> torch.Generator:
+        gen = torch.Generator(device=self.generator.device)
+        gen.manual_seed(int(seed))
+        return gen
+
+    def gaussian_like_params(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """z ~ N(0, I), one tensor per selected parameter, drawn in parameter order."""
+        gen = generator or self.generator
+        return [torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) for p in self.params]
+
+    def uniform_like_params(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """r ~ U(-1, 1), one tensor per selected parameter."""
+        gen = generator or self.generator
+        return [torch.rand(p.shape, generator=gen, device=p.device, dtype=p.dtype) * 2 - 1 for p in self.params]
+
+    # -- the loss helpers, counted -----------------------------------------------------------------------------
+
+    def loss(self, batches: Sequence[dict[str, torch.Tensor]] | None = None) -> float:
+        return loss_lib.mean_loss(self.model, self.batches if batches is None else batches, meter=self.meter)
+
+    def evaluate(self, batches: Sequence[dict[str, torch.Tensor]] | None = None) -> loss_lib.LossAndError:
+        return loss_lib.evaluate(self.model, self.batches if batches is None else batches, meter=self.meter)
+
+    def loss_and_grad(
+        self, batches: Sequence[dict[str, torch.Tensor]] | None = None
+    ) -> tuple[loss_lib.LossAndError, list[torch.Tensor]]:
+        return loss_lib.loss_and_gradient(
+            self.model, self.batches if batches is None else batches, self.params, meter=self.meter
+        )
+
+    # -- the result ---------------------------------------------------------------------------------------------
+
+    def result(
+        self, value: float, *, spread: float | None = None, num_samples: int | None = None, **details: Any
+    ) -> MeasureResult:
+        """A `MeasureResult` with the common details added: data size, parameters, seed, config, cost."""
+        common = {
+            "num_examples": self.num_examples,
+            "num_parameters": self.num_parameters,
+            "num_parameter_tensors": len(self.named_params),
+            "param_filter": self.param_filter,
+            "seed": self.seed,
+            "config": dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {},
+            "cost": self.meter.summary(self.num_examples),
+        }
+        return MeasureResult(
+            name=self.name,
+            value=float(value),
+            spread=None if spread is None else float(spread),
+            num_samples=num_samples,
+            details=_jsonable({**common, **details}),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """A registered measure: its name, function, reference (paper and equation), config class and kind."""
+
+    name: str
+    fn: Callable[..., MeasureResult]
+    reference: str
+    config_cls: type
+    kind: str = "model"  # "model": (model, batches) -> result; "group": (state_dicts) -> result
+    inputs: tuple[str, ...] = ()  # extra keyword inputs compute_measure accepts (e.g. init_state)
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip()
+
+    @property
+    def summary(self) -> str:
+        return self.doc.splitlines()[0] if self.doc else ""
+
+
+_REGISTRY: dict[str, MeasureSpec] = {}
+KINDS = ("model", "group")
+
+
+def register_measure(
+    name: str, *, reference: str, config_cls: type, kind: str = "model", inputs: Iterable[str] = ()
+) -> Callable[[Callable[..., MeasureResult]], Callable[..., MeasureResult]]:
+    """Register `fn(ctx, config)` (kind="model") or `fn(state_dicts, config, param_filter)` (kind="group")."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
+        raise TypeError(f"config_cls of {name!r} must be a frozen dataclass")
+
+    def decorate(fn: Callable[..., MeasureResult]) -> Callable[..., MeasureResult]:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"measure {name!r} is already registered")
+        _REGISTRY[name] = MeasureSpec(name, fn, reference, config_cls, kind, tuple(inputs))
+        return fn
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    # The measure modules register themselves on import; importing the package imports them all.
+    import xlgm.measures  # noqa: F401
+
+
+def list_measures(kind: str | None = "model") -> list[str]:
+    """Registered names, sorted. kind="model" (default): measures of one model on data; "group": measures of a
+    group of runs; None: all."""
+    _ensure_loaded()
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
+
+
+def get_measure(name: str) -> MeasureSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise XlgmError(f"unknown measure {name!r}; known measures: {known}") from None
+
+
+def resolve_config(spec: MeasureSpec, config: Any) -> Any:
+    """None -> defaults; a mapping -> config_cls(**mapping) (unknown keys are an error); an instance -> itself."""
+    if config is None:
+        return spec.config_cls()
+    if isinstance(config, spec.config_cls):
+        return config
+    if isinstance(config, Mapping):
+        known = {f.name for f in dataclasses.fields(spec.config_cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise XlgmError(
+                f"unknown option(s) {', '.join(unknown)} for measure {spec.name}; "
+                f"known: {', '.join(sorted(known)) or '(none)'}"
+            )
+        return spec.config_cls(**config)
+    raise XlgmError(
+        f"config for measure {spec.name} must be a {spec.config_cls.__name__} or a dict, got {type(config).__name__}"
+    )
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Config validation helper: raise XlgmError unless value > 0 (or >= 0)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and math.isnan(value)):
+        raise XlgmError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise XlgmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Computing a measure
+# ---------------------------------------------------------------------------------------------------------
+
+
+def compute_measure(
+    name: str,
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    config: Any = None,
+    param_filter: ParamFilter = None,
+    seed: int = 0,
+    **inputs: Any,
+) -> MeasureResult:
+    """Compute measure `name` of `model` on `batches` (dicts of tensors on the model's device, with labels).
+
+    config: None (defaults), a dict of options, or the measure's config instance. param_filter: None (every
+    parameter with requires_grad=True), a regex searched in parameter names, or a callable name -> bool.
+    seed: seeds the measure's private generator; the same seed gives the same value. Extra keyword inputs
+    (e.g. `init_state=` for frobenius-distance) are passed to measures that declare them.
+
+    The model comes back exactly as it was (parameters, buffers, train/eval flags, requires_grad, .grad),
+    also when the measure raises; the global RNG state is untouched.
+    """
+    spec = get_measure(name)
+    if spec.kind != "model":
+        raise XlgmError(f"{name} is a measure of a group of runs: use compute_group_measure({name!r}, state_dicts)")
+    unknown = sorted(set(inputs) - set(spec.inputs))
+    if unknown:
+        raise XlgmError(
+            f"measure {name} takes no input(s) {', '.join(unknown)}"
+            + (f"; it takes: {', '.join(spec.inputs)}" if spec.inputs else "")
+        )
+    cfg = resolve_config(spec, config)
+    batches = list(batches)
+    if not batches:
+        raise XlgmError(f"measure {name} needs at least one batch of data")
+    with preserved(model, seed) as generator:
+        named = select_parameters(model, param_filter)
+        selected = {id(p) for _, p in named}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in selected)
+        ctx = MeasureContext(
+            name=name,
+            model=model,
+            batches=batches,
+            named_params=named,
+            generator=generator,
+            seed=seed,
+            config=cfg,
+            inputs=dict(inputs),
+            param_filter=describe_filter(param_filter),
+        )
+        return spec.fn(ctx, cfg)
+
+
+def compute_group_measure(
+    name: str, state_dicts: Sequence[Mapping[str, torch.Tensor]], config: Any = None, param_filter: ParamFilter = None
+) -> MeasureResult:
+    """Compute a group measure (e.g. `parameter-variance-across-seeds`) of several runs' state dicts."""
+    spec = get_measure(name)
+    if spec.kind != "group":
+        raise XlgmError(f"{name} is a measure of one model: use compute_measure({name!r}, model, batches)")
+    return spec.fn(list(state_dicts), resolve_config(spec, config), param_filter)

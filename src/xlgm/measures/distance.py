@@ -1,0 +1,83 @@
+"""Distance from initialization: Σ_l ||W_l - W_l^0||_F² (Jiang et al. 2020, measure (40), "frob-distance").
+
+For fine-tuning, the initialization is the pre-trained encoder plus the freshly initialised head, so the
+distance measures how far fine-tuning moved the weights. Needs the initial weights: pass `init_state=` (a
+state dict, parameter name -> tensor) to `compute_measure`, or `init_state_path` in the config (a
+`.safetensors` file or a `torch.save`d state dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xlgm.errors import XlgmError
+from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
+from xlgm.measures.params import layer_of
+
+
+@dataclass(frozen=True)
+class FrobeniusDistanceConfig:
+    init_state_path: str | None = None  # used when no `init_state=` is passed
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a torch.save'd dict of tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise XlgmError(f"initial state file {path} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
+        raise XlgmError(f"could not read initial state {path}: {err}") from err
+    if not isinstance(state, Mapping):
+        raise XlgmError(f"{path} does not hold a state dict")
+    return dict(state)
+
+
+def _init_state(ctx: MeasureContext, config: FrobeniusDistanceConfig) -> Mapping[str, torch.Tensor]:
+    state = ctx.inputs.get("init_state")
+    if state is None and config.init_state_path is not None:
+        state = load_state(config.init_state_path)
+    if state is None:
+        raise XlgmError("frobenius-distance needs the initial weights: pass init_state= or set init_state_path")
+    if not isinstance(state, Mapping):
+        raise XlgmError(f"init_state must be a mapping of parameter names to tensors, got {type(state).__name__}")
+    return state
+
+
+@register_measure(
+    "frobenius-distance",
+    reference="Jiang, Neyshabur, Mobahi, Krishnan & Bengio (2020), Fantastic Generalization Measures, ICLR; "
+    "distance to initialization Σ ||W - W0||_F², measure (40); Nagarajan & Kolter (2019)",
+    config_cls=FrobeniusDistanceConfig,
+    inputs=("init_state",),
+)
+def frobenius_distance(ctx: MeasureContext, config: FrobeniusDistanceConfig) -> MeasureResult:
+    """Squared distance from initialization Σ_l ||W_l - W_l^0||_F² over the selected parameters.
+
+    value: the total; details: its square root, per-layer (module) and per-parameter sums. Exact (float64).
+    """
+    init = _init_state(ctx, config)
+    missing = [n for n in ctx.names if n not in init]
+    if missing:
+        raise XlgmError(f"init_state lacks {len(missing)} selected parameter(s), e.g. {', '.join(missing[:3])}")
+    per_param: dict[str, float] = {}
+    for name, p in ctx.named_params:
+        w0 = init[name]
+        if tuple(w0.shape) != tuple(p.shape):
+            raise XlgmError(f"init_state[{name!r}] has shape {tuple(w0.shape)}, the model {tuple(p.shape)}")
+        diff = p.detach().double() - w0.detach().to(p.device, torch.float64)
+        per_param[name] = float(diff.pow(2).sum())
+    per_layer: dict[str, float] = {}
+    for name, value in per_param.items():
+        per_layer[layer_of(name)] = per_layer.get(layer_of(name), 0.0) + value
+    total = sum(per_param.values())
+    return ctx.result(total, distance=total**0.5, per_layer=per_layer, per_parameter=per_param)

@@ -1,0 +1,237 @@
+"""The loss helpers every measure shares: mean cross-entropy, error rate and full-data gradients over batches.
+
+All losses are the mean over *all examples* of all batches (batches of different sizes weigh by their size):
+
+    L(w) = (1/N) sum_b sum_{i in b} CE(f_w(x_i), y_i),      err(w) = (1/N) #{i : argmax f_w(x_i) != y_i}
+
+and the full-data gradient is the gradient of that L, i.e. sum_b (n_b / N) grad L_b. Passes that need no
+gradient run under `torch.inference_mode()`. Every helper can count its passes in a `CostMeter`, in units of
+one forward pass over the whole data set (a backward counts as two forwards), which is how the measures
+report their cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlgm.errors import XlgmError
+from xlgm.objectives.base import model_inputs
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class CostMeter:
+    """Examples passed forward, backward, and through second-order backward passes (HVP, R-op)."""
+
+    forward_examples: int = 0
+    backward_examples: int = 0
+    second_order_examples: int = 0  # a double backward / R-op pass, counted as 2 forward units like a backward
+
+    def forward(self, n: int) -> None:
+        self.forward_examples += n
+
+    def backward(self, n: int) -> None:
+        self.backward_examples += n
+
+    def second_order(self, n: int) -> None:
+        self.second_order_examples += n
+
+    def summary(self, num_examples: int) -> dict[str, float]:
+        n = max(num_examples, 1)
+        return {
+            "forward_passes": self.forward_examples / n,
+            "backward_passes": self.backward_examples / n,
+            "second_order_passes": self.second_order_examples / n,
+            "forward_units": (self.forward_examples + 2 * self.backward_examples + 2 * self.second_order_examples) / n,
+        }
+
+
+@dataclass(frozen=True)
+class LossAndError:
+    loss: float  # mean cross-entropy
+    error: float  # error rate in [0, 1]
+    num_examples: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------------------
+
+
+def labels_of(batch: Batch) -> torch.Tensor:
+    labels = batch.get("labels")
+    if labels is None:
+        raise XlgmError("this measure needs labelled data: a batch has no `labels`")
+    if labels.dtype not in (torch.long, torch.int, torch.int32, torch.int64) or labels.dim() != 1:
+        raise XlgmError(f"labels must be a 1-D integer tensor of class ids, got {labels.dtype} {tuple(labels.shape)}")
+    if bool((labels < 0).any()):
+        raise XlgmError("this measure needs labelled data: a batch has negative (missing) labels")
+    return labels.long()
+
+
+def batch_size(batch: Batch) -> int:
+    if "labels" in batch:
+        return int(batch["labels"].shape[0])
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    raise XlgmError("a batch holds no tensor")
+
+
+def total_examples(batches: Sequence[Batch]) -> int:
+    return sum(batch_size(b) for b in batches)
+
+
+def take_rows(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The examples `rows` of a batch (every tensor indexed along its first dimension)."""
+    return {k: v.index_select(0, rows.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+            for k, v in batch.items()}
+
+
+def subsample(batches: Sequence[Batch], fraction: float, generator: torch.Generator) -> list[Batch]:
+    """A random `fraction` of the examples of every batch (at least one each), drawn with `generator`."""
+    if fraction >= 1.0:
+        return list(batches)
+    out = []
+    for batch in batches:
+        n = batch_size(batch)
+        k = max(1, round(fraction * n))
+        perm = torch.randperm(n, generator=generator, device=generator.device)[:k].sort().values
+        out.append(take_rows(batch, perm))
+    return out
+
+
+def single_examples(batches: Sequence[Batch]) -> Iterator[Batch]:
+    """Every example as a batch of one (padding kept, so the model sees the same input)."""
+    for batch in batches:
+        for i in range(batch_size(batch)):
+            yield {k: v[i : i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forward passes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """`model(**inputs).logits`, for Hugging Face sequence classifiers and anything returning `.logits`."""
+    out = model(**model_inputs(batch))
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, (tuple, list)):
+        logits = out[0]
+    if logits is None and isinstance(out, torch.Tensor):
+        logits = out
+    if logits is None or logits.dim() != 2:
+        raise XlgmError("the model must return classification logits of shape (batch, num_labels)")
+    return logits
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half/bfloat16 logits -> float32 for the loss; float32/float64 unchanged."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def logits_and_labels(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits (N x C, at least float32) and labels (N), concatenated over batches, without gradients."""
+    all_logits, all_labels = [], []
+    with torch.inference_mode():
+        for batch in batches:
+            labels = labels_of(batch)
+            all_logits.append(upcast(logits_of(model, batch)))
+            all_labels.append(labels)
+            if meter is not None:
+                meter.forward(labels.shape[0])
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None) -> LossAndError:
+    """Mean cross-entropy and error rate over all examples (inference mode, float64 accumulation)."""
+    total_loss = torch.zeros((), dtype=torch.float64)
+    total_wrong = 0
+    n = 0
+    with torch.inference_mode():
+        for batch in batches:
+            labels = labels_of(batch)
+            logits = upcast(logits_of(model, batch))
+            total_loss += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
+            total_wrong += int((logits.argmax(dim=-1) != labels).sum())
+            n += labels.shape[0]
+            if meter is not None:
+                meter.forward(labels.shape[0])
+    return LossAndError(float(total_loss) / n, total_wrong / n, n)
+
+
+def mean_loss(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None) -> float:
+    return evaluate(model, batches, meter).loss
+
+
+def error_rate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None) -> float:
+    return evaluate(model, batches, meter).error
+
+
+def loss_and_gradient(
+    model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor], meter: CostMeter | None = None
+) -> tuple[LossAndError, list[torch.Tensor]]:
+    """L(w), err(w) and the full-data gradient dL/dparams = sum_b (n_b/N) grad L_b (zeros where unused)."""
+    n_total = total_examples(batches)
+    grads = [torch.zeros_like(p) for p in params]
+    total_loss = torch.zeros((), dtype=torch.float64)
+    total_wrong = 0
+    with torch.enable_grad(), sparse_embedding_gradients(model, params):
+        for batch in batches:
+            labels = labels_of(batch)
+            logits = logits_of(model, batch)
+            loss_sum = F.cross_entropy(upcast(logits), labels, reduction="sum")
+            parts = torch.autograd.grad(loss_sum / n_total, list(params), allow_unused=True)
+            for g, part in zip(grads, parts):
+                if part is not None:
+                    g.add_(part)  # a sparse embedding gradient adds only its rows
+            total_loss += loss_sum.detach().double().cpu()
+            total_wrong += int((logits.detach().argmax(dim=-1) != labels).sum())
+            if meter is not None:
+                meter.forward(labels.shape[0])
+                meter.backward(labels.shape[0])
+    return LossAndError(float(total_loss) / n_total, total_wrong / n_total, n_total), grads
+
+
+@contextlib.contextmanager
+def sparse_embedding_gradients(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Embedding tables among `params` return sparse (row) gradients while inside.
+
+    A multilingual vocabulary makes the word-embedding table most of the parameters (96M of e5-small's 118M),
+    yet a batch touches a few thousand rows: the dense gradient (zero-filled, then index-added) costs more
+    than the rest of the backward pass. `nn.Embedding.sparse` switches the lookup's backward to a sparse COO
+    gradient of the touched rows; the values are the same. Only for first-order gradients (the sparse
+    backward is not twice differentiable); the flag is put back on exit.
+    """
+    wanted = {id(p) for p in params}
+    switched = [m for m in model.modules()
+                if isinstance(m, nn.Embedding) and not m.sparse and id(m.weight) in wanted]
+    for m in switched:
+        m.sparse = True
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.sparse = False
+
+
+@contextlib.contextmanager
+def double_backward_safe() -> Iterator[None]:
+    """Force PyTorch's math attention kernel, the only `scaled_dot_product_attention` backend whose backward
+    is itself differentiable (the flash/efficient kernels, on CPU too, raise on a double backward)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield

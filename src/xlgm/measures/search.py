@@ -1,0 +1,84 @@
+"""Binary search for the largest perturbation scale whose loss deviation stays at a target.
+
+Jiang et al. (2020, "Fantastic generalization measures", Appendix D) estimate the flatness measures 1/α'² and
+1/σ'² by bisection on the scale s of a perturbation: `deviation(s)` (the increase of the loss, or error,
+that a perturbation of scale s causes) is assumed to grow with s, and the search looks for the s where it
+equals `target`:
+
+    lo, hi = lower, upper
+    repeat at most `max_iters` times:
+        s = (lo + hi) / 2;  d = deviation(s)
+        if |d - target| <= tolerance: stop (converged)
+        if d > target: hi = s  else: lo = s
+
+The bracket [lo, hi] only shrinks (lo never decreases, hi never increases), which the trace records. The
+measures call `deviation` with *common random numbers* (the same noise directions at every s), so that
+d(s) is a deterministic function of s and the bisection is well posed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    scale: float
+    deviation: float
+    lower: float  # the bracket the step was taken in
+    upper: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    scale: float  # the last scale tried (within tolerance of the target when converged)
+    deviation: float  # the deviation at that scale
+    converged: bool
+    steps: list[SearchStep]
+    hit_upper: bool  # every step stayed below the target: the true scale may lie above `upper`
+
+    @property
+    def iterations(self) -> int:
+        return len(self.steps)
+
+    def trace(self) -> list[dict[str, Any]]:
+        return [
+            {"scale": s.scale, "deviation": s.deviation, "lower": s.lower, "upper": s.upper, **s.info}
+            for s in self.steps
+        ]
+
+
+def bisect_scale(
+    deviation: Callable[[float], tuple[float, dict[str, Any]]],
+    target: float,
+    lower: float,
+    upper: float,
+    max_iters: int,
+    tolerance: float,
+) -> SearchResult:
+    """Bisection for the scale where `deviation(scale)[0]` reaches `target` (see the module docstring).
+
+    `deviation` returns (the deviation, a dict of extra information kept in the trace).
+    """
+    if not upper > lower >= 0:
+        raise ValueError(f"need 0 <= lower < upper, got [{lower}, {upper}]")
+    lo, hi = lower, upper
+    steps: list[SearchStep] = []
+    converged = False
+    scale, dev = (lo + hi) / 2, float("nan")
+    for _ in range(max_iters):
+        scale = (lo + hi) / 2
+        dev, info = deviation(scale)
+        steps.append(SearchStep(scale, dev, lo, hi, info))
+        if abs(dev - target) <= tolerance:
+            converged = True
+            break
+        if dev > target:
+            hi = scale
+        else:
+            lo = scale
+    hit_upper = bool(steps) and all(s.deviation < target - tolerance for s in steps)
+    return SearchResult(scale, dev, converged, steps, hit_upper)
