@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from xlgm.errors import XlgmError
@@ -125,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task
     from xlgm.models.load import load_target
-    from xlgm.recipes.evaluate import evaluate_languages, format_table, write_report
+    from xlgm.recipes.evaluate import evaluate_languages, format_table, load_languages, write_report
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, resolve_target
 
@@ -138,13 +137,10 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     languages = task.resolve_languages(args.languages)
     source = DataSource.from_args(args.data_dir, args.hub)
     # Read every data file before loading the model: a malformed file fails in a second, not a minute.
-    from xlgm.data.loading import load_examples
-
-    for lang in languages:
-        load_examples(task, args.split, lang, source, args.max_examples)
+    examples = load_languages(task, languages, source, args.split, args.max_examples)
     model, tokenizer = load_target(target, task.num_labels, task.label_names)
     report = evaluate_languages(model, tokenizer, task, languages, source, args.split, args.max_examples,
-                                args.max_length, args.batch_size)
+                                args.max_length, args.batch_size, examples=examples)
     report["target"] = target.label
     base = target.run_dir or Path(".")
     out = Path(args.out) if args.out else base / f"eval-{args.split}.json"

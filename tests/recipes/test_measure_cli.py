@@ -6,7 +6,6 @@ import json
 import sqlite3
 
 import pytest
-import torch
 
 from xlgm.cli import main
 from xlgm.recipes.train import TrainConfig, train

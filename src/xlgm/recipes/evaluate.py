@@ -53,9 +53,12 @@ def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, example
 def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                        languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",
                        max_examples: int | None = None, max_length: int = 128, batch_size: int = 64,
-                       show_progress: bool = True) -> dict:
-    """Accuracy per language, the mean over target languages and each language's gap to the source."""
-    per_language = {lang: load_examples(task, split, lang, source, max_examples) for lang in languages}
+                       show_progress: bool = True, examples: dict[str, list[Example]] | None = None) -> dict:
+    """Accuracy per language, the mean over target languages and each language's gap to the source.
+
+    `examples` (language -> rows) skips reading the files again when the caller already has them.
+    """
+    per_language = examples or load_languages(task, languages, source, split, max_examples)
     total = sum(len(rows) for rows in per_language.values())
     results: dict[str, dict] = {}
     start = time.perf_counter()
@@ -70,6 +73,12 @@ def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     summary = summarize(results, task.source_language)
     return {"task": task.name, "split": split, "data": source.describe(), "languages": results,
             **summary, "seconds": seconds, "examples_per_second": total / seconds if seconds else None}
+
+
+def load_languages(task: Task, languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",
+                   max_examples: int | None = None) -> dict[str, list[Example]]:
+    """Every language's rows, read (and validated) up front: a bad file fails before any model work."""
+    return {lang: load_examples(task, split, lang, source, max_examples) for lang in languages}
 
 
 def summarize(results: dict[str, dict], source_language: str) -> dict:
