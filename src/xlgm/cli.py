@@ -94,6 +94,38 @@ def _demo_parser(sub) -> None:
     p.add_argument("--spec", default=None, help="another spec than the shipped studies/demo.yaml")
 
 
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict accuracy per language from unlabelled text (label-free measures)",
+                       description="Label-free measures of a study's kept outputs, a ridge predictor of accuracy "
+                                   "per (checkpoint, language), cross-validated leave-one-language-out and "
+                                   "leave-one-run-out against the baselines; or, with --text, predictions for "
+                                   "a new language's unlabelled text.")
+    p.add_argument("target", help="a study folder, or its spec (then --out or the default folder)")
+    p.add_argument("--out", help="the study folder when TARGET is a spec")
+    p.add_argument("--text", help="unlabelled text of a new language: a TSV of text_a, text_b (a label column is "
+                                  "ignored)")
+    p.add_argument("--language", help="the language code of --text (a name for the output)")
+    p.add_argument("--parallel", action="store_true",
+                   help="--text is a row-by-row translation of the study's source evaluation rows")
+    p.add_argument("--checkpoints", default="last", choices=["last", "all"],
+                   help="with --text: the last checkpoint of every run, or every measured one (default: last)")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from xlgm.study.analyze import resolve_study
+    from xlgm.study.predict import predict_study, predict_text
+
+    spec, out = resolve_study(args.target, args.out)
+    if not args.text:
+        predict_study(spec, out)
+        return
+    if not args.language:
+        raise XlgmError("--text needs --language (the code to report the prediction under)")
+    table = predict_text(spec, out, args.text, args.language, args.parallel, args.checkpoints)
+    print(table[["checkpoint_id", "source_accuracy", "predicted_accuracy"]].to_string(index=False,
+                                                                                      float_format="%.3f"))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from xlgm.objectives import objective_options
     from xlgm.recipes.train import TrainConfig, train
@@ -196,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     import time
 
     from xlgm.study.analyze import analyze_study
+    from xlgm.study.predict import predict_study
     from xlgm.study.report import report_study
     from xlgm.study.runner import run_study
     from xlgm.study.spec import load_spec
@@ -206,12 +239,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     result = run_study(spec, args.out, "local", None, None, show_progress=True,
                        spec_text=spec_path.read_text(encoding="utf-8"))
     analyze_study(result.out)  # prints the top correlations
+    predict_study(spec, result.out)  # prints the label-free predictor's errors
     report_study(result.out)
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results: {result.out / 'study.sqlite'}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "demo": cmd_demo,
-            "study": cmd_study}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "predict": cmd_predict,
+            "demo": cmd_demo, "study": cmd_study}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _measure_parser(sub)
+    _predict_parser(sub)
     _demo_parser(sub)
     add_study_parser(sub)
     return parser

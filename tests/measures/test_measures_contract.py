@@ -25,8 +25,10 @@ CHEAP = {
     "hessian-trace": {"num_matvecs": 3},
     "sharpness-worst": {"steps": 3},
     "sharpness-avg": {"num_draws": 3},
+    "sharpness-avg-pseudo": {"num_draws": 3},
 }
-SAMPLING = ["sharpness-diff", "pacbayes-flatness", "pacbayes-flatness-mag", "sharpness-avg", "hessian-trace"]
+SAMPLING = ["sharpness-diff", "pacbayes-flatness", "pacbayes-flatness-mag", "sharpness-avg", "hessian-trace",
+            "sharpness-diff-pseudo", "sharpness-avg-pseudo"]
 NO_FORWARD = {"frobenius-distance", "spectral-norm"}  # they never run the model
 
 

@@ -37,18 +37,18 @@ def read_tsv(path: str | Path, task: Task, *, labelled: bool = True) -> list[Exa
         raise DataFormatError(path, line_no, "UTF-8 text", f"byte {err.object[err.start]:#x}") from None
     # Lines end at "\n" only: sentences may hold U+2028 or a stray "\r", which are text, not line ends.
     lines = text.split("\n")
+    expected = ("3 tab-separated columns (text_a, text_b, label)" if labelled
+                else "2 or 3 tab-separated columns (text_a, text_b[, label])")
     if lines and lines[-1] == "":
         lines.pop()
     for line_no, raw in enumerate(lines, start=1):
         line = raw[:-1] if raw.endswith("\r") else raw
         if not line.strip():
-            raise DataFormatError(path, line_no, "3 tab-separated columns (text_a, text_b, label)", "a blank line")
+            raise DataFormatError(path, line_no, expected, "a blank line")
         cols = line.split("\t")
         allowed = (3,) if labelled else (2, 3)
         if len(cols) not in allowed:
-            raise DataFormatError(
-                path, line_no, "3 tab-separated columns (text_a, text_b, label)", f"{len(cols)} column(s)"
-            )
+            raise DataFormatError(path, line_no, expected, f"{len(cols)} column(s)")
         label = -1
         if len(cols) == 3:
             label_text = cols[2].strip()

@@ -21,6 +21,8 @@ mode it was in, whatever happens. Each module holds one idea:
                      measures hessian-top-eig, hessian-trace, fisher-trace
 - distance.py        frobenius-distance; spectral.py spectral-norm
 - seed_variance.py   parameter-variance-across-seeds (a measure of a group of runs)
+- label_free.py      label-free measures of a model's outputs on unlabelled text (confidence, entropy, ATC,
+                     DoC, agreement, CKA, embedding distance, retrieval) and pseudo-label sharpness
 """
 
 from xlgm.measures.base import (
@@ -29,6 +31,7 @@ from xlgm.measures.base import (
     MeasureSpec,
     compute_group_measure,
     compute_measure,
+    compute_output_measure,
     get_measure,
     list_measures,
     register_measure,
@@ -47,6 +50,7 @@ from xlgm.measures import (  # noqa: E402,F401  isort: skip
     distance,
     spectral,
     seed_variance,
+    label_free,
 )
 from xlgm.measures.curvature import measures as _curvature_measures  # noqa: E402,F401
 from xlgm.measures.seed_variance import parameter_variance_across_seeds  # noqa: E402
@@ -57,6 +61,7 @@ __all__ = [
     "MeasureSpec",
     "compute_group_measure",
     "compute_measure",
+    "compute_output_measure",
     "get_measure",
     "list_measures",
     "register_measure",

@@ -15,6 +15,11 @@ helpers of `loss.py`, counting the forward/backward passes they make.
 
 A *group* measure (kind="group") looks at several trained models at once (e.g. the variance of parameters
 across seeds); it takes state dicts, not a model and batches: `compute_group_measure(name, state_dicts)`.
+
+An *outputs* measure (kind="outputs") needs no labels and no model: it reads what one forward pass over a
+language's text gave (`TextOutputs`: logits and sentence embeddings), optionally beside the same model's
+outputs on source-language text and other models' outputs on the same text:
+`compute_output_measure(name, target, source=..., peers=...)` (see label_free.py).
 """
 
 from __future__ import annotations
@@ -240,7 +245,7 @@ class MeasureSpec:
     fn: Callable[..., MeasureResult]
     reference: str
     config_cls: type
-    kind: str = "model"  # "model": (model, batches) -> result; "group": (state_dicts) -> result
+    kind: str = "model"  # "model": (model, batches); "group": (state_dicts); "outputs": (TextOutputs, ...)
     inputs: tuple[str, ...] = ()  # extra keyword inputs compute_measure accepts (e.g. init_state)
 
     @property
@@ -253,13 +258,14 @@ class MeasureSpec:
 
 
 _REGISTRY: dict[str, MeasureSpec] = {}
-KINDS = ("model", "group")
+KINDS = ("model", "group", "outputs")
 
 
 def register_measure(
     name: str, *, reference: str, config_cls: type, kind: str = "model", inputs: Iterable[str] = ()
 ) -> Callable[[Callable[..., MeasureResult]], Callable[..., MeasureResult]]:
-    """Register `fn(ctx, config)` (kind="model") or `fn(state_dicts, config, param_filter)` (kind="group")."""
+    """Register `fn(ctx, config)` (kind="model"), `fn(state_dicts, config, param_filter)` (kind="group") or
+    `fn(target, config, source, peers)` (kind="outputs")."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
@@ -281,7 +287,7 @@ def _ensure_loaded() -> None:
 
 def list_measures(kind: str | None = "model") -> list[str]:
     """Registered names, sorted. kind="model" (default): measures of one model on data; "group": measures of a
-    group of runs; None: all."""
+    group of runs; "outputs": label-free measures of a model's outputs on text; None: all."""
     _ensure_loaded()
     return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
@@ -391,3 +397,16 @@ def compute_group_measure(
     if spec.kind != "group":
         raise XlgmError(f"{name} is a measure of one model: use compute_measure({name!r}, model, batches)")
     return spec.fn(list(state_dicts), resolve_config(spec, config), param_filter)
+
+
+def compute_output_measure(name: str, target: Any, config: Any = None, source: Any = None,
+                           peers: Sequence[Any] = ()) -> MeasureResult:
+    """Compute a label-free measure of `target` (a `TextOutputs`: a model's outputs on one language's text).
+
+    source: the same model's outputs on source-language text (labelled where the measure needs labels, and
+    row-aligned with `target` where it needs parallel text); peers: other models' outputs on the same text.
+    """
+    spec = get_measure(name)
+    if spec.kind != "outputs":
+        raise XlgmError(f"{name} is not a measure of model outputs (its kind is {spec.kind})")
+    return spec.fn(target, resolve_config(spec, config), source, list(peers))

@@ -7,8 +7,10 @@ their longest member, and the forward passes run under `torch.inference_mode`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +21,103 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import Example, Task
+from xlgm.errors import XlgmError
 from xlgm.objectives.base import model_inputs
 
 
+@dataclass(frozen=True)
+class TextOutputs:
+    """One model's outputs on one language's text, in the original row order.
+
+    logits [n, num_labels] (float32); embeddings [n, hidden] (float32): the mean over non-padding tokens of
+    the encoder's hidden states at `layer` (None when not asked for); labels [n] (-1 where unknown).
+    """
+
+    language: str
+    logits: np.ndarray
+    embeddings: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(-1)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        z = self.logits - self.logits.max(-1, keepdims=True)
+        e = np.exp(z.astype(np.float64))
+        return e / e.sum(-1, keepdims=True)
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.labels is None or len(self.labels) == 0 or (self.labels < 0).any():
+            return None
+        return float((self.predictions == self.labels).mean())
+
+    def save(self, path: Path) -> None:
+        """An .npz file (no pickle); written atomically."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"logits": self.logits}
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings.astype(np.float16)  # ample for distances, half the disk
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, language=np.array(self.language), **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TextOutputs":
+        with np.load(path, allow_pickle=False) as z:
+            emb = z["embeddings"].astype(np.float32) if "embeddings" in z else None
+            labels = z["labels"] if "labels" in z else None
+            return cls(str(z["language"]), z["logits"], emb, labels)
+
+
+def _pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """Mean of the encoder's hidden states at `layer` over non-padding tokens (encoder-decoder models: the
+    encoder's)."""
+    states = getattr(outputs, "hidden_states", None) or getattr(outputs, "encoder_hidden_states", None)
+    if states is None:
+        raise XlgmError("the model returned no hidden states; it cannot give sentence embeddings")
+    hidden = states[layer].float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 @torch.inference_mode()
-def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
-                   batch_size: int = 64, progress: tqdm | None = None) -> np.ndarray:
-    """Logits for every example, in the original order."""
+def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
+                    batch_size: int = 64, progress: tqdm | None = None, embeddings: bool = False,
+                    layer: int = -1, language: str = "") -> TextOutputs:
+    """Logits (and, with `embeddings`, mean-pooled hidden states at `layer`) for every example, from one
+    forward pass per length-sorted batch, in the original order. The model is left in the mode it was in."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     collator = BatchCollator(tokenizer, data)
-    out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    logits_out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    emb_out: np.ndarray | None = None
     try:
         for indices in length_sorted_batches(data.lengths, batch_size):
-            batch = collator(indices)
-            logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
-            out[indices] = logits.float().cpu().numpy()
+            batch = {k: v.to(device) for k, v in model_inputs(collator(indices)).items()}
+            out = model(**batch, output_hidden_states=embeddings)
+            logits_out[indices] = out.logits.float().cpu().numpy()
+            if embeddings:
+                pooled = _pooled_hidden(out, batch["attention_mask"], layer).cpu().numpy()
+                if emb_out is None:
+                    emb_out = np.zeros((len(data), pooled.shape[1]), dtype=np.float32)
+                emb_out[indices] = pooled
             if progress is not None:
                 progress.update(len(indices))
     finally:
         model.train(was_training)
-    return out
+    return TextOutputs(language, logits_out, emb_out, np.asarray(data.labels, dtype=np.int64))
+
+
+def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
+                   batch_size: int = 64, progress: tqdm | None = None) -> np.ndarray:
+    """Logits for every example, in the original order."""
+    return predict_outputs(model, tokenizer, data, batch_size, progress).logits
 
 
 def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],

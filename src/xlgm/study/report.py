@@ -6,7 +6,8 @@
 Contents: a run x language accuracy heatmap; for each measure a measure-vs-mean-target-accuracy scatter with its
 least-squares line and Kendall tau in the title; a measure x language tau heatmap; training curves (loss vs step of
 every run, from RUN/train_log.jsonl); the per-run table (objective, hyperparameters, seed, best held-out accuracy,
-mean target accuracy, source accuracy, measures) and the strongest correlations. Figures are drawn with
+mean target accuracy, source accuracy, measures) and the strongest correlations; and, when `xlgm predict` has
+run, the label-free predictor's errors against its baselines with a predicted-vs-actual scatter per language. Figures are drawn with
 matplotlib's object API (`matplotlib.figure.Figure`, Agg canvas): no pyplot, no display needed.
 """
 
@@ -260,7 +261,69 @@ img { max-width: 100%; }
 """
 
 
-def build_report(data: StudyData, tables: dict[str, pd.DataFrame]) -> tuple[str, str, list[Figure]]:
+# ------------------------------------------------------------------------------------------------------------
+# Prediction from unlabelled text (OUT/prediction, written by `xlgm predict`)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictionSection:
+    summary: dict
+    errors: pd.DataFrame  # per language: actual, predicted, the errors of the predictor and both baselines
+    figure: Figure
+
+
+def prediction_section(folder: Path) -> PredictionSection | None:
+    """Predicted vs actual accuracy per language (leave-one-language-out), if `xlgm predict` has run."""
+    cv_path, summary_path = folder / "prediction" / "cv.csv", folder / "prediction" / "summary.json"
+    if not (cv_path.is_file() and summary_path.is_file()):
+        return None
+    summary = json.loads(summary_path.read_text())
+    cv = pd.read_csv(cv_path)
+    cv = cv[cv["scheme"] == "leave-one-language-out"]
+    if cv.empty:
+        return None
+    errors = (cv.groupby("language", sort=False)
+              .agg(actual=("accuracy", "mean"), predicted=("predicted", "mean"), mae=("error", "mean"),
+                   mae_same_as_source=("error_source", "mean"), mae_other_languages=("error_other_languages", "mean"),
+                   rows=("error", "size")).reset_index())
+    fig = _figure(5.2, 4.2)
+    ax = fig.add_subplot()
+    for lang, rows in cv.groupby("language", sort=False):
+        ax.scatter(rows["accuracy"], rows["predicted"], s=16, alpha=0.8, label=lang)
+    lo = float(min(cv["accuracy"].min(), cv["predicted"].min())) - 0.02
+    hi = float(max(cv["accuracy"].max(), cv["predicted"].max())) + 0.02
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+    mae = summary["schemes"]["leave-one-language-out"]["mae"]
+    ax.set_title(f"Leave-one-language-out: MAE {mae['predicted']:.3f} (same as source {mae['same_as_source']:.3f})",
+                 fontsize=9)
+    ax.set_xlabel("actual accuracy")
+    ax.set_ylabel("predicted from unlabelled text")
+    ax.legend(fontsize=6, ncol=2)
+    return PredictionSection(summary, errors, Figure("prediction", "Predicted vs actual accuracy", _png(fig)))
+
+
+def _prediction_html(section: PredictionSection, img) -> tuple[list[str], pd.DataFrame]:
+    s = section.summary
+    rows = []
+    for scheme, r in s["schemes"].items():
+        if "skipped" in r:
+            rows.append((scheme, "", "", "", "", r["skipped"]))
+        else:
+            m = r["mae"]
+            rows.append((scheme, m["predicted"], m["same_as_source"], m["other_languages"],
+                         r["ratio_to_same_as_source"], m["rows"]))
+    table = pd.DataFrame(rows, columns=["scheme", "MAE", "MAE same as source", "MAE other languages",
+                                        "ratio", "rows"])
+    intro = ("Accuracy per (checkpoint, language) predicted from unlabelled target text: a ridge regression on "
+             f"label-free measures ({', '.join(s['features'])}). Each language's predictions come from a model "
+             "fitted without that language's rows.")
+    return [f"<p>{html.escape(intro)}</p>", _html_table(table, "prediction"), img(section.figure),
+            _html_table(section.errors, "prediction-errors")], table
+
+
+def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
+                 prediction: PredictionSection | None = None) -> tuple[str, str, list[Figure]]:
     """(html, markdown, figures) of a study."""
     spec = data.spec
     corr = tables["correlations"]
@@ -298,7 +361,16 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame]) -> tuple[str,
              "<h2>Measures vs mean target accuracy</h2>", '<div class="figs">', *[img(f) for f in scatters], "</div>",
              "<h2>Correlation with each language</h2>", img(tau),
              "<h2>Strongest correlations</h2>", _html_table(top, "top"),
-             "<h2>Training curves</h2>", img(curves), "</body></html>"]
+             "<h2>Training curves</h2>", img(curves)]
+    md_prediction: list[str] = []
+    if prediction is not None:
+        figures.append(prediction.figure)
+        html_parts, table = _prediction_html(prediction, img)
+        parts += ["<h2>Predicted accuracy from unlabelled text</h2>", *html_parts]
+        md_prediction = ["## Predicted accuracy from unlabelled text", "", _md_table(table), "",
+                         f"![{prediction.figure.title}](figures/{prediction.figure.key}.png)", "",
+                         _md_table(prediction.errors), ""]
+    parts.append("</body></html>")
     md = [f"# Study {spec.name}", ""] + [f"> {n}" for n in data.notes] + [""]
     md += [_md_table(pd.DataFrame(facts, columns=["", ""])), "",
            "## Accuracy per run and language", "", f"![{figures[0].title}](figures/{figures[0].key}.png)", "",
@@ -306,7 +378,7 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame]) -> tuple[str,
     md += [f"![{f.title}](figures/{f.key}.png)" for f in scatters]
     md += ["", "## Correlation with each language", "", f"![{tau.title}](figures/{tau.key}.png)", "",
            "## Strongest correlations", "", _md_table(top), "", "## Training curves", "",
-           f"![{curves.title}](figures/{curves.key}.png)", ""]
+           f"![{curves.title}](figures/{curves.key}.png)", ""] + md_prediction
     return "\n".join(parts), "\n".join(md), figures
 
 
@@ -316,7 +388,7 @@ def report_study(target: str | Path, out: str | Path | None = None, echo: bool =
     data = load_study(spec, folder)
     tables = analysis_tables(data)
     write_tables(data, tables)
-    page, markdown, figures = build_report(data, tables)
+    page, markdown, figures = build_report(data, tables, prediction_section(folder))
     report_dir = folder / "report"
     (report_dir / "figures").mkdir(parents=True, exist_ok=True)
     for fig in figures:

@@ -59,10 +59,22 @@ def train_unit_id(run_id: str) -> str:
     return f"train/{run_id}"
 
 
+def eval_key(spec: StudySpec) -> str:
+    """What identifies an evaluation setting (and, when outputs are kept, how they are kept)."""
+    setting: dict[str, Any] = {"task": spec.task, "split": spec.evaluation.split, "data": eval_data_label(spec),
+                               "max_length": spec.eval_max_length()}
+    if spec.prediction.enabled:  # a study that starts keeping outputs evaluates again to get them
+        setting["outputs"] = {"layer": spec.prediction.embedding_layer, "rows": spec.prediction.embedding_rows}
+    return config_hash(setting, 8)
+
+
 def eval_unit_id(spec: StudySpec, checkpoint_id: str, language: str) -> str:
-    key = config_hash({"task": spec.task, "split": spec.evaluation.split, "data": eval_data_label(spec),
-                       "max_length": spec.eval_max_length()}, 8)
-    return f"eval/{checkpoint_id}/{key}/{language}"
+    return f"eval/{checkpoint_id}/{eval_key(spec)}/{language}"
+
+
+def outputs_path(spec: StudySpec, run_dir: Path, checkpoint_name: str, language: str) -> Path:
+    """Where an evaluation keeps its outputs (`TextOutputs` as .npz) for the label-free measures."""
+    return Path(run_dir) / "outputs" / checkpoint_name / f"{spec.evaluation.split}-{eval_key(spec)}-{language}.npz"
 
 
 def measure_unit_id(spec: StudySpec, checkpoint_id: str, item) -> str:
@@ -145,7 +157,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
             continue
         model, tokenizer = _load(config, run_dir, Path(ckpt["path"]), task_def, device)
         if languages:
-            _evaluate(task, model, tokenizer, task_def, source, cid, languages, emit)
+            _evaluate(task, model, tokenizer, task_def, source, ckpt, languages, emit)
         if measures:
             _measure(task, model, tokenizer, task_def, source, ckpt, measures, device, init_cache, emit)
         del model
@@ -162,16 +174,20 @@ def _load(config, run_dir: Path, checkpoint: Path, task_def, device):
     return model.to(device), tokenizer
 
 
-def _evaluate(task: RunTask, model, tokenizer, task_def, source, checkpoint_id: str, languages: list[str],
-              emit) -> None:
-    import numpy as np
+def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], emit) -> None:
+    """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
+    kept on disk (before the unit is marked done) for the label-free measures."""
+    from dataclasses import replace
 
     from xlgm.data.batching import tokenize_examples
     from xlgm.data.loading import load_examples
-    from xlgm.recipes.evaluate import predict_logits
+    from xlgm.recipes.evaluate import predict_outputs
 
     spec = task.spec
-    ev = spec.evaluation
+    ev, pred = spec.evaluation, spec.prediction
+    checkpoint_id = ckpt["checkpoint_id"]
+    keep = pred.enabled
+    embed = keep and pred.embedding_rows > 0
     rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
     with tqdm(total=sum(len(r) for r in rows.values()), desc=f"evaluate {checkpoint_id}", unit="ex", leave=False,
               disable=not task.show_progress) as bar:
@@ -179,8 +195,13 @@ def _evaluate(task: RunTask, model, tokenizer, task_def, source, checkpoint_id: 
             bar.set_postfix_str(lang)
             start = time.perf_counter()
             data = tokenize_examples(tokenizer, rows[lang], spec.eval_max_length())
-            logits = predict_logits(model, tokenizer, data, ev.batch_size, bar)
-            accuracy = float((logits.argmax(-1) == np.asarray(data.labels)).mean()) if len(data) else float("nan")
+            outputs = predict_outputs(model, tokenizer, data, ev.batch_size, bar, embeddings=embed,
+                                      layer=pred.embedding_layer, language=lang)
+            accuracy = outputs.accuracy if len(data) else float("nan")
+            if keep:
+                if embed:
+                    outputs = replace(outputs, embeddings=outputs.embeddings[:pred.embedding_rows])
+                outputs.save(outputs_path(spec, task.run_dir, ckpt["name"], lang))
             emit({"kind": "eval", "unit_id": eval_unit_id(spec, checkpoint_id, lang), "run_id": task.config.run_id,
                   "checkpoint_id": checkpoint_id, "task": spec.task, "language": lang, "split": ev.split,
                   "data": eval_data_label(spec), "num_examples": len(rows[lang]), "accuracy": accuracy,

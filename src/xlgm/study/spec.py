@@ -51,7 +51,7 @@ from xlgm.errors import XlgmError
 from xlgm.results import config_hash
 
 TOP_KEYS = ("name", "task", "model", "source_language", "target_languages", "data", "train", "grid", "seeds",
-            "checkpoints", "evaluation", "measures", "analysis")
+            "checkpoints", "evaluation", "measures", "analysis", "prediction")
 # TrainConfig fields the spec sets elsewhere (top level, grid entry, seeds, checkpoints).
 NOT_IN_TRAIN = {"model": "model", "task": "task", "source_language": "source_language", "data": "data",
                 "data_dir": "data", "objective": "grid[].objective", "objective_options": "grid[]",
@@ -164,6 +164,19 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class PredictionSpec:
+    """`xlgm predict`: keep each evaluation's outputs (logits, and sentence embeddings of the first
+    `embedding_rows` rows at `embedding_layer`) to compute label-free measures from, then fit the predictor."""
+
+    enabled: bool = True
+    parallel: bool = True  # the evaluation files are translations of each other, row by row (XNLI, PAWS-X)
+    embedding_layer: int = -1
+    embedding_rows: int = 1000
+    features: tuple[str, ...] | None = None  # None: every feature the study's outputs give
+    alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     task: str
@@ -178,6 +191,7 @@ class StudySpec:
     evaluation: EvaluationSpec
     measures: MeasuresSpec
     analysis: AnalysisSpec
+    prediction: PredictionSpec = PredictionSpec()
     source: str = field(default="<spec>", compare=False)
 
     @property
@@ -242,6 +256,8 @@ class StudySpec:
                          "data": dataclasses.asdict(self.measures.data), "params": self.measures.params,
                          "seed": self.measures.seed},
             "analysis": {**dataclasses.asdict(a), "axes": list(a.axes) if a.axes else "auto"},
+            "prediction": {**dataclasses.asdict(self.prediction), "alphas": list(self.prediction.alphas),
+                           "features": list(self.prediction.features) if self.prediction.features else "auto"},
         }
         return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
@@ -387,10 +403,11 @@ class _Parser:
         evaluation = self.evaluation(top.get("evaluation"))
         measures = self.measures(top.get("measures"), task, source_language)
         analysis = self.analysis(top.get("analysis"))
+        prediction = self.prediction(top.get("prediction"))
         spec = StudySpec(name=name, task=task_name, model=model, source_language=source_language,
                          target_languages=tuple(targets), data=data, train=tuple(sorted(train.items())),
                          grid=tuple(grid), seeds=tuple(seeds), checkpoints=checkpoints, evaluation=evaluation,
-                         measures=measures, analysis=analysis, source=self.source)
+                         measures=measures, analysis=analysis, prediction=prediction, source=self.source)
         self.check_runs(spec)
         return spec
 
@@ -590,6 +607,32 @@ class _Parser:
             top=self.integer("analysis.top", m.get("top", d.top), minimum=1),
             max_conditioning=self.integer("analysis.max_conditioning", m.get("max_conditioning", d.max_conditioning),
                                           minimum=0))
+
+    def prediction(self, value: Any) -> PredictionSpec:
+        from xlgm.analysis.predict import FEATURES
+
+        m = self.mapping("prediction", value, ("enabled", "parallel", "embedding_layer", "embedding_rows",
+                                               "features", "alphas"))
+        d = PredictionSpec()
+        features = m.get("features", "auto")
+        if features in ("auto", None):
+            features = None
+        else:
+            if not isinstance(features, list) or not features:
+                raise self.fail("prediction.features", f"expected `auto` or a list of feature names, got {features!r}")
+            features = tuple(self.string(f"prediction.features[{i}]", f, choices=tuple(FEATURES))
+                             for i, f in enumerate(features))
+        alphas = m.get("alphas", list(d.alphas))
+        if not isinstance(alphas, list) or not alphas:
+            raise self.fail("prediction.alphas", f"expected a list of positive numbers, got {alphas!r}")
+        return PredictionSpec(
+            enabled=self.boolean("prediction.enabled", m.get("enabled", d.enabled)),
+            parallel=self.boolean("prediction.parallel", m.get("parallel", d.parallel)),
+            embedding_layer=self.integer("prediction.embedding_layer", m.get("embedding_layer", d.embedding_layer)),
+            embedding_rows=self.integer("prediction.embedding_rows", m.get("embedding_rows", d.embedding_rows),
+                                        minimum=0),
+            features=features,
+            alphas=tuple(float(self.number(f"prediction.alphas[{i}]", a, positive=True)) for i, a in enumerate(alphas)))
 
     def check_runs(self, spec: StudySpec) -> None:
         """Build every TrainConfig and objective config now, so a bad value fails before any training."""

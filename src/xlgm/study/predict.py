@@ -1,0 +1,257 @@
+"""`xlgm predict STUDY`: predict each checkpoint's accuracy in each language from unlabelled text alone.
+
+1. Label-free measures. The study's evaluations kept their outputs (logits + sentence embeddings, one .npz per
+   checkpoint and language, `runner.outputs_path`). For every checkpoint and target language the outputs
+   measures of measures/label_free.py are computed from them: the target's labels are dropped before anything
+   is computed, the source language (English) keeps its labels. They are stored in the study's `measures` table
+   (data `LANG-SPLIT-text`) and in OUT/prediction/label_free.csv.
+2. The predictor (analysis/predict.py) is cross-validated leave-one-language-out and leave-one-run-out and
+   compared with the baselines "same as the source" and "mean of the other languages":
+   OUT/prediction/{cv.csv, summary.json}.
+3. `--text FILE --language XX`: the predictor, fitted on the whole study, predicts the accuracy of the study's
+   checkpoints on a new language's unlabelled text (a TSV of text_a, text_b; a label column is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from xlgm.analysis.predict import (
+    FEATURES,
+    PARALLEL_ONLY,
+    SCHEMES,
+    GapRegressor,
+    available_features,
+    cross_validate,
+    derive_features,
+    summarize,
+)
+from xlgm.errors import XlgmError
+from xlgm.measures.base import compute_output_measure
+from xlgm.recipes.evaluate import TextOutputs
+from xlgm.study.db import StudyDB
+from xlgm.study.runner import DB_NAME, eval_data_label, outputs_path, train_unit_id
+from xlgm.study.spec import StudySpec
+
+OUTPUT_MEASURES = ("confidence-margin", "prediction-entropy", "atc-accuracy", "doc-accuracy")
+PARALLEL_MEASURES = ("translation-agreement", "translation-gap", "linear-cka", "retrieval-accuracy")
+EMBEDDING_MEASURES = ("linear-cka", "retrieval-accuracy", "embedding-distance")
+FOLDER = "prediction"
+
+
+def unlabelled(outputs: TextOutputs) -> TextOutputs:
+    """The outputs without labels: what a target language contributes to its own prediction."""
+    return replace(outputs, labels=None)
+
+
+def label_free_measures(target: TextOutputs, source: TextOutputs, peers: Sequence[TextOutputs] = (),
+                        parallel: bool = True) -> dict[str, float]:
+    """Every label-free measure the inputs allow, for one checkpoint and target language."""
+    target = unlabelled(target)
+    names = list(OUTPUT_MEASURES)
+    has_embeddings = target.embeddings is not None and source.embeddings is not None
+    if has_embeddings:
+        names.append("embedding-distance")
+    if parallel:
+        names += [m for m in PARALLEL_MEASURES if has_embeddings or m not in EMBEDDING_MEASURES]
+    if peers:
+        names.append("checkpoint-agreement")
+    return {name: compute_output_measure(name, target, source=source, peers=peers).value for name in names}
+
+
+def source_measures(source: TextOutputs) -> dict[str, float]:
+    return {"source_accuracy": source.accuracy,
+            "source_confidence-margin": compute_output_measure("confidence-margin", source).value,
+            "source_prediction-entropy": compute_output_measure("prediction-entropy", source).value}
+
+
+def _study_checkpoints(spec: StudySpec, db: StudyDB) -> pd.DataFrame:
+    run_ids = [c.run_id for c in spec.run_configs()]
+    done = db.done_units()
+    trained = [r for r in run_ids if train_unit_id(r) in done]
+    marks = ",".join("?" * len(trained))
+    rows = db.query("SELECT c.checkpoint_id, c.run_id, c.step, c.is_last, r.run_dir FROM checkpoints c "
+                    f"JOIN runs r ON r.run_id = c.run_id WHERE c.run_id IN ({marks})", tuple(trained))
+    frame = pd.DataFrame(rows, columns=["checkpoint_id", "run_id", "step", "is_last", "run_dir"])
+    keep = [spec.checkpoints.selects(int(s), bool(last)) for s, last in zip(frame.step, frame.is_last)]
+    return frame[keep].reset_index(drop=True)
+
+
+def load_outputs(spec: StudySpec, checkpoints: pd.DataFrame, languages: Sequence[str]
+                 ) -> dict[tuple[str, str], Path]:
+    """(checkpoint_id, language) -> its outputs file, for those that exist."""
+    found = {}
+    for row in checkpoints.itertuples():
+        name = row.checkpoint_id.split("/", 1)[1]
+        for lang in languages:
+            path = outputs_path(spec, Path(row.run_dir), name, lang)
+            if path.is_file():
+                found[(row.checkpoint_id, lang)] = path
+    return found
+
+
+def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> pd.DataFrame:
+    """One row per (checkpoint, target language): keys, accuracy, source-side values, label-free measures.
+    Also writes the measures into the study's SQLite file."""
+    if not spec.prediction.enabled:
+        raise XlgmError(f"{spec.source}: prediction.enabled is false, so the study kept no outputs to predict from")
+    src_lang = spec.source_language
+    with StudyDB(out / DB_NAME) as db:
+        ckpts = _study_checkpoints(spec, db)
+        evals = pd.DataFrame(db.query(
+            "SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=?",
+            (spec.task, spec.evaluation.split, eval_data_label(spec))), columns=["checkpoint_id", "language", "accuracy"])
+    files = load_outputs(spec, ckpts, spec.languages)
+    usable = [c for c in ckpts.checkpoint_id if (c, src_lang) in files]
+    if not usable:
+        raise XlgmError(f"{out}: no kept outputs of the source language {src_lang} yet; run the study "
+                        "(with prediction.enabled) first")
+    # Peers need predictions only: load logits of every checkpoint once, embeddings per checkpoint below.
+    logits = {key: TextOutputs.load(path) for key, path in files.items() if key[0] in usable}
+    rows: list[dict[str, Any]] = []
+    run_of = dict(zip(ckpts.checkpoint_id, ckpts.run_id))
+    targets = [lang for lang in spec.languages if lang != src_lang]
+    for cid in tqdm(usable, desc="label-free measures", unit="checkpoint", disable=not show_progress):
+        source = logits[(cid, src_lang)]
+        src_side = source_measures(source)
+        for lang in targets:
+            if (cid, lang) not in logits:
+                continue
+            peers = [replace(logits[(other, lang)], embeddings=None) for other in usable
+                     if other != cid and (other, lang) in logits]
+            values = label_free_measures(logits[(cid, lang)], source, peers, spec.prediction.parallel)
+            rows.append({"checkpoint_id": cid, "run_id": run_of[cid], "language": lang, **src_side, **values})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        raise XlgmError(f"{out}: no kept outputs of any target language yet")
+    acc = evals.set_index(["checkpoint_id", "language"])["accuracy"]
+    frame["accuracy"] = [acc.get((c, lang), np.nan) for c, lang in zip(frame.checkpoint_id, frame.language)]
+    _store(spec, out, frame)
+    return frame
+
+
+def _store(spec: StudySpec, out: Path, frame: pd.DataFrame) -> None:
+    skip = {"checkpoint_id", "run_id", "language", "accuracy"}
+    measure_cols = [c for c in frame.columns if c not in skip and not c.startswith("source_")]
+    config = {"label_free": True, "parallel": spec.prediction.parallel}
+    with StudyDB(out / DB_NAME) as db:
+        for rec in frame.to_dict("records"):
+            data = f"{rec['language']}-{spec.evaluation.split}-text"
+            for col in measure_cols:
+                if pd.notna(rec[col]):
+                    db.add_measure(rec["checkpoint_id"], col, config, data, float(rec[col]), None, None, 0.0, {})
+
+
+def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: bool = True) -> dict[str, Any]:
+    """Label-free measures, cross-validated predictions and their errors; written to OUT/prediction/."""
+    frame = derive_features(label_free_frame(spec, out, show_progress))
+    frame = frame[frame["accuracy"].notna()].reset_index(drop=True)
+    features = available_features(frame, spec.prediction.features)
+    if not features:
+        raise XlgmError("none of the predictor's features could be computed from the kept outputs")
+    folder = out / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "label_free.csv", index=False)
+    results: dict[str, Any] = {"features": features, "rows": len(frame), "schemes": {}}
+    cvs = []
+    for scheme in SCHEMES:
+        try:
+            cv = cross_validate(frame, features, scheme, spec.prediction.alphas)
+        except XlgmError as err:
+            results["schemes"][scheme] = {"skipped": str(err)}
+            continue
+        cvs.append(cv)
+        results["schemes"][scheme] = summarize(cv)
+    if cvs:
+        pd.concat(cvs).to_csv(folder / "cv.csv", index=False)
+    model = GapRegressor(features, spec.prediction.alphas).fit(frame)
+    results["coefficients"] = model.coefficients()
+    (folder / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    if echo:
+        print(format_summary(results))
+        print(f"prediction tables: {folder}")
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    lines = [f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows)",
+             f"{'scheme':<24}{'MAE':>8}{'same as en':>12}{'other langs':>13}{'ratio':>8}"]
+    for scheme, s in results["schemes"].items():
+        if "skipped" in s:
+            lines.append(f"{scheme:<24} skipped: {s['skipped']}")
+            continue
+        m = s["mae"]
+        lines.append(f"{scheme:<24}{m['predicted']:8.4f}{m['same_as_source']:12.4f}{m['other_languages']:13.4f}"
+                     f"{s['ratio_to_same_as_source']:8.2f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A new language's unlabelled text
+# ------------------------------------------------------------------------------------------------------------
+
+
+def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: str, parallel: bool = False,
+                 which: str = "last", batch_size: int = 64, show_progress: bool = True) -> pd.DataFrame:
+    """Predicted accuracy of the study's checkpoints (`which`: last per run, or all) on unlabelled text.
+
+    With `parallel`, row i of the file must be the translation of row i of the study's source evaluation
+    rows; otherwise only the features that need no parallel text are used."""
+    import torch
+
+    from xlgm.data.batching import tokenize_examples
+    from xlgm.data.tasks import get_task
+    from xlgm.data.tsv import read_tsv
+    from xlgm.recipes.evaluate import predict_outputs
+    from xlgm.study.runner import _load
+
+    task = get_task(spec.task)
+    rows = read_tsv(text_file, task, labelled=False)
+    rows = [replace(r, label=-1) for r in rows]  # a label column, if any, is never read
+    study = derive_features(label_free_frame(spec, out, show_progress))
+    study = study[study["accuracy"].notna()].reset_index(drop=True)
+    wanted = [f for f in (spec.prediction.features or FEATURES) if parallel or f not in PARALLEL_ONLY]
+    configs = {c.run_id: c for c in spec.run_configs()}
+    with StudyDB(out / DB_NAME) as db:
+        ckpts = _study_checkpoints(spec, db)
+    if which == "last":
+        ckpts = ckpts[ckpts.is_last.astype(bool)]
+    files = load_outputs(spec, ckpts, [spec.source_language])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    found = []
+    for row in tqdm(list(ckpts.itertuples()), desc=f"predict {language}", unit="checkpoint",
+                    disable=not show_progress):
+        if (row.checkpoint_id, spec.source_language) not in files:
+            continue
+        source = TextOutputs.load(files[(row.checkpoint_id, spec.source_language)])
+        if parallel and len(rows) != len(source.logits):
+            raise XlgmError(f"{text_file}: --parallel needs one row per source evaluation row ({len(source.logits)}), "
+                            f"got {len(rows)}")
+        config = configs[row.run_id]
+        name = row.checkpoint_id.split("/", 1)[1]
+        model, tokenizer = _load(config, Path(row.run_dir), Path(row.run_dir) / "checkpoints" / name, task, device)
+        data = tokenize_examples(tokenizer, rows, spec.eval_max_length())
+        embed = spec.prediction.embedding_rows > 0
+        target = predict_outputs(model, tokenizer, data, batch_size, embeddings=embed,
+                                 layer=spec.prediction.embedding_layer, language=language)
+        if embed:
+            target = replace(target, embeddings=target.embeddings[:spec.prediction.embedding_rows])
+        values = label_free_measures(target, source, (), parallel)
+        found.append({"checkpoint_id": row.checkpoint_id, "run_id": row.run_id, "language": language,
+                      **source_measures(source), **values})
+        del model
+    if not found:
+        raise XlgmError(f"{out}: no checkpoint with kept source outputs to compare the text with")
+    new = derive_features(pd.DataFrame(found))
+    features = [f for f in available_features(study, wanted) if f in new.columns and new[f].notna().all()]
+    model = GapRegressor(features, spec.prediction.alphas).fit(study)
+    new["predicted_accuracy"] = model.predict(new)
+    return new[["checkpoint_id", "run_id", "language", "source_accuracy", "predicted_accuracy", *features]]

@@ -1,0 +1,107 @@
+"""The label-free accuracy predictor (analysis/predict.py): its model, baselines and cross-validation splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xlgm.analysis.predict import (
+    GapRegressor,
+    available_features,
+    cross_validate,
+    derive_features,
+    other_languages_mean,
+    summarize,
+)
+from xlgm.errors import XlgmError
+
+LANGS = ["de", "fr", "sw", "zh"]
+
+
+def synthetic(seed: int = 0, checkpoints: int = 6, noise: float = 0.0) -> pd.DataFrame:
+    """Rows whose gap to the source is disagreement * (-0.3 + 0.1 * z) exactly (plus optional noise)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(checkpoints):
+        src = rng.uniform(0.5, 0.8)
+        for lang in LANGS:
+            d = rng.uniform(0.05, 0.5)
+            z = rng.normal()
+            gap = d * (-0.3 + 0.1 * z) + noise * rng.normal()
+            rows.append({"checkpoint_id": f"r{c % 3}/c{c}", "run_id": f"r{c % 3}", "language": lang,
+                         "source_accuracy": src, "accuracy": src + gap, "disagreement": d, "cka": z,
+                         "other": rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_gap_regressor_recovers_an_exact_scaled_relation():
+    frame = synthetic()
+    model = GapRegressor(["disagreement", "cka"], alphas=(1e-8,)).fit(frame)
+    np.testing.assert_allclose(model.predict(frame), frame["accuracy"], atol=1e-6)
+    # no disagreement -> exactly the source accuracy, whatever the other features say
+    still = frame.assign(disagreement=0.0, cka=5.0)
+    np.testing.assert_allclose(model.predict(still), frame["source_accuracy"])
+
+
+def test_gap_regressor_without_disagreement_is_plain_ridge():
+    frame = synthetic()
+    model = GapRegressor(["cka", "other"], alphas=(1.0,)).fit(frame)
+    assert not model.scaled and "intercept" in model.coefficients()
+    assert model.predict(frame).shape == (len(frame),)
+
+
+def test_other_languages_mean_by_hand():
+    frame = pd.DataFrame({"checkpoint_id": ["a", "a", "a", "b", "b"], "accuracy": [0.3, 0.6, 0.9, 0.5, 0.7]})
+    np.testing.assert_allclose(other_languages_mean(frame), [0.75, 0.6, 0.45, 0.7, 0.5])
+
+
+def test_leave_one_language_out_never_sees_the_held_out_language():
+    frame = synthetic(noise=0.02)
+    features = ["disagreement", "cka", "other"]
+    base = cross_validate(frame, features)
+    assert len(base) == len(frame) and set(base["scheme"]) == {"leave-one-language-out"}
+    rng = np.random.default_rng(1)
+    for lang in LANGS:
+        mask = (frame.language == lang).to_numpy()
+        changed = frame.copy()
+        changed.loc[mask, "accuracy"] = rng.uniform(0, 1, mask.sum())  # the language's labels, replaced
+        again = cross_validate(changed, features)
+        np.testing.assert_allclose(again.loc[mask, "predicted"], base.loc[mask, "predicted"])
+        # the other languages' predictions do move: the check above could have failed
+        assert not np.allclose(again.loc[~mask, "predicted"], base.loc[~mask, "predicted"])
+
+
+def test_leave_one_run_out_never_sees_the_held_out_run():
+    frame = synthetic(noise=0.02)
+    base = cross_validate(frame, ["disagreement", "cka"], "leave-one-run-out")
+    mask = (frame.run_id == "r1").to_numpy()
+    changed = frame.copy()
+    changed.loc[mask, "accuracy"] = 0.0
+    again = cross_validate(changed, ["disagreement", "cka"], "leave-one-run-out")
+    np.testing.assert_allclose(again.loc[mask, "predicted"], base.loc[mask, "predicted"])
+
+
+def test_summary_and_errors():
+    cv = cross_validate(synthetic(noise=0.01), ["disagreement", "cka"])
+    s = summarize(cv)
+    assert s["mae"]["predicted"] == pytest.approx(cv["error"].mean())
+    assert s["mae"]["same_as_source"] == pytest.approx((cv["source_accuracy"] - cv["accuracy"]).abs().mean())
+    assert s["ratio_to_same_as_source"] < 0.5  # the relation is nearly exact: the predictor beats "same as en"
+    assert set(s["per_language"]) == set(LANGS)
+    with pytest.raises(XlgmError, match="at least two"):
+        cross_validate(synthetic()[lambda f: f.language == "de"], ["disagreement"])
+    with pytest.raises(XlgmError, match="unknown scheme"):
+        cross_validate(synthetic(), ["disagreement"], "k-fold")
+
+
+def test_derived_features_and_availability():
+    frame = pd.DataFrame({"translation-agreement": [0.9, 0.6], "atc-accuracy": [0.5, 0.4], "source_accuracy": [0.6, 0.6],
+                          "linear-cka": [0.8, np.nan]})
+    out = derive_features(frame)
+    np.testing.assert_allclose(out["disagreement"], [0.1, 0.4])
+    np.testing.assert_allclose(out["atc-gap"], [-0.1, -0.2])
+    assert "doc-gap" not in out  # its input is absent
+    assert available_features(out) == ["disagreement", "atc-gap"]  # linear-cka has a missing value
+    with pytest.raises(XlgmError, match="unknown feature"):
+        available_features(out, ["nope"])
