@@ -65,13 +65,17 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
         config.label2id = {name: i for i, name in enumerate(label_names)}
     cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    # The head is new by design; transformers' load report would list it as MISSING on every load.
-    verbosity = hf_logging.get_verbosity()
+    # The head is new by design; transformers' load report would list it as MISSING on every load. Its
+    # "Loading weights" bar (one per checkpoint) would break up the study's and recipes' own bars.
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     if not return_new:
         return model
     names = dict(model.named_parameters())

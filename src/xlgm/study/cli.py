@@ -28,7 +28,8 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     r.add_argument("--cpus-per-task", type=int, help="Ray: CPUs per task without GPUs (default: CPUs / runs)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--analyze", action="store_true", help="analyse and write the report when the runs are done")
+    r.add_argument("--analyze", action="store_true",
+                   help="analyse, predict (`xlgm predict`) and write the report when the runs are done")
 
     for name, text in (("analyze", "correlate measures with accuracy; tables into OUT/analysis/"),
                        ("report", "an HTML + markdown report with figures into OUT/report/")):
@@ -64,8 +65,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"study {spec.name} ({result.study_id}): {result.runs} runs, {result.units_done} of {result.units_total} "
           f"units done ({result.units_now} now); results: {result.out / 'study.sqlite'}")
     if args.analyze:
+        from xlgm.study.predict import predict_study
         from xlgm.study.report import report_study
 
+        if spec.prediction.enabled:
+            predict_study(spec, result.out)
         report_study(result.out)
 
 
