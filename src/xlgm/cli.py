@@ -70,7 +70,7 @@ def _evaluate_parser(sub) -> None:
 
 def _measure_parser(sub) -> None:
     p = sub.add_parser("measure", help="generalization measures of a checkpoint, or of every checkpoint of a run")
-    p.add_argument("target", help="a run directory (every checkpoint), a checkpoint directory, or a model")
+    p.add_argument("target", nargs="?", help="a run directory (every checkpoint), a checkpoint directory, or a model")
     p.add_argument("--measures", default="margin,sharpness-diff,frobenius-distance",
                    help="comma list of measure names, or `all` (see `xlgm measure --list`)")
     p.add_argument("--data", default="en-dev", help="LANGUAGE-SPLIT of the examples the measures see")
@@ -196,9 +196,15 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.runs import RunDir
 
     if args.list:
-        for name in list_measures():
-            print(f"{name:<26} {get_measure(name).reference}")
+        for kind, title in (("model", "measures of a checkpoint on labelled data (xlgm measure)"),
+                            ("group", "measures of a group of runs (computed by studies when the group exists)"),
+                            ("outputs", "label-free measures of outputs on unlabelled text (xlgm predict)")):
+            print(f"# {title}")
+            for name in list_measures(kind):
+                print(f"{name:<26} {get_measure(name).reference}")
         return []
+    if not args.target:
+        raise XlgmError("xlgm measure needs a TARGET: a run directory, a checkpoint directory or a model")
     measures = resolve_measures(args.measures)
     options = parse_measure_options(args.set)
     unknown = sorted(set(options) - set(measures))

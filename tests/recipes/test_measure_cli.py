@@ -52,3 +52,11 @@ def test_unknown_measure_and_bad_data_spec(tiny_run, capsys):
     assert "nope" in capsys.readouterr().err
     assert main(["measure", str(tiny_run), "--data", "english"]) == 2
     assert "LANGUAGE-SPLIT" in capsys.readouterr().err
+
+
+def test_list_needs_no_target_and_shows_every_kind(capsys):
+    assert main(["measure", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "sharpness-diff " in out and "parameter-variance-across-seeds" in out and "retrieval-accuracy" in out
+    assert main(["measure"]) == 2
+    assert "needs a TARGET" in capsys.readouterr().err
