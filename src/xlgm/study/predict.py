@@ -114,7 +114,8 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
     if not usable:
         raise XlgmError(f"{out}: no kept outputs of the source language {src_lang} yet; run the study "
                         "(with prediction.enabled) first")
-    # Peers need predictions only: load logits of every checkpoint once, embeddings per checkpoint below.
+    # Every kept output is read once (embeddings: at most prediction.embedding_rows rows each); peers get
+    # copies without embeddings, since agreement needs predictions only.
     logits = {key: TextOutputs.load(path) for key, path in files.items() if key[0] in usable}
     rows: list[dict[str, Any]] = []
     run_of = dict(zip(ckpts.checkpoint_id, ckpts.run_id))
