@@ -30,12 +30,10 @@ from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
     MeasureResult,
-    check_choice,
-    check_positive,
     mean_and_spread,
     register_measure,
 )
-from xlgm.measures.search import bisect_scale
+from xlgm.measures.search import SearchConfig, bisect_scale
 
 REFERENCE = (
     "Jiang, Neyshabur, Mobahi, Krishnan & Bengio (2020), Fantastic Generalization Measures and Where to Find "
@@ -44,27 +42,16 @@ REFERENCE = (
 
 
 @dataclass(frozen=True)
-class PacBayesConfig:
-    target_deviation: float = 0.1  # d
-    deviation_of: str = "loss"  # "loss" (cross-entropy) or "error" (error rate)
-    lower: float = 0.0  # search bracket for σ
-    upper: float = 2.0
-    search_depth: int = 15
-    tolerance: float = 0.01
+class PacBayesConfig(SearchConfig):
+    """The search options (bracket for σ) of `SearchConfig`, plus the Monte Carlo draws."""
+
     num_draws: int = 10  # Monte Carlo draws per σ
     antithetic: bool = True  # draw in pairs (z, -z): cancels the first-order term, see the module docstring
-    magnitude_eps: float = 1e-3  # ε of the magnitude-aware noise (pacbayes-flatness-mag only)
 
     def __post_init__(self) -> None:
-        check_positive("target_deviation", self.target_deviation)
-        check_choice("deviation_of", self.deviation_of, ("loss", "error"))
-        if not self.upper > self.lower >= 0:
-            raise XlgmError(f"need 0 <= lower < upper, got [{self.lower}, {self.upper}]")
-        for name in ("search_depth", "num_draws"):
-            if getattr(self, name) < 1:
-                raise XlgmError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_positive("tolerance", self.tolerance)
-        check_positive("magnitude_eps", self.magnitude_eps, allow_zero=True)
+        super().__post_init__()
+        if self.num_draws < 1:
+            raise XlgmError(f"num_draws must be >= 1, got {self.num_draws}")
 
 
 def _pacbayes(ctx: MeasureContext, config: PacBayesConfig, magnitude_aware: bool) -> MeasureResult:

@@ -22,6 +22,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from xlgm.errors import XlgmError
+from xlgm.measures.base import check_choice, check_positive
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The options every bisection-based flatness measure shares (sharpness-alpha, pacbayes-flatness)."""
+
+    target_deviation: float = 0.1  # d
+    deviation_of: str = "loss"  # "loss" (cross-entropy) or "error" (error rate)
+    lower: float = 0.0  # search bracket for the scale (α or σ)
+    upper: float = 2.0
+    search_depth: int = 15  # bisection steps at most
+    tolerance: float = 0.01  # stop when |deviation - d| <= tolerance
+    magnitude_eps: float = 1e-3  # ε of the magnitude-aware variants (the -mag measures only)
+
+    def __post_init__(self) -> None:
+        check_positive("target_deviation", self.target_deviation)
+        check_choice("deviation_of", self.deviation_of, ("loss", "error"))
+        if not self.upper > self.lower >= 0:
+            raise XlgmError(f"need 0 <= lower < upper, got [{self.lower}, {self.upper}]")
+        if self.search_depth < 1:
+            raise XlgmError(f"search_depth must be >= 1, got {self.search_depth}")
+        check_positive("tolerance", self.tolerance)
+        check_positive("magnitude_eps", self.magnitude_eps, allow_zero=True)
+
 
 @dataclass(frozen=True)
 class SearchStep:

@@ -27,12 +27,11 @@ from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
     MeasureResult,
-    check_choice,
     check_positive,
     mean_and_spread,
     register_measure,
 )
-from xlgm.measures.search import bisect_scale
+from xlgm.measures.search import SearchConfig, bisect_scale
 
 REFERENCE = (
     "Jiang, Neyshabur, Mobahi, Krishnan & Bengio (2020), Fantastic Generalization Measures and Where to Find "
@@ -41,30 +40,20 @@ REFERENCE = (
 
 
 @dataclass(frozen=True)
-class SharpnessAlphaConfig:
-    target_deviation: float = 0.1  # d
-    deviation_of: str = "loss"  # "loss" (cross-entropy) or "error" (error rate)
-    lower: float = 0.0  # search bracket for α
-    upper: float = 2.0
-    search_depth: int = 15  # bisection steps at most
-    tolerance: float = 0.01  # stop when |deviation - d| <= tolerance
+class SharpnessAlphaConfig(SearchConfig):
+    """The search options (bracket for α) of `SearchConfig`, plus the projected ascent inside the box."""
+
     ascent_steps: int = 10
     step_fraction: float = 0.25  # sign-ascent step, as a fraction of the box half-width
     random_start: bool = True
     num_restarts: int = 1
-    magnitude_eps: float = 1e-3  # ε of the magnitude-aware box (sharpness-alpha-mag only)
 
     def __post_init__(self) -> None:
-        check_positive("target_deviation", self.target_deviation)
-        check_choice("deviation_of", self.deviation_of, ("loss", "error"))
-        if not self.upper > self.lower >= 0:
-            raise XlgmError(f"need 0 <= lower < upper, got [{self.lower}, {self.upper}]")
-        for name in ("search_depth", "ascent_steps", "num_restarts"):
+        super().__post_init__()
+        for name in ("ascent_steps", "num_restarts"):
             if getattr(self, name) < 1:
                 raise XlgmError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_positive("tolerance", self.tolerance)
         check_positive("step_fraction", self.step_fraction)
-        check_positive("magnitude_eps", self.magnitude_eps, allow_zero=True)
 
 
 def _box_ascent(ctx: MeasureContext, half: list[torch.Tensor], start: list[torch.Tensor], steps: int,

@@ -43,6 +43,13 @@ UNK_PENALTY = 10.0  # tokenizers' / sentencepiece's kUnkPenalty
 _CACHE_LIMIT = 200_000
 
 
+def _remember(cache: dict, key: str, value: Any) -> None:
+    """Store a per-word result; a full cache starts over (simple, and words repeat within a run)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
 def _logaddexp(a: float, b: float) -> float:
     if a == -math.inf:
         return b
@@ -102,9 +109,7 @@ class WordPieceSampler:
                 for i in range(n - 1, -1, -1):
                     completable[i] = any(completable[j] for j, _ in matches[i])
                 result = [[(j, p) for j, p in row if completable[j]] for row in matches]
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[word] = result
+        _remember(self._cache, word, result)
         return result
 
     def segment(self, word: str, rng: random.Random) -> list[str]:
@@ -228,9 +233,7 @@ class UnigramSampler:
                 j = node[0]
             chosen.reverse()
             result = self._finish(word, chosen)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[word] = result
+        _remember(self._cache, word, result)
         return result
 
     def segment(self, word: str, rng: random.Random) -> list[str]:
