@@ -19,19 +19,21 @@ from xlgm.errors import XlgmError
 LANGS = ["de", "fr", "sw", "zh"]
 
 
-def synthetic(seed: int = 0, checkpoints: int = 6, noise: float = 0.0) -> pd.DataFrame:
-    """Rows whose gap to the source is disagreement * (-0.3 + 0.1 * z) exactly (plus optional noise)."""
+def synthetic(seed: int = 0, checkpoints: int = 6, noise: float = 0.0, offset: float = 0.0) -> pd.DataFrame:
+    """Rows whose gap to the source is disagreement * (-0.3 + 0.1 * z) exactly (plus optional noise, and
+    plus a per-checkpoint offset u_c = offset * (c - 2.5) shared by its languages, column `u`)."""
     rng = np.random.default_rng(seed)
     rows = []
     for c in range(checkpoints):
         src = rng.uniform(0.5, 0.8)
+        u = offset * (c - 2.5)
         for lang in LANGS:
             d = rng.uniform(0.05, 0.5)
             z = rng.normal()
-            gap = d * (-0.3 + 0.1 * z) + noise * rng.normal()
+            gap = u + d * (-0.3 + 0.1 * z) + noise * rng.normal()
             rows.append({"checkpoint_id": f"r{c % 3}/c{c}", "run_id": f"r{c % 3}", "language": lang,
                          "source_accuracy": src, "accuracy": src + gap, "disagreement": d, "cka": z,
-                         "other": rng.normal()})
+                         "other": rng.normal(), "u": u})
     return pd.DataFrame(rows)
 
 
@@ -47,8 +49,42 @@ def test_gap_regressor_recovers_an_exact_scaled_relation():
 def test_gap_regressor_without_disagreement_is_plain_ridge():
     frame = synthetic()
     model = GapRegressor(["cka", "other"], alphas=(1.0,)).fit(frame)
-    assert not model.scaled and "intercept" in model.coefficients()
+    coef = model.coefficients()
+    assert not model.scaled and "intercept" in coef["pooled"] and "intercept" in coef["anchored"]
     assert model.predict(frame).shape == (len(frame),)
+
+
+def test_anchored_part_recovers_checkpoint_offsets_by_hand():
+    """gap = u_c + d * (-0.3 + 0.1 z): the within-checkpoint fit recovers (-0.3, 0.1) whatever u_c is; a row
+    anchored on its checkpoint's n other languages gets u_c * n / (n + 1) (the source counts as an anchor with
+    residual 0), computed here by hand; without anchors it gets the pooled part."""
+    frame = synthetic(offset=0.02)
+    model = GapRegressor(["disagreement", "cka"], alphas=(1e-10,)).fit(frame)
+    scale = model.scaler.scale_[1]
+    mean = model.scaler.mean_[1]
+    # design (s, s * z_disagreement, s * (z - mean) / scale) . (b', 0, w') == s * (-0.3 + 0.1 z)
+    np.testing.assert_allclose(model.anchored.coef, [-0.3 + 0.1 * mean, 0.0, 0.1 * scale], atol=1e-6)
+    held = (frame.language == "sw").to_numpy()
+    anchors = frame.loc[~held]
+    got = model.predict(frame.loc[held], anchors=anchors)
+    n = len(LANGS) - 1
+    f = frame.loc[held]
+    by_hand = f.source_accuracy + f.disagreement * (-0.3 + 0.1 * f.cka) + f.u * n / (n + 1)
+    np.testing.assert_allclose(got, by_hand, atol=1e-6)
+    # a checkpoint without anchor rows falls back to the pooled part
+    alone = anchors[anchors.checkpoint_id != f.checkpoint_id.iloc[0]]
+    mixed = model.predict(f, anchors=alone)
+    np.testing.assert_allclose(mixed[1:], got[1:])
+    np.testing.assert_allclose(mixed[:1], model.predict(f.iloc[:1]))
+
+
+def test_anchoring_beats_the_source_alone_when_checkpoints_have_offsets():
+    frame = synthetic(offset=0.03, noise=0.005, checkpoints=9)
+    cv = cross_validate(frame, ["disagreement", "cka"])
+    assert cv["error"].mean() < 0.5 * cv["error_source_anchor"].mean()
+    # and on data with no offsets the anchored model loses little against the pooled one
+    plain = cross_validate(synthetic(noise=0.005, checkpoints=9), ["disagreement", "cka"])
+    assert plain["error"].mean() < 1.5 * plain["error_source_anchor"].mean()
 
 
 def test_other_languages_mean_by_hand():
@@ -80,6 +116,8 @@ def test_leave_one_run_out_never_sees_the_held_out_run():
     changed.loc[mask, "accuracy"] = 0.0
     again = cross_validate(changed, ["disagreement", "cka"], "leave-one-run-out")
     np.testing.assert_allclose(again.loc[mask, "predicted"], base.loc[mask, "predicted"])
+    # a held-out run has no labelled rows left to anchor on: the source alone anchors it
+    np.testing.assert_array_equal(base["predicted"], base["predicted_source_anchor"])
 
 
 def test_summary_and_errors():
@@ -87,6 +125,7 @@ def test_summary_and_errors():
     s = summarize(cv)
     assert s["mae"]["predicted"] == pytest.approx(cv["error"].mean())
     assert s["mae"]["same_as_source"] == pytest.approx((cv["source_accuracy"] - cv["accuracy"]).abs().mean())
+    assert s["mae"]["predicted_source_anchor"] == pytest.approx(cv["error_source_anchor"].mean())
     assert s["ratio_to_same_as_source"] < 0.5  # the relation is nearly exact: the predictor beats "same as en"
     assert set(s["per_language"]) == set(LANGS)
     with pytest.raises(XlgmError, match="at least two"):

@@ -114,3 +114,32 @@ def test_predict_new_text(predict_study_dir, tmp_path, capsys):
     assert f"{bad}:1: expected 2 or 3 tab-separated columns" in capsys.readouterr().err
     assert xlgm_main(["predict", str(predict_study_dir), "--text", str(text), "--language", "sw",
                       "--parallel", "--checkpoints", "all"]) == 0
+
+
+def test_predict_text_in_a_study_language_never_reads_its_labels(predict_study_dir, tmp_path):
+    """Text in one of the study's own languages: that language's labelled accuracies neither train the
+    predictor nor anchor it. Changing them leaves the prediction bitwise equal; changing another language's
+    moves it (so the check could fail)."""
+    import shutil
+
+    from xlgm.data.loading import load_examples
+    from xlgm.data.tasks import get_task
+    from xlgm.study.predict import predict_text
+
+    rows = load_examples(get_task("xnli"), "test", "de", max_examples=12)
+    text = tmp_path / "de.tsv"
+    text.write_text("".join(f"{r.text_a}\t{r.text_b}\n" for r in rows), encoding="utf-8")
+
+    def predicted(change: str | None) -> np.ndarray:
+        study = tmp_path / f"study-{change}"
+        shutil.copytree(predict_study_dir, study)  # the runs' folders stay where they are (absolute paths)
+        if change:
+            with sqlite3.connect(study / "study.sqlite") as db:
+                db.execute("UPDATE evaluations SET accuracy = 1.0 - accuracy * 0.5 WHERE language = ?", (change,))
+        spec = load_spec(study / "spec.yaml")
+        table = predict_text(spec, study, text, "de", parallel=True, which="all", show_progress=False)
+        return table["predicted_accuracy"].to_numpy()
+
+    base = predicted(None)
+    np.testing.assert_array_equal(predicted("de"), base)
+    assert not np.array_equal(predicted("fr"), base)

@@ -4,20 +4,34 @@ The rows are (checkpoint, target language) pairs. What is known for each: the ch
 labelled source language (English) and the label-free measures of its outputs on the target language's text
 (measures/label_free.py). What is predicted: its accuracy in that language.
 
-The model predicts the *gap* to the source accuracy, with a ridge regression (scikit-learn `RidgeCV`: the
-penalty chosen by efficient leave-one-out on the training rows only) on standardised features:
+The model predicts the *gap* to the source accuracy with a ridge regression on standardised features:
 
-    accuracy_hat = source_accuracy + s * (b + w . z)        s = disagreement when the text is parallel, else 1
+    accuracy_hat = source_accuracy + s * (b + w . z) + u_c     s = disagreement when the text is parallel, else 1
 
 On parallel text, `disagreement` (1 - translation-agreement) is the share of rows whose prediction changes
 under translation; rows whose prediction survives have the same correctness in both languages (their label is
 the same), so the gap is exactly a sum over the changed rows: it is zero when nothing changes and bounded by s.
-Scaling by s builds that in (a checkpoint that predicts one class everywhere gets the source accuracy exactly).
+Scaling by s builds that in (a checkpoint that predicts one class everywhere gets the source accuracy).
+
+u_c is the checkpoint's own offset: the part of its gap that its features do not explain and that its target
+languages share (its source accuracy, on a few hundred rows, is itself a noisy anchor). Two parts are fitted:
+- anchored, for a checkpoint with labelled rows in other target languages (its *anchors*): (b, w) fitted on
+  the variation within each checkpoint (gaps and design centred per checkpoint: a fixed-effects regression),
+  and u_c = the sum of the anchors' residuals over their number plus one, the source language counting as one
+  more anchor of residual 0 (exactly so on parallel text, where s = 0 for the source; elsewhere a shrinkage
+  towards the pooled intercept);
+- pooled, for a checkpoint without anchors: (b, w) fitted on the gaps as they are, u_c = 0.
+Which rows anchor is the caller's: in leave-one-language-out, the checkpoint's other target languages; in
+leave-one-run-out, none (the held-out run's target labels are all hidden, so the source alone anchors); for a
+new language's text, every labelled target language of the study.
+
+Each part's ridge penalty is chosen from `alphas` by a grouped cross-validation inside the training rows, each
+held-out group predicted the way the part is used: anchored by language, pooled by run.
 
 Cross-validation is by groups: leave-one-language-out (every row of the held-out language leaves the training
-set, so no language's accuracy reaches its own prediction) and leave-one-run-out. Each prediction is compared
-with (a) the naive baseline "same as the source language" and (b) the mean accuracy of the checkpoint's other
-target languages (which uses their labels: a strong baseline, not a label-free one).
+and anchor rows, so no language's accuracy reaches its own prediction) and leave-one-run-out. Each prediction
+is compared with (a) the naive baseline "same as the source language", (b) the mean accuracy of the
+checkpoint's other target languages (which uses their labels, as the anchors do) and (c) the pooled part alone.
 """
 
 from __future__ import annotations
@@ -80,13 +94,27 @@ def available_features(frame: pd.DataFrame, wanted: Sequence[str] | None = None)
 
 
 @dataclass
+class _Fit:
+    """One fitted part of the predictor: gap = x . coef + intercept (+ the checkpoint's offset when anchored)."""
+
+    coef: np.ndarray
+    intercept: float
+    alpha: float
+
+
+@dataclass
 class GapRegressor:
-    """accuracy_hat = source_accuracy + s * ridge(z); see the module docstring."""
+    """accuracy_hat = source_accuracy + s * (b + w . z) + u_c; see the module docstring.
+
+    Two parts are fitted: `anchored` (within-checkpoint fit, u_c from anchor rows) predicts the rows whose
+    checkpoint has anchors; `pooled` (fit on the gaps as they are, u_c = 0) predicts the others."""
 
     features: list[str]
     alphas: Sequence[float] = DEFAULT_ALPHAS
     scale_by_disagreement: bool = True
-    model: object = field(default=None, repr=False)
+    use_anchors: bool = True
+    anchored: _Fit | None = field(default=None, repr=False)
+    pooled: _Fit | None = field(default=None, repr=False)
     scaler: object = field(default=None, repr=False)
 
     @property
@@ -100,8 +128,55 @@ class GapRegressor:
             return np.hstack([s, s * z])  # the first column is the scaled intercept b
         return z
 
+    @staticmethod
+    def _gap(frame: pd.DataFrame) -> np.ndarray:
+        return (frame["accuracy"] - frame["source_accuracy"]).to_numpy(dtype=np.float64)
+
+    def _solve(self, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, alpha: float, within: bool) -> _Fit:
+        """Ridge for one penalty, on the within-checkpoint variation (gaps and design centred per checkpoint)
+        or pooled. The scaled design has no free intercept: zero disagreement means zero gap."""
+        from sklearn.linear_model import Ridge
+
+        if within:
+            coef = Ridge(alpha=alpha, fit_intercept=False).fit(
+                x - _group_mean(x, checkpoints), y - _group_mean(y, checkpoints)).coef_
+            return _Fit(coef, 0.0 if self.scaled else float(np.mean(y - x @ coef)), alpha)
+        model = Ridge(alpha=alpha, fit_intercept=not self.scaled).fit(x, y)
+        return _Fit(model.coef_, 0.0 if self.scaled else float(model.intercept_), alpha)
+
+    def _offsets(self, fit: _Fit, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray,
+                 wanted: np.ndarray) -> np.ndarray:
+        """u_c for each checkpoint in `wanted`: the sum of its anchor rows' residuals over their number plus
+        one (the source, residual 0); NaN for a checkpoint without anchors."""
+        residual = pd.Series(y - x @ fit.coef - fit.intercept).groupby(checkpoints)
+        offset = residual.sum() / (residual.count() + 1)
+        return pd.Series(wanted).map(offset).to_numpy(dtype=np.float64)
+
+    def _choose(self, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, groups: np.ndarray,
+                within: bool) -> _Fit:
+        """The penalty with the least squared error in a grouped cross-validation inside these rows, each
+        held-out group predicted the way the part is used (anchored on the other groups' rows, or not)."""
+        names = pd.unique(groups)
+        alphas = list(self.alphas)
+        if len(alphas) > 1 and len(names) >= 3:
+            errors = []
+            for alpha in alphas:
+                sq = 0.0
+                for g in names:
+                    held = groups == g
+                    fit = self._solve(x[~held], y[~held], checkpoints[~held], alpha, within)
+                    pred = x[held] @ fit.coef + fit.intercept
+                    if within:
+                        pred = pred + np.nan_to_num(self._offsets(fit, x[~held], y[~held], checkpoints[~held],
+                                                                  checkpoints[held]))
+                    sq += float(np.sum((pred - y[held]) ** 2))
+                errors.append(sq)
+            alpha = alphas[int(np.argmin(errors))]  # ties: the first listed
+        else:
+            alpha = alphas[len(alphas) // 2]
+        return self._solve(x, y, checkpoints, float(alpha), within)
+
     def fit(self, frame: pd.DataFrame) -> "GapRegressor":
-        from sklearn.linear_model import RidgeCV
         from sklearn.preprocessing import StandardScaler
 
         if not self.features:
@@ -109,24 +184,52 @@ class GapRegressor:
         if len(frame) < 3:
             raise XlgmError(f"too few rows to fit a predictor ({len(frame)}; need at least 3)")
         self.scaler = StandardScaler().fit(frame[self.features].to_numpy(dtype=np.float64))
-        target = (frame["accuracy"] - frame["source_accuracy"]).to_numpy(dtype=np.float64)
-        self.model = RidgeCV(alphas=list(self.alphas), fit_intercept=not self.scaled).fit(self._design(frame), target)
+        x, y = self._design(frame), self._gap(frame)
+        checkpoints = frame["checkpoint_id"].to_numpy()
+        languages = frame["language"].to_numpy()
+        runs = frame["run_id"].to_numpy() if "run_id" in frame.columns else checkpoints
+        # each part's penalty is tested the way the part is used: anchored on new languages, pooled on new runs
+        self.pooled = self._choose(x, y, checkpoints, runs if len(pd.unique(runs)) >= 3 else languages, False)
+        self.anchored = self._choose(x, y, checkpoints, languages, True) if self.use_anchors else None
         return self
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        if self.model is None:
+    def predict(self, frame: pd.DataFrame, anchors: pd.DataFrame | None = None) -> np.ndarray:
+        """Predicted accuracy of each row. `anchors` are labelled rows of other languages: a row whose checkpoint
+        has some is predicted by the anchored part, the others by the pooled part. The caller keeps a row's own
+        language (and, for a new run, its checkpoints) out of the anchors."""
+        if self.pooled is None:
             raise XlgmError("the predictor is not fitted")
-        gap = self.model.predict(self._design(frame))
+        x = self._design(frame)
+        gap = x @ self.pooled.coef + self.pooled.intercept
+        if self.anchored is not None and anchors is not None and len(anchors):
+            fit = self.anchored
+            offset = self._offsets(fit, self._design(anchors), self._gap(anchors),
+                                   anchors["checkpoint_id"].to_numpy(), frame["checkpoint_id"].to_numpy())
+            has = ~np.isnan(offset)
+            gap[has] = x[has] @ fit.coef + fit.intercept + offset[has]
         return np.clip(frame["source_accuracy"].to_numpy(dtype=np.float64) + gap, 0.0, 1.0)
 
-    def coefficients(self) -> dict[str, float]:
-        coef = list(np.ravel(self.model.coef_))
+    def coefficients(self) -> dict[str, dict[str, float]]:
         names = (["scale"] if self.scaled else []) + self.features
-        out = dict(zip(names, map(float, coef)))
-        if not self.scaled:
-            out["intercept"] = float(self.model.intercept_)
-        out["alpha"] = float(self.model.alpha_)
+        out = {}
+        for part, fit in (("anchored", self.anchored), ("pooled", self.pooled)):
+            if fit is None:
+                continue
+            out[part] = dict(zip(names, map(float, np.ravel(fit.coef))))
+            if not self.scaled:
+                out[part]["intercept"] = fit.intercept
+            out[part]["alpha"] = fit.alpha
         return out
+
+
+def _group_mean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row (or value) replaced by the mean over its group."""
+    _, index = np.unique(groups, return_inverse=True)
+    counts = np.bincount(index).astype(np.float64)
+    if x.ndim == 1:
+        return (np.bincount(index, weights=x) / counts)[index]
+    sums = np.stack([np.bincount(index, weights=col) for col in x.T], axis=1)
+    return (sums / counts[:, None])[index]
 
 
 def other_languages_mean(frame: pd.DataFrame) -> np.ndarray:
@@ -141,8 +244,10 @@ SCHEMES = {"leave-one-language-out": "language", "leave-one-run-out": "run_id"}
 
 
 def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "leave-one-language-out",
-                   alphas: Sequence[float] = DEFAULT_ALPHAS, scale_by_disagreement: bool = True) -> pd.DataFrame:
-    """One prediction per row, each from a model fitted without the row's group (its language or its run).
+                   alphas: Sequence[float] = DEFAULT_ALPHAS, scale_by_disagreement: bool = True,
+                   use_anchors: bool = True) -> pd.DataFrame:
+    """One prediction per row, each from a model fitted, and anchored, without the row's group (its language
+    or its run): the held-out rows are neither training rows, nor anchors, nor in the penalty's inner CV.
 
     Returns the keys, the actual accuracy, the prediction, both baselines and the absolute errors."""
     if scheme not in SCHEMES:
@@ -152,16 +257,21 @@ def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "
     if len(groups) < 2:
         raise XlgmError(f"{scheme} needs at least two values of {group}, got {len(groups)}")
     pred = np.full(len(frame), np.nan)
+    pooled = np.full(len(frame), np.nan)  # the same models with the source as the only anchor
     for g in groups:
         held = (frame[group] == g).to_numpy()
-        model = GapRegressor(list(features), alphas, scale_by_disagreement).fit(frame.loc[~held])
-        pred[held] = model.predict(frame.loc[held])
+        train = frame.loc[~held]
+        model = GapRegressor(list(features), alphas, scale_by_disagreement, use_anchors).fit(train)
+        pred[held] = model.predict(frame.loc[held], anchors=train)
+        pooled[held] = model.predict(frame.loc[held])
     out = frame[list(KEYS) + ["accuracy", "source_accuracy"]].copy()
     out["scheme"] = scheme
     out["predicted"] = pred
+    out["predicted_source_anchor"] = pooled
     out["baseline_source"] = frame["source_accuracy"].to_numpy(dtype=np.float64)
     out["baseline_other_languages"] = other_languages_mean(frame)
-    for col, name in (("predicted", "error"), ("baseline_source", "error_source"),
+    for col, name in (("predicted", "error"), ("predicted_source_anchor", "error_source_anchor"),
+                      ("baseline_source", "error_source"),
                       ("baseline_other_languages", "error_other_languages")):
         out[name] = (out[col] - out["accuracy"]).abs()
     return out.reset_index(drop=True)
@@ -170,7 +280,9 @@ def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "
 def summarize(cv: pd.DataFrame) -> dict:
     """Mean absolute errors of the predictor and both baselines, overall and per language."""
     def maes(rows: pd.DataFrame) -> dict:
-        return {"predicted": float(rows["error"].mean()), "same_as_source": float(rows["error_source"].mean()),
+        return {"predicted": float(rows["error"].mean()),
+                "predicted_source_anchor": float(rows["error_source_anchor"].mean()),
+                "same_as_source": float(rows["error_source"].mean()),
                 "other_languages": float(rows["error_other_languages"].mean()), "rows": int(len(rows))}
 
     overall = maes(cv)
