@@ -101,6 +101,9 @@ class _Fit:
     intercept: float
     alpha: float
 
+    def gap(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.coef + self.intercept
+
 
 @dataclass
 class GapRegressor:
@@ -148,7 +151,7 @@ class GapRegressor:
                  wanted: np.ndarray) -> np.ndarray:
         """u_c for each checkpoint in `wanted`: the sum of its anchor rows' residuals over their number plus
         one (the source, residual 0); NaN for a checkpoint without anchors."""
-        residual = pd.Series(y - x @ fit.coef - fit.intercept).groupby(checkpoints)
+        residual = pd.Series(y - fit.gap(x)).groupby(checkpoints)
         offset = residual.sum() / (residual.count() + 1)
         return pd.Series(wanted).map(offset).to_numpy(dtype=np.float64)
 
@@ -165,7 +168,7 @@ class GapRegressor:
                 for g in names:
                     held = groups == g
                     fit = self._solve(x[~held], y[~held], checkpoints[~held], alpha, within)
-                    pred = x[held] @ fit.coef + fit.intercept
+                    pred = fit.gap(x[held])
                     if within:
                         pred = pred + np.nan_to_num(self._offsets(fit, x[~held], y[~held], checkpoints[~held],
                                                                   checkpoints[held]))
@@ -200,13 +203,13 @@ class GapRegressor:
         if self.pooled is None:
             raise XlgmError("the predictor is not fitted")
         x = self._design(frame)
-        gap = x @ self.pooled.coef + self.pooled.intercept
+        gap = self.pooled.gap(x)
         if self.anchored is not None and anchors is not None and len(anchors):
             fit = self.anchored
             offset = self._offsets(fit, self._design(anchors), self._gap(anchors),
                                    anchors["checkpoint_id"].to_numpy(), frame["checkpoint_id"].to_numpy())
             has = ~np.isnan(offset)
-            gap[has] = x[has] @ fit.coef + fit.intercept + offset[has]
+            gap[has] = fit.gap(x[has]) + offset[has]
         return np.clip(frame["source_accuracy"].to_numpy(dtype=np.float64) + gap, 0.0, 1.0)
 
     def coefficients(self) -> dict[str, dict[str, float]]:
