@@ -101,12 +101,18 @@ def test_spec_round_trips_through_yaml(tmp_path):
 
 def test_shipped_specs_validate():
     paths = sorted(STUDIES.glob("*.yaml"))
-    assert {p.name for p in paths} >= {"demo.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
+    assert {p.name for p in paths} >= {"demo.yaml", "predict-embedded.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
     specs = {p.name: load_spec(p) for p in paths}
     demo = specs["demo.yaml"]
     assert demo.model == "embedded" and demo.data.kind == "bundled" and len(demo.target_languages) == 14
     assert {c.objective for c in demo.run_configs()} == {"adamw", "sam", "fisher", "mvr"}
     assert {"margin", "sharpness-diff", "frobenius-distance", "hessian-top-eig"} <= set(demo.measures.names)
+    check = specs["predict-embedded.yaml"]  # the demo's AdamW and SAM runs, every bundled test row
+    assert check.evaluation.max_examples == 500 and check.prediction.enabled and check.prediction.parallel
+    assert check.train_options == demo.train_options and len(check.target_languages) == 14
+    assert check.checkpoints == demo.checkpoints
+    assert [c.objective_options for c in check.run_configs()] == [
+        c.objective_options for c in demo.run_configs() if c.objective in ("adamw", "sam")]
     mbert = specs["xnli-mbert.yaml"]
     assert mbert.data.kind == "hf" and mbert.train_options["train_split"] == "train"
     assert mbert.seeds == (0, 1, 2)
@@ -119,7 +125,7 @@ def test_every_shipped_spec_loads():
     from xlgm.study.spec import load_spec
 
     shipped = sorted((Path(xlgm.__file__).parent / "studies").glob("*.yaml"))
-    assert {p.name for p in shipped} >= {"demo.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
+    assert {p.name for p in shipped} >= {"demo.yaml", "predict-embedded.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
     for path in shipped:
         spec = load_spec(path)
         assert spec.name and spec.grid, path
