@@ -111,8 +111,8 @@ def test_shipped_specs_validate():
     assert check.evaluation.max_examples == 500 and check.prediction.enabled and check.prediction.parallel
     assert check.train_options == demo.train_options and len(check.target_languages) == 14
     assert check.checkpoints == demo.checkpoints
-    assert [c.objective_options for c in check.run_configs()] == [
-        c.objective_options for c in demo.run_configs() if c.objective in ("adamw", "sam")]
+    assert [(c.objective, c.objective_options) for c in check.run_configs()] == [
+        (c.objective, c.objective_options) for c in demo.run_configs() if c.objective in ("adamw", "sam")]
     mbert = specs["xnli-mbert.yaml"]
     assert mbert.data.kind == "hf" and mbert.train_options["train_split"] == "train"
     assert mbert.seeds == (0, 1, 2)
