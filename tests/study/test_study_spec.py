@@ -9,6 +9,7 @@ import pytest
 from xlgm.study.spec import SpecError, load_spec, parse_text
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
+SHIPPED = {"demo.yaml", "predict-embedded.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
 
 BASE = """\
 name: t
@@ -101,7 +102,7 @@ def test_spec_round_trips_through_yaml(tmp_path):
 
 def test_shipped_specs_validate():
     paths = sorted(STUDIES.glob("*.yaml"))
-    assert {p.name for p in paths} >= {"demo.yaml", "predict-embedded.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
+    assert {p.name for p in paths} >= SHIPPED
     specs = {p.name: load_spec(p) for p in paths}
     demo = specs["demo.yaml"]
     assert demo.model == "embedded" and demo.data.kind == "bundled" and len(demo.target_languages) == 14
@@ -125,7 +126,7 @@ def test_every_shipped_spec_loads():
     from xlgm.study.spec import load_spec
 
     shipped = sorted((Path(xlgm.__file__).parent / "studies").glob("*.yaml"))
-    assert {p.name for p in shipped} >= {"demo.yaml", "predict-embedded.yaml", "xnli-mbert.yaml", "pawsx-mbert.yaml", "xnli-mt5.yaml"}
+    assert {p.name for p in shipped} >= SHIPPED
     for path in shipped:
         spec = load_spec(path)
         assert spec.name and spec.grid, path
