@@ -1,0 +1,90 @@
+"""One family of validators for every number and list a user hands in, on the command line or in a spec.
+
+Each raises `XlgmError` with one line that names the field (a flag or a spec key, as the caller says it)
+and what was expected. Config dataclasses call them in `__post_init__`, so a CLI flag and a spec key with
+the same meaning are checked by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+from xlgm.errors import XlgmError
+
+T = TypeVar("T")
+
+MIN_MAX_LENGTH = 8
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise XlgmError(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(field: str, value: object) -> int:
+    require(_is_int(value) and value >= 1, f"{field}: expected an integer >= 1, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def non_negative_int(field: str, value: object) -> int:
+    require(_is_int(value) and value >= 0, f"{field}: expected an integer >= 0, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def row_limit(field: str, value: object) -> int | None:
+    """A number of rows to keep: absent (all rows) or at least 1."""
+    return None if value is None else positive_int(field, value)
+
+
+def batch_size(field: str, value: object) -> int:
+    return positive_int(field, value)
+
+
+def seed(field: str, value: object) -> int:
+    return non_negative_int(field, value)
+
+
+def max_length(field: str, value: object, model_positions: int | None = None) -> int:
+    """Tokens a row is truncated to: at least 8, at most the model's positions when known."""
+    require(_is_int(value) and value >= MIN_MAX_LENGTH,
+            f"{field}: expected an integer >= {MIN_MAX_LENGTH}, got {value!r}")
+    if model_positions is not None:
+        require(value <= model_positions,  # type: ignore[operator]
+                f"{field}: {value} is more than the model's {model_positions} positions")
+    return value  # type: ignore[return-value]
+
+
+def positive_float(field: str, value: object) -> float:
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+            f"{field}: expected a number > 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def fraction(field: str, value: object, *, closed_right: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (0 <= value <= 1 if closed_right else 0 <= value < 1)  # type: ignore[operator]
+    require(ok, f"{field}: expected a number in [0, 1{']' if closed_right else ')'}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def one_of(field: str, value: T, choices: Iterable[T]) -> T:
+    choices = tuple(choices)
+    require(value in choices, f"{field}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def non_empty_list(field: str, values: Sequence[T]) -> list[T]:
+    items = [v for v in values if v not in ("", None)]
+    require(len(items) > 0 and len(items) == len(values), f"{field}: expected a non-empty list without blanks, "
+            f"got {list(values)!r}")
+    return list(items)
+
+
+def comma_list(field: str, text: str) -> list[str]:
+    """`en,de,sw` -> ['en', 'de', 'sw']; blanks (`,`, `en,,de`) are an error, not skipped."""
+    return non_empty_list(field, [part.strip() for part in text.split(",")])
