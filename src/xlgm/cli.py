@@ -45,11 +45,17 @@ def _train_parser(sub) -> None:
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "fp16", "bf16"],
+                   help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no")
+    p.add_argument("--device", default="auto", help="auto (a GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps; "
+                                                    "not part of the run id")
     p.add_argument("--freeze", default=None, choices=FREEZE_CHOICES,
                    help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: last only)")
     p.add_argument("--out", help="run directory (default: runs/TASK-OBJECTIVE-RUNID)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (the same config)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --out first and train anew")
     add_objective_arguments(p)
 
 
@@ -66,6 +72,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
+    p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
 
 
 def _measure_parser(sub) -> None:
@@ -85,6 +92,7 @@ def _measure_parser(sub) -> None:
                    help="a measure option, e.g. --set sharpness-diff.k=5 (repeatable)")
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
+    p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
     p.add_argument("--list", action="store_true", help="list the measures with their references and exit")
 
 
@@ -128,8 +136,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from xlgm.objectives import objective_options
-    from xlgm.recipes.train import TrainConfig, train
+    from xlgm.recipes.train import TrainConfig, lost_cpu_processes, relaunch_in_processes, train
 
+    processes = lost_cpu_processes()
+    if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
+        raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
     name, options = objective_options(args)
     freeze = args.freeze or ("word" if args.model == "embedded" else "none")
     config = TrainConfig(
@@ -144,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
     out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")
-    run_dir = train(config, out)
+    run_dir = train(config, out, device=args.device, resume=args.resume, overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
@@ -158,9 +169,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from xlgm.models.load import load_target
     from xlgm.recipes.evaluate import evaluate_languages, format_table, load_languages, write_report
     from xlgm.results import ResultsDB
-    from xlgm.runs import RunDir, resolve_target
+    from xlgm.runs import RunDir, require_finished, resolve_target
 
     target = resolve_target(args.target, args.checkpoint)
+    if target.run_dir:
+        require_finished(target.run_dir, args.allow_partial)
     run_config = RunDir(target.run_dir).config if target.run_dir else {}
     task_name = args.task or run_config.get("task", "xnli")
     if run_config and task_name != run_config["task"]:
@@ -193,7 +206,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.recipes.measure import (MeasureData, expand_targets, measure_checkpoints, parse_measure_options,
                                       resolve_measures, write_records)
     from xlgm.results import ResultsDB
-    from xlgm.runs import RunDir
+    from xlgm.runs import RunDir, require_finished
 
     if args.list:
         for kind, title in (("model", "measures of a checkpoint on labelled data (xlgm measure)"),
@@ -212,6 +225,8 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
         raise XlgmError(f"--set names measure(s) not requested: {', '.join(unknown)}")
     targets = expand_targets(args.target, args.checkpoint)
     run_dir = targets[0].run_dir
+    if run_dir:
+        require_finished(run_dir, args.allow_partial)
     task_name = args.task or (RunDir(run_dir).config["task"] if run_dir else "xnli")
     task = get_task(task_name)
     data = MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size)

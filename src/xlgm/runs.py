@@ -3,8 +3,11 @@
     RUN/config.json            the TrainConfig, its run_id (hash of the config) and library versions
     RUN/init.json              how to rebuild the initial weights: the base model + init-head.safetensors
     RUN/init-head.safetensors  the freshly initialised parameters (the classification head)
-    RUN/checkpoints/step-N/    model.safetensors (the trained parameters only) + meta.json
+    RUN/checkpoints/step-N/    model.safetensors (the trained parameters only) + meta.json; the latest
+                               checkpoint of an unfinished run also holds training-state.safetensors +
+                               training-state.json (optimizer, schedule, data position, random states)
     RUN/checkpoints.json       index: every checkpoint with its dev accuracy, and which is `best`/`last`
+    RUN/state.json             whether training finished, on which device and in how many processes
     RUN/train_log.jsonl        one JSON object per logged step / evaluation
     RUN/results.sqlite         runs, checkpoints, evaluations, measures (see results.py)
 
@@ -15,13 +18,16 @@ of the embedded model is 90 MB rather than 470 MB.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xlgm.errors import XlgmError
@@ -32,6 +38,15 @@ INIT_HEAD = "init-head.safetensors"
 INDEX = "checkpoints.json"
 WEIGHTS = "model.safetensors"
 META = "meta.json"
+STATE = "state.json"
+LOG = "train_log.jsonl"
+TRAINING_STATE = "training-state.safetensors"
+TRAINING_STATE_META = "training-state.json"
+# What `xlgm train` and the commands reading a run write into it: `--overwrite` deletes these and nothing
+# else, and refuses a folder that holds anything more (a user's file is never deleted).
+RUN_ENTRIES = (CONFIG, INIT, INIT_HEAD, INDEX, STATE, LOG, "checkpoints", "results.sqlite",
+               "results.sqlite-journal", "results.sqlite-wal", "results.sqlite-shm", "eval-*.json",
+               "measures.json", "outputs", "*.tmp")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -74,10 +89,35 @@ class RunDir:
         index_path = self.path / INDEX
         return read_json(index_path) if index_path.exists() else {"checkpoints": [], "best": None, "last": None}
 
+    @property
+    def state(self) -> dict | None:
+        """state.json, or None for a run written before runs recorded it."""
+        path = self.path / STATE
+        return read_json(path) if path.exists() else None
+
+    def write_state(self, **fields: Any) -> dict:
+        state = {**(self.state or {}), **fields}
+        write_json(self.path / STATE, state)
+        return state
+
+    @property
+    def finished(self) -> bool:
+        state = self.state
+        if state is not None:
+            return bool(state.get("finished"))
+        # Runs written before state.json set `last` only when training ended.
+        return self.index.get("last") is not None
+
+    @property
+    def last_checkpoint(self) -> dict | None:
+        checkpoints = self.index["checkpoints"]
+        return checkpoints[-1] if checkpoints else None
+
     def checkpoint_dir(self, name: str) -> Path:
         return self.path / "checkpoints" / name
 
-    def record_checkpoint(self, name: str, step: int, epoch: float, dev_accuracy: float | None, last: bool) -> dict:
+    def record_checkpoint(self, name: str, step: int, epoch: float, dev_accuracy: float | None) -> dict:
+        """Add a checkpoint to the index; it becomes `last`, and `best` if its accuracy is the highest."""
         index = self.index
         index["checkpoints"] = [c for c in index["checkpoints"] if c["name"] != name]
         index["checkpoints"].append({"name": name, "step": step, "epoch": epoch, "dev_accuracy": dev_accuracy})
@@ -85,10 +125,158 @@ class RunDir:
         scored = [c for c in index["checkpoints"] if c["dev_accuracy"] is not None]
         if scored:  # ties go to the earlier checkpoint
             index["best"] = max(scored, key=lambda c: (c["dev_accuracy"], -c["step"]))["name"]
-        if last:
-            index["last"] = name
+        index["last"] = index["checkpoints"][-1]["name"]
         write_json(self.path / INDEX, index)
         return index
+
+    def save_training_state(self, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """What resuming needs besides the weights: tensors as safetensors, the rest as JSON (no pickle)."""
+        out = self.checkpoint_dir(name)
+        save_tensors(tensors, out / TRAINING_STATE)
+        write_json(out / TRAINING_STATE_META, meta)
+
+    def has_training_state(self, name: str) -> bool:
+        out = self.checkpoint_dir(name)
+        return (out / TRAINING_STATE).is_file() and (out / TRAINING_STATE_META).is_file()
+
+    def load_training_state(self, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+        out = self.checkpoint_dir(name)
+        path = out / TRAINING_STATE
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise XlgmError(f"{path}: not a readable safetensors file ({err})") from err
+        return tensors, read_json(out / TRAINING_STATE_META)
+
+    def drop_training_state(self, name: str) -> None:
+        """Training state is kept for the latest checkpoint only: it is twice the weights' size."""
+        for file in (TRAINING_STATE, TRAINING_STATE_META):
+            (self.checkpoint_dir(name) / file).unlink(missing_ok=True)
+
+    def rewind(self, step: int) -> None:
+        """Forget what was written after `step`, the step training resumes from: checkpoint folders the
+        index does not hold (a save cut short) or holds after `step`, and train_log.jsonl records after
+        it (a record cut short by a kill included)."""
+        index = self.index
+        later = [c for c in index["checkpoints"] if c["step"] > step]
+        if later:
+            index["checkpoints"] = [c for c in index["checkpoints"] if c["step"] <= step]
+            names = {c["name"] for c in index["checkpoints"]}
+            index["best"] = index["best"] if index["best"] in names else None
+            index["last"] = index["checkpoints"][-1]["name"] if index["checkpoints"] else None
+            write_json(self.path / INDEX, index)
+        kept = {c["name"] for c in index["checkpoints"]}
+        folder = self.path / "checkpoints"
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.name not in kept:
+                    _remove(child)
+        log = self.path / LOG
+        if log.exists():
+            records = []
+            for line in log.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    records.append(line)
+            tmp = log.with_suffix(log.suffix + ".tmp")
+            tmp.write_text("".join(r + "\n" for r in records))
+            os.replace(tmp, log)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _run_entries(path: Path) -> tuple[list[Path], list[Path]]:
+    """The folder's entries that a run writes, and the others."""
+    known, other = [], []
+    for child in sorted(path.iterdir()):
+        (known if any(fnmatch.fnmatch(child.name, p) for p in RUN_ENTRIES) else other).append(child)
+    return known, other
+
+
+def _config_difference(stored: dict, wanted: dict) -> str:
+    keys = sorted(k for k in set(stored) | set(wanted) if k in wanted and stored.get(k) != wanted.get(k))
+    return ", ".join(f"{k} {stored.get(k)!r} there, {wanted[k]!r} here" for k in keys[:3]) or "its run id differs"
+
+
+def claim_run_dir(path: Path, config: dict, run_id: str, *, resume: bool = False, overwrite: bool = False) -> str:
+    """Decide what training does with `path`; returns `new` (nothing of a run is there), `resume` (the same
+    config's unfinished run) or `finished` (the same config's finished run, with `resume`). Changes nothing on
+    disk: `clear_run_dir` does, once every process has decided. Raises a one-line XlgmError otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise XlgmError(f"{path}: exists and is not a folder")
+    if not path.exists() or not any(path.iterdir()):
+        if resume and not overwrite:
+            raise XlgmError(f"{path}: --resume, but the folder holds no run to resume")
+        return "new"
+    known, other = _run_entries(path)
+    if not (path / CONFIG).is_file():
+        if other:
+            raise XlgmError(f"{path}: not empty and not an xlgm run (it holds {other[0].name}); choose another --out")
+        if overwrite:
+            return "new"
+        raise XlgmError(f"{path}: holds parts of a run without its {CONFIG}; pass --overwrite to replace them")
+    if overwrite and other:
+        raise XlgmError(f"{path}: --overwrite deletes only what xlgm wrote, and the folder also holds "
+                        f"{other[0].name}; move it away first")
+    if overwrite and not resume:
+        return "new"
+    try:
+        stored = read_json(path / CONFIG)
+    except XlgmError:
+        if overwrite:
+            return "new"
+        raise
+    same = isinstance(stored, dict) and stored.get("run_id") == run_id
+    if resume and same:
+        return "finished" if RunDir(path).finished else "resume"
+    if overwrite:
+        return "new"
+    if not same:
+        difference = _config_difference(stored, config) if isinstance(stored, dict) else "unreadable config"
+        raise XlgmError(f"{path}: holds run {stored.get('run_id') if isinstance(stored, dict) else '?'} of another "
+                        f"config ({difference}); pass --overwrite to replace it, or choose another --out")
+    run = RunDir(path)
+    last = run.last_checkpoint
+    where = "finished" if run.finished else f"unfinished, last checkpoint {last['name'] if last else 'none'}"
+    raise XlgmError(f"{path}: already holds this run ({run_id}, {where}); pass --resume to continue it or "
+                    f"--overwrite to train it again")
+
+
+def clear_run_dir(path: Path) -> None:
+    """Delete what a run wrote into `path` (only that: `claim_run_dir` refused folders holding more). The
+    config goes first, so a deletion cut short leaves no folder that looks like a complete run."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    known, other = _run_entries(path)
+    if other:
+        raise XlgmError(f"{path}: holds {other[0].name}, which xlgm did not write; not deleting the folder")
+    for child in sorted(known, key=lambda c: c.name != CONFIG):
+        _remove(child)
+
+
+def require_finished(run_dir: Path, allow_partial: bool = False) -> None:
+    """Refuse a run whose training did not finish, unless `allow_partial` (then say so on stderr)."""
+    run = RunDir(Path(run_dir))
+    if run.finished:
+        return
+    last = run.last_checkpoint
+    message = (f"{run_dir}: training did not finish (last checkpoint {last['name']})" if last
+               else f"{run_dir}: training did not finish (no checkpoint yet)")
+    if not allow_partial:
+        raise XlgmError(f"{message}; pass --allow-partial to use it anyway")
+    print(f"xlgm: note: {message}; using it as --allow-partial says", file=sys.stderr)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -1,9 +1,16 @@
 """Fine-tune a classifier on the source language: `xlgm train`.
 
-Built on `accelerate`, so `accelerate launch -m xlgm.cli train ...` runs the same loop on several GPUs
-(DDP) and `--mixed-precision` picks fp16/bf16 where the device has it. The loop owns AdamW, the linear
-schedule with warm-up, clipping and accumulation; what one micro-batch does (plain cross-entropy, SAM,
-Fisher Penalty, MVR) is the objective's business (see objectives/base.py).
+Built on `accelerate`: `python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ...` (or
+`accelerate launch`) runs the same loop in N processes (DDP), and `--mixed-precision` picks fp16/bf16 where
+the device has it. The loop owns AdamW, the linear schedule with warm-up, clipping and accumulation; what
+one micro-batch does (plain cross-entropy, SAM, Fisher Penalty, MVR) is the objective's business (see
+objectives/base.py).
+
+Steps are global. One optimizer step takes `grad_accum × processes` consecutive micro-batches of the
+epoch's shuffled order, process r the r-th run of `grad_accum` of them, and the random draws of a
+micro-batch (dropout, the objective's sampling) are seeded from (seed, its global index). So N processes
+train exactly as one process with N times the accumulation, and a run resumed from a checkpoint
+continues as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precision
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import Example, get_task
@@ -31,7 +43,8 @@ from xlgm.models.load import load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
 from xlgm.recipes.evaluate import accuracy
 from xlgm.results import ResultsDB, config_hash
-from xlgm.runs import INIT, INIT_HEAD, CONFIG, RunDir, save_checkpoint, save_tensors, write_json
+from xlgm.runs import (CONFIG, INIT, INIT_HEAD, LOG, RunDir, claim_run_dir, clear_run_dir, load_checkpoint_into,
+                       save_checkpoint, save_tensors, write_json)
 
 FREEZE_CHOICES = ("none", "word", "embeddings")
 # Held-out rows for checkpoint selection are drawn with a fixed seed, not the run's, so every run of a
@@ -59,7 +72,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: see xlgm.core.devices.resolve_precision)
     freeze: str = "none"  # none | word (word embeddings) | embeddings (all embedding parameters)
     save_every: int = 0  # steps between checkpoints; 0 = only the last
     log_every: int = 10
@@ -77,7 +90,8 @@ class TrainConfig:
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 disables clipping)"),
             (self.save_every >= 0, "save_every must be >= 0"),
             (self.freeze in FREEZE_CHOICES, f"freeze must be one of {FREEZE_CHOICES}"),
-            (self.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision must be auto/no/fp16/bf16"),
+            (self.mixed_precision in PRECISION_CHOICES,
+             f"mixed_precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.mixed_precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -90,14 +104,6 @@ class TrainConfig:
     @property
     def source(self) -> DataSource:
         return DataSource(self.data, self.data_dir)
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
 
 
 def freeze_parameters(model: torch.nn.Module, what: str) -> int:
@@ -128,16 +134,158 @@ def split_train_select(config: TrainConfig, rows: list[Example], select_rows: li
     return [r for i, r in enumerate(rows) if i not in hold], [rows[i] for i in sorted(hold)]
 
 
+# Variables a launcher sets in each of the processes it starts (torch.distributed.run, accelerate, mpirun).
+_LAUNCHED_PROCESS_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                               "MV2_COMM_WORLD_SIZE")
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "auto") -> Accelerator:
+    """An Accelerator on `device` (auto|cpu|cuda|cuda:N|mps) in `mixed_precision` (auto: resolve_precision).
+
+    Under a multi-process launcher each process takes the device of its LOCAL_RANK (`--device cuda`), or
+    the CPU with gloo (`--device cpu`, or `accelerate launch --cpu`)."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher_cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
+    wanted = resolve_device("cpu" if device == "auto" and launcher_cpu else device)
+    if launcher_cpu and wanted.type != "cpu":
+        raise XlgmError(f"--device {device}: the launcher asked for the CPU (accelerate launch --cpu)")
+    if processes > 1 and (wanted.index is not None or wanted.type == "mps"):
+        raise XlgmError(f"--device {device} names one device, but {processes} processes were launched; pass "
+                        f"--device cuda (each process takes the GPU of its LOCAL_RANK) or --device cpu")
+    precision = resolve_precision(mixed_precision, wanted)
+    if precision == "fp16" and wanted.type != "cuda":
+        raise XlgmError(f"--mixed-precision fp16 needs a CUDA GPU, not {wanted.type}; use bf16 or no")
+    if wanted.type == "cuda" and wanted.index is not None:
+        torch.cuda.set_device(wanted)
+    if not torch.distributed.is_initialized():
+        # accelerate keeps its device and precision for the life of the process; a single-process caller
+        # (a study, the tests) may train on another device or in another precision next time.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    accelerator = Accelerator(mixed_precision=precision, cpu=wanted.type == "cpu")
+    if accelerator.device.type != wanted.type:
+        raise XlgmError(f"--device {device}: accelerate placed training on {accelerator.device}")
+    return accelerator
+
+
+def lost_cpu_processes() -> int | None:
+    """N when this process was started by `accelerate launch --cpu --num_processes N` with N > 1.
+
+    accelerate's launcher starts several CPU processes only through mpirun (`--mpirun_hostfile`); without it
+    `--cpu` starts this one process and DDP never begins. N is read from the launcher's command line."""
+    if not parse_flag_from_env("ACCELERATE_USE_CPU") or "MASTER_ADDR" not in os.environ:
+        return None  # the launcher sets MASTER_ADDR only when asked for several processes
+    if any(name in os.environ for name in _LAUNCHED_PROCESS_VARIABLES):
+        return None
+    import psutil
+    from accelerate.commands.launch import launch_command_parser
+
+    try:
+        command = psutil.Process().parent().cmdline()
+    except (psutil.Error, AttributeError):
+        return None
+    starts = [i for i, part in enumerate(command)
+              if part == "launch" or Path(part).name in ("accelerate-launch", "accelerate.commands.launch")]
+    if not starts:
+        return None
+    try:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            launch = launch_command_parser().parse_args(command[starts[0] + 1:])
+    except SystemExit:
+        raise XlgmError("accelerate launch --cpu started one process and its command line could not be read; "
+                        "run python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ... instead")
+    if (launch.num_machines or 1) > 1:
+        raise XlgmError("accelerate launch --cpu on several machines needs mpirun (--mpirun_hostfile)")
+    return launch.num_processes if (launch.num_processes or 1) > 1 else None
+
+
+def relaunch_in_processes(processes: int, argv: list[str]) -> int:
+    """Run `xlgm argv` in `processes` CPU processes with torch.distributed.run; its exit code."""
+    print(f"xlgm: accelerate launch --cpu starts one process; starting {processes} with torch.distributed.run",
+          file=sys.stderr)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ.get("MASTER_PORT", "29500"),
+               "-m", "xlgm.cli", *argv]
+    return subprocess.call(command)
+
+
+def micro_batch_seeds(seed: int, index: int) -> tuple[int, int]:
+    """Seeds of the global RNG (dropout) and of the objective's generator for global micro-batch `index`."""
+    torch_seed, objective_seed = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint64)
+    return int(torch_seed), int(objective_seed)
+
+
+def training_state(optimizer, scheduler, scaler, generator: torch.Generator) -> tuple[dict, dict]:
+    """Optimizer, schedule, loss scale and random states as (tensors, JSON): nothing needs pickle."""
+    optimizer_state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict] = {}
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{index}/{key}"] = value
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    tensors["rng/objective"] = generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    meta = {
+        "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain},
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {"python": random.getstate(),
+                "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(gauss)]},
+    }
+    return tensors, meta
+
+
+def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scaler,
+                           generator: torch.Generator) -> None:
+    state: dict[int, dict] = {int(i): dict(v) for i, v in meta["optimizer"]["state"].items()}
+    for key, value in tensors.items():
+        kind, *rest = key.split("/")
+        if kind == "optimizer":
+            state.setdefault(int(rest[0]), {})[rest[1]] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    generator.set_state(tensors["rng/objective"])
+    cuda = sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k.rsplit("/", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][:torch.cuda.device_count()])
+    version, internal, gauss = meta["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = meta["rng"]["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
 def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, db_path: str | Path | None = None,
-          objective=None) -> Path:
-    """Train and write the run directory; returns its path."""
+          objective=None, *, device: str = "auto", resume: bool = False, overwrite: bool = False) -> Path:
+    """Train and write the run directory; returns its path.
+
+    A folder that already holds a run is refused unless `resume` (the same config: continue from its last
+    checkpoint; a finished run is returned as it is) or `overwrite` (delete what the old run wrote first).
+    `device` is where to train (auto|cpu|cuda|cuda:N|mps); it is not part of the run id."""
     task = get_task(config.task)
     if config.source_language not in task.languages:
         raise XlgmError(f"unknown source language {config.source_language!r} for {task.name}")
+    accelerator = make_accelerator(device, config.mixed_precision)
+    main = accelerator.is_main_process
     run = RunDir(Path(run_dir))
-    run.path.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+    mode = claim_run_dir(run.path, asdict(config), config.run_id, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
+    if mode == "finished":
+        return run.path
+    if main:
+        if mode == "new":
+            clear_run_dir(run.path)
+        run.path.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     set_seed(config.seed)
 
     rows = load_examples(task, config.train_split, config.source_language, config.source, config.max_train_examples)
@@ -158,15 +306,52 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
             options.setdefault("max_length", config.max_length)
         objective = build_objective(config.objective, **options)
 
-    if accelerator.is_main_process:
-        write_json(run.path / CONFIG, {**asdict(config), "run_id": config.run_id, "num_train": len(train_rows),
-                                        "num_select": len(select_rows), "frozen_parameters": frozen,
-                                        "versions": _versions()})
-        head = {n: p for n, p in model.named_parameters() if n in new_parameters}
-        save_tensors(head, run.path / INIT_HEAD)
-        write_json(run.path / INIT, {"model": config.model, "head": INIT_HEAD, "head_parameters": sorted(head)})
-
+    processes, accumulation = accelerator.num_processes, config.grad_accum
+    per_step = accumulation * processes  # micro-batches of one optimizer step, all processes together
     data = tokenize_examples(tokenizer, train_rows, config.max_length)
+    micro_per_epoch = math.ceil(len(data) / config.batch_size)
+    if processes > 1 and micro_per_epoch < per_step:
+        raise XlgmError(f"{len(data)} training rows make {micro_per_epoch} micro-batches of {config.batch_size}, "
+                        f"fewer than one step of {processes} processes x --grad-accum {accumulation} needs")
+    steps_per_epoch = max(1, micro_per_epoch // per_step)
+    total_steps = max(1, int(round(steps_per_epoch * config.epochs)))
+    session = {"device": str(accelerator.device), "processes": processes,
+               "mixed_precision": accelerator.mixed_precision}
+
+    start_step, resumed = 0, None
+    if mode == "resume":
+        recorded = run.state or {}
+        for key in ("processes", "mixed_precision"):
+            if key in recorded and recorded[key] != session[key]:
+                raise XlgmError(f"{run.path}: the run trained with {key} {recorded[key]}, this process has "
+                                f"{session[key]}; resume it with the same")
+        if run.config.get("num_train") != len(train_rows):
+            raise XlgmError(f"{run.path}: the run trained on {run.config.get('num_train')} rows, the data now "
+                            f"gives {len(train_rows)}; the training data changed since")
+        last = run.last_checkpoint
+        if last is not None:
+            if not run.has_training_state(last["name"]):
+                raise XlgmError(f"{run.checkpoint_dir(last['name'])}: no training state to resume from")
+            load_checkpoint_into(model, run.checkpoint_dir(last["name"]))
+            resumed = run.load_training_state(last["name"])
+            start_step = resumed[1]["step"]
+            if resumed[1]["total_steps"] != total_steps:
+                raise XlgmError(f"{run.path}: the run has {resumed[1]['total_steps']} steps, this config "
+                                f"{total_steps} here")
+
+    if main:
+        if mode == "new":  # config.json last: a folder holds a run once its config is there
+            run.write_state(run_id=config.run_id, finished=False, resumed_at=[], **session)
+            head = {n: p for n, p in model.named_parameters() if n in new_parameters}
+            save_tensors(head, run.path / INIT_HEAD)
+            write_json(run.path / INIT, {"model": config.model, "head": INIT_HEAD, "head_parameters": sorted(head)})
+            write_json(run.path / CONFIG, {**asdict(config), "run_id": config.run_id, "num_train": len(train_rows),
+                                            "num_select": len(select_rows), "frozen_parameters": frozen,
+                                            "versions": _versions()})
+        else:
+            run.rewind(start_step)
+            run.write_state(resumed_at=[*(run.state or {}).get("resumed_at", []), start_step], **session)
+
     collator = BatchCollator(tokenizer, data)
     objective.setup(model, tokenizer, train_rows)
 
@@ -176,85 +361,104 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
             (no_decay if p.ndim < 2 else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    micro_per_epoch = math.ceil(len(data) / config.batch_size / accelerator.num_processes)
-    steps_per_epoch = max(1, micro_per_epoch // config.grad_accum)
-    total_steps = max(1, int(round(steps_per_epoch * config.epochs)))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler is not prepared: accelerate's AcceleratedScheduler steps it once per process on each
+    # optimizer step (split_batches=False), and the loop's steps are already global.
+    model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(config.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    batch_device = next(model.parameters()).device
+    running: dict[str, list[float]] = {}
+    elapsed = 0.0
+    if resumed is not None:
+        tensors, meta = resumed
+        restore_training_state(tensors, meta, optimizer, scheduler, accelerator.scaler, generator)
+        running, elapsed = meta["running"], meta["elapsed_seconds"]
 
-    db = ResultsDB(db_path or run.path / "results.sqlite") if accelerator.is_main_process else None
+    db = ResultsDB(db_path or run.path / "results.sqlite") if main else None
     if db:
         db.add_run(config.run_id, asdict(config), str(run.path), status="training")
-    log = (run.path / "train_log.jsonl").open("a") if accelerator.is_main_process else None
+    log = (run.path / LOG).open("a") if main else None
+    start = time.perf_counter()
 
-    def evaluate_and_save(step: int, epoch: float, last: bool) -> float | None:
-        dev_acc = None
-        if select_rows:
-            dev_acc = accuracy(accelerator.unwrap_model(model), tokenizer, select_rows, config.max_length)
-        if accelerator.is_main_process:
-            name = f"step-{step:06d}"
-            save_checkpoint(run, accelerator.unwrap_model(model), name,
-                            {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "run_id": config.run_id})
-            index = run.record_checkpoint(name, step, epoch, dev_acc, last)
-            for c in index["checkpoints"]:
-                db.add_checkpoint(f"{config.run_id}/{c['name']}", config.run_id, c["step"], c["epoch"],
-                                  str(run.checkpoint_dir(c["name"])), c["dev_accuracy"],
-                                  is_best=c["name"] == index["best"], is_last=c["name"] == index["last"])
-            _log(log, {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "checkpoint": name})
-        return dev_acc
+    def evaluate_and_save(step: int) -> None:
+        epoch = step / steps_per_epoch
+        if not main:
+            return
+        dev_acc = accuracy(accelerator.unwrap_model(model), tokenizer, select_rows, config.max_length) \
+            if select_rows else None
+        name = f"step-{step:06d}"
+        previous = run.last_checkpoint
+        save_checkpoint(run, accelerator.unwrap_model(model), name,
+                        {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "run_id": config.run_id})
+        tensors, meta = training_state(optimizer, scheduler, accelerator.scaler, generator)
+        meta.update(step=step, epoch=step // steps_per_epoch, total_steps=total_steps,
+                    steps_per_epoch=steps_per_epoch, processes=processes, running=running,
+                    elapsed_seconds=elapsed + time.perf_counter() - start)
+        run.save_training_state(name, tensors, meta)
+        _log(log, {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "checkpoint": name})
+        # The index names the checkpoint only once all its files are written: resuming starts from it.
+        index = run.record_checkpoint(name, step, epoch, dev_acc)
+        for c in index["checkpoints"]:
+            db.add_checkpoint(f"{config.run_id}/{c['name']}", config.run_id, c["step"], c["epoch"],
+                              str(run.checkpoint_dir(c["name"])), c["dev_accuracy"],
+                              is_best=c["name"] == index["best"], is_last=c["name"] == index["last"])
+        if previous is not None and previous["name"] != name:
+            run.drop_training_state(previous["name"])
 
-    step, start = 0, time.perf_counter()
+    step = start_step
     model.train()
-    bar = tqdm(total=total_steps, desc=f"train {config.objective}", unit="step",
-               disable=not (show_progress and accelerator.is_main_process))
-    running: dict[str, list[float]] = {}
-    epoch = 0
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.objective}", unit="step",
+               disable=not (show_progress and main))
+    schedule_epoch, batches = None, []
     while step < total_steps:
-        batches = bucketed_shuffled_batches(data.lengths, config.batch_size, seed=config.seed * 1000 + epoch)
-        batches = batches[accelerator.process_index::accelerator.num_processes][:steps_per_epoch * config.grad_accum]
-        for first in range(0, len(batches), config.grad_accum):
-            if step >= total_steps:
-                break
-            group = batches[first:first + config.grad_accum]
-            for i, indices in enumerate(group):
-                batch = {k: v.to(accelerator.device) for k, v in collator(indices).items()}
-                ctx = StepContext(accelerator, step, i, len(group), generator)
-                sync = accelerator.no_sync(model) if i < len(group) - 1 else contextlib.nullcontext()
-                with sync:
-                    logs = objective.micro_step(model, batch, ctx)
-                for k, v in logs.items():
-                    running.setdefault(k, []).append(float(v))
-            grad_norm = None
-            if config.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-            optimizer.step()
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch != schedule_epoch:
+            batches = bucketed_shuffled_batches(data.lengths, config.batch_size, seed=config.seed * 1000 + epoch)
+            schedule_epoch = epoch
+        first = position * per_step + accelerator.process_index * accumulation
+        group = batches[first:first + accumulation]
+        for i, indices in enumerate(group):
+            torch_seed, objective_seed = micro_batch_seeds(config.seed, step * per_step + first % per_step + i)
+            torch.manual_seed(torch_seed)
+            generator.manual_seed(objective_seed)
+            batch = {k: v.to(batch_device) for k, v in collator(indices).items()}
+            ctx = StepContext(accelerator, step, i, len(group), generator)
+            sync = accelerator.no_sync(model) if i < len(group) - 1 else contextlib.nullcontext()
+            with sync:
+                logs = objective.micro_step(model, batch, ctx)
+            for k, v in logs.items():
+                running.setdefault(k, []).append(float(v))
+        grad_norm = None
+        if config.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:  # an fp16 overflow skips the step, and its schedule
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if running.get("loss"):
-                bar.set_postfix(loss=f"{np.mean(running['loss'][-20:]):.3f}")
-            if step % config.log_every == 0 or step == total_steps:
-                _log(log, {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "seconds": time.perf_counter() - start,
-                           **{k: float(np.mean(v)) for k, v in running.items()}})
-                running = {}
-            if config.save_every and step % config.save_every == 0 and step < total_steps:
-                evaluate_and_save(step, step / steps_per_epoch, last=False)
-                model.train()
-        epoch += 1
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if running.get("loss"):
+            bar.set_postfix(loss=f"{np.mean(running['loss'][-20:]):.3f}")
+        if step % config.log_every == 0 or step == total_steps:
+            _log(log, {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": grad_norm, "seconds": elapsed + time.perf_counter() - start,
+                       **{k: float(np.mean(v)) for k, v in running.items()}})
+            running = {}
+        if config.save_every and step % config.save_every == 0 and step < total_steps:
+            evaluate_and_save(step)
+            model.train()
     bar.close()
-    evaluate_and_save(step, step / steps_per_epoch, last=True)
-    if db:
+    if resumed is None or step > start_step:  # a run resumed from its final checkpoint has it already
+        evaluate_and_save(step)
+    if main:
         db.set_run_status(config.run_id, "trained")
         db.close()
-    if log:
         log.close()
+        run.write_state(finished=True)
+        run.drop_training_state(run.last_checkpoint["name"])  # a finished run is not resumed
     accelerator.wait_for_everyone()
     return run.path
-
 
 def _log(handle, record: dict) -> None:
     if handle is not None:
