@@ -52,6 +52,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--freeze", default=None, choices=FREEZE_CHOICES,
                    help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: last only)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="a train_log.jsonl record every N steps")
     p.add_argument("--out", help="run directory (default: runs/TASK-OBJECTIVE-RUNID)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (the same config)")
@@ -150,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         max_train_examples=args.max_train_examples, max_length=args.max_length, epochs=args.epochs,
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
-        mixed_precision=args.mixed_precision, freeze=freeze, save_every=args.save_every,
+        mixed_precision=args.mixed_precision, freeze=freeze, save_every=args.save_every, log_every=args.log_every,
         objective=name, objective_options=options)
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")

@@ -89,6 +89,7 @@ class TrainConfig:
             (0 <= self.holdout_fraction < 1, "holdout_fraction must be in [0, 1)"),
             (self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 disables clipping)"),
             (self.save_every >= 0, "save_every must be >= 0"),
+            (self.log_every >= 1, "log_every must be >= 1"),
             (self.freeze in FREEZE_CHOICES, f"freeze must be one of {FREEZE_CHOICES}"),
             (self.mixed_precision in PRECISION_CHOICES,
              f"mixed_precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.mixed_precision!r}"),
@@ -443,7 +444,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         if step % config.log_every == 0 or step == total_steps:
             _log(log, {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": grad_norm, "seconds": elapsed + time.perf_counter() - start,
-                       **{k: float(np.mean(v)) for k, v in running.items()}})
+                       **_global_means(running, accelerator, batch_device)})
             running = {}
         if config.save_every and step % config.save_every == 0 and step < total_steps:
             evaluate_and_save(step)
@@ -459,6 +460,17 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         run.drop_training_state(run.last_checkpoint["name"])  # a finished run is not resumed
     accelerator.wait_for_everyone()
     return run.path
+
+def _global_means(running: dict[str, list[float]], accelerator: Accelerator, device: torch.device) -> dict:
+    """Each logged value's mean over the micro-batches of every process (every process calls this with
+    the same keys: one objective, the same micro-batches per step)."""
+    keys = sorted(running)
+    if accelerator.num_processes == 1:
+        return {k: float(np.mean(running[k])) for k in keys}
+    sums = torch.tensor([[sum(running[k]), len(running[k])] for k in keys], dtype=torch.float64, device=device)
+    sums = accelerator.reduce(sums, reduction="sum").cpu().tolist()
+    return {k: total / count for k, (total, count) in zip(keys, sums)}
+
 
 def _log(handle, record: dict) -> None:
     if handle is not None:
