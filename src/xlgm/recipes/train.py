@@ -279,14 +279,14 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     main = accelerator.is_main_process
     run = RunDir(Path(run_dir))
     mode = claim_run_dir(run.path, asdict(config), config.run_id, resume=resume, overwrite=overwrite)
-    accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
+    _wait_for_everyone(accelerator)  # every process has looked at the folder before it changes
     if mode == "finished":
         return run.path
     if main:
         if mode == "new":
             clear_run_dir(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    _wait_for_everyone(accelerator)
     set_seed(config.seed)
 
     rows = load_examples(task, config.train_split, config.source_language, config.source, config.max_train_examples)
@@ -458,8 +458,19 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         log.close()
         run.write_state(finished=True)
         run.drop_training_state(run.last_checkpoint["name"])  # a finished run is not resumed
-    accelerator.wait_for_everyone()
+    _wait_for_everyone(accelerator)
     return run.path
+
+def _wait_for_everyone(accelerator: Accelerator) -> None:
+    """A barrier. accelerate's hands gloo a GPU ordinal too (device_ids=[local rank]), which fails on a
+    machine with fewer GPUs than CPU processes ("invalid device ordinal")."""
+    if accelerator.num_processes == 1:
+        return
+    if accelerator.device.type == "cpu":
+        torch.distributed.barrier()
+    else:
+        accelerator.wait_for_everyone()
+
 
 def _global_means(running: dict[str, list[float]], accelerator: Accelerator, device: torch.device) -> dict:
     """Each logged value's mean over the micro-batches of every process (every process calls this with
