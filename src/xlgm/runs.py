@@ -219,7 +219,7 @@ def claim_run_dir(path: Path, config: dict, run_id: str, *, resume: bool = False
         if resume and not overwrite:
             raise XlgmError(f"{path}: --resume, but the folder holds no run to resume")
         return "new"
-    known, other = _run_entries(path)
+    _, other = _run_entries(path)
     if not (path / CONFIG).is_file():
         if other:
             raise XlgmError(f"{path}: not empty and not an xlgm run (it holds {other[0].name}); choose another --out")

@@ -281,6 +281,8 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     mode = claim_run_dir(run.path, asdict(config), config.run_id, resume=resume, overwrite=overwrite)
     _wait_for_everyone(accelerator)  # every process has looked at the folder before it changes
     if mode == "finished":
+        if main and show_progress:
+            print(f"{run.path}: the run finished before; nothing to resume", file=sys.stderr)
         return run.path
     if main:
         if mode == "new":
