@@ -156,7 +156,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         options = dict(config.objective_options)
         if "max_length" in config_fields(config.objective):  # MVR re-tokenizes with the loop's max_length
             options.setdefault("max_length", config.max_length)
-        objective = build_objective(config.objective, **options)
+        objective = build_objective(config.objective, task=config.task, batch_size=config.batch_size, **options)
 
     if accelerator.is_main_process:
         write_json(run.path / CONFIG, {**asdict(config), "run_id": config.run_id, "num_train": len(train_rows),
