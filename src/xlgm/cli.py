@@ -197,7 +197,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.tasks import get_task
     from xlgm.measures.base import get_measure, list_measures
     from xlgm.recipes.measure import (MeasureData, expand_targets, measure_checkpoints, parse_measure_options,
-                                      resolve_measures, write_records)
+                                      read_records, resolve_measures, write_records)
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir
 
@@ -223,10 +223,11 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     data = MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size)
     task.resolve_languages([data.language])
     base = run_dir or Path(".")
+    out = Path(args.out) if args.out else base / "measures.json"
+    read_records(out)  # a damaged results file fails now, before anything is measured or stored
     with ResultsDB(args.db or (base / ("results.sqlite" if run_dir else "xlgm-results.sqlite"))) as db:
         records = measure_checkpoints(targets, task, measures, options, data, DataSource.from_args(args.data_dir, args.hub),
                                       seed=args.seed, param_filter=args.params, db=db, random_head=args.random_head)
-    out = Path(args.out) if args.out else base / "measures.json"
     write_records(records, out)
     for r in records:
         spread = f" ± {r['spread']:.4g}" if r.get("spread") is not None else ""

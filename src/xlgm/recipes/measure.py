@@ -151,12 +151,18 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures:
     return records
 
 
-def write_records(records: list[dict], path: Path) -> None:
-    """Merge into an existing JSON file, keyed by (checkpoint, measure, data, seed)."""
+def read_records(path: Path) -> list[dict]:
+    """The records of an existing measures JSON file ([] when there is none); a damaged one is one line."""
     existing = read_json(path, expect=list) if path.exists() else []
     bad = [i for i, r in enumerate(existing) if not isinstance(r, dict) or not {"checkpoint_id", "name", "data"} <= r.keys()]
     if bad:
         raise XlgmError(f"{path}: entry {bad[0]} is not a measure record (checkpoint_id, name, data)")
+    return existing
+
+
+def write_records(records: list[dict], path: Path) -> None:
+    """Merge into an existing JSON file, keyed by (checkpoint, measure, data, seed)."""
+    existing = read_records(path)
     key = lambda r: (r["checkpoint_id"], r["name"], r["data"], r.get("seed"))  # noqa: E731
     merged = {key(r): r for r in existing}
     merged.update({key(r): r for r in records})
