@@ -227,7 +227,8 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     read_records(out)  # a damaged results file fails now, before anything is measured or stored
     with ResultsDB(args.db or (base / ("results.sqlite" if run_dir else "xlgm-results.sqlite"))) as db:
         records = measure_checkpoints(targets, task, measures, options, data, DataSource.from_args(args.data_dir, args.hub),
-                                      seed=args.seed, param_filter=args.params, db=db, random_head=args.random_head)
+                                      seed=args.seed, param_filter=args.params, db=db,
+                                      random_head=args.random_head)
     write_records(records, out)
     for r in records:
         spread = f" ± {r['spread']:.4g}" if r.get("spread") is not None else ""

@@ -62,6 +62,12 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     write_json(path, {"b": 1, "a": [1, 2]})
     before = path.read_bytes()
     assert json.loads(before) == {"a": [1, 2], "b": 1}
+    (tmp_path / "plain").write_text("x")  # the permissions of any file written here, not a temporary's 0600
+    assert path.stat().st_mode == (tmp_path / "plain").stat().st_mode
+    (tmp_path / "plain").unlink()
+    write_json(tmp_path / "synced.json", [1], fsync=True)
+    assert json.loads((tmp_path / "synced.json").read_text()) == [1]
+    (tmp_path / "synced.json").unlink()
 
     def crash(src, dst):
         raise OSError("disk full")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,18 +33,18 @@ def first_line(err: BaseException | str) -> str:
 
 
 def _atomic_write(path: Path, write, fsync: bool) -> None:
+    """Call `write(tmp)` with a temporary path in `path`'s folder, then put the file in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name in the target's folder: os.replace is atomic only within one file system, and two
     # writers of the same file must not share a temporary.
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    # (Not mkstemp: its files are private, 0600; this one gets the permissions of any file the user writes.)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            if fsync:
-                out.flush()
-                os.fsync(out.fileno())
+        write(tmp)
+        if fsync:
+            with tmp.open("rb+") as written:
+                os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,7 +55,7 @@ def write_json(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys:
                fsync: bool = False) -> None:
     """Write `obj` as JSON atomically (see the module docstring); `fsync` also survives a power cut."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n"
-    _atomic_write(Path(path), lambda out: out.write(text.encode("utf-8")), fsync)
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync)
 
 
 def read_json(path: str | Path, *, expect: type | None = None, required: Iterable[str] = ()) -> Any:
@@ -102,10 +102,10 @@ def _json_kind(value: Any) -> str:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, *, fsync: bool = False) -> None:
     """Save tensors as safetensors (on the CPU, contiguous), atomically."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
-    payload = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
-    _atomic_write(Path(path), lambda out: out.write(payload), fsync)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(cpu, str(tmp), metadata={"format": "pt"}), fsync)
 
 
 def safetensors_problem(path: str | Path) -> str | None:

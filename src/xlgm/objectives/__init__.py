@@ -204,8 +204,8 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         "--fisher-lambda",
         type=float,
         default=None,
-        help="fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch (default 0.1). "
-        "The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the micro-batch per "
+        help="fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
+        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the micro-batch per "
         "device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 is λ ≈ 3.1e-5 "
         "at 32",
     )

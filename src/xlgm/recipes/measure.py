@@ -154,7 +154,8 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures:
 def read_records(path: Path) -> list[dict]:
     """The records of an existing measures JSON file ([] when there is none); a damaged one is one line."""
     existing = read_json(path, expect=list) if path.exists() else []
-    bad = [i for i, r in enumerate(existing) if not isinstance(r, dict) or not {"checkpoint_id", "name", "data"} <= r.keys()]
+    keys = {"checkpoint_id", "name", "data"}
+    bad = [i for i, r in enumerate(existing) if not isinstance(r, dict) or not keys <= r.keys()]
     if bad:
         raise XlgmError(f"{path}: entry {bad[0]} is not a measure record (checkpoint_id, name, data)")
     return existing
