@@ -216,3 +216,18 @@ def test_folder_without_weights(tiny_bert_dir, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(XlgmError, match=f"^{folder}: no model.safetensors in this folder"):
         load_classifier(str(folder), 3)
+
+
+def test_measure_initial_state_is_read_from_safetensors_only(tmp_path, monkeypatch):
+    from xlgm.measures.distance import load_state
+
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    torch.save(state, tmp_path / "init.pt")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called on a user's file"))
+    with pytest.raises(XlgmError, match=r"init\.pt: the initial state must be a \.safetensors file"):
+        load_state(tmp_path / "init.pt")
+    save_file(state, str(tmp_path / "init.safetensors"))
+    assert torch.equal(load_state(tmp_path / "init.safetensors")["w"], state["w"])
+    (tmp_path / "init.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(XlgmError, match=r"init\.safetensors: zero-filled"):
+        load_state(tmp_path / "init.safetensors")
