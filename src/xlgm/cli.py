@@ -71,6 +71,9 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--max-examples", type=int, help="at most N examples per language")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
+                   help="for a base model without a trained head for the task: use a random head drawn from SEED "
+                        "(default 0) instead of refusing; its accuracy is chance")
     p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
@@ -91,6 +94,9 @@ def _measure_parser(sub) -> None:
     p.add_argument("--params", default=None, help="parameter filter, a regex on names (default: trained parameters)")
     p.add_argument("--set", action="append", default=[], metavar="MEASURE.OPTION=VALUE",
                    help="a measure option, e.g. --set sharpness-diff.k=5 (repeatable)")
+    p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
+                   help="for a base model without a trained head for the task: use a random head drawn from SEED "
+                        "(default 0) instead of refusing; its accuracy is chance")
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
@@ -184,15 +190,15 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     source = DataSource.from_args(args.data_dir, args.hub)
     # Read every data file before loading the model: a malformed file fails in a second, not a minute.
     examples = load_languages(task, languages, source, args.split, args.max_examples)
-    model, tokenizer = load_target(target, task.num_labels, task.label_names)
+    model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=args.random_head)
     report = evaluate_languages(model, tokenizer, task, languages, source, args.split, args.max_examples,
                                 args.max_length, args.batch_size, examples=examples)
     report["target"] = target.label
     base = target.run_dir or Path(".")
     out = Path(args.out) if args.out else base / f"eval-{args.split}.json"
-    write_report(report, out)
     checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
     with ResultsDB(args.db or (base / ("results.sqlite" if target.run_dir else "xlgm-results.sqlite"))) as db:
+        write_report(report, out)  # after the results file opened: a damaged one leaves the report as it was
         for lang, r in report["languages"].items():
             db.add_evaluation(checkpoint_id, task.name, lang, args.split, report["data"], r["num_examples"], r["accuracy"])
     print(format_table(report))
@@ -205,7 +211,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.tasks import get_task
     from xlgm.measures.base import get_measure, list_measures
     from xlgm.recipes.measure import (MeasureData, expand_targets, measure_checkpoints, parse_measure_options,
-                                      resolve_measures, write_records)
+                                      read_records, resolve_measures, write_records)
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished
 
@@ -233,10 +239,12 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     data = MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size)
     task.resolve_languages([data.language])
     base = run_dir or Path(".")
+    out = Path(args.out) if args.out else base / "measures.json"
+    read_records(out)  # a damaged results file fails now, before anything is measured or stored
     with ResultsDB(args.db or (base / ("results.sqlite" if run_dir else "xlgm-results.sqlite"))) as db:
         records = measure_checkpoints(targets, task, measures, options, data, DataSource.from_args(args.data_dir, args.hub),
-                                      seed=args.seed, param_filter=args.params, db=db)
-    out = Path(args.out) if args.out else base / "measures.json"
+                                      seed=args.seed, param_filter=args.params, db=db,
+                                      random_head=args.random_head)
     write_records(records, out)
     for r in records:
         spread = f" ± {r['spread']:.4g}" if r.get("spread") is not None else ""

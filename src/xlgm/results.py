@@ -14,6 +14,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from xlgm.errors import XlgmError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -68,14 +70,50 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+# The columns xlgm reads and writes in each table: an existing file whose tables lack them is another
+# program's database, refused rather than altered.
+COLUMNS = {
+    "runs": ("run_id", "config", "run_dir", "status", "created"),
+    "checkpoints": ("checkpoint_id", "run_id", "step", "epoch", "path", "dev_accuracy", "is_best", "is_last"),
+    "evaluations": ("checkpoint_id", "task", "language", "split", "data", "num_examples", "accuracy", "created"),
+    "measures": ("checkpoint_id", "measure", "config_hash", "data", "value", "spread", "num_samples", "seconds",
+                 "details", "config", "created"),
+}
+
+
 class ResultsDB:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise XlgmError(f"{self.path}: a folder, expected a SQLite results file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=60)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        try:
+            # The first statement reads the file's header: a file that is not SQLite fails here, unchanged.
+            self.conn.execute("PRAGMA schema_version").fetchone()
+            self._check_tables()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.executescript(SCHEMA)
+            self.conn.commit()
+        except sqlite3.DatabaseError as err:
+            self.conn.close()
+            message = str(err).strip() or type(err).__name__
+            if "not a database" in message:
+                raise XlgmError(f"{self.path}: not a SQLite database") from err
+            if "malformed" in message or "corrupt" in message:
+                raise XlgmError(f"{self.path}: a damaged SQLite database ({message})") from err
+            raise XlgmError(f"{self.path}: cannot be used as a SQLite database ({message})") from err
+        except XlgmError:
+            self.conn.close()
+            raise
+
+    def _check_tables(self) -> None:
+        for table, columns in COLUMNS.items():
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in columns if c not in have]
+            if have and missing:
+                raise XlgmError(f"{self.path}: table {table!r} has no column {', '.join(missing)}: not an xlgm "
+                                f"results file")
 
     def close(self) -> None:
         self.conn.close()

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+# read_json, write_json and save_tensors live in core.files; imported here for the callers that know them
+# as xlgm.runs names.
+from xlgm.core.files import read_json, read_safetensors, save_tensors, write_json  # noqa: F401
 from xlgm.errors import XlgmError
 
 CONFIG = "config.json"
@@ -49,28 +50,6 @@ RUN_ENTRIES = (CONFIG, INIT, INIT_HEAD, INDEX, STATE, LOG, "checkpoints", "resul
                "measures.json", "outputs", "*.tmp")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise XlgmError(f"{path}: file not found") from err
-    except json.JSONDecodeError as err:
-        raise XlgmError(f"{path}:{err.lineno}: expected valid JSON ({err.msg})") from err
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters being trained (tied parameters appear once, as in named_parameters)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -82,12 +61,14 @@ class RunDir:
 
     @property
     def config(self) -> dict:
-        return read_json(self.path / CONFIG)
+        return read_json(self.path / CONFIG, required=("model", "task", "run_id"))
 
     @property
     def index(self) -> dict:
         index_path = self.path / INDEX
-        return read_json(index_path) if index_path.exists() else {"checkpoints": [], "best": None, "last": None}
+        if not index_path.exists():
+            return {"checkpoints": [], "best": None, "last": None}
+        return read_json(index_path, required=("checkpoints",))
 
     @property
     def state(self) -> dict | None:
@@ -141,12 +122,7 @@ class RunDir:
 
     def load_training_state(self, name: str) -> tuple[dict[str, torch.Tensor], dict]:
         out = self.checkpoint_dir(name)
-        path = out / TRAINING_STATE
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise XlgmError(f"{path}: not a readable safetensors file ({err})") from err
-        return tensors, read_json(out / TRAINING_STATE_META)
+        return read_safetensors(out / TRAINING_STATE), read_json(out / TRAINING_STATE_META)
 
     def drop_training_state(self, name: str) -> None:
         """Training state is kept for the latest checkpoint only: it is twice the weights' size."""
@@ -329,21 +305,77 @@ def resolve_target(target: str, which: str = "best") -> ResolvedTarget:
     return ResolvedTarget(target)
 
 
-def load_initial_into(model: torch.nn.Module, run_path: Path) -> None:
-    """Put back the run's initial head (the base weights come from `from_pretrained`)."""
-    head = load_file(str(run_path / INIT_HEAD))
-    missing = set(head) - dict(model.named_parameters()).keys()
-    if missing:
-        raise XlgmError(f"{run_path / INIT_HEAD}: parameters {sorted(missing)[:3]} do not exist in the model")
-    model.load_state_dict(head, strict=False)
+# The sizes a mismatching dimension can be named by, most telling first: (what to call it, config attributes
+# that hold it in one architecture or another).
+_NAMED_SIZES = (
+    ("hidden size", ("hidden_size", "d_model", "dim", "n_embd")),
+    ("intermediate size", ("intermediate_size", "d_ff", "hidden_dim", "n_inner")),
+    ("vocabulary size", ("vocab_size",)),
+    ("number of labels", ("num_labels",)),
+    ("number of positions", ("max_position_embeddings", "n_positions")),
+    ("number of token types", ("type_vocab_size",)),
+    ("attention head size", ("d_kv",)),
+)
 
 
-def load_checkpoint_into(model: torch.nn.Module, checkpoint: Path) -> None:
-    state = load_file(str(checkpoint / WEIGHTS))
+def _size_name(config: object, value: int) -> tuple[int, str] | None:
+    """(priority, name) of the config size that equals `value`, or None."""
+    for rank, (name, attributes) in enumerate(_NAMED_SIZES):
+        if any(getattr(config, a, None) == value for a in attributes):
+            return rank, name
+    return None
+
+
+def _shape_mismatch(model: torch.nn.Module, mismatches: list[tuple[str, tuple, tuple]]) -> str:
+    """'checkpoint has hidden size 48, the model 32 (tensor T: [100, 48], the model's [100, 32])'."""
+    config = getattr(model, "config", None)
+    best: tuple[int, str, int, int, str, tuple, tuple] | None = None
+    for name, theirs, ours in mismatches:
+        if len(theirs) != len(ours):
+            continue
+        for dim_theirs, dim_ours in zip(theirs, ours):
+            if dim_theirs == dim_ours:
+                continue
+            named = _size_name(config, dim_ours) if config is not None else None
+            if named is not None and (best is None or named[0] < best[0]):
+                best = (named[0], named[1], dim_theirs, dim_ours, name, theirs, ours)
+    if best is not None:
+        _, size, theirs_dim, ours_dim, name, theirs, ours = best
+        return (f"checkpoint has {size} {theirs_dim}, the model {ours_dim} "
+                f"(tensor {name}: {list(theirs)}, the model's {list(ours)})")
+    name, theirs, ours = mismatches[0]
+    return f"tensor {name} has shape {list(theirs)}, the model's parameter {list(ours)}"
+
+
+def copy_tensors_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy `state` into the model's parameters of the same names, after checking every name and shape:
+    a tensor the model does not have, or of another shape, is one line naming `source`, and then nothing
+    has been copied."""
     own = dict(model.named_parameters())
-    unknown = [k for k in state if k not in own]
+    unknown = sorted(k for k in state if k not in own)
     if unknown:
-        raise XlgmError(f"{checkpoint / WEIGHTS}: tensors {unknown[:3]} do not belong to this model")
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise XlgmError(f"{source}: tensor{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:3])}{more} "
+                        f"{'are' if len(unknown) > 1 else 'is'} not a parameter of the model "
+                        f"({len(state)} in the file, {len(own)} in the model): a checkpoint of another architecture")
+    mismatches = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if v.shape != own[k].shape]
+    if mismatches:
+        raise XlgmError(f"{source}: {_shape_mismatch(model, mismatches)}")
     with torch.no_grad():
         for name, tensor in state.items():
             own[name].copy_(tensor)
+
+
+def load_initial_into(model: torch.nn.Module, run_path: Path) -> None:
+    """Put back the run's initial head (the base weights come from `from_pretrained`)."""
+    path = Path(run_path) / INIT_HEAD
+    copy_tensors_into(model, read_safetensors(path), path)
+
+
+def load_checkpoint_into(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Put a checkpoint's trained parameters into the model (the rest stays as loaded)."""
+    path = Path(checkpoint) / WEIGHTS
+    state = read_safetensors(path)
+    if not state:
+        raise XlgmError(f"{path}: holds no tensors")
+    copy_tensors_into(model, state, path)

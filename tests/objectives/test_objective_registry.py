@@ -40,7 +40,8 @@ def test_registry_and_defaults():
     fisher = build_objective("fisher")
     assert (fisher.config.lam, fisher.config.sub_batch, fisher.config.every) == (0.1, None, 1)
     mvr = build_objective("mvr")
-    assert (mvr.config.lam, mvr.config.rate, mvr.config.max_length) == (0.6, 0.2, None)
+    # no λ given and no task: XNLI's default (the per-task defaults are tested in test_objective_defaults.py)
+    assert (mvr.config.lam, mvr.lam, mvr.config.rate, mvr.config.max_length) == (None, 0.2, 0.2, None)
     assert describe_objective(build_objective("sam", rho=0.1)) == {
         "objective": "sam",
         "rho": 0.1,

@@ -3,7 +3,7 @@
 For fine-tuning, the initialization is the pre-trained encoder plus the freshly initialised head, so the
 distance measures how far fine-tuning moved the weights. Needs the initial weights: pass `init_state=` (a
 state dict, parameter name -> tensor) to `compute_measure`, or `init_state_path` in the config (a
-`.safetensors` file or a `torch.save`d state dict).
+`.safetensors` file; nothing is unpickled).
 """
 
 from __future__ import annotations
@@ -25,21 +25,14 @@ class FrobeniusDistanceConfig:
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file or a torch.save'd dict of tensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise XlgmError(f"initial state file {path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """A state dict from a .safetensors file (a damaged one is one line naming it)."""
+    from xlgm.core.files import read_safetensors
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
-        raise XlgmError(f"could not read initial state {path}: {err}") from err
-    if not isinstance(state, Mapping):
-        raise XlgmError(f"{path} does not hold a state dict")
-    return dict(state)
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise XlgmError(f"{path}: the initial state must be a .safetensors file (a pickled torch.save file is "
+                        "never loaded)")
+    return read_safetensors(path)
 
 
 def _init_state(ctx: MeasureContext, config: FrobeniusDistanceConfig) -> Mapping[str, torch.Tensor]:

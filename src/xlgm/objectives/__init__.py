@@ -5,11 +5,13 @@
                                                            shared_perturbation (--sam-shared-perturbation, off)
     asam    adaptive SAM, Kwon et al. ICML 2021            rho (--rho, 0.5), eta (--asam-eta, 0.01),
                                                            shared_perturbation
-    fisher  Fisher Penalty, Jastrzebski et al. ICML 2021   lam (--fisher-lambda, 0.1),
+    fisher  Fisher Penalty, Jastrzebski et al. ICML 2021   lam (--fisher-lambda, 0.1) or the cross-lingual
+                                                           study authors' weight w (--fisher-weight), λ = w/B,
                                                            sub_batch (--fisher-sub-batch, whole micro-batch),
                                                            every (--fisher-every, 1)
-    mvr     Multi-view Subword Regularization,             lam (--mvr-lambda, 0.6), rate (--mvr-rate, 0.2),
-            Wang, Ruder & Neubig NAACL 2021                max_length (from the loop), seed
+    mvr     Multi-view Subword Regularization,             lam (--mvr-lambda; XNLI 0.2, PAWS-X 0.6),
+            Wang, Ruder & Neubig NAACL 2021                rate (--mvr-rate, 0.2), max_length (from the
+                                                           loop), seed
 
 Each module's docstring gives the reference, the exact formula, the defaults and why.
 
@@ -24,7 +26,12 @@ objective only decides what gradient each micro-batch adds to `.grad` (see `base
 is off unless its objective is selected, and an option given for another objective is an error.
 
     objective = build_objective("sam", rho=0.1)
+    objective = build_objective("fisher", batch_size=32, weight=1e-3)    # λ = 1e-3 / 32
     objective = objective_from_args(args, max_length=args.max_length)   # after add_objective_arguments
+
+Two facts only the training loop knows set defaults: `task` (MVR's λ is the authors' value for the task)
+and `batch_size`, the micro-batch per device (Fisher's `--fisher-weight` w becomes λ = w / batch_size).
+`build_objective` takes them as keywords beside the options; they are not options of any objective.
 """
 
 from __future__ import annotations
@@ -53,9 +60,14 @@ from xlgm.objectives.sam import (
 class ObjectiveSpec:
     name: str
     config: type
-    factory: Callable[[Any], Objective]
+    factory: Callable[..., Objective]
     reference: str
     summary: str
+    loop_facts: tuple[str, ...] = ()  # of LOOP_FACTS, what the factory takes besides the config
+
+
+# What the training loop tells an objective besides its options (see the module docstring).
+LOOP_FACTS = ("task", "batch_size")
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
@@ -90,6 +102,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             "Jastrzebski et al., Catastrophic Fisher Explosion: Early Phase Fisher Matrix Impacts "
             "Generalization, ICML 2021",
             "CE + lambda * |grad CE(f(x), y_sampled)|^2",
+            loop_facts=("batch_size",),
         ),
         ObjectiveSpec(
             "mvr",
@@ -97,6 +110,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             MVRObjective,
             "Wang, Ruder & Neubig, Multi-view Subword Regularization, NAACL 2021",
             "0.5 CE(det) + 0.5 CE(sampled) + lambda * KL(p_det || p_sampled)",
+            loop_facts=("task",),
         ),
     )
 }
@@ -126,16 +140,23 @@ def build_config(name: str, **options: Any):
     return spec.config(**{k: v for k, v in options.items() if v is not None})
 
 
-def build_objective(name: str, **options: Any) -> Objective:
-    """An objective by registry name with its options (config field names), validated."""
+def build_objective(name: str, /, *, task: str | None = None, batch_size: int | None = None,
+                    **options: Any) -> Objective:
+    """An objective by registry name with its options (config field names), validated. `task` and
+    `batch_size` (the micro-batch per device) are the training loop's facts, used by the objectives whose
+    defaults depend on them and ignored by the others."""
     spec = _spec(name)
-    return spec.factory(build_config(spec.name, **options))
+    facts = {"task": task, "batch_size": batch_size}
+    return spec.factory(build_config(spec.name, **options), **{k: facts[k] for k in spec.loop_facts})
 
 
 def describe_objective(objective: Objective) -> dict[str, Any]:
-    """{"objective": name, **config} for run records."""
+    """{"objective": name, **config} for run records, with the λ in use where the config leaves it to a
+    default that depends on the loop (MVR's task, Fisher's batch size)."""
     config = getattr(objective, "config", None)
     fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    if "lam" in fields and hasattr(objective, "lam"):
+        fields["lam"] = objective.lam
     return {"objective": objective.name, **fields}
 
 
@@ -151,6 +172,7 @@ _FLAGS: dict[str, tuple[str, dict[str, str]]] = {
         {"sam": "shared_perturbation", "asam": "shared_perturbation"},
     ),
     "--fisher-lambda": ("fisher_lambda", {"fisher": "lam"}),
+    "--fisher-weight": ("fisher_weight", {"fisher": "weight"}),
     "--fisher-sub-batch": ("fisher_sub_batch", {"fisher": "sub_batch"}),
     "--fisher-every": ("fisher_every", {"fisher": "every"}),
     "--mvr-lambda": ("mvr_lambda", {"mvr": "lam"}),
@@ -177,12 +199,33 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         help="sam/asam: one perturbation per optimizer step from the gradient of all micro-batches "
         "(default: one per micro-batch)",
     )
-    group.add_argument("--fisher-lambda", type=float, default=None, help="fisher: penalty weight (0.1)")
+    fisher_weight = group.add_mutually_exclusive_group()
+    fisher_weight.add_argument(
+        "--fisher-lambda",
+        type=float,
+        default=None,
+        help="fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
+        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the micro-batch per "
+        "device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 is λ ≈ 3.1e-5 "
+        "at 32",
+    )
+    fisher_weight.add_argument(
+        "--fisher-weight",
+        type=float,
+        default=None,
+        help="fisher: the penalty weight in the authors' convention, w (their XNLI script's is 1e-3); "
+        "λ = w / --batch-size. Not with --fisher-lambda",
+    )
     group.add_argument(
         "--fisher-sub-batch", type=int, default=None, help="fisher: penalty on the first m examples (all)"
     )
     group.add_argument("--fisher-every", type=int, default=None, help="fisher: penalty every k optimizer steps (1)")
-    group.add_argument("--mvr-lambda", type=float, default=None, help="mvr: KL weight (0.6)")
+    group.add_argument(
+        "--mvr-lambda",
+        type=float,
+        default=None,
+        help="mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)",
+    )
     group.add_argument(
         "--mvr-rate",
         type=float,
@@ -210,11 +253,13 @@ def objective_options(namespace: argparse.Namespace) -> tuple[str, dict[str, Any
 
 def objective_from_args(namespace: argparse.Namespace, **extra: Any) -> Objective:
     """Build the objective from parsed arguments. `extra` options (e.g. max_length=...) are passed on only
-    when the selected objective has them, so the loop can always hand over its max_length."""
+    when the selected objective has them, so the loop can always hand over its max_length; `task` and
+    `batch_size` among them are the loop's facts (see `build_objective`)."""
     name, options = objective_options(namespace)
+    facts = {k: extra.pop(k) for k in LOOP_FACTS if k in extra}
     fields = config_fields(name)
     options.update({k: v for k, v in extra.items() if k in fields and v is not None})
-    return build_objective(name, **options)
+    return build_objective(name, **facts, **options)
 
 
 __all__ = [
@@ -224,6 +269,7 @@ __all__ = [
     "AdamWObjective",
     "FisherConfig",
     "FisherObjective",
+    "LOOP_FACTS",
     "MVRConfig",
     "MVRObjective",
     "NON_MODEL_KEYS",

@@ -12,9 +12,17 @@ gradient is taken with `create_graph=True` and the total is back-propagated once
 
 Options (all only active with `--objective fisher`):
 
-* `lam` (`--fisher-lambda`, default 0.1): the penalty weight (α in the paper), a hyper-parameter the
-  paper tunes per setting; no value is prescribed for fine-tuning encoders, so 0.1 is our default, to
-  be tuned. λ = 0 is plain cross-entropy.
+* `lam` (`--fisher-lambda`, default 0.1): λ above, the penalty weight (α in the paper), which the paper
+  tunes per setting. The authors of the cross-lingual study add `w · ‖∇ CE(ŷ)‖² / B` to the loss, with B
+  the per-device batch (`fisher_penalty_weight * gr_norm_sq / self.args.train_batch_size` in
+  `BaseTrainer.compute_loss` of github.com/sakshambassi/hf-sharpness, `nlpsharpness/trainer.py`; their
+  XNLI script sets w = 1e-3 at B = 16), where the gradient is that of the mean cross-entropy over the
+  micro-batch, as here. So λ = w / B: the default λ 0.1 is w = 3.2 at B = 32, about 3,000 times their
+  w = 1e-3, and their setting is λ = 1e-3 / 32 ≈ 3.1e-5 at B = 32. λ = 0 is plain cross-entropy.
+* `weight` (`--fisher-weight`): the authors' w instead of λ (give one or the other); λ = w / B, B the
+  micro-batch per device (`--batch-size`), which the objective gets as its `batch_size` argument
+  (`build_objective("fisher", batch_size=...)`, from the training loop). With `sub_batch` the penalty is
+  on m < B examples, and λ is still w / B.
 * `sub_batch` (`--fisher-sub-batch`, default: the whole micro-batch): compute the penalty on the first m
   examples only, to save time. With m smaller than the micro-batch an extra forward pass on the m
   examples is run, so only that part is double-differentiated. Note that ‖mean gradient‖² shrinks with
@@ -47,6 +55,7 @@ from typing import Any
 
 import torch
 
+from xlgm.errors import XlgmError
 from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     check_nonnegative,
@@ -91,31 +100,52 @@ def gradient_norm_penalty(
     return penalty
 
 
+DEFAULT_LAMBDA = 0.1
+
+
 @dataclass(frozen=True)
 class FisherConfig:
-    lam: float = 0.1
+    lam: float | None = None  # None: DEFAULT_LAMBDA, unless `weight` is given
     sub_batch: int | None = None  # None: the whole micro-batch
     every: int = 1
+    weight: float | None = None  # the authors' w; λ = w / B, B the micro-batch per device
 
     def __post_init__(self):
-        object.__setattr__(self, "lam", check_nonnegative("lam (--fisher-lambda)", self.lam))
+        if self.lam is not None and self.weight is not None:
+            raise XlgmError("give the Fisher penalty weight once: lam (--fisher-lambda) or weight "
+                            "(--fisher-weight, the authors' w = lam x batch size), not both")
+        if self.weight is None:
+            lam = DEFAULT_LAMBDA if self.lam is None else self.lam
+            object.__setattr__(self, "lam", check_nonnegative("lam (--fisher-lambda)", lam))
+        else:
+            object.__setattr__(self, "weight", check_nonnegative("weight (--fisher-weight)", self.weight))
         object.__setattr__(
             self, "sub_batch", check_positive_int("sub_batch (--fisher-sub-batch)", self.sub_batch, allow_none=True)
         )
         object.__setattr__(self, "every", check_positive_int("every (--fisher-every)", self.every))
 
+    def penalty_weight(self, batch_size: int | None) -> float:
+        """λ, the weight on ‖∇CE(ŷ)‖² of the mean loss: `lam`, or the authors' w over the micro-batch size."""
+        if self.weight is None:
+            return self.lam  # type: ignore[return-value]
+        if batch_size is None:
+            raise XlgmError("weight (--fisher-weight) is the authors' w = lam x batch size: the objective needs "
+                            "the micro-batch size per device to use it")
+        return self.weight / check_positive_int("batch size (--batch-size)", batch_size)
+
 
 class FisherObjective:
     name = "fisher"
 
-    def __init__(self, config: FisherConfig | None = None):
+    def __init__(self, config: FisherConfig | None = None, batch_size: int | None = None):
         self.config = config or FisherConfig()
+        self.lam = self.config.penalty_weight(batch_size)  # λ in use
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
         return None
 
     def is_active(self, step: int) -> bool:
-        return self.config.lam > 0 and step % self.config.every == 0
+        return self.lam > 0 and step % self.config.every == 0
 
     def micro_step(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
@@ -142,12 +172,12 @@ class FisherObjective:
         loss = cross_entropy(logits, labels)
         y_hat = sample_labels(sub_logits, ctx.generator)
         penalty = gradient_norm_penalty(cross_entropy(sub_logits, y_hat), params, grad_scale(ctx))
-        total = loss + self.config.lam * penalty
+        total = loss + self.lam * penalty
         ctx.backward(total * ctx.loss_scale)
         loss_value, penalty_value = torch.stack([loss.detach(), penalty.detach().to(loss.device)]).tolist()
         return {
             "loss": loss_value,
-            "objective": loss_value + self.config.lam * penalty_value,
+            "objective": loss_value + self.lam * penalty_value,
             "fisher_penalty": penalty_value,
             "fisher_active": 1.0,
         }

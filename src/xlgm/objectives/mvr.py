@@ -13,7 +13,13 @@ it is not symmetrized and gradients flow through *both* views (neither is detach
 
 Options (active only with `--objective mvr`):
 
-* `lam` (`--mvr-lambda`, default 0.6): λ, the value in the authors' XNLI/PAWS-X scripts (`KL=0.6`).
+* `lam` (`--mvr-lambda`, default per task: XNLI 0.2, PAWS-X 0.6): λ. The defaults are the authors' `KL`
+  in their training scripts, github.com/cindyxinyiwang/multiview-subword-regularization
+  `scripts/train_mv_xnli.sh` (`KL=0.2`) and `scripts/train_mv_pawsx.sh` (`KL=0.6`), read at commit
+  7674a1b. (The same repository's later `mvr_scripts/train_mvr_xnli.sh`, and Bassi et al.'s fork of it,
+  set `KL=0.6` for XNLI too: pass `--mvr-lambda 0.6` for that setting.)
+  Which task's default applies is the objective's `task` argument (`build_objective("mvr", task=...)`,
+  given by the training loop); an objective built without one takes XNLI's.
 * `rate` (`--mvr-rate`, default 0.2): how the sampled view is drawn — WordPiece dropout probability for
   WordPiece tokenizers (mBERT), sentencepiece-style smoothing α for Unigram tokenizers (XLM-R, e5, mT5);
   0.2 is the authors' `BPE_DROP=0.2`, which their code uses as exactly these two things. 0 turns sampling
@@ -72,15 +78,28 @@ def consistency_kl(logits_det: torch.Tensor, logits_sampled: torch.Tensor) -> to
     return F.kl_div(log_p_sampled, log_p_det, reduction="batchmean", log_target=True)
 
 
+# λ when none is given, by task: the authors' scripts (see the module docstring for the files).
+DEFAULT_KL_WEIGHT = {"xnli": 0.2, "pawsx": 0.6}
+DEFAULT_TASK = "xnli"
+
+
+def default_kl_weight(task: str) -> float:
+    if task not in DEFAULT_KL_WEIGHT:
+        raise XlgmError(f"mvr has no default KL weight for task {task!r} (it has one for "
+                        f"{', '.join(DEFAULT_KL_WEIGHT)}); give lam (--mvr-lambda)")
+    return DEFAULT_KL_WEIGHT[task]
+
+
 @dataclass(frozen=True)
 class MVRConfig:
-    lam: float = 0.6
+    lam: float | None = None  # None: the task's default, DEFAULT_KL_WEIGHT
     rate: float = 0.2
     max_length: int | None = None
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "lam", check_nonnegative("lam (--mvr-lambda)", self.lam))
+        if self.lam is not None:
+            object.__setattr__(self, "lam", check_nonnegative("lam (--mvr-lambda)", self.lam))
         object.__setattr__(self, "rate", check_rate("rate (--mvr-rate)", self.rate))
         object.__setattr__(
             self, "max_length", check_positive_int("max_length", self.max_length, allow_none=True)
@@ -92,8 +111,10 @@ class MVRConfig:
 class MVRObjective:
     name = "mvr"
 
-    def __init__(self, config: MVRConfig | None = None):
+    def __init__(self, config: MVRConfig | None = None, task: str | None = None):
         self.config = config or MVRConfig()
+        # λ in use: the given one, else the authors' value for the task
+        self.lam = self.config.lam if self.config.lam is not None else default_kl_weight(task or DEFAULT_TASK)
         self.sampler: SubwordSampler | None = None
         self.rows: Sequence[Any] | None = None
         self._rng = random.Random(self.config.seed)
@@ -176,7 +197,7 @@ class MVRObjective:
         ce_det = cross_entropy(logits, labels)
         ce_sampled = cross_entropy(logits_sampled, labels)
         kl = consistency_kl(logits, logits_sampled)
-        loss = 0.5 * ce_det + 0.5 * ce_sampled + self.config.lam * kl
+        loss = 0.5 * ce_det + 0.5 * ce_sampled + self.lam * kl
         ctx.backward(loss * ctx.loss_scale)
         values = torch.stack([ce_det, loss, ce_sampled, kl]).detach().tolist()  # one device sync
         return dict(zip(("loss", "objective", "mvr_ce_sampled", "mvr_kl"), values))

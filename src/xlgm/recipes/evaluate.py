@@ -6,7 +6,6 @@ their longest member, and the forward passes run under `torch.inference_mode`.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from xlgm.core.files import write_json
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import Example, Task
@@ -181,5 +181,4 @@ def format_table(report: dict) -> str:
 
 
 def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report, sort_keys=False)

@@ -8,7 +8,6 @@ parameter filter says otherwise. Results go to the run's SQLite file and a JSON 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from xlgm.core.files import read_json, write_json
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import Task
@@ -107,7 +107,7 @@ def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
 def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures: Sequence[str],
                         options: dict[str, dict[str, Any]], data: MeasureData, source: DataSource,
                         seed: int = 0, param_filter: str | None = None, db: ResultsDB | None = None,
-                        show_progress: bool = True) -> list[dict]:
+                        show_progress: bool = True, random_head: int | None = None) -> list[dict]:
     """Compute every measure on every target; returns one record per (checkpoint, measure)."""
     from xlgm.measures.base import resolve_config
     from xlgm.recipes.train import freeze_parameters
@@ -119,7 +119,7 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures:
     init_cache: dict[Path, dict[str, torch.Tensor]] = {}
     bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
     for target in targets:
-        model, tokenizer = load_target(target, task.num_labels, task.label_names)
+        model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=random_head)
         run_config = RunDir(target.run_dir).config if target.run_dir else {}
         freeze_parameters(model, run_config.get("freeze", "none"))
         model.to(device)
@@ -151,11 +151,20 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures:
     return records
 
 
+def read_records(path: Path) -> list[dict]:
+    """The records of an existing measures JSON file ([] when there is none); a damaged one is one line."""
+    existing = read_json(path, expect=list) if path.exists() else []
+    keys = {"checkpoint_id", "name", "data"}
+    bad = [i for i, r in enumerate(existing) if not isinstance(r, dict) or not keys <= r.keys()]
+    if bad:
+        raise XlgmError(f"{path}: entry {bad[0]} is not a measure record (checkpoint_id, name, data)")
+    return existing
+
+
 def write_records(records: list[dict], path: Path) -> None:
     """Merge into an existing JSON file, keyed by (checkpoint, measure, data, seed)."""
-    existing = json.loads(path.read_text()) if path.exists() else []
+    existing = read_records(path)
     key = lambda r: (r["checkpoint_id"], r["name"], r["data"], r.get("seed"))  # noqa: E731
     merged = {key(r): r for r in existing}
     merged.update({key(r): r for r in records})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(merged.values()), indent=2, default=str) + "\n")
+    write_json(path, list(merged.values()), sort_keys=False)

@@ -307,7 +307,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         options = dict(config.objective_options)
         if "max_length" in config_fields(config.objective):  # MVR re-tokenizes with the loop's max_length
             options.setdefault("max_length", config.max_length)
-        objective = build_objective(config.objective, **options)
+        objective = build_objective(config.objective, task=config.task, batch_size=config.batch_size, **options)
 
     processes, accumulation = accelerator.num_processes, config.grad_accum
     per_step = accumulation * processes  # micro-batches of one optimizer step, all processes together
