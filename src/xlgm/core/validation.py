@@ -7,14 +7,25 @@ the same meaning are checked by the same code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from xlgm.errors import XlgmError
 
 T = TypeVar("T")
 
 MIN_MAX_LENGTH = 8
+# What `--device` accepts (xlgm.core.devices.resolve_device finds out whether the device is there).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# Position-embedding tables of these model types start after the padding index (fairseq's convention):
+# `max_position_embeddings` counts padding_idx + 1 slots no token can use.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: `max_examples` -> `--max-examples`."""
+    return "--" + name.replace("_", "-")
 
 
 def require(ok: bool, message: str) -> None:
@@ -56,6 +67,23 @@ def max_length(field: str, value: object, model_positions: int | None = None) ->
     if model_positions is not None:
         require(value <= model_positions,  # type: ignore[operator]
                 f"{field}: {value} is more than the model's {model_positions} positions")
+    return value  # type: ignore[return-value]
+
+
+def model_positions(model_config: Any) -> int | None:
+    """How many tokens a model can read at most, from its config; None when positions are relative (T5)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not _is_int(positions):
+        return None
+    if getattr(model_config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(model_config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def device(field: str, value: object) -> str:
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` (whether that device exists is resolve_device's question)."""
+    require(isinstance(value, str) and DEVICE_PATTERN.fullmatch(value) is not None,
+            f"{field}: expected one of auto, cpu, cuda, cuda:N, mps, got {value!r}")
     return value  # type: ignore[return-value]
 
 
