@@ -55,10 +55,7 @@ class EvaluateConfig:
             object.__setattr__(self, "languages", tuple(v.non_empty_list(flag("languages"), list(self.languages))))
         v.one_of(flag("split"), self.split, SPLITS)
         v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
-        v.row_limit(flag("max_examples"), self.max_examples)
-        v.batch_size(flag("batch_size"), self.batch_size)
-        v.max_length(flag("max_length"), self.max_length)
-        v.device(flag("device"), self.device)
+        v.check_fields(self)  # max_examples, batch_size, max_length, device
         v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
 
 

@@ -49,13 +49,10 @@ class MeasureData:
     max_length: int = 128
 
     def __post_init__(self) -> None:
-        v, flag = validation, validation.flag
-        v.require(isinstance(self.language, str) and bool(self.language.strip()),
-                  f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}")
-        v.one_of("--data split", self.split, SPLITS)
-        v.row_limit(flag("max_examples"), self.max_examples)
-        v.batch_size(flag("batch_size"), self.batch_size)
-        v.max_length(flag("max_length"), self.max_length)
+        validation.require(isinstance(self.language, str) and bool(self.language.strip()),
+                           f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}")
+        validation.one_of("--data split", self.split, SPLITS)
+        validation.check_fields(self)  # max_examples, batch_size, max_length
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> "MeasureData":
@@ -104,13 +101,12 @@ class MeasureConfig:
         if self.task is not None:
             v.one_of(flag("task"), self.task, TASKS)
         v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
-        v.seed(flag("seed"), self.seed)
+        v.check_fields(self)  # seed, device
         if self.params is not None:
             try:
                 re.compile(self.params)
             except re.error as err:
                 raise XlgmError(f"--params: expected a regular expression ({err})") from None
-        v.device(flag("device"), self.device)
         v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
 
 
