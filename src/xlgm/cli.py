@@ -1,7 +1,8 @@
 """The `xlgm` command line: train, evaluate, measure, study, demo.
 
 Each subcommand parses its flags into a config and calls a recipe; recipes never parse arguments.
-Problems with user input (`XlgmError`) are printed as one line, with no traceback, and exit with code 2.
+Problems with user input (`XlgmError`, and flags argparse rejects) are printed as one line, with no
+traceback, and exit with code 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,20 @@ from pathlib import Path
 
 from xlgm.errors import XlgmError
 from xlgm.study.cli import add_study_parser, cmd_study
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a rejected flag reported like every other input error: one line (subparsers inherit it)."""
+
+    def error(self, message: str):
+        raise XlgmError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_device_arguments(p: argparse.ArgumentParser, precision_default: str, precision_help: str) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--mixed-precision", default=precision_default, choices=["auto", "no", "fp16", "bf16"],
+                   help=precision_help)
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,16 +76,22 @@ def _train_parser(sub) -> None:
 
 
 def _evaluate_parser(sub) -> None:
+    from xlgm.recipes.evaluate import EvaluateConfig
+
+    d = EvaluateConfig()
     p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
     p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
-    p.add_argument("--task", default=None, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
     p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
     _add_data_arguments(p)
-    p.add_argument("--split", default="test", choices=["dev", "test", "train"])
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of a run")
-    p.add_argument("--max-examples", type=int, help="at most N examples per language")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--split", default=d.split, choices=["dev", "test", "train"])
+    p.add_argument("--checkpoint", default=d.checkpoint, choices=["best", "last"], help="which checkpoint of a run")
+    p.add_argument("--max-examples", type=int, default=d.max_examples, help="at most N (>= 1) examples per language")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help="tokens a row is cut to: at least 8, at most the model's positions")
+    _add_device_arguments(p, d.mixed_precision, "autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
+                                                "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)")
     p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
                    help="for a base model without a trained head for the task: use a random head drawn from SEED "
                         "(default 0) instead of refusing; its accuracy is chance")
@@ -80,23 +101,32 @@ def _evaluate_parser(sub) -> None:
 
 
 def _measure_parser(sub) -> None:
+    from xlgm.recipes.measure import MeasureConfig
+
+    d = MeasureConfig()
     p = sub.add_parser("measure", help="generalization measures of a checkpoint, or of every checkpoint of a run")
     p.add_argument("target", nargs="?", help="a run directory (every checkpoint), a checkpoint directory, or a model")
-    p.add_argument("--measures", default="margin,sharpness-diff,frobenius-distance",
+    p.add_argument("--measures", default=",".join(d.measures),
                    help="comma list of measure names, or `all` (see `xlgm measure --list`)")
-    p.add_argument("--data", default="en-dev", help="LANGUAGE-SPLIT of the examples the measures see")
+    p.add_argument("--data", default=f"{d.data.language}-{d.data.split}",
+                   help="LANGUAGE-SPLIT of the examples the measures see")
     _add_data_arguments(p)
-    p.add_argument("--task", default=None, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
-    p.add_argument("--checkpoint", default="all", choices=["all", "best", "last"], help="which checkpoints of a run")
-    p.add_argument("--max-examples", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--checkpoint", default=d.checkpoint, choices=["all", "best", "last"],
+                   help="which checkpoints of a run")
+    p.add_argument("--max-examples", type=int, default=d.data.max_examples)
+    p.add_argument("--batch-size", type=int, default=d.data.batch_size)
+    p.add_argument("--max-length", type=int, default=d.data.max_length,
+                   help="tokens a row is cut to: at least 8, at most the model's positions")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--params", default=None, help="parameter filter, a regex on names (default: trained parameters)")
     p.add_argument("--set", action="append", default=[], metavar="MEASURE.OPTION=VALUE",
                    help="a measure option, e.g. --set sharpness-diff.k=5 (repeatable)")
     p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
                    help="for a base model without a trained head for the task: use a random head drawn from SEED "
                         "(default 0) instead of refusing; its accuracy is chance")
+    _add_device_arguments(p, d.mixed_precision, "autocast of the measures' forward and backward passes "
+                                                "(default: no, float32: curvature estimates in bf16 are not exact)")
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
@@ -124,19 +154,27 @@ def _predict_parser(sub) -> None:
                    help="--text is a row-by-row translation of the study's source evaluation rows")
     p.add_argument("--checkpoints", default="last", choices=["last", "all"],
                    help="with --text: the last checkpoint of every run, or every measured one (default: last)")
+    _add_device_arguments(p, "auto", "with --text: autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
+                                     "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from xlgm.core import validation
+    from xlgm.core.devices import resolve_device, resolve_precision
     from xlgm.study.analyze import resolve_study
     from xlgm.study.predict import predict_study, predict_text
 
+    validation.device("--device", args.device)
+    if args.text and not args.language:
+        raise XlgmError("--text needs --language (the code to report the prediction under)")
     spec, out = resolve_study(args.target, args.out)
     if not args.text:
         predict_study(spec, out)
         return
-    if not args.language:
-        raise XlgmError("--text needs --language (the code to report the prediction under)")
-    table = predict_text(spec, out, args.text, args.language, args.parallel, args.checkpoints)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.mixed_precision, device)
+    table = predict_text(spec, out, args.text, args.language, args.parallel, args.checkpoints, device=device,
+                         precision=precision)
     print(table[["checkpoint_id", "source_accuracy", "predicted_accuracy"]].to_string(index=False,
                                                                                       float_format="%.3f"))
 
@@ -171,36 +209,49 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from xlgm.core import validation
+    from xlgm.core.devices import resolve_device, resolve_precision
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task
     from xlgm.models.load import load_target
-    from xlgm.recipes.evaluate import evaluate_languages, format_table, load_languages, write_report
+    from xlgm.recipes.evaluate import EvaluateConfig, evaluate_languages, format_table, load_languages, write_report
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished, resolve_target
 
-    target = resolve_target(args.target, args.checkpoint)
+    languages = None if args.languages == "all" else tuple(validation.comma_list("--languages", args.languages))
+    config = EvaluateConfig(
+        task=args.task, languages=languages, split=args.split, checkpoint=args.checkpoint,
+        max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length,
+        source=DataSource.from_args(args.data_dir, args.hub), device=args.device,
+        mixed_precision=args.mixed_precision)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.mixed_precision, device)
+    target = resolve_target(args.target, config.checkpoint)
     if target.run_dir:
         require_finished(target.run_dir, args.allow_partial)
     run_config = RunDir(target.run_dir).config if target.run_dir else {}
-    task_name = args.task or run_config.get("task", "xnli")
+    task_name = config.task or run_config.get("task", "xnli")
     if run_config and task_name != run_config["task"]:
         raise XlgmError(f"{args.target} was trained on {run_config['task']}, not {task_name}")
     task = get_task(task_name)
-    languages = task.resolve_languages(args.languages)
-    source = DataSource.from_args(args.data_dir, args.hub)
+    languages = task.resolve_languages(config.languages)
     # Read every data file before loading the model: a malformed file fails in a second, not a minute.
-    examples = load_languages(task, languages, source, args.split, args.max_examples)
+    examples = load_languages(task, languages, config.source, config.split, config.max_examples)
     model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=args.random_head)
-    report = evaluate_languages(model, tokenizer, task, languages, source, args.split, args.max_examples,
-                                args.max_length, args.batch_size, examples=examples)
+    validation.max_length("--max-length", config.max_length, validation.model_positions(model.config))
+    model.to(device)
+    report = evaluate_languages(model, tokenizer, task, languages, config.source, config.split,
+                                config.max_examples, config.max_length, config.batch_size, examples=examples,
+                                precision=precision)
     report["target"] = target.label
     base = target.run_dir or Path(".")
-    out = Path(args.out) if args.out else base / f"eval-{args.split}.json"
+    out = Path(args.out) if args.out else base / f"eval-{config.split}.json"
     checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
     with ResultsDB(args.db or (base / ("results.sqlite" if target.run_dir else "xlgm-results.sqlite"))) as db:
         write_report(report, out)  # after the results file opened: a damaged one leaves the report as it was
         for lang, r in report["languages"].items():
-            db.add_evaluation(checkpoint_id, task.name, lang, args.split, report["data"], r["num_examples"], r["accuracy"])
+            db.add_evaluation(checkpoint_id, task.name, lang, config.split, report["data"], r["num_examples"],
+                              r["accuracy"])
     print(format_table(report))
     print(f"{report['examples_per_second']:.0f} examples/s; report: {out}")
     return report
@@ -210,8 +261,8 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task
     from xlgm.measures.base import get_measure, list_measures
-    from xlgm.recipes.measure import (MeasureData, expand_targets, measure_checkpoints, parse_measure_options,
-                                      read_records, resolve_measures, write_records)
+    from xlgm.recipes.measure import (MeasureConfig, MeasureData, expand_targets, measure_checkpoints,
+                                      parse_measure_options, read_records, resolve_measures, write_records)
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished
 
@@ -225,26 +276,28 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
         return []
     if not args.target:
         raise XlgmError("xlgm measure needs a TARGET: a run directory, a checkpoint directory or a model")
-    measures = resolve_measures(args.measures)
-    options = parse_measure_options(args.set)
-    unknown = sorted(set(options) - set(measures))
-    if unknown:
-        raise XlgmError(f"--set names measure(s) not requested: {', '.join(unknown)}")
-    targets = expand_targets(args.target, args.checkpoint)
+    config = MeasureConfig(
+        measures=tuple(resolve_measures(args.measures)), options=parse_measure_options(args.set),
+        data=MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size,
+                               max_length=args.max_length),
+        task=args.task, checkpoint=args.checkpoint, seed=args.seed, params=args.params,
+        source=DataSource.from_args(args.data_dir, args.hub), device=args.device,
+        mixed_precision=args.mixed_precision)
+    targets = expand_targets(args.target, config.checkpoint)
     run_dir = targets[0].run_dir
     if run_dir:
         require_finished(run_dir, args.allow_partial)
-    task_name = args.task or (RunDir(run_dir).config["task"] if run_dir else "xnli")
+    run_task = RunDir(run_dir).config["task"] if run_dir else None
+    task_name = config.task or run_task or "xnli"
+    if run_task and task_name != run_task:
+        raise XlgmError(f"{args.target} was trained on {run_task}, not {task_name}")
     task = get_task(task_name)
-    data = MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size)
-    task.resolve_languages([data.language])
+    task.resolve_languages([config.data.language])
     base = run_dir or Path(".")
     out = Path(args.out) if args.out else base / "measures.json"
-    read_records(out)  # a damaged results file fails now, before anything is measured or stored
+    read_records(out)  # a file there that is not a measures file fails now, before any work
     with ResultsDB(args.db or (base / ("results.sqlite" if run_dir else "xlgm-results.sqlite"))) as db:
-        records = measure_checkpoints(targets, task, measures, options, data, DataSource.from_args(args.data_dir, args.hub),
-                                      seed=args.seed, param_filter=args.params, db=db,
-                                      random_head=args.random_head)
+        records = measure_checkpoints(targets, task, config, db=db, random_head=args.random_head)
     write_records(records, out)
     for r in records:
         spread = f" ± {r['spread']:.4g}" if r.get("spread") is not None else ""
@@ -279,7 +332,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xlgm", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="xlgm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
@@ -292,9 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except XlgmError as err:
         print(f"xlgm: error: {err}", file=sys.stderr)

@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import sys
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,9 +287,31 @@ class ResolvedTarget:
         return self.model
 
 
+# A Hugging Face Hub model id: `name` or `org/name`, of letters, digits and - _ . (huggingface_hub's rule).
+HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")
+
+
+def looks_like_path(target: str) -> bool:
+    """Whether TARGET can only name a local folder, so that a missing one is an error and not a Hub lookup.
+
+    A path: it starts with `/`, `./`, `../` or `~` (or is `.`/`..`); it has more than one slash; its first
+    component is a local folder (`runs/e5-adamw-typo` where `runs/` exists); or it is no valid Hub id. Anything
+    else (`bert-base-multilingual-cased`, `google/mt5-base` where no `google/` folder is here) is a Hub id.
+    """
+    if target in (".", "..") or target.startswith(("/", "./", "../", "~", "\\")) or "\\" in target:
+        return True
+    parts = target.rstrip("/").split("/")
+    if len(parts) > 2 or target.endswith("/"):
+        return True
+    if len(parts) == 2 and Path(parts[0]).is_dir():
+        return True
+    return HUB_ID.fullmatch(target) is None or ".." in target or "--" in target
+
+
 def resolve_target(target: str, which: str = "best") -> ResolvedTarget:
-    """A run directory (its `best` or `last` checkpoint), a checkpoint directory, or a model spec."""
-    path = Path(target)
+    """A run directory (its `best` or `last` checkpoint), a checkpoint directory, a model folder, or a model
+    name (`embedded`, a Hub id). A TARGET that looks like a path (`looks_like_path`) must exist."""
+    path = Path(target).expanduser()
     if path.is_dir() and is_run_dir(path):
         run = RunDir(path)
         name = run.index.get(which)
@@ -302,6 +325,12 @@ def resolve_target(target: str, which: str = "best") -> ResolvedTarget:
         return ResolvedTarget(RunDir(run_path).config["model"], run_path, path)
     if path.parent.is_dir() and is_run_dir(path.parent) and path.name in ("best", "last"):
         return resolve_target(str(path.parent), path.name)
+    if path.is_dir():
+        return ResolvedTarget(str(path) if target.startswith("~") else target)  # a model folder
+    if path.exists():
+        raise XlgmError(f"{target}: not a folder; expected a run, a checkpoint or a model folder")
+    if looks_like_path(target):
+        raise XlgmError(f"{target}: no such run or model folder")
     return ResolvedTarget(target)
 
 

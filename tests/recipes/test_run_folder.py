@@ -102,7 +102,7 @@ def test_parts_of_a_run_without_config_are_replaced_only_with_overwrite(tmp_path
     assert claim_run_dir(out, {}, "abc", overwrite=True) == "new"
     assert claim_run_dir(tmp_path / "absent", {}, "abc") == "new"
     (out / "config.json").write_text("{not json")
-    with pytest.raises(XlgmError, match="config.json:1: expected valid JSON"):
+    with pytest.raises(XlgmError, match="config.json:1: not valid JSON"):
         claim_run_dir(out, {}, "abc")
     assert claim_run_dir(out, {}, "abc", overwrite=True) == "new"  # a corrupt run can still be replaced
 
@@ -133,7 +133,7 @@ def test_device_and_precision_choices(tiny_bert_dir, tmp_path, capsys):
     assert make_accelerator("cpu", "bf16").mixed_precision == "bf16"  # a second Accelerator may differ
     with pytest.raises(XlgmError, match="fp16 needs a CUDA GPU"):
         make_accelerator("cpu", "fp16")
-    with pytest.raises(XlgmError, match="mixed_precision must be one of auto, no, fp16, bf16"):
+    with pytest.raises(XlgmError, match="--mixed-precision: expected one of auto, no, fp16, bf16"):
         TrainConfig(mixed_precision="fp8")
     if not torch.cuda.is_available():
         assert main(_args(tiny_bert_dir, tmp_path / "r", "--device", "cuda:0")) == 2

@@ -39,7 +39,7 @@ def spec_error(text: str) -> str:
     (("objective: adamw", "objective: adam"), "studies/x.yaml: grid[0].objective: expected one of"),
     (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml: train.seed: set by the spec's `seeds`"),
     (("epochs: 1,", "epochs: 1, warmup: 3,"), "studies/x.yaml: train.warmup: unknown training option"),
-    (("epochs: 1,", "epochs: 0,"), "studies/x.yaml: train: epochs must be > 0"),
+    (("epochs: 1,", "epochs: 0,"), "studies/x.yaml: train.epochs: expected a number > 0, got 0.0"),
     (("[de, sw]", "[de, xx]"), "studies/x.yaml: target_languages[1]: unknown language 'xx'"),
     (("seeds: [0, 1]", "seeds: [0, one]"), "studies/x.yaml: seeds[1]: expected an integer, got 'one'"),
     (("{every: 5}", "{every: 5, steps: [2]}"), "studies/x.yaml: checkpoints: give `every` or `steps`, not both"),

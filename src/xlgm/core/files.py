@@ -42,6 +42,8 @@ def _atomic_write(path: Path, write, fsync: bool) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
+        if path.exists():  # a rewritten file keeps the mode its owner gave it
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
         if fsync:
             with tmp.open("rb+") as written:
                 os.fsync(written.fileno())

@@ -7,14 +7,26 @@ the same meaning are checked by the same code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from xlgm.errors import XlgmError
 
 T = TypeVar("T")
 
 MIN_MAX_LENGTH = 8
+# What `--device` accepts (xlgm.core.devices.resolve_device finds out whether the device is there).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# Position-embedding tables of these model types start after the padding index (fairseq's convention):
+# `max_position_embeddings` counts padding_idx + 1 slots no token can use.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl", "longformer")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: `max_examples` -> `--max-examples`."""
+    return "--" + name.replace("_", "-")
 
 
 def require(ok: bool, message: str) -> None:
@@ -26,14 +38,17 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def positive_int(field: str, value: object) -> int:
-    require(_is_int(value) and value >= 1, f"{field}: expected an integer >= 1, got {value!r}")
+def at_least(field: str, value: object, minimum: int) -> int:
+    require(_is_int(value) and value >= minimum, f"{field}: expected an integer >= {minimum}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def positive_int(field: str, value: object) -> int:
+    return at_least(field, value, 1)
 
 
 def non_negative_int(field: str, value: object) -> int:
-    require(_is_int(value) and value >= 0, f"{field}: expected an integer >= 0, got {value!r}")
-    return value  # type: ignore[return-value]
+    return at_least(field, value, 0)
 
 
 def row_limit(field: str, value: object) -> int | None:
@@ -59,9 +74,32 @@ def max_length(field: str, value: object, model_positions: int | None = None) ->
     return value  # type: ignore[return-value]
 
 
+def model_positions(model_config: Any) -> int | None:
+    """How many tokens a model can read at most, from its config; None when positions are relative (T5)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if not _is_int(positions):
+        return None
+    if getattr(model_config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(model_config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def device(field: str, value: object) -> str:
+    """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` (whether that device exists is resolve_device's question)."""
+    require(isinstance(value, str) and DEVICE_PATTERN.fullmatch(value) is not None,
+            f"{field}: expected one of auto, cpu, cuda, cuda:N, mps, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def positive_float(field: str, value: object) -> float:
     require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
             f"{field}: expected a number > 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def non_negative_float(field: str, value: object) -> float:
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+            f"{field}: expected a number >= 0, got {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -88,3 +126,38 @@ def non_empty_list(field: str, values: Sequence[T]) -> list[T]:
 def comma_list(field: str, text: str) -> list[str]:
     """`en,de,sw` -> ['en', 'de', 'sw']; blanks (`,`, `en,,de`) are an error, not skipped."""
     return non_empty_list(field, [part.strip() for part in text.split(",")])
+
+
+# The rule of every option that more than one place takes (a CLI flag, a config, a spec key), by its field
+# name: written once here, so `--max-length` and a spec's `train.max_length` are checked by the same code.
+FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "max_examples": row_limit,
+    "max_train_examples": row_limit,
+    "max_length": max_length,
+    "batch_size": batch_size,
+    "grad_accum": positive_int,
+    "seed": seed,
+    "epochs": positive_float,
+    "lr": positive_float,
+    "weight_decay": non_negative_float,
+    "warmup_ratio": fraction,
+    "holdout_fraction": fraction,
+    "max_grad_norm": non_negative_float,  # 0 disables clipping
+    "save_every": non_negative_int,  # 0: the last checkpoint only
+    "log_every": positive_int,
+    "device": device,
+}
+
+
+def check_field(label: str, name: str, value: Any) -> Any:
+    """`value` checked by the rule of field `name` (unchanged when the field has none); errors say `label`."""
+    rule = FIELD_RULES.get(name)
+    return value if rule is None else rule(label, value)
+
+
+def check_fields(config: Any, label: Callable[[str], str] = flag) -> None:
+    """Check every field of a config dataclass that has a rule in FIELD_RULES (errors name `label(field)`,
+    by default its command-line flag). Config classes call this in `__post_init__`."""
+    for f in dataclasses.fields(config):
+        if f.name in FIELD_RULES:
+            FIELD_RULES[f.name](label(f.name), getattr(config, f.name))

@@ -22,7 +22,6 @@ Nothing here needs the network when the model is local or cached; set `HF_HUB_OF
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,23 +41,13 @@ from transformers.utils import logging as hf_logging
 from xlgm.core import validation
 from xlgm.core.files import first_line
 from xlgm.errors import XlgmError
-from xlgm.runs import ResolvedTarget
+from xlgm.runs import ResolvedTarget, looks_like_path
 
 EMBEDDED = "embedded"
 T5_TYPES = ("mt5", "t5", "umt5")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-# A Hub id: `name` or `owner/name`, letters, digits, `-`, `_` and `.` (no `..`, no leading `.`).
-_HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 HEAD_MODES = ("auto", "keep", "fresh")
-
-
-def looks_like_path(name: str) -> bool:
-    """True for what cannot be a Hub id (`./x`, `/x`, `~/x`, `a/b/c`, `a\\b`), and for `dir/name` whose
-    first part is a folder here (`runs/e5-adamw-typo`)."""
-    if not _HUB_ID.match(name):
-        return True
-    return "/" in name and Path(name.split("/", 1)[0]).is_dir()
 
 
 def resolve_model_path(name_or_path: str) -> str:

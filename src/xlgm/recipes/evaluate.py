@@ -1,7 +1,8 @@
 """Zero-shot evaluation: accuracy of one model on every language of a task.
 
 Fast by construction: each language is tokenized once, batches are sorted by length and padded only to
-their longest member, and the forward passes run under `torch.inference_mode`.
+their longest member, and the forward passes run under `torch.inference_mode` (and, when asked, autocast:
+bf16/fp16 matrix products, float32 logits). Batches go to whichever device the model is on.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,45 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from xlgm.core import validation
+from xlgm.core.devices import PRECISION_CHOICES, autocast
 from xlgm.core.files import write_json
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.tasks import Example, Task
+from xlgm.data.tasks import TASKS, Example, Task
 from xlgm.errors import XlgmError
 from xlgm.objectives.base import model_inputs
+
+SPLITS = ("dev", "test", "train")
+CHECKPOINT_CHOICES = ("best", "last")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What `xlgm evaluate` does with a TARGET. Every field is checked when the config is made (errors name
+    the command-line flag); the maximum length is checked against the model's positions once it is loaded."""
+
+    task: str | None = None  # None: the run's task, else xnli
+    languages: tuple[str, ...] | None = None  # None: every language of the task
+    split: str = "test"
+    checkpoint: str = "best"  # which checkpoint of a run
+    max_examples: int | None = None  # rows per language; None: all
+    batch_size: int = 64
+    max_length: int = 128
+    source: DataSource = field(default_factory=DataSource)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: bf16 where the device has it natively)
+
+    def __post_init__(self) -> None:
+        v, flag = validation, validation.flag
+        if self.task is not None:
+            v.one_of(flag("task"), self.task, TASKS)
+        if self.languages is not None:
+            object.__setattr__(self, "languages", tuple(v.non_empty_list(flag("languages"), list(self.languages))))
+        v.one_of(flag("split"), self.split, SPLITS)
+        v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
+        v.check_fields(self)  # max_examples, batch_size, max_length, device
+        v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -88,10 +122,12 @@ def _pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.T
 @torch.inference_mode()
 def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
                     batch_size: int = 64, progress: tqdm | None = None, embeddings: bool = False,
-                    layer: int = -1, language: str = "") -> TextOutputs:
+                    layer: int = -1, language: str = "", precision: str = "no") -> TextOutputs:
     """Logits (and, with `embeddings`, mean-pooled hidden states at `layer`) for every example, from one
-    forward pass per length-sorted batch, in the original order. The model is left in the mode it was in."""
-    device = next(model.parameters()).device
+    forward pass per length-sorted batch on the model's device, in the original order; float32 whatever
+    the `precision` (a resolved one: no, fp16, bf16) of the forward pass. The model is left in the mode it
+    was in."""
+    device = model_device(model)
     was_training = model.training
     model.eval()
     collator = BatchCollator(tokenizer, data)
@@ -100,7 +136,8 @@ def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     try:
         for indices in length_sorted_batches(data.lengths, batch_size):
             batch = {k: v.to(device) for k, v in model_inputs(collator(indices)).items()}
-            out = model(**batch, output_hidden_states=embeddings)
+            with autocast(precision, device):
+                out = model(**batch, output_hidden_states=embeddings)
             logits_out[indices] = out.logits.float().cpu().numpy()
             if embeddings:
                 pooled = _pooled_hidden(out, batch["attention_mask"], layer).cpu().numpy()
@@ -114,26 +151,33 @@ def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return TextOutputs(language, logits_out, emb_out, np.asarray(data.labels, dtype=np.int64))
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are: its inputs go there."""
+    return next(model.parameters()).device
+
+
 def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
-                   batch_size: int = 64, progress: tqdm | None = None) -> np.ndarray:
-    """Logits for every example, in the original order."""
-    return predict_outputs(model, tokenizer, data, batch_size, progress).logits
+                   batch_size: int = 64, progress: tqdm | None = None, precision: str = "no") -> np.ndarray:
+    """Logits for every example, in the original order (float32)."""
+    return predict_outputs(model, tokenizer, data, batch_size, progress, precision=precision).logits
 
 
 def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
-             max_length: int = 128, batch_size: int = 64) -> float:
+             max_length: int = 128, batch_size: int = 64, precision: str = "no") -> float:
     data = tokenize_examples(tokenizer, examples, max_length)
-    logits = predict_logits(model, tokenizer, data, batch_size)
+    logits = predict_logits(model, tokenizer, data, batch_size, precision=precision)
     return float((logits.argmax(-1) == np.asarray(data.labels)).mean())
 
 
 def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                        languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",
                        max_examples: int | None = None, max_length: int = 128, batch_size: int = 64,
-                       show_progress: bool = True, examples: dict[str, list[Example]] | None = None) -> dict:
+                       show_progress: bool = True, examples: dict[str, list[Example]] | None = None,
+                       precision: str = "no") -> dict:
     """Accuracy per language, the mean over target languages and each language's gap to the source.
 
-    `examples` (language -> rows) skips reading the files again when the caller already has them.
+    `examples` (language -> rows) skips reading the files again when the caller already has them;
+    `precision` (no, fp16, bf16) is the autocast of the forward passes.
     """
     per_language = examples or load_languages(task, languages, source, split, max_examples)
     total = sum(len(rows) for rows in per_language.values())
@@ -143,13 +187,14 @@ def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         for lang, rows in per_language.items():
             bar.set_postfix_str(lang)
             data = tokenize_examples(tokenizer, rows, max_length)
-            logits = predict_logits(model, tokenizer, data, batch_size, bar)
+            logits = predict_logits(model, tokenizer, data, batch_size, bar, precision)
             acc = float((logits.argmax(-1) == np.asarray(data.labels)).mean())
             results[lang] = {"accuracy": acc, "num_examples": len(rows)}
     seconds = time.perf_counter() - start
     summary = summarize(results, task.source_language)
     return {"task": task.name, "split": split, "data": source.describe(), "languages": results,
-            **summary, "seconds": seconds, "examples_per_second": total / seconds if seconds else None}
+            **summary, "device": str(model_device(model)), "precision": precision, "seconds": seconds,
+            "examples_per_second": total / seconds if seconds else None}
 
 
 def load_languages(task: Task, languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",

@@ -4,28 +4,37 @@ For each checkpoint the model is loaded once, the data tokenized once into fixed
 every requested measure computed on them (each measure leaves the model exactly as it found it). The
 trained parameters of the run (its `--freeze` choice respected) are what the measures perturb unless a
 parameter filter says otherwise. Results go to the run's SQLite file and a JSON file beside it.
+Measures run in float32 on the model's device unless a mixed precision is asked for (curvature estimates
+in bf16 are not exact).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from xlgm.core import validation
+from xlgm.core.devices import PRECISION_CHOICES, autocast, resolve_device, resolve_precision
 from xlgm.core.files import read_json, write_json
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.tasks import Task
+from xlgm.data.tasks import TASKS, Task
 from xlgm.errors import XlgmError
-from xlgm.measures.base import compute_measure, get_measure, list_measures
+from xlgm.measures.base import compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
+from xlgm.recipes.evaluate import SPLITS, model_device
 from xlgm.results import ResultsDB
 from xlgm.runs import RunDir, ResolvedTarget, load_initial_into
+
+DEFAULT_MEASURES = ("margin", "sharpness-diff", "frobenius-distance")
+CHECKPOINT_CHOICES = ("all", "best", "last")
 
 
 @dataclass(frozen=True)
@@ -34,9 +43,15 @@ class MeasureData:
 
     language: str = "en"
     split: str = "dev"
-    max_examples: int = 256
+    max_examples: int | None = 256  # None: every row
     batch_size: int = 32
     max_length: int = 128
+
+    def __post_init__(self) -> None:
+        validation.require(isinstance(self.language, str) and bool(self.language.strip()),
+                           f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}")
+        validation.one_of("--data split", self.split, SPLITS)
+        validation.check_fields(self)  # max_examples, batch_size, max_length
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> "MeasureData":
@@ -48,7 +63,50 @@ class MeasureData:
 
     @property
     def key(self) -> str:
-        return f"{self.language}-{self.split}-{self.max_examples}"
+        return f"{self.language}-{self.split}-{self.max_examples or 'all'}"
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """What `xlgm measure` computes on a TARGET. Made only from valid values: the measure names, their
+    options, the data's numbers and the device are checked when the config is made (errors name the flag)."""
+
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # measure -> {option: value}
+    data: MeasureData = field(default_factory=MeasureData)
+    task: str | None = None  # None: the run's task, else xnli
+    checkpoint: str = "all"  # which checkpoints of a run
+    seed: int = 0
+    params: str | None = None  # a regex on parameter names; None: the trained parameters
+    source: DataSource = field(default_factory=DataSource)
+    device: str = "auto"
+    mixed_precision: str = "no"  # float32 unless asked
+
+    def __post_init__(self) -> None:
+        v, flag = validation, validation.flag
+        names = v.non_empty_list(flag("measures"), list(self.measures))
+        object.__setattr__(self, "measures", tuple(names))
+        for name in names:
+            spec = get_measure(name)  # an unknown name is a one-line error
+            v.require(spec.kind == "model", f"--measures: {name} is not a measure of one checkpoint "
+                                            f"(see `xlgm measure --list`)")
+        unknown = sorted(set(self.options) - set(names))
+        v.require(not unknown, f"--set names measure(s) not requested: {', '.join(unknown)}")
+        for name in names:  # bad options fail now, not after a model has loaded
+            try:
+                resolve_config(get_measure(name), self.options.get(name))
+            except (TypeError, ValueError) as err:
+                raise XlgmError(f"--set {name}: {err}") from None
+        if self.task is not None:
+            v.one_of(flag("task"), self.task, TASKS)
+        v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
+        v.check_fields(self)  # seed, device
+        if self.params is not None:
+            try:
+                re.compile(self.params)
+            except re.error as err:
+                raise XlgmError(f"--params: expected a regular expression ({err})") from None
+        v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
 
 
 def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -75,6 +133,7 @@ def resolve_measures(spec: str | Sequence[str]) -> list[str]:
 
 def build_batches(tokenizer, task: Task, data: MeasureData, source: DataSource,
                   device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """The data's fixed length-sorted batches, on `device` (the model's)."""
     rows = load_examples(task, data.split, data.language, source, data.max_examples)
     tokenized = tokenize_examples(tokenizer, rows, data.max_length)
     collator = BatchCollator(tokenizer, tokenized)
@@ -104,26 +163,30 @@ def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
     return [resolve_target(target, "best" if which == "all" else which)]
 
 
-def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures: Sequence[str],
-                        options: dict[str, dict[str, Any]], data: MeasureData, source: DataSource,
-                        seed: int = 0, param_filter: str | None = None, db: ResultsDB | None = None,
-                        show_progress: bool = True, random_head: int | None = None) -> list[dict]:
-    """Compute every measure on every target; returns one record per (checkpoint, measure)."""
-    from xlgm.measures.base import resolve_config
+def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, config: MeasureConfig,
+                        db: ResultsDB | None = None, show_progress: bool = True,
+                        random_head: int | None = None) -> list[dict]:
+    """Compute every measure of `config` on every target; returns one record per (checkpoint, measure).
+    `random_head` (a seed) allows a base model without a trained head (see models.load)."""
     from xlgm.recipes.train import freeze_parameters
 
-    for name in measures:  # bad options fail now, not after a model has loaded
-        resolve_config(get_measure(name), options.get(name))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    measures, options, data, seed, param_filter = (config.measures, config.options, config.data, config.seed,
+                                                   config.params)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.mixed_precision, device)
     records: list[dict] = []
     init_cache: dict[Path, dict[str, torch.Tensor]] = {}
-    bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
+    bar: tqdm | None = None  # made once the first model has loaded and passed its checks: no bar before an error
     for target in targets:
         model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=random_head)
+        validation.max_length("--max-length", data.max_length, validation.model_positions(model.config))
         run_config = RunDir(target.run_dir).config if target.run_dir else {}
         freeze_parameters(model, run_config.get("freeze", "none"))
         model.to(device)
-        batches = build_batches(tokenizer, task, data, source, device)
+        batches = build_batches(tokenizer, task, data, config.source, model_device(model))
+        if bar is None:
+            bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure",
+                       disable=not show_progress)
         checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
         for name in measures:
             bar.set_postfix_str(f"{target.label}: {name}")
@@ -136,35 +199,46 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures:
                     init_cache[target.run_dir] = initial_state(target, task, trained)
                 inputs["init_state"] = init_cache[target.run_dir]
             start = time.perf_counter()
-            result = compute_measure(name, model, batches, options.get(name), param_filter, seed, **inputs)
+            with autocast(precision, device):
+                result = compute_measure(name, model, batches, options.get(name), param_filter, seed, **inputs)
             seconds = time.perf_counter() - start
             record = {"checkpoint_id": checkpoint_id, "checkpoint": str(target.checkpoint or target.model),
                       "data": data.key, "seed": seed, "seconds": seconds, **result.to_dict()}
             records.append(record)
             if db is not None:
-                config = {"options": options.get(name) or {}, "param_filter": param_filter, "seed": seed}
-                db.add_measure(checkpoint_id, name, config, data.key, result.value, result.spread,
+                measured_with = {"options": options.get(name) or {}, "param_filter": param_filter, "seed": seed}
+                db.add_measure(checkpoint_id, name, measured_with, data.key, result.value, result.spread,
                                result.num_samples, seconds, result.to_dict())
             bar.update(1)
         del model
-    bar.close()
+    if bar is not None:
+        bar.close()
     return records
 
 
+def _record_key(record: dict) -> tuple:
+    return record["checkpoint_id"], record["name"], record["data"], record.get("seed")
+
+
 def read_records(path: Path) -> list[dict]:
-    """The records of an existing measures JSON file ([] when there is none); a damaged one is one line."""
-    existing = read_json(path, expect=list) if path.exists() else []
+    """The records of an existing measures file ([] when there is none). Called before measuring too, so a
+    file that is not xlgm's fails before any work and is never overwritten."""
+    if not path.exists():
+        return []
+    advice = "not a measures file: move it aside or pass --out"
+    try:
+        records = read_json(path, expect=list)
+    except XlgmError as err:
+        raise XlgmError(f"{err}; {advice}") from None
     keys = {"checkpoint_id", "name", "data"}
-    bad = [i for i, r in enumerate(existing) if not isinstance(r, dict) or not keys <= r.keys()]
+    bad = [i for i, r in enumerate(records) if not isinstance(r, dict) or not keys <= r.keys()]
     if bad:
-        raise XlgmError(f"{path}: entry {bad[0]} is not a measure record (checkpoint_id, name, data)")
-    return existing
+        raise XlgmError(f"{path}: entry {bad[0]} is not a measure record (checkpoint_id, name, data); {advice}")
+    return records
 
 
 def write_records(records: list[dict], path: Path) -> None:
-    """Merge into an existing JSON file, keyed by (checkpoint, measure, data, seed)."""
-    existing = read_records(path)
-    key = lambda r: (r["checkpoint_id"], r["name"], r["data"], r.get("seed"))  # noqa: E731
-    merged = {key(r): r for r in existing}
-    merged.update({key(r): r for r in records})
+    """Merge into an existing JSON file, keyed by (checkpoint, measure, data, seed); written atomically."""
+    merged = {_record_key(r): r for r in read_records(path)}
+    merged.update({_record_key(r): r for r in records})
     write_json(path, list(merged.values()), sort_keys=False)

@@ -34,6 +34,7 @@ from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precision
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
@@ -80,23 +81,10 @@ class TrainConfig:
     objective_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs > 0, "epochs must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.grad_accum >= 1, "grad_accum must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (0 <= self.holdout_fraction < 1, "holdout_fraction must be in [0, 1)"),
-            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 disables clipping)"),
-            (self.save_every >= 0, "save_every must be >= 0"),
-            (self.log_every >= 1, "log_every must be >= 1"),
-            (self.freeze in FREEZE_CHOICES, f"freeze must be one of {FREEZE_CHOICES}"),
-            (self.mixed_precision in PRECISION_CHOICES,
-             f"mixed_precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.mixed_precision!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise XlgmError(message)
+        validation.check_fields(self)
+        validation.one_of("--freeze", self.freeze, FREEZE_CHOICES)
+        validation.one_of("--mixed-precision", self.mixed_precision, PRECISION_CHOICES)
+        validation.one_of("--data", self.data, ("bundled", "local", "hf"))
 
     @property
     def run_id(self) -> str:

@@ -203,13 +203,14 @@ def format_summary(results: dict[str, Any]) -> str:
 
 
 def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: str, parallel: bool = False,
-                 which: str = "last", batch_size: int = 64, show_progress: bool = True) -> pd.DataFrame:
+                 which: str = "last", batch_size: int = 64, show_progress: bool = True,
+                 device=None, precision: str = "no") -> pd.DataFrame:
     """Predicted accuracy of the study's checkpoints (`which`: last per run, or all) on unlabelled text.
 
     With `parallel`, row i of the file must be the translation of row i of the study's source evaluation
-    rows; otherwise only the features that need no parallel text are used."""
-    import torch
-
+    rows; otherwise only the features that need no parallel text are used. The checkpoints run on `device`
+    (default: resolve_device("auto")) under autocast `precision` (a resolved one: no, fp16, bf16)."""
+    from xlgm.core.devices import resolve_device
     from xlgm.data.batching import tokenize_examples
     from xlgm.data.tasks import get_task
     from xlgm.data.tsv import read_tsv
@@ -228,7 +229,7 @@ def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: st
     if which == "last":
         ckpts = ckpts[ckpts.is_last.astype(bool)]
     files = load_outputs(spec, ckpts, [spec.source_language])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device if device is not None else resolve_device("auto")
     found = []
     for row in tqdm(list(ckpts.itertuples()), desc=f"predict {language}", unit="checkpoint",
                     disable=not show_progress):
@@ -244,7 +245,7 @@ def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: st
         data = tokenize_examples(tokenizer, rows, spec.eval_max_length())
         embed = spec.prediction.embedding_rows > 0
         target = predict_outputs(model, tokenizer, data, batch_size, embeddings=embed,
-                                 layer=spec.prediction.embedding_layer, language=language)
+                                 layer=spec.prediction.embedding_layer, language=language, precision=precision)
         if embed:
             target = replace(target, embeddings=target.embeddings[:spec.prediction.embedding_rows])
         values = label_free_measures(target, source, (), parallel)

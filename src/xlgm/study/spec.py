@@ -47,6 +47,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
 from xlgm.results import config_hash
 
@@ -290,6 +291,25 @@ class _Parser:
     def fail(self, where: str, message: str) -> SpecError:
         return SpecError(f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}")
 
+    def validated(self, where: str, rule, value: Any, *args: Any) -> Any:
+        """`rule(label, value, *args)` of xlgm.core.validation, its error naming this file and `where`."""
+        try:
+            return rule(f"{self.source}: {where}", value, *args)
+        except SpecError:
+            raise
+        except XlgmError as err:
+            raise SpecError(str(err)) from None
+
+    def check(self, where: str, name: str, value: Any) -> Any:
+        """`value` of a field `name` that the CLI and configs take too, checked by the same rule."""
+        return self.validated(where, lambda label, v: validation.check_field(label, name, v), value)
+
+    def shared(self, section: str, name: str, value: Any, *, allow_none: bool = False) -> int | None:
+        """An integer option `section.name` with a shared rule (null: the section's default when allowed)."""
+        where = f"{section}.{name}"
+        value = self.integer(where, value, allow_none=allow_none)
+        return None if value is None else self.check(where, name, value)
+
     # -- scalar types -------------------------------------------------------------------------------------
 
     def number(self, where: str, value: Any, *, allow_none: bool = False, positive: bool = False) -> float | None:
@@ -304,8 +324,8 @@ class _Parser:
                 raise self.fail(where, f"expected a number, got {value!r}") from None
         if not math.isfinite(value):
             raise self.fail(where, f"expected a finite number, got {value!r}")
-        if positive and value <= 0:
-            raise self.fail(where, f"expected a number > 0, got {value!r}")
+        if positive:
+            self.validated(where, validation.positive_float, value)
         return int(value) if isinstance(value, int) else float(value)
 
     def integer(self, where: str, value: Any, *, allow_none: bool = False, minimum: int | None = None) -> int | None:
@@ -315,8 +335,8 @@ class _Parser:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, f"expected an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.fail(where, f"expected an integer >= {minimum}, got {value!r}")
+        if minimum is not None:
+            self.validated(where, validation.at_least, value, minimum)
         return value
 
     def string(self, where: str, value: Any, *, allow_none: bool = False, choices: Sequence[str] | None = None):
@@ -415,9 +435,11 @@ class _Parser:
         if value == "all":
             codes = list(task.languages)
         else:
-            codes = value.split(",") if isinstance(value, str) else value
-            if not isinstance(codes, list) or not codes:
+            if isinstance(value, str):
+                value = self.validated(where, validation.comma_list, value)
+            if not isinstance(value, list):
                 raise self.fail(where, f"expected `all` or a list of language codes, got {value!r}")
+            codes = self.validated(where, validation.non_empty_list, value)
             codes = [self.string(f"{where}[{i}]", c).strip() for i, c in enumerate(codes)]
             for i, code in enumerate(codes):
                 if code not in task.languages:
@@ -458,16 +480,14 @@ class _Parser:
             if key not in fields:
                 allowed = [f for f in fields if f not in NOT_IN_TRAIN]
                 raise self.fail(f"train.{key}", f"unknown training option; expected one of: {', '.join(allowed)}")
-            out[key] = self.typed(f"train.{key}", v, fields[key])
+            out[key] = self.check(f"train.{key}", key, self.typed(f"train.{key}", v, fields[key]))
         if "freeze" not in out and model == "embedded":
             out["freeze"] = "word"  # as `xlgm train`: AdamW over the 96M word embeddings dominates a CPU step
         return out
 
     def seeds(self, value: Any) -> list[int]:
-        items = value if isinstance(value, list) else [value]
-        if not items:
-            raise self.fail("seeds", "expected at least one seed")
-        seeds = [self.integer(f"seeds[{i}]", s, minimum=0) for i, s in enumerate(items)]
+        items = self.validated("seeds", validation.non_empty_list, value if isinstance(value, list) else [value])
+        seeds = [self.check(f"seeds[{i}]", "seed", self.integer(f"seeds[{i}]", s)) for i, s in enumerate(items)]
         return list(dict.fromkeys(seeds))
 
     def checkpoints(self, value: Any) -> CheckpointSpec:
@@ -504,8 +524,10 @@ class _Parser:
                                                v, option_types[key]) for j, v in enumerate(values))
                     objective_axes.append((key, checked))
                 elif key in train_fields and key not in NOT_IN_TRAIN:
-                    checked = tuple(self.typed(f"{where}.{key}" + (f"[{j}]" if isinstance(m[key], list) else ""),
-                                               v, train_fields[key]) for j, v in enumerate(values))
+                    labels = [f"{where}.{key}" + (f"[{j}]" if isinstance(m[key], list) else "") for j in
+                              range(len(values))]
+                    checked = tuple(self.check(label, key, self.typed(label, v, train_fields[key]))
+                                    for label, v in zip(labels, values))
                     train_axes.append((key, checked))
                 elif key in NOT_IN_TRAIN:
                     raise self.fail(f"{where}.{key}", f"set by the spec's `{NOT_IN_TRAIN[key]}`, not in a grid entry")
@@ -521,9 +543,9 @@ class _Parser:
         d = EvaluationSpec()
         return EvaluationSpec(
             split=self.string("evaluation.split", m.get("split", d.split), choices=SPLITS),
-            max_examples=self.integer("evaluation.max_examples", m.get("max_examples"), allow_none=True, minimum=1),
-            batch_size=self.integer("evaluation.batch_size", m.get("batch_size", d.batch_size), minimum=1),
-            max_length=self.integer("evaluation.max_length", m.get("max_length"), allow_none=True, minimum=8))
+            max_examples=self.shared("evaluation", "max_examples", m.get("max_examples"), allow_none=True),
+            batch_size=self.shared("evaluation", "batch_size", m.get("batch_size", d.batch_size)),
+            max_length=self.shared("evaluation", "max_length", m.get("max_length"), allow_none=True))
 
     def measures(self, value: Any, task, source_language: str) -> MeasuresSpec:
         from xlgm.measures.base import get_measure, resolve_config
@@ -568,10 +590,9 @@ class _Parser:
         data = MeasureDataSpec(
             language=self.string("measures.data.language", dm.get("language", d.language), choices=task.languages),
             split=self.string("measures.data.split", dm.get("split", d.split), choices=SPLITS),
-            max_examples=self.integer("measures.data.max_examples", dm.get("max_examples", d.max_examples),
-                                      minimum=1),
-            batch_size=self.integer("measures.data.batch_size", dm.get("batch_size", d.batch_size), minimum=1),
-            max_length=self.integer("measures.data.max_length", dm.get("max_length"), allow_none=True, minimum=8))
+            max_examples=self.shared("measures.data", "max_examples", dm.get("max_examples", d.max_examples)),
+            batch_size=self.shared("measures.data", "batch_size", dm.get("batch_size", d.batch_size)),
+            max_length=self.shared("measures.data", "max_length", dm.get("max_length"), allow_none=True))
         params = self.string("measures.params", m.get("params"), allow_none=True)
         if params is not None:
             import re
@@ -580,7 +601,7 @@ class _Parser:
                 re.compile(params)
             except re.error as err:
                 raise self.fail("measures.params", f"expected a regular expression ({err})") from None
-        seed = self.integer("measures.seed", m.get("seed", 0), minimum=0)
+        seed = self.shared("measures", "seed", m.get("seed", 0))
         return MeasuresSpec(tuple(items), data, params, seed)
 
     def analysis(self, value: Any) -> AnalysisSpec:
@@ -602,7 +623,7 @@ class _Parser:
             run_reduce=self.string("analysis.run_reduce", m.get("run_reduce", d.run_reduce), choices=RUN_REDUCE),
             n_boot=self.integer("analysis.n_boot", m.get("n_boot", d.n_boot), minimum=0),
             confidence=float(confidence),
-            seed=self.integer("analysis.seed", m.get("seed", d.seed), minimum=0),
+            seed=self.shared("analysis", "seed", m.get("seed", d.seed)),
             axes=axes,
             top=self.integer("analysis.top", m.get("top", d.top), minimum=1),
             max_conditioning=self.integer("analysis.max_conditioning", m.get("max_conditioning", d.max_conditioning),
