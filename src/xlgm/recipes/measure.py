@@ -8,9 +8,10 @@ parameter filter says otherwise. Results go to the run's SQLite file and a JSON 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,31 @@ def resolve_measures(spec: str | Sequence[str]) -> list[str]:
     for name in names:
         get_measure(name)  # raises a clear error for an unknown name
     return names
+
+
+@contextlib.contextmanager
+def measure_progress(name: str, show: bool = True) -> Iterator[Callable[[int, int | None], None]]:
+    """A `compute_measure(progress=...)` hook that shows a long measure's steps as a nested bar (shown from its
+    first report on, so quick measures without steps add no bar; gone when the measure is done)."""
+    bar = None
+
+    def hook(steps: int, total: int | None) -> None:
+        nonlocal bar
+        if not show:
+            return
+        if bar is None:
+            bar = tqdm(total=0, desc=f"  {name}", unit="step", leave=False, dynamic_ncols=True)
+        if total is not None:
+            bar.total += total
+            bar.refresh()
+        if steps:
+            bar.update(steps)
+
+    try:
+        yield hook
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def build_batches(tokenizer, task: Task, data: MeasureData, source: DataSource,
@@ -136,7 +162,9 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, measures:
                     init_cache[target.run_dir] = initial_state(target, task, trained)
                 inputs["init_state"] = init_cache[target.run_dir]
             start = time.perf_counter()
-            result = compute_measure(name, model, batches, options.get(name), param_filter, seed, **inputs)
+            with measure_progress(name, show_progress) as steps:
+                result = compute_measure(name, model, batches, options.get(name), param_filter, seed,
+                                         progress=steps, **inputs)
             seconds = time.perf_counter() - start
             record = {"checkpoint_id": checkpoint_id, "checkpoint": str(target.checkpoint or target.model),
                       "data": data.key, "seed": seed, "seconds": seconds, **result.to_dict()}

@@ -129,15 +129,20 @@ def split_train_select(config: TrainConfig, rows: list[Example], select_rows: li
 
 
 def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, db_path: str | Path | None = None,
-          objective=None) -> Path:
-    """Train and write the run directory; returns its path."""
+          objective=None, device: str | torch.device = "auto") -> Path:
+    """Train and write the run directory; returns its path. `device`: auto, cpu, cuda or cuda:N (one process)."""
+    from xlgm.core.devices import resolve_device
+
     task = get_task(config.task)
     if config.source_language not in task.languages:
         raise XlgmError(f"unknown source language {config.source_language!r} for {task.name}")
+    device = resolve_device(str(device))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate's one-process device is `cuda`, the current one
     run = RunDir(Path(run_dir))
     run.path.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+    precision = config.mixed_precision if config.mixed_precision != "auto" or device.type == "cuda" else "no"
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(precision), cpu=device.type == "cpu")
     set_seed(config.seed)
 
     rows = load_examples(task, config.train_split, config.source_language, config.source, config.max_train_examples)
