@@ -85,9 +85,9 @@ def measure_progress(name: str, show: bool = True) -> Iterator[Callable[[int, in
         if not show:
             return
         if bar is None:
-            bar = tqdm(total=0, desc=f"  {name}", unit="step", leave=False, dynamic_ncols=True)
+            bar = tqdm(total=None, desc=f"  {name}", unit="step", leave=False, dynamic_ncols=True)
         if total is not None:
-            bar.total += total
+            bar.total = (bar.total or 0) + total
             bar.refresh()
         if steps:
             bar.update(steps)
