@@ -85,8 +85,8 @@ def measure_progress(name: str, show: bool = True) -> Iterator[Callable[[int, in
         if not show:
             return
         if bar is None:
-            bar = tqdm(total=None, desc=f"  {name}", unit="step", leave=False, dynamic_ncols=True)
-        if total is not None:
+            bar = tqdm(total=total, desc=f"  {name}", unit="step", leave=False, dynamic_ncols=True)
+        elif total is not None:
             bar.total = (bar.total or 0) + total
             bar.refresh()
         if steps:
