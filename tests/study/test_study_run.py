@@ -95,7 +95,7 @@ def test_resume_after_kill_9(tiny_study, tiny_spec_path, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     partial = counts(db_path)
     assert 2 <= partial["evaluations"] and partial["work"] < UNITS
-    # An interrupted training (a run folder without its done-mark) is deleted and trained again.
+    # An interrupted training (a run folder without its done-mark) is moved aside and trained again.
     spec = load_spec(tiny_spec_path)
     second = out / "runs" / spec.run_configs()[1].run_id
     second.mkdir(parents=True, exist_ok=True)
@@ -105,6 +105,8 @@ def test_resume_after_kill_9(tiny_study, tiny_spec_path, tmp_path):
     assert result.units_done == result.units_total == UNITS
     assert result.units_now == UNITS - partial["work"]
     assert not (second / "partial.bin").exists()
+    [kept] = out.glob(f"quarantine/*/runs/{second.name}/partial.bin")  # moved aside, not deleted
+    assert kept.read_bytes() == b"interrupted"
     resumed, reference = table_rows(db_path), table_rows(tiny_study / "study.sqlite")
     for table in ("runs", "checkpoints", "evaluations", "work"):
         assert resumed[table] == reference[table], table

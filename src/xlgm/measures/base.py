@@ -115,6 +115,10 @@ class MeasureContext:
 
     `params` are the selected parameters (requires_grad=True for them and only them while the measure runs),
     `w0` their values at entry (clones; never modified). The helpers count forward/backward passes in `meter`.
+
+    `progress(steps, total)`, when given, hears how far a long measure is: `expect(n)` announces n more steps
+    (an upper bound where a search or an iteration may stop early), `advance(n)` reports n steps done. A step
+    is the measure's own unit of work: an operator application (HVP), a Monte Carlo draw, an ascent step.
     """
 
     name: str
@@ -127,6 +131,19 @@ class MeasureContext:
     inputs: dict[str, Any] = field(default_factory=dict)
     param_filter: str = "requires_grad"
     meter: loss_lib.CostMeter = field(default_factory=loss_lib.CostMeter)
+    progress: Callable[[int, int | None], None] | None = None
+
+    # -- progress --------------------------------------------------------------------------------------------
+
+    def expect(self, steps: int) -> None:
+        """Announce `steps` more steps of work (at most that many)."""
+        if self.progress is not None:
+            self.progress(0, int(steps))
+
+    def advance(self, steps: int = 1) -> None:
+        """Report `steps` steps of work done."""
+        if self.progress is not None:
+            self.progress(int(steps), None)
 
     # -- the selected parameters ---------------------------------------------------------------------------
 
@@ -345,6 +362,7 @@ def compute_measure(
     config: Any = None,
     param_filter: ParamFilter = None,
     seed: int = 0,
+    progress: Callable[[int, int | None], None] | None = None,
     **inputs: Any,
 ) -> MeasureResult:
     """Compute measure `name` of `model` on `batches` (dicts of tensors on the model's device, with labels).
@@ -352,7 +370,8 @@ def compute_measure(
     config: None (defaults), a dict of options, or the measure's config instance. param_filter: None (every
     parameter with requires_grad=True), a regex searched in parameter names, or a callable name -> bool.
     seed: seeds the measure's private generator; the same seed gives the same value. Extra keyword inputs
-    (e.g. `init_state=` for frobenius-distance) are passed to measures that declare them.
+    (e.g. `init_state=` for frobenius-distance) are passed to measures that declare them. progress: hears the
+    steps of long measures (see `MeasureContext`).
 
     The model comes back exactly as it was (parameters, buffers, train/eval flags, requires_grad, .grad),
     also when the measure raises; the global RNG state is untouched.
@@ -385,6 +404,7 @@ def compute_measure(
             config=cfg,
             inputs=dict(inputs),
             param_filter=describe_filter(param_filter),
+            progress=progress,
         )
         return spec.fn(ctx, cfg)
 

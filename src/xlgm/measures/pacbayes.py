@@ -75,6 +75,7 @@ def _pacbayes(ctx: MeasureContext, config: PacBayesConfig, magnitude_aware: bool
                 z = ctx.gaussian_like_params(ctx.sub_generator(draw_seeds[j]))
             ctx.set_offset(P.mul(std, z))
             le = ctx.evaluate()
+            ctx.advance()
             per_draw.append((le.loss if config.deviation_of == "loss" else le.error) - reference)
             delta_loss.append(le.loss - base.loss)
             delta_err.append(le.error - base.error)
@@ -87,6 +88,7 @@ def _pacbayes(ctx: MeasureContext, config: PacBayesConfig, magnitude_aware: bool
             "per_draw": per_draw,
         }
 
+    ctx.expect(config.search_depth * config.num_draws)  # the bisection may stop early
     search = bisect_scale(deviation, config.target_deviation, config.lower, config.upper,
                           config.search_depth, config.tolerance)
     ctx.reset()

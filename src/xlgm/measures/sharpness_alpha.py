@@ -66,6 +66,7 @@ def _box_ascent(ctx: MeasureContext, half: list[torch.Tensor], start: list[torch
         le, grads = ctx.loss_and_grad()
         max_loss, max_err = max(max_loss, le.loss), max(max_err, le.error)
         u = [torch.clamp(ut + step_fraction * h * g.sign(), -h, h) for ut, h, g in zip(u, half, grads)]
+        ctx.advance()
     ctx.set_offset(u)
     le = ctx.evaluate()
     return max(max_loss, le.loss), max(max_err, le.error)
@@ -97,6 +98,7 @@ def _sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig, magnitud
         return dev, {"delta_loss": worst["loss"] - base.loss, "delta_error": worst["error"] - base.error,
                      "per_restart": [d[config.deviation_of] - reference for d in per_restart]}
 
+    ctx.expect(config.search_depth * config.num_restarts * config.ascent_steps)  # the bisection may stop early
     search = bisect_scale(deviation, config.target_deviation, config.lower, config.upper,
                           config.search_depth, config.tolerance)
     ctx.reset()

@@ -46,6 +46,7 @@ def sharpness_avg(ctx: MeasureContext, config: SharpnessAvgConfig) -> MeasureRes
     base = ctx.evaluate()
     scale = [config.rho * a for a in ctx.abs_w0] if config.adaptive else None  # ρ c
     delta_loss, delta_err = [], []
+    ctx.expect(config.num_draws)
     for _ in range(config.num_draws):
         z = ctx.gaussian_like_params()
         delta = [t.mul_(s) for t, s in zip(z, scale)] if scale is not None else [t.mul_(config.rho) for t in z]
@@ -53,6 +54,7 @@ def sharpness_avg(ctx: MeasureContext, config: SharpnessAvgConfig) -> MeasureRes
         le = ctx.evaluate()
         delta_loss.append(le.loss - base.loss)
         delta_err.append(le.error - base.error)
+        ctx.advance()
     ctx.reset()
     value, spread = mean_and_spread(delta_loss)
     err_mean, err_spread = mean_and_spread(delta_err)

@@ -190,6 +190,7 @@ def sharpness_diff(ctx: MeasureContext, config: SharpnessDiffConfig) -> MeasureR
     radius = config.alpha * P.norm(ctx.w0)  # default mode: α ||w0||, global
     noise_scale = [config.effective_sigma * a for a in ctx.abs_w0] if config.mode == "default" else []
     draws = []
+    ctx.expect(config.num_draws)
     for _ in range(config.num_draws):
         ctx.reset()
         if config.mode == "paper":
@@ -198,6 +199,7 @@ def sharpness_diff(ctx: MeasureContext, config: SharpnessDiffConfig) -> MeasureR
             draw = _default_draw(ctx, config, radius, noise_scale)
         draw["delta"] = draw["loss_after"] - loss_before
         draws.append(draw)
+        ctx.advance()
     ctx.reset()
     deltas = [d["delta"] for d in draws]
     value, spread = mean_and_spread(deltas)

@@ -88,6 +88,7 @@ def sharpness_worst(ctx: MeasureContext, config: SharpnessWorstConfig) -> Measur
         base = current
     step = config.initial_step * rho
     trace = []
+    ctx.expect(config.steps)  # at most: a zero gradient ends the ascent
     for _ in range(config.steps):
         g_v = P.mul(c, grads)
         if norm == "linf":
@@ -106,6 +107,7 @@ def sharpness_worst(ctx: MeasureContext, config: SharpnessWorstConfig) -> Measur
             v, current, grads = candidate, trial, trial_grads
         else:
             step /= 2
+        ctx.advance()
     ctx.reset()
     return ctx.result(
         current.loss - base.loss,

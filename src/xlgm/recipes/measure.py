@@ -10,9 +10,10 @@ in bf16 are not exact).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,31 @@ def resolve_measures(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
+@contextlib.contextmanager
+def measure_progress(name: str, show: bool = True) -> Iterator[Callable[[int, int | None], None]]:
+    """A `compute_measure(progress=...)` hook that shows a long measure's steps as a nested bar (shown from its
+    first report on, so quick measures without steps add no bar; gone when the measure is done)."""
+    bar = None
+
+    def hook(steps: int, total: int | None) -> None:
+        nonlocal bar
+        if not show:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc=f"  {name}", unit="step", leave=False, dynamic_ncols=True)
+        elif total is not None:
+            bar.total = (bar.total or 0) + total
+            bar.refresh()
+        if steps:
+            bar.update(steps)
+
+    try:
+        yield hook
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def build_batches(tokenizer, task: Task, data: MeasureData, source: DataSource,
                   device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The data's fixed length-sorted batches, on `device` (the model's)."""
@@ -199,8 +225,9 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, config: M
                     init_cache[target.run_dir] = initial_state(target, task, trained)
                 inputs["init_state"] = init_cache[target.run_dir]
             start = time.perf_counter()
-            with autocast(precision, device):
-                result = compute_measure(name, model, batches, options.get(name), param_filter, seed, **inputs)
+            with autocast(precision, device), measure_progress(name, show_progress) as steps:
+                result = compute_measure(name, model, batches, options.get(name), param_filter, seed,
+                                         progress=steps, **inputs)
             seconds = time.perf_counter() - start
             record = {"checkpoint_id": checkpoint_id, "checkpoint": str(target.checkpoint or target.model),
                       "data": data.key, "seed": seed, "seconds": seconds, **result.to_dict()}

@@ -27,6 +27,10 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                    help="local: one run after the other here; ray: one Ray task per run (default: local)")
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     r.add_argument("--cpus-per-task", type=int, help="Ray: CPUs per task without GPUs (default: CPUs / runs)")
+    r.add_argument("--device", default="auto",
+                   help="auto (a GPU when there is one), cpu, cuda or cuda:N: where training, evaluation and "
+                        "measures run; with --executor ray every task uses its own GPU unless this is cpu "
+                        "(default: auto)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--analyze", action="store_true",
                    help="analyse, predict (`xlgm predict`) and write the report when the runs are done")
@@ -61,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
     text = Path(args.spec).read_text(encoding="utf-8")
     result = run_study(spec, args.out, args.executor, args.address, args.cpus_per_task,
-                       show_progress=not args.no_progress, spec_text=text)
+                       show_progress=not args.no_progress, spec_text=text, device=args.device)
     print(f"study {spec.name} ({result.study_id}): {result.runs} runs, {result.units_done} of {result.units_total} "
           f"units done ({result.units_now} now); results: {result.out / 'study.sqlite'}")
     if args.analyze:

@@ -4,6 +4,11 @@
     study_runs  study_id, run_id, position: which runs a study's grid expands to
     work        unit_id, kind (train | eval | measure), run_id, checkpoint_id, item, seconds, finished
 
+Paths (runs.run_dir, checkpoints.path) are stored relative to the study folder and resolved against the folder
+the file is read from, so a study folder can be moved or copied. Files written by older versions hold absolute
+paths: those under the folder the study then lived in (recognised by the `ROOT/runs/RUN_ID` layout) are mapped
+onto the current folder, so a copy never reads the original's files.
+
 A *unit* is the smallest piece of work that is done or not: a run's training, one (checkpoint, language)
 evaluation, one (checkpoint, measure) measurement. `commit_unit` writes a unit's result rows and its `work` row
 in ONE transaction, so after a crash (kill -9 included) a unit is either fully recorded or not at all. Unit ids
@@ -16,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from xlgm.errors import XlgmError
 from xlgm.results import ResultsDB
 
 STUDY_SCHEMA = """
@@ -49,6 +56,8 @@ CREATE TABLE IF NOT EXISTS work (
 """
 # For tests of interruption: seconds to sleep between computing a unit and committing it (kill -9 lands there).
 DELAY_ENV = "XLGM_STUDY_COMMIT_DELAY"
+SQLITE_HEADER = b"SQLite format 3\x00"
+RUNS_FOLDER = "runs"
 
 
 class _NoCommit:
@@ -68,11 +77,41 @@ class _NoCommit:
         return getattr(self._conn, name)
 
 
+def check_sqlite_file(path: Path) -> None:
+    """A file that exists must start with SQLite's header: anything else is refused before SQLite opens it (and
+    so before anything is written beside it)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise XlgmError(f"{path}: cannot be read ({err.strerror})") from None
+    if head and head != SQLITE_HEADER:
+        raise XlgmError(f"{path}: not a SQLite database (it does not start with SQLite's header)")
+
+
 class StudyDB(ResultsDB):
     def __init__(self, path: str | Path):
-        super().__init__(path)
-        self.conn.executescript(STUDY_SCHEMA)
-        self.conn.commit()
+        path = Path(path)
+        check_sqlite_file(path)
+        try:
+            super().__init__(path)
+        except sqlite3.DatabaseError as err:  # SQLite's header, then something it cannot read
+            if getattr(self, "conn", None) is not None:
+                self.close()
+            raise XlgmError(f"{path}: corrupt SQLite database ({err})") from None
+        try:
+            problem = self.conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
+            self.conn.executescript(STUDY_SCHEMA)
+            self.conn.commit()
+        except sqlite3.DatabaseError as err:
+            self.close()
+            raise XlgmError(f"{path}: corrupt SQLite database ({' '.join(str(err).split())})") from None
+        self.root = self.path.parent.resolve()
+        self._old_roots: list[Path] | None = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["StudyDB"]:
@@ -96,6 +135,66 @@ class StudyDB(ResultsDB):
             self.conn.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,))
             self.conn.executemany("INSERT INTO study_runs VALUES (?, ?, ?)",
                                   [(study_id, r, i) for i, r in enumerate(run_ids)])
+
+    # -- paths -------------------------------------------------------------------------------------------------
+
+    def stored_path(self, path: str | Path) -> str:
+        """How a path is stored: relative to the study folder ('/'-separated) when it lies inside it."""
+        path = Path(path)
+        if not path.is_absolute():
+            return PurePosixPath(*path.parts).as_posix()
+        try:
+            return path.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)  # outside the study folder: kept as it is
+
+    def resolve_path(self, stored: str | None) -> Path | None:
+        """A stored path as a path on this machine: relative ones against the study folder; absolute ones under
+        the folder an older version of the file was written in, mapped onto the current folder."""
+        if stored is None:
+            return None
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.root / path
+        for old in self.old_roots():
+            try:
+                return self.root / path.relative_to(old)
+            except ValueError:
+                continue
+        return path
+
+    def old_roots(self) -> list[Path]:
+        """The folders this study was written in when it stored absolute paths: ROOT of every ROOT/runs/RUN_ID."""
+        if self._old_roots is None:
+            roots: set[Path] = set()
+            for run_id, run_dir in self.conn.execute("SELECT run_id, run_dir FROM runs WHERE run_dir IS NOT NULL"):
+                path = Path(run_dir)
+                if path.is_absolute() and path.name == run_id and path.parent.name == RUNS_FOLDER:
+                    roots.add(path.parent.parent)
+            for run_id, stored in self.conn.execute("SELECT run_id, path FROM checkpoints WHERE path IS NOT NULL"):
+                parts = Path(stored).parts
+                if Path(stored).is_absolute():
+                    roots.update(Path(*parts[:i]) for i in range(1, len(parts) - 1)
+                                 if parts[i] == RUNS_FOLDER and parts[i + 1] == run_id)
+            self._old_roots = sorted(roots, key=lambda p: -len(p.parts))  # the deepest first
+        return self._old_roots
+
+    def relativize_paths(self) -> int:
+        """Rewrite the absolute paths of an older file that lie in the study folder as relative ones; returns
+        how many were rewritten."""
+        changed = 0
+        with self.transaction():
+            for table, key, column in (("runs", "run_id", "run_dir"), ("checkpoints", "checkpoint_id", "path")):
+                rows = self.conn.execute(f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall()
+                for row_key, stored in rows:
+                    if not Path(stored).is_absolute():
+                        continue
+                    relative = self.stored_path(self.resolve_path(stored))
+                    if relative != stored:
+                        self.conn.execute(f"UPDATE {table} SET {column}=? WHERE {key}=?", (relative, row_key))
+                        changed += 1
+        self._old_roots = None
+        return changed
 
     # -- work --------------------------------------------------------------------------------------------------
 
@@ -131,6 +230,32 @@ class StudyDB(ResultsDB):
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(unit_id) DO UPDATE SET seconds=excluded.seconds, "
                 "finished=excluded.finished",
                 (unit["unit_id"], kind, unit["run_id"], checkpoint_id, item, unit.get("seconds"), time.time()))
+
+    def forget_units(self, unit_ids: Iterable[str]) -> None:
+        """Take the done-marks off units (their result rows stay until the units are done again)."""
+        with self.transaction():
+            self.conn.executemany("DELETE FROM work WHERE unit_id=?", [(u,) for u in unit_ids])
+
+    def set_aside_run(self, run_id: str, path: Path) -> int:
+        """Move every row of a run (the run, its checkpoints, their evaluations and measures, its units) out of
+        the database into a JSON file at `path`; returns the number of rows moved."""
+        like = run_id + "/%"
+        tables = {"runs": ("run_id=?", run_id), "checkpoints": ("run_id=?", run_id),
+                  "evaluations": ("checkpoint_id LIKE ?", like), "measures": ("checkpoint_id LIKE ?", like),
+                  "work": ("run_id=?", run_id)}
+        dump: dict[str, list[dict[str, Any]]] = {}
+        for table, (where, value) in tables.items():
+            cursor = self.conn.execute(f"SELECT * FROM {table} WHERE {where}", (value,))
+            names = [d[0] for d in cursor.description]
+            dump[table] = [dict(zip(names, row)) for row in cursor.fetchall()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dump, indent=1, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        with self.transaction():
+            for table, (where, value) in tables.items():
+                self.conn.execute(f"DELETE FROM {table} WHERE {where}", (value,))
+        return sum(len(rows) for rows in dump.values())
 
     def checkpoints_of(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(

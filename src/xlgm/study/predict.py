@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,7 @@ def _study_checkpoints(spec: StudySpec, db: StudyDB) -> pd.DataFrame:
     rows = db.query("SELECT c.checkpoint_id, c.run_id, c.step, c.is_last, r.run_dir FROM checkpoints c "
                     f"JOIN runs r ON r.run_id = c.run_id WHERE c.run_id IN ({marks})", tuple(trained))
     frame = pd.DataFrame(rows, columns=["checkpoint_id", "run_id", "step", "is_last", "run_dir"])
+    frame["run_dir"] = [str(db.resolve_path(r)) for r in frame["run_dir"]]  # stored relative to the study folder
     keep = [spec.checkpoints.selects(int(s), bool(last)) for s, last in zip(frame.step, frame.is_last)]
     return frame[keep].reset_index(drop=True)
 
@@ -97,6 +99,15 @@ def load_outputs(spec: StudySpec, checkpoints: pd.DataFrame, languages: Sequence
             if path.is_file():
                 found[(row.checkpoint_id, lang)] = path
     return found
+
+
+def _read_outputs(path: Path) -> TextOutputs:
+    try:
+        return TextOutputs.load(path)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        what = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise XlgmError(f"{path}: not readable kept outputs ({what}); run `xlgm study run` on the study again "
+                        "to redo its evaluation") from None
 
 
 def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> pd.DataFrame:
@@ -117,7 +128,7 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
                         "(with prediction.enabled) first")
     # Every kept output is read once (embeddings: at most prediction.embedding_rows rows each); peers get
     # copies without embeddings, since agreement needs predictions only.
-    logits = {key: TextOutputs.load(path) for key, path in files.items() if key[0] in usable}
+    logits = {key: _read_outputs(path) for key, path in files.items() if key[0] in usable}
     rows: list[dict[str, Any]] = []
     run_of = dict(zip(ckpts.checkpoint_id, ckpts.run_id))
     targets = [lang for lang in spec.languages if lang != src_lang]
@@ -235,7 +246,7 @@ def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: st
                     disable=not show_progress):
         if (row.checkpoint_id, spec.source_language) not in files:
             continue
-        source = TextOutputs.load(files[(row.checkpoint_id, spec.source_language)])
+        source = _read_outputs(files[(row.checkpoint_id, spec.source_language)])
         if parallel and len(rows) != len(source.logits):
             raise XlgmError(f"{text_file}: --parallel needs one row per source evaluation row ({len(source.logits)}), "
                             f"got {len(rows)}")

@@ -1,29 +1,43 @@
 """`xlgm study run SPEC`: train every grid point, evaluate and measure its checkpoints, one SQLite file per study.
 
     OUT/spec.yaml        the validated spec as last run (every default written out; `analyze OUT` reads it)
-    OUT/study.sqlite     runs, checkpoints, evaluations, measures (`xlgm.results`) + study, study_runs, work
+    OUT/study.sqlite     runs, checkpoints, evaluations, measures (`xlgm.results`) + study, study_runs, work;
+                         its paths are relative to OUT, so the folder can be moved or copied
     OUT/runs/<run_id>/   one run directory per grid point (`xlgm.runs`), named by its config hash
+    OUT/quarantine/<time>/  files found unfinished or corrupt, moved aside (same layout as OUT) before redoing
+                         their unit, and the database rows of a run that is redone (rows/<run_id>.json)
+    OUT/.lock            held by the running `study run` (`xlgm.study.lock`): one at a time per folder
 
 Work is cut into units (`xlgm.study.db`): a run's training, each (checkpoint, language) evaluation and each
 (checkpoint, measure) measurement. A unit's rows and its done-mark are written in one transaction, so the study
 can be killed at any moment (kill -9 included) and run again: finished units are skipped, a run directory whose
-training has no done-mark is deleted and trained again from the start (training is atomic: resuming from a
+training has no done-mark is moved aside and trained again from the start (training is atomic: resuming from a
 checkpoint would not reproduce the data order and optimizer state exactly), and nothing is recorded twice.
+Before any work, the files of finished units are checked (run files and selected checkpoints readable, kept
+outputs readable): a run with a corrupt file is moved aside with its rows and redone, an evaluation whose kept
+outputs are corrupt or gone is redone.
 
-Executors. `local` runs the grid points one after the other in this process. `ray` runs each grid point as a
-Ray task (one GPU per task when the cluster has GPUs, else `cpus_per_task` CPUs) that trains, evaluates and
-measures one run and RETURNS its unit rows; only the driver writes the SQLite file. The tasks write their run
-directories under OUT, so on a multi-node cluster OUT must be on a shared filesystem.
+Progress: every run's checkpoints follow from the spec and the size of its training set
+(`expected_checkpoint_steps`), so the number of units is known before the first one starts and the study's bar
+only moves forward.
+
+Executors. `local` runs the grid points one after the other in this process, on `--device`. `ray` runs each
+grid point as a Ray task (one GPU per task when the cluster has GPUs and the device is not `cpu`, else
+`cpus_per_task` CPUs) that trains, evaluates and measures one run on its GPU (or CPU) and RETURNS its unit rows;
+only the driver writes the SQLite file. The tasks write their run directories under OUT, so on a multi-node
+cluster OUT must be on a shared filesystem.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +45,13 @@ from tqdm.auto import tqdm
 
 from xlgm.errors import XlgmError
 from xlgm.results import config_hash
-from xlgm.study.db import StudyDB
+from xlgm.study.db import RUNS_FOLDER, StudyDB
+from xlgm.study.lock import study_lock
 from xlgm.study.spec import StudySpec
 
 DB_NAME = "study.sqlite"
 SPEC_NAME = "spec.yaml"
+QUARANTINE = "quarantine"
 EXECUTORS = ("local", "ray")
 
 
@@ -92,6 +108,197 @@ def planned_units(spec: StudySpec, run_id: str, checkpoints: Sequence[dict] | No
     return units
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder `train` saves the checkpoint of `step` in (RUN/checkpoints/NAME)."""
+    return f"step-{step:06d}"
+
+
+def expected_checkpoint_steps(config, num_train: int) -> list[int]:
+    """The steps at which `recipes.train.train` (one process) saves checkpoints: every `save_every` optimizer steps
+    before the last one, and the last one. Mirrors its schedule: ceil(rows / batch) micro-batches an epoch,
+    `grad_accum` of them a step, round(steps an epoch x epochs) steps."""
+    micro_per_epoch = math.ceil(num_train / config.batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // config.grad_accum)
+    total = max(1, int(round(steps_per_epoch * config.epochs)))
+    every = config.save_every
+    return (list(range(every, total, every)) if every else []) + [total]
+
+
+def expected_checkpoints(config, num_train: int) -> list[dict[str, Any]]:
+    """The checkpoint rows a run will have (id, step, is_last), before it is trained."""
+    steps = expected_checkpoint_steps(config, num_train)
+    return [{"checkpoint_id": f"{config.run_id}/{checkpoint_name(s)}", "step": s, "is_last": s == steps[-1]}
+            for s in steps]
+
+
+def training_rows(config, cache: dict | None = None) -> int:
+    """How many rows `train` trains on (after holding out the selection rows), read as `train` reads them."""
+    from xlgm.data.loading import load_examples
+    from xlgm.data.tasks import get_task
+    from xlgm.recipes.train import split_train_select
+
+    key = (config.task, config.data, config.data_dir, config.train_split, config.select_split,
+           config.source_language, config.max_train_examples, config.holdout_fraction)
+    if cache is not None and key in cache:
+        return cache[key]
+    rows = load_examples(get_task(config.task), config.train_split, config.source_language, config.source,
+                         config.max_train_examples)
+    # a separate selection split is read by `train` itself; here only its presence matters
+    train_rows, _ = split_train_select(config, rows, [] if config.select_split != config.train_split else None)
+    if cache is not None:
+        cache[key] = len(train_rows)
+    return len(train_rows)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Files of finished units: checked before the study goes on, moved aside when they are not readable
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Quarantine:
+    """OUT/quarantine/<time>/: where unfinished or corrupt files go, at the path they had under OUT."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self._folder: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folder, n = self.out / QUARANTINE / stamp, 1
+            while folder.exists():
+                n += 1
+                folder = self.out / QUARANTINE / f"{stamp}-{n}"
+            self._folder = folder
+        return self._folder
+
+    def move(self, path: Path) -> Path:
+        dest = self.folder / Path(path).resolve().relative_to(self.out.resolve())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(dest))
+        return dest
+
+    def rows_file(self, run_id: str) -> Path:
+        return self.folder / "rows" / f"{run_id}.json"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file (missing, truncated, not safetensors), or None."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return f"{path}: missing"
+    try:
+        with safe_open(str(path), "pt"):  # reads the header and checks that the data covers it
+            pass
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types (and OSError)
+        return f"{path}: not a readable safetensors file ({_first_line(err)})"
+    return None
+
+
+def json_problem(path: Path) -> str | None:
+    from xlgm.runs import read_json
+
+    try:
+        read_json(path)
+    except XlgmError as err:
+        return str(err)
+    except (OSError, UnicodeDecodeError) as err:
+        return f"{path}: not readable ({_first_line(err)})"
+    return None
+
+
+def run_problem(run_dir: Path, checkpoint_names: Sequence[str]) -> str | None:
+    """What is wrong with a trained run's files (its own files and the named checkpoints), or None."""
+    from xlgm.runs import CONFIG, INDEX, INIT, INIT_HEAD, META, WEIGHTS, read_json
+
+    if not run_dir.is_dir():
+        return f"{run_dir}: missing"
+    for name in (CONFIG, INIT, INDEX):
+        problem = json_problem(run_dir / name)
+        if problem:
+            return problem
+    if not read_json(run_dir / INDEX).get("last"):
+        return f"{run_dir / INDEX}: the training did not finish (no last checkpoint)"
+    problem = safetensors_problem(run_dir / INIT_HEAD)
+    for name in checkpoint_names:
+        if problem:
+            break
+        folder = run_dir / "checkpoints" / name
+        problem = safetensors_problem(folder / WEIGHTS) or json_problem(folder / META)
+    return problem
+
+
+def outputs_problem(path: Path) -> str | None:
+    """What is wrong with a kept outputs file (.npz of `TextOutputs`), or None."""
+    import zipfile
+
+    import numpy as np
+
+    if not path.is_file():
+        return f"{path}: missing"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("language", "logits") if k not in z.files]
+            if missing:
+                return f"{path}: not kept outputs (no {', '.join(missing)})"
+            bad = z.zip.testzip()
+            if bad is not None:
+                return f"{path}: corrupt ({bad} fails its checksum)"
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        return f"{path}: not a readable .npz file ({_first_line(err)})"
+    return None
+
+
+def repair(spec: StudySpec, out: Path, db: StudyDB, configs, quarantine: Quarantine,
+           say: Callable[[str], None]) -> list[str]:
+    """Check the files of the spec's finished units; move what is unfinished or corrupt aside and take the
+    done-marks off the units that must be redone. Returns what was found (one line each)."""
+    found: list[str] = []
+
+    def report(line: str) -> None:
+        found.append(line)
+        say(line)
+
+    done = db.done_units()
+    for config in configs:
+        run_id = config.run_id
+        run_dir = out / RUNS_FOLDER / run_id
+        if train_unit_id(run_id) not in done:
+            if run_dir.exists():
+                dest = quarantine.move(run_dir)
+                report(f"{run_dir}: its training did not finish; moved to {dest}, the run is trained again")
+            continue
+        checkpoints = [c for c in db.checkpoints_of(run_id) if spec.checkpoints.selects(c["step"], bool(c["is_last"]))]
+        names = [c["checkpoint_id"].split("/", 1)[1] for c in checkpoints]
+        problem = run_problem(run_dir, names)
+        if problem:
+            where = f"moved to {quarantine.move(run_dir)}" if run_dir.exists() else "nothing to move"
+            rows = db.set_aside_run(run_id, quarantine.rows_file(run_id))
+            report(f"{problem}; run {run_id} {where} (its {rows} database rows to {quarantine.rows_file(run_id)}), "
+                   "the run is done again")
+            continue
+        if not spec.prediction.enabled:
+            continue
+        redo = []
+        for checkpoint, name in zip(checkpoints, names):
+            for lang in spec.languages:
+                unit = eval_unit_id(spec, checkpoint["checkpoint_id"], lang)
+                path = outputs_path(spec, run_dir, name, lang)
+                if unit in done and (problem := outputs_problem(path)):
+                    where = f"moved to {quarantine.move(path)}" if path.exists() else "gone"
+                    report(f"{problem}; {where}, the evaluation is done again")
+                    redo.append(unit)
+        db.forget_units(redo)
+    return found
+
+
 # ------------------------------------------------------------------------------------------------------------
 # One grid point: train, evaluate, measure (runs in the driver or in a Ray worker)
 # ------------------------------------------------------------------------------------------------------------
@@ -104,27 +311,33 @@ class RunTask:
     out: str  # the study directory (absolute)
     done: frozenset[str]
     show_progress: bool = True
+    device: str = "auto"  # where training, evaluation and measures run (`core.devices.resolve_device`)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out) / "runs" / self.config.run_id
+        return Path(self.out) / RUNS_FOLDER / self.config.run_id
+
+    @property
+    def stored_run_dir(self) -> str:
+        """The run directory as the study's database keeps it: relative to the study folder."""
+        return f"{RUNS_FOLDER}/{self.config.run_id}"
 
 
-def _checkpoint_rows(run_id: str, run_dir: Path) -> list[dict[str, Any]]:
+def _checkpoint_rows(task: RunTask) -> list[dict[str, Any]]:
+    """The run's checkpoints as database rows (paths relative to the study folder)."""
     from xlgm.runs import RunDir
 
-    run = RunDir(run_dir)
-    index = run.index
+    run_id = task.config.run_id
+    index = RunDir(task.run_dir).index
     return [{"checkpoint_id": f"{run_id}/{c['name']}", "name": c["name"], "step": c["step"], "epoch": c["epoch"],
-             "path": str(run.checkpoint_dir(c["name"])), "dev_accuracy": c["dev_accuracy"],
+             "path": f"{task.stored_run_dir}/checkpoints/{c['name']}", "dev_accuracy": c["dev_accuracy"],
              "is_best": c["name"] == index["best"], "is_last": c["name"] == index["last"]}
             for c in index["checkpoints"]]
 
 
 def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
     """Do the unfinished units of one run, handing each finished unit's rows to `emit` as soon as it is done."""
-    import torch
-
+    from xlgm.core.devices import resolve_device
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task
     from xlgm.recipes.train import train
@@ -132,22 +345,22 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
     spec, config, done = task.spec, task.config, task.done
     run_id, run_dir = config.run_id, task.run_dir
     source = DataSource(spec.data.kind, spec.data.dir)
+    device = resolve_device(task.device)
     if train_unit_id(run_id) not in done:
-        if run_dir.exists():  # an interrupted training: start it again from scratch
-            shutil.rmtree(run_dir)
+        if run_dir.exists():  # an interrupted training (the driver moves these aside first): start again
+            Quarantine(Path(task.out)).move(run_dir)
         start = time.perf_counter()
-        train(config, run_dir, show_progress=task.show_progress)
+        train(config, run_dir, show_progress=task.show_progress, device=str(device))
         emit({"kind": "train", "unit_id": train_unit_id(run_id), "run_id": run_id, "config": asdict(config),
-              "run_dir": str(run_dir), "checkpoints": _checkpoint_rows(run_id, run_dir),
+              "run_dir": task.stored_run_dir, "checkpoints": _checkpoint_rows(task),
               "seconds": time.perf_counter() - start})
-    elif not run_dir.is_dir():
+    elif not run_dir.is_dir():  # the driver's check redoes such runs; a folder removed since is an error
         raise XlgmError(f"{run_dir}: the study records run {run_id} as trained but its directory is gone; "
-                        f"delete its rows (or the study folder) to train it again")
+                        "run the study again to train it again")
 
     task_def = get_task(spec.task)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     init_cache: dict[str, dict] = {}
-    for ckpt in _checkpoint_rows(run_id, run_dir):
+    for ckpt in _checkpoint_rows(task):
         if not spec.checkpoints.selects(ckpt["step"], ckpt["is_last"]):
             continue
         cid = ckpt["checkpoint_id"]
@@ -155,11 +368,13 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
         measures = [m for m in spec.measures.items if measure_unit_id(spec, cid, m) not in done]
         if not languages and not measures:
             continue
-        model, tokenizer = _load(config, run_dir, Path(ckpt["path"]), task_def, device)
+        checkpoint = run_dir / "checkpoints" / ckpt["name"]
+        model, tokenizer = _load(config, run_dir, checkpoint, task_def, device)
         if languages:
             _evaluate(task, model, tokenizer, task_def, source, ckpt, languages, emit)
         if measures:
-            _measure(task, model, tokenizer, task_def, source, ckpt, measures, device, init_cache, emit)
+            _measure(task, model, tokenizer, task_def, source, ckpt, checkpoint, measures, device, init_cache,
+                     emit)
         del model
 
 
@@ -208,10 +423,10 @@ def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, lan
                   "seconds": time.perf_counter() - start})
 
 
-def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, measures, device, init_cache,
-             emit) -> None:
+def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, checkpoint: Path, measures, device,
+             init_cache, emit) -> None:
     from xlgm.measures.base import compute_measure, get_measure
-    from xlgm.recipes.measure import build_batches, initial_state
+    from xlgm.recipes.measure import build_batches, initial_state, measure_progress
     from xlgm.runs import ResolvedTarget
 
     spec = task.spec
@@ -226,12 +441,13 @@ def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, meas
             if "init_state" in get_measure(item.name).inputs:
                 if run_id not in init_cache:
                     trained = [n for n, p in model.named_parameters() if p.requires_grad]
-                    target = ResolvedTarget(task.config.model, task.run_dir, Path(ckpt["path"]))
+                    target = ResolvedTarget(task.config.model, task.run_dir, checkpoint)
                     init_cache[run_id] = initial_state(target, task_def, trained)
                 inputs["init_state"] = init_cache[run_id]
             start = time.perf_counter()
-            result = compute_measure(item.name, model, batches, item.options_dict, spec.measures.params,
-                                     spec.measures.seed, **inputs)
+            with measure_progress(item.name, task.show_progress) as steps:
+                result = compute_measure(item.name, model, batches, item.options_dict, spec.measures.params,
+                                         spec.measures.seed, progress=steps, **inputs)
             record = result.to_dict()
             emit({"kind": "measure", "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], item), "run_id": run_id,
                   "checkpoint_id": ckpt["checkpoint_id"], "measure": item.name, "config": spec.measure_config(item),
@@ -241,21 +457,33 @@ def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, meas
             bar.update(1)
 
 
+def worker_device(choice: str, gpu_ids: Sequence[Any]) -> str:
+    """The device of a Ray task: its GPU when Ray gave it one (Ray shows the task only that GPU, as `cuda`),
+    unless the study runs on the CPU."""
+    if choice == "cpu":
+        return "cpu"
+    return "cuda" if gpu_ids else choice
+
+
 def ray_run_point(task: RunTask) -> list[dict[str, Any]]:
     """The Ray task: one grid point, its unit rows returned (the driver writes them)."""
+    from dataclasses import replace
+
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    gpu_ids: list[Any] = []
     try:
         import ray
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus:
             torch.set_num_threads(max(1, int(cpus)))
+        gpu_ids = list(ray.get_gpu_ids())
     except Exception:  # noqa: BLE001 - outside Ray (e.g. a test calling it directly) keep the defaults
         pass
     units: list[dict[str, Any]] = []
-    run_point(task, units.append)
+    run_point(replace(task, device=worker_device(task.device, gpu_ids)), units.append)
     return units
 
 
@@ -272,21 +500,29 @@ class StudyResult:
     units_done: int
     units_total: int
     units_now: int  # finished by this invocation
+    units_planned: int = 0  # the bar's total, known before the first unit started
+    repairs: list[str] = field(default_factory=list)  # unfinished or corrupt files found and set aside
 
 
 class _Progress:
-    """The study's bar over units; its total grows when a run's checkpoints become known."""
+    """The study's bar over units. Its total is known before the first unit: the checkpoints of a run not yet
+    trained are expected from the spec (`expected_checkpoints`). Should a training save other checkpoints than
+    expected, the total follows the real ones (and at the end the bar closes at the real total)."""
 
-    def __init__(self, spec: StudySpec, db: StudyDB, configs, done: set[str], show: bool):
-        self.spec, self.db, self.done = spec, db, set(done)
-        self.known: dict[str, list[str]] = {}
-        for config in configs:
-            checkpoints = db.checkpoints_of(config.run_id) if train_unit_id(config.run_id) in done else None
-            self.known[config.run_id] = planned_units(spec, config.run_id, checkpoints)
-        units = [u for us in self.known.values() for u in us]
-        self.bar = tqdm(total=len(units), initial=sum(u in self.done for u in units), desc=f"study {spec.name}",
-                        unit="unit", disable=not show, position=0)
+    def __init__(self, spec: StudySpec, db: StudyDB, plans: dict[str, list[str]], done: set[str], show: bool):
+        self.spec, self.db, self.done, self.plans = spec, db, set(done), plans
+        units = [u for us in plans.values() for u in us]
+        self.total = self.planned = len(units)
+        self.totals = [self.total]  # every total the bar showed, in order
+        self.bar = tqdm(total=self.total, initial=sum(u in self.done for u in units), desc=f"study {spec.name}",
+                        unit="unit", disable=not show, position=0, dynamic_ncols=True)
         self.now = 0
+
+    def _set_total(self, total: int) -> None:
+        self.total = total
+        self.totals.append(total)
+        self.bar.total = total
+        self.bar.refresh()
 
     def commit(self, unit: dict[str, Any]) -> None:
         self.db.commit_unit(unit)
@@ -294,50 +530,85 @@ class _Progress:
         self.now += 1
         if unit["kind"] == "train":
             units = planned_units(self.spec, unit["run_id"], unit["checkpoints"])
-            self.bar.total += len(units) - len(self.known[unit["run_id"]])
-            self.known[unit["run_id"]] = units
-            self.bar.refresh()
+            if len(units) != len(self.plans[unit["run_id"]]):  # the training saved other checkpoints than expected
+                self._set_total(self.total + len(units) - len(self.plans[unit["run_id"]]))
+            self.plans[unit["run_id"]] = units
         self.bar.update(1)
 
     def close(self) -> tuple[int, int]:
+        units = [u for us in self.plans.values() for u in us]
+        finished = sum(u in self.done for u in units)
+        if finished == len(units) and self.total != finished:
+            self._set_total(finished)
         self.bar.close()
-        units = [u for us in self.known.values() for u in us]
-        return sum(u in self.done for u in units), len(units)
+        return finished, len(units)
+
+
+def unit_plans(spec: StudySpec, db: StudyDB, configs, done: set[str]) -> dict[str, list[str]]:
+    """Every run's units: trained runs from their recorded checkpoints, the others from the expected ones."""
+    sizes: dict = {}
+    plans = {}
+    for config in configs:
+        if train_unit_id(config.run_id) in done:
+            checkpoints = db.checkpoints_of(config.run_id)
+        else:
+            checkpoints = expected_checkpoints(config, training_rows(config, sizes))
+        plans[config.run_id] = planned_units(spec, config.run_id, checkpoints)
+    return plans
+
+
+def check_device(device: str, executor: str) -> str:
+    """The device choice as tasks get it: resolved here for the local executor (a missing GPU fails at once);
+    Ray tasks resolve it on their worker."""
+    from xlgm.core.devices import resolve_device
+
+    if executor == "local":
+        return str(resolve_device(device))
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise XlgmError(f"--device {device!r}: with --executor ray, expected auto, cpu or cuda (a GPU per task)")
+    return device
 
 
 def run_study(spec: StudySpec, out: str | Path | None = None, executor: str = "local", address: str | None = None,
-              cpus_per_task: int | None = None, show_progress: bool = True, spec_text: str | None = None
-              ) -> StudyResult:
+              cpus_per_task: int | None = None, show_progress: bool = True, spec_text: str | None = None,
+              device: str = "auto") -> StudyResult:
     """Run (or resume) a study; returns what was done. See the module docstring."""
     if executor not in EXECUTORS:
         raise XlgmError(f"unknown executor {executor!r}; expected one of: {', '.join(EXECUTORS)}")
+    device = check_device(device, executor)
     out = Path(out or default_out(spec)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if spec_text is None and Path(spec.source).is_file():
         spec_text = Path(spec.source).read_text(encoding="utf-8")
-    # OUT/spec.yaml: the validated spec with every default and an absolute data folder, so that `analyze OUT` and
-    # `report OUT` read exactly this study; the YAML as written is kept in the study table.
-    tmp = out / (SPEC_NAME + ".tmp")
-    tmp.write_text(f"# {spec.name} ({spec.study_id}), written by `xlgm study run` from {spec.source}\n"
-                   + spec.to_yaml(), encoding="utf-8")
-    os.replace(tmp, out / SPEC_NAME)
     configs = spec.run_configs()
-    _check_data(spec)
-    with StudyDB(out / DB_NAME) as db:
+    with study_lock(out), StudyDB(out / DB_NAME) as db:  # a garbage database fails here, before any write
+        # OUT/spec.yaml: the validated spec with every default and an absolute data folder, so that `analyze OUT`
+        # and `report OUT` read exactly this study; the YAML as written is kept in the study table.
+        tmp = out / (SPEC_NAME + ".tmp")
+        tmp.write_text(f"# {spec.name} ({spec.study_id}), written by `xlgm study run` from {spec.source}\n"
+                       + spec.to_yaml(), encoding="utf-8")
+        os.replace(tmp, out / SPEC_NAME)
+        _check_data(spec)
         db.record_study(spec.study_id, spec.name, spec.to_dict(), spec_text, [c.run_id for c in configs])
+        db.relativize_paths()
+        repairs = repair(spec, out, db, configs, Quarantine(out), _say)
         done = db.done_units()
-        progress = _Progress(spec, db, configs, done, show_progress)
-        todo = [RunTask(spec, c, str(out), frozenset(u for u in done if c.run_id in u), show_progress)
-                for c in configs if not set(progress.known[c.run_id]) <= done]
+        progress = _Progress(spec, db, unit_plans(spec, db, configs, done), done, show_progress)
+        todo = [RunTask(spec, c, str(out), frozenset(u for u in done if c.run_id in u), show_progress, device)
+                for c in configs if not set(progress.plans[c.run_id]) <= done]
         try:
             if executor == "local":
                 for task in todo:
                     run_point(task, progress.commit)
             else:
-                _run_ray(todo, progress, address, cpus_per_task)
+                _run_ray(todo, progress, address, cpus_per_task, device)
         finally:
             finished, total = progress.close()
-    return StudyResult(spec.study_id, out, len(configs), finished, total, progress.now)
+    return StudyResult(spec.study_id, out, len(configs), finished, total, progress.now, progress.planned, repairs)
+
+
+def _say(line: str) -> None:
+    tqdm.write(f"xlgm: {line}", file=sys.stderr)
 
 
 def _check_data(spec: StudySpec) -> None:
@@ -355,7 +626,8 @@ def _check_data(spec: StudySpec) -> None:
                   spec.measures.data.max_examples)
 
 
-def _run_ray(tasks: list[RunTask], progress: _Progress, address: str | None, cpus_per_task: int | None) -> None:
+def _run_ray(tasks: list[RunTask], progress: _Progress, address: str | None, cpus_per_task: int | None,
+             device: str = "auto") -> None:
     try:
         import ray
     except ImportError:
@@ -366,22 +638,25 @@ def _run_ray(tasks: list[RunTask], progress: _Progress, address: str | None, cpu
     if started:  # a local instance (address None) or a running cluster; stopped again below
         ray.init(**({"address": address} if address else {"include_dashboard": False}))
     try:
-        _submit_and_collect(ray, tasks, progress, cpus_per_task)
+        _submit_and_collect(ray, tasks, progress, cpus_per_task, device)
     finally:
         if started:
             ray.shutdown()
 
 
-def _submit_and_collect(ray, tasks: list[RunTask], progress: _Progress, cpus_per_task: int | None) -> None:
+def _submit_and_collect(ray, tasks: list[RunTask], progress: _Progress, cpus_per_task: int | None,
+                        device: str = "auto") -> None:
     resources = ray.cluster_resources()
-    if resources.get("GPU", 0) >= 1:
+    if device != "cpu" and resources.get("GPU", 0) >= 1:
         options = {"num_gpus": 1, "num_cpus": cpus_per_task or 1}
+    elif device.startswith("cuda"):
+        raise XlgmError(f"--device {device}: the Ray cluster has no GPU")
     else:
         cpus = cpus_per_task or max(1, int(resources.get("CPU", 1) // max(1, len(tasks))))
         options = {"num_cpus": cpus}
     remote = ray.remote(**options)(ray_run_point)
     # Workers never show bars (their output is forwarded to the driver's terminal): the study bar is enough.
-    refs = {remote.remote(RunTask(t.spec, t.config, t.out, t.done, False)): t for t in tasks}
+    refs = {remote.remote(RunTask(t.spec, t.config, t.out, t.done, False, t.device)): t for t in tasks}
     pending, failures = list(refs), []
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)

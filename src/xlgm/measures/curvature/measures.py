@@ -59,10 +59,12 @@ def hessian_top_eig(ctx: MeasureContext, config: HessianTopEigConfig) -> Measure
     details: eigenvalues, hvps (operator applications), iterations, converged, residuals, history (the top
     estimate after each HVP).
     """
-    op = HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter)
+    op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter), ctx)
     if config.method == "lanczos":
+        ctx.expect(min(config.max_iters, op.size))
         res = lanczos(op, ctx.generator, k=config.k, max_iters=config.max_iters, tol=config.tol)
     else:
+        ctx.expect(min(config.k, op.size) * config.max_iters)
         res = power_iteration(op, ctx.generator, k=config.k, max_iters=config.max_iters, tol=config.tol)
     return ctx.result(
         res.eigenvalues[0],
@@ -92,7 +94,14 @@ class HessianTraceConfig:
         _check_count("num_matvecs", self.num_matvecs, 3 if self.method == "hutchpp" else 1)
 
 
+def _reporting(op, ctx: MeasureContext):
+    """The operator, telling the measure's progress of every application."""
+    op.on_apply = ctx.advance
+    return op
+
+
 def _trace(op, ctx: MeasureContext, method: str, num_matvecs: int):
+    ctx.expect(num_matvecs)  # Hutchinson: one application a probe; Hutch++: num_matvecs in all
     if method == "hutchinson":
         return hutchinson(op, ctx.generator, num_matvecs)
     return hutchpp(op, ctx.generator, num_matvecs)
@@ -110,7 +119,7 @@ def hessian_trace(ctx: MeasureContext, config: HessianTraceConfig) -> MeasureRes
     spread: std of the probe values z'Hz (for Hutch++: of the residual probes); num_samples: the probes.
     The standard error of the estimate is spread / sqrt(num_samples).
     """
-    op = HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter)
+    op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter), ctx)
     est = _trace(op, ctx, config.method, config.num_matvecs)
     return ctx.result(
         est.value,
@@ -153,6 +162,7 @@ def _per_example_sq_norm(ctx: MeasureContext, loss: torch.Tensor) -> float:
 def _exact_fisher_trace(ctx: MeasureContext, kind: str) -> list[float]:
     """Per-example contributions: ||∇CE_i||² (empirical) or Σ_c p_ic ||∇ log p_ic||² (true)."""
     values = []
+    ctx.expect(ctx.num_examples)
     for example in single_examples(ctx.batches):
         label = labels_of(example)
         with torch.enable_grad(), sparse_embedding_gradients(ctx.model, ctx.params):
@@ -166,6 +176,7 @@ def _exact_fisher_trace(ctx: MeasureContext, kind: str) -> list[float]:
                 values.append(sum(float(probs[c]) * _per_example_sq_norm(ctx, log_probs[c])
                                   for c in range(log_probs.shape[0])))
                 ctx.meter.backward(log_probs.shape[0])
+        ctx.advance()
     return values
 
 
@@ -189,7 +200,7 @@ def fisher_trace(ctx: MeasureContext, config: FisherTraceConfig) -> MeasureResul
         value, per_example_std = mean_and_spread(per_example)
         return ctx.result(value, fisher=config.fisher, method="exact", estimated=False,
                           per_example_std=per_example_std)
-    op = FisherOperator(ctx.model, ctx.batches, ctx.params, kind=config.fisher, meter=ctx.meter)
+    op = _reporting(FisherOperator(ctx.model, ctx.batches, ctx.params, kind=config.fisher, meter=ctx.meter), ctx)
     est = _trace(op, ctx, config.method, config.num_matvecs)
     return ctx.result(est.value, spread=est.spread, num_samples=est.num_samples, fisher=config.fisher,
                       method=config.method, estimated=True, fvps=est.applications, samples=est.samples)

@@ -21,7 +21,7 @@ kernels have no double backward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,8 @@ from xlgm.measures.params import flatten, unflatten
 
 
 class LinearOperator:
-    """A symmetric linear operator on vectors of length `size`; `matvec` counts its applications."""
+    """A symmetric linear operator on vectors of length `size`; `matvec` counts its applications (and calls
+    `on_apply()`, when set, after each: the measures' progress)."""
 
     size: int
     device: torch.device
@@ -41,12 +42,16 @@ class LinearOperator:
 
     def __init__(self) -> None:
         self.applications = 0
+        self.on_apply: Callable[[], None] | None = None
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if v.shape != (self.size,):
             raise ValueError(f"expected a vector of length {self.size}, got shape {tuple(v.shape)}")
         self.applications += 1
-        return self._matvec(v)
+        result = self._matvec(v)
+        if self.on_apply is not None:
+            self.on_apply()
+        return result
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

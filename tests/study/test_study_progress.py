@@ -1,0 +1,177 @@
+"""Progress: the study's bar knows its total before the first unit and only moves forward; long measures report
+their steps (HVPs, draws, ascent steps) through `compute_measure(progress=...)`, shown as a nested bar."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from study_testlib import CHECKPOINTS, LANGUAGES, MEASURES, RUNS, UNITS
+from xlgm.measures.base import compute_measure
+from xlgm.study.runner import expected_checkpoint_steps, run_study, training_rows
+from xlgm.study.spec import load_spec
+
+
+class RecordingBar(tqdm):
+    """A tqdm that writes nowhere and remembers every total it was given."""
+
+    bars: list["RecordingBar"] = []
+
+    def __init__(self, *args, **kwargs):
+        self.__dict__["totals"] = []
+        kwargs["file"] = io.StringIO()
+        super().__init__(*args, **kwargs)
+        RecordingBar.bars.append(self)
+
+    def __setattr__(self, name, value):
+        if name == "total":
+            self.__dict__["totals"].append(value)
+        super().__setattr__(name, value)
+
+
+@pytest.fixture
+def recording_bars(monkeypatch):
+    import xlgm.recipes.measure as measure_recipe
+    import xlgm.study.runner as runner
+
+    RecordingBar.bars = []
+    monkeypatch.setattr(runner, "tqdm", RecordingBar)
+    monkeypatch.setattr(measure_recipe, "tqdm", RecordingBar)
+    return RecordingBar.bars
+
+
+def test_the_study_bar_total_is_set_once_before_the_first_unit(tiny_spec_path, tmp_path, recording_bars):
+    result = run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=True)
+    [bar] = [b for b in recording_bars if str(b.desc).startswith("study tiny")]
+    assert bar.totals == [UNITS]  # never changed after the start
+    assert bar.n == UNITS and result.units_planned == result.units_done == result.units_total == UNITS
+
+
+def test_a_wrong_expectation_closes_the_bar_at_the_real_total(tiny_spec_path, tmp_path, recording_bars,
+                                                              monkeypatch):
+    """Should training save other checkpoints than expected (here: one expected checkpoint too many per run),
+    the total follows the real checkpoints when each run is trained, and the bar never moves backward."""
+    import xlgm.study.runner as runner
+
+    expected = runner.expected_checkpoint_steps
+    monkeypatch.setattr(runner, "expected_checkpoint_steps", lambda config, n: [1, *expected(config, n)])
+    per_checkpoint = LANGUAGES + MEASURES
+    result = run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=True)
+    [bar] = [b for b in recording_bars if str(b.desc).startswith("study tiny")]
+    assert bar.totals == [UNITS + RUNS * per_checkpoint, UNITS + per_checkpoint, UNITS]
+    assert bar.n == UNITS and result.units_planned == UNITS + RUNS * per_checkpoint
+    assert result.units_done == result.units_total == UNITS
+
+
+def test_expected_checkpoints_are_those_training_saves(tiny_bert_dir, tmp_path):
+    from xlgm.recipes.train import TrainConfig, train
+
+    # 29 rows (32 less 3 held out) in micro-batches of 4: 8 a epoch, 2 a step: 4 steps an epoch, 1.5 epochs: 6.
+    config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=32, batch_size=4, grad_accum=2, epochs=1.5,
+                         save_every=2, log_every=100)
+    assert training_rows(config) == 29
+    assert expected_checkpoint_steps(config, 29) == [2, 4, 6]
+    run = train(config, tmp_path / "run", show_progress=False)
+    index = json.loads((run / "checkpoints.json").read_text())
+    assert [c["step"] for c in index["checkpoints"]] == [2, 4, 6]
+    assert json.loads((run / "config.json").read_text())["num_train"] == 29
+
+
+def test_expected_checkpoint_steps_by_hand():
+    from xlgm.recipes.train import TrainConfig
+
+    assert expected_checkpoint_steps(TrainConfig(batch_size=8, save_every=2), 29) == [2, 4]  # the tiny study
+    assert expected_checkpoint_steps(TrainConfig(batch_size=8, save_every=0, epochs=2), 29) == [8]
+    assert expected_checkpoint_steps(TrainConfig(batch_size=8, save_every=3, epochs=2), 29) == [3, 6, 8]
+    assert expected_checkpoint_steps(TrainConfig(batch_size=8, grad_accum=8), 29) == [1]  # at least one step
+    # 25 steps an epoch, half an epoch: round(12.5) = 12 (train rounds half to even, as Python does)
+    assert expected_checkpoint_steps(TrainConfig(batch_size=32, save_every=5, epochs=0.5), 800) == [5, 10, 12]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Measures
+# ------------------------------------------------------------------------------------------------------------
+
+
+class LinearSoftmax(nn.Module):
+    def __init__(self, dim: int = 5, classes: int = 3):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.linear = nn.Linear(dim, classes, dtype=torch.float64)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(classes, dim, generator=gen, dtype=torch.float64))
+            self.linear.bias.copy_(0.3 * torch.randn(classes, generator=gen, dtype=torch.float64))
+
+    def forward(self, features):
+        return SequenceClassifierOutput(logits=self.linear(features))
+
+
+def batches(n: int = 10, dim: int = 5) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return [{"features": x[:6], "labels": y[:6]}, {"features": x[6:], "labels": y[6:]}]
+
+
+class Recorder:
+    def __init__(self):
+        self.expected = 0
+        self.done = 0
+        self.events: list[tuple[int, int | None]] = []
+
+    def __call__(self, steps: int, total: int | None) -> None:
+        self.events.append((steps, total))
+        if total is not None:
+            self.expected += total
+        self.done += steps
+        assert steps >= 0 and self.done <= self.expected  # forward only, never past what was announced
+
+
+# (measure, options, the steps it must report given its result's details)
+CASES = [
+    ("hessian-top-eig", {"max_iters": 12, "tol": 1e-8}, 12, lambda d: d["hvps"]),
+    ("hessian-top-eig", {"method": "power", "k": 2, "max_iters": 7, "tol": 1e-12}, 14, lambda d: d["hvps"]),
+    ("hessian-trace", {"num_matvecs": 5}, 5, lambda d: 5),
+    ("hessian-trace", {"method": "hutchpp", "num_matvecs": 9}, 9, lambda d: 9),
+    ("fisher-trace", {}, 10, lambda d: 10),
+    ("fisher-trace", {"method": "hutchinson", "num_matvecs": 4}, 4, lambda d: 4),
+    ("pacbayes-flatness", {"search_depth": 4, "num_draws": 2, "tolerance": 1e-9}, 8,
+     lambda d: d["iterations"] * 2),
+    ("sharpness-alpha", {"search_depth": 3, "ascent_steps": 2, "num_restarts": 2, "tolerance": 1e-9}, 12,
+     lambda d: d["iterations"] * 2 * 2),
+    ("sharpness-avg", {"num_draws": 3}, 3, lambda d: 3),
+    ("sharpness-diff", {"num_draws": 2}, 2, lambda d: 2),
+    ("sharpness-worst", {"steps": 4}, 4, lambda d: len(d["trace"])),
+]
+
+
+@pytest.mark.parametrize("name, options, expected, steps", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_long_measures_report_their_steps(name, options, expected, steps):
+    model, data = LinearSoftmax(), batches()
+    recorder = Recorder()
+    result = compute_measure(name, model, data, options, progress=recorder)
+    assert recorder.expected == expected  # announced before the first step
+    assert recorder.events[0] == (0, expected)
+    assert recorder.done == steps(result.details) > 0
+    assert all(s == 1 and t is None for s, t in recorder.events[1:])
+    # and the same value without a hook
+    assert compute_measure(name, LinearSoftmax(), data, options).value == result.value
+
+
+def test_the_nested_measure_bar(recording_bars):
+    from xlgm.recipes.measure import measure_progress
+
+    data = batches()
+    with measure_progress("hessian-trace") as hook:
+        compute_measure("hessian-trace", LinearSoftmax(), data, {"num_matvecs": 6}, progress=hook)
+    [bar] = recording_bars
+    assert bar.totals == [6] and bar.n == 6 and bar.leave is False
+    with measure_progress("margin") as hook:  # a measure without steps shows no bar
+        compute_measure("margin", LinearSoftmax(), data, progress=hook)
+    assert len(recording_bars) == 1
