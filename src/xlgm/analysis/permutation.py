@@ -25,9 +25,13 @@ here so that one set serves the three statistics and every (measure, target) pai
 smallest attainable p is 1/R! (4 runs: 0.042), reported as ``p_min``: a study with few runs cannot reject H0
 however strong the checkpoint-level correlation looks.
 
-Cost. Pearson and Spearman: O(B N log N) for B permutations of N cells. Kendall: through
-M[c, d, a, b] = sum_{k,l} [pairs of cells (a,k), (b,l) with the measures of runs c, d] sign dx sign dy, so that a
-permutation costs R^2 (O(R^4 K^2) once, for R <= 40 runs of K positions), else O(B N^2) directly.
+Cost. On a complete grid (every run has a finite value at every position) the ranks, means, variances and tie
+counts are the same for every permutation and only the cross terms move: R per permutation for Pearson and
+Spearman, R^2 for Kendall through M[c, d, a, b] = sum_{k,l} sign(x[c,k] - x[d,l]) sign(y[a,k] - y[b,l]), since
+the numerator of permutation pi is sum_{a,b} M[pi(a), pi(b), a, b] (M costs O(R^4 K^2) once). With missing
+cells the ranks are recomputed per permutation (O(B N log N) for B permutations of N cells) and Kendall's
+numerator and tie counts go through the same tensor with the masks folded in (R <= 40 runs), else through the
+N x N sign matrices of each permutation (O(B N^2)).
 """
 
 from __future__ import annotations

@@ -46,10 +46,17 @@ def _lookup(table: pd.DataFrame | None, measure: str, target: str, column: str) 
     return float(row[column].iloc[0]) if len(row) and pd.notna(row[column].iloc[0]) else math.nan
 
 
+def _note(table: pd.DataFrame, measure: str, target: str) -> str:
+    if "note" not in table.columns:
+        return ""
+    row = table[(table["measure"] == measure) & (table["target"] == target)]
+    return str(row["note"].iloc[0]) if len(row) and isinstance(row["note"].iloc[0], str) else ""
+
+
 def _decide(tau: float, lo: float, hi: float, p_holm: float, p_min: float, expected: int | None,
-            alpha: float) -> tuple[str, str]:
+            alpha: float, note: str = "") -> tuple[str, str]:
     if not math.isfinite(tau):
-        return "inconclusive", "tau undefined"
+        return "inconclusive", "tau undefined" + (f": {note}" if note else "")
     reasons = []
     if not (math.isfinite(lo) and math.isfinite(hi)):
         reasons.append("no interval")
@@ -109,7 +116,7 @@ def verdict_table(
                 "n_runs": int(n_runs) if math.isfinite(n_runs) else 0,
                 "n_checkpoints": int(n_ckpt) if math.isfinite(n_ckpt) else 0,
                 "psi": _lookup(granulated, measure, column, "psi"), "cmi_k": _lookup(cmi, measure, column, "k"),
-                "expected_sign": expected, "reference": citation,
+                "expected_sign": expected, "reference": citation, "note": _note(correlations, measure, column),
                 "health": "healthy" if healthy.get(measure, False) else (reason_of.get(measure) or "no health"),
             })
     table = pd.DataFrame(rows)
@@ -124,7 +131,7 @@ def verdict_table(
             reasons.append(f"unhealthy measure: {row.health}")
             continue
         verdict, reason = _decide(row.tau, row.ci_low, row.ci_high, row.p_holm, row.p_min,
-                                  None if pd.isna(row.expected_sign) else int(row.expected_sign), alpha)
+                                  None if pd.isna(row.expected_sign) else int(row.expected_sign), alpha, row.note)
         verdicts.append(verdict)
         reasons.append(reason)
     table["verdict"] = verdicts
