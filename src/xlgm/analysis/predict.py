@@ -283,6 +283,7 @@ def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "
 # The predictor's rivals: the errors cross_validate writes for each.
 BASELINES = {"same_as_source": "error_source", "other_languages": "error_other_languages",
              "source_anchor_only": "error_source_anchor"}
+ROUNDING = 1e-12  # MAE differences below this are floating-point noise, not a win
 BASELINE_COLUMNS = ["scheme", "baseline", "mae_predictor", "mae_baseline", "ratio", "difference", "ci_low", "ci_high",
                     "share_better", "beats", "best_rival", "n_languages", "rows"]
 
@@ -297,8 +298,8 @@ def compare_with_baselines(cv: pd.DataFrame, *, n_boot: int = 2000, confidence: 
     better), and a percentile interval of the difference from `n_boot` resamples of the languages (with
     replacement; a language's rows stay together, so the languages are the independent units and both errors of
     a row are always drawn together). ``share_better`` is the share of resamples in which the predictor's MAE is
-    lower; ``beats`` is whether the whole interval lies below 0. ``best_rival`` marks the baseline with the lowest
-    MAE (the one to beat).
+    lower by more than rounding (1e-12); ``beats`` is whether the whole interval lies below 0 by more than that.
+    ``best_rival`` marks the baseline(s) with the lowest MAE (the one to beat).
     """
     rows = []
     languages = cv["language"].to_numpy()
@@ -324,12 +325,12 @@ def compare_with_baselines(cv: pd.DataFrame, *, n_boot: int = 2000, confidence: 
             diff = diff[np.isfinite(diff)]
             if diff.size:
                 lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
-                share = float(np.mean(diff < 0))
+                share = float(np.mean(diff < -ROUNDING))
         rows.append({"scheme": str(cv["scheme"].iloc[0]), "baseline": baseline, "mae_predictor": float(mae_pred),
                      "mae_baseline": float(mae_base),
                      "ratio": float(mae_pred / mae_base) if mae_base > 0 else np.nan,
                      "difference": float(mae_pred - mae_base), "ci_low": float(lo), "ci_high": float(hi),
-                     "share_better": share, "beats": bool(np.isfinite(hi) and hi < 0),
+                     "share_better": share, "beats": bool(np.isfinite(hi) and hi < -ROUNDING),
                      "n_languages": int((count > 0).sum()), "rows": int(both.sum())})
     table = pd.DataFrame(rows, columns=[c for c in BASELINE_COLUMNS if c != "best_rival"])
     table.insert(BASELINE_COLUMNS.index("best_rival"), "best_rival",
