@@ -3,7 +3,7 @@
 A *measure* is a function `fn(ctx, config) -> MeasureResult` registered under a name:
 
     @register_measure("margin", reference="Bassi et al. 2024 ...", config_cls=MarginConfig,
-    expected_sign=1, direction_reference="Bassi et al. 2024; Jiang et al. 2020: a larger margin, better generalization")
+                      expected_sign=1, direction_reference="Bassi et al. 2024: a larger margin, better transfer")
     def margin(ctx: MeasureContext, config: MarginConfig) -> MeasureResult:
         ...
         return ctx.result(value, spread=..., num_samples=..., some_detail=...)

@@ -13,7 +13,8 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
                               runs and checkpoints behind each
     granulated.{csv,json}     Jiang et al.'s granulated Kendall Psi over the hyperparameter axes
     cmi.{csv,json}            Jiang et al.'s conditional-mutual-information criterion K vs the mean target accuracy
-    top.csv                   the strongest correlations by |tau|, with their adjusted p and whether they survive
+    top.csv                   the strongest correlations by |tau|, with their adjusted p, whether they survive and
+                              whether the measure is healthy
     summary.json              study id, unit, axes, measures, languages, rows, completeness
     settings.json             the spec, every measure's options, data sizes, library versions, wall times
 
@@ -224,7 +225,10 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     tables["health"] = measure_health(measure_rows(data), data.measures)
     tables["verdict"] = verdict_table(corr, tables["health"], directions, granulated=tables["granulated"],
                                       cmi=verdict_cmi, measures=data.measures)
-    tables["top"] = top_correlations(corr, a.top)
+    top = top_correlations(corr, a.top)
+    healthy = dict(zip(tables["health"]["measure"], tables["health"]["healthy"].astype(bool)))
+    top["healthy"] = [healthy.get(m, False) for m in top["measure"]]
+    tables["top"] = top
     return tables
 
 
@@ -324,36 +328,40 @@ def _num(v: Any, fmt: str, width: int = 0) -> str:
 def format_verdict(verdict: pd.DataFrame) -> str:
     """The verdict as a fixed-width table for the terminal."""
     width = max([len("measure")] + [len(str(m)) for m in verdict["measure"]])
-    head = (f"{'measure':<{width}}  {'target':<13}{'tau':>6} {'95% CI':>15} {'p':>7} {'p_holm':>7}{'runs':>5}"
+    head = (f"{'measure':<{width}}  {'target':<14}{'tau':>6} {'95% CI':>15} {'p':>7} {'p_holm':>7}{'runs':>5}"
             f"{'ckpts':>6}{'psi':>7}{'K':>6}{'exp':>5}  {'verdict':<13}health / reason")
     lines = [head]
     for r in verdict.itertuples(index=False):
         ci = f"[{_num(r.ci_low, '+.2f')}, {_num(r.ci_high, '+.2f')}]" if pd.notna(r.ci_low) else ""
         expected = "" if pd.isna(r.expected_sign) else ("+" if int(r.expected_sign) > 0 else "-")
         why = r.reason if r.verdict in ("excluded", "inconclusive", "disagrees") else r.health
-        lines.append(f"{r.measure:<{width}}  {r.target:<13}{_num(r.tau, '+.2f', 6)} {ci:>15} "
+        lines.append(f"{r.measure:<{width}}  {r.target:<14}{_num(r.tau, '+.2f', 6)} {ci:>15} "
                      f"{_num(r.p_raw, '.2g', 7)} {_num(r.p_holm, '.2g', 7)}{int(r.n_runs):>5}{int(r.n_checkpoints):>6}"
                      f"{_num(r.psi, '+.2f', 7)}{_num(r.cmi_k, '.2f', 6)}{expected:>5}  {r.verdict:<13}{why}")
     return "\n".join(lines)
 
 
 def format_top(top: pd.DataFrame) -> str:
+    """The strongest correlations for the terminal: raw and adjusted p, what survives, and whether the measure
+    is healthy (an unhealthy one is listed, marked, and kept out of the verdict)."""
     width = max([len("measure")] + [len(str(m)) for m in top.get("measure", [])])
     has_adjusted = "p_holm" in top.columns
     lines = [f"{'measure':<{width}}  {'target':<12}{'tau':>7} {'95% CI':>16} {'p':>8}"
-             + (f"{'p_holm':>8}{'p_bh':>8}" if has_adjusted else "")
+             + (f"{'p_holm':>9}{'p_bh':>9}" if has_adjusted else "")
              + f"{'spearman':>10}{'pearson':>9}{'runs':>5}{'n':>5}" + ("  survives" if has_adjusted else "")]
     for r in top.to_dict("records"):
         ci = f"[{_num(r['tau_lo'], '+.2f') or 'nan'}, {_num(r['tau_hi'], '+.2f') or 'nan'}]"
         line = (f"{r['measure']:<{width}}  {r['target']:<12}{_num(r['tau'], '+.3f', 7)} {ci:>16} "
-                f"{_num(r['tau_p'], '.3g', 8)}")
+                f"{_num(r['tau_p'], '.2g', 8)}")
         if has_adjusted:
-            line += f"{_num(r['p_holm'], '.3g', 8)}{_num(r['p_bh'], '.3g', 8)}"
+            line += f"{_num(r['p_holm'], '.2g', 9)}{_num(r['p_bh'], '.2g', 9)}"
         line += (f"{_num(r['spearman'], '+.3f', 10)}{_num(r['pearson'], '+.3f', 9)}"
                  f"{int(r.get('n_runs', r['n'])):>5}{int(r['n']):>5}")
         if has_adjusted:
             marks = [name for name in ("holm", "bh") if r.get(f"survives_{name}")]
             line += "  " + (", ".join(marks) if marks else "-")
+        if r.get("healthy") is False:
+            line += "  (unhealthy: not in the verdict)"
         lines.append(line)
     return "\n".join(lines)
 
