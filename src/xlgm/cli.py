@@ -272,7 +272,10 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
                             ("outputs", "label-free measures of outputs on unlabelled text (xlgm predict)")):
             print(f"# {title}")
             for name in list_measures(kind):
-                print(f"{name:<26} {get_measure(name).reference}")
+                spec = get_measure(name)
+                sign = {1: "+", -1: "-"}.get(spec.expected_sign, "?")
+                print(f"{name:<26} {spec.reference}\n{'':<26} expected vs accuracy: {sign} {spec.direction}")
+        print("# expected: + higher value goes with higher accuracy (better transfer), - with lower, ? not claimed")
         return []
     if not args.target:
         raise XlgmError("xlgm measure needs a TARGET: a run directory, a checkpoint directory or a model")

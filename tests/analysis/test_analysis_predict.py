@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from xlgm.analysis.predict import (
+    BASELINE_COLUMNS,
     GapRegressor,
     available_features,
+    compare_with_baselines,
     cross_validate,
     derive_features,
     other_languages_mean,
@@ -132,6 +134,58 @@ def test_summary_and_errors():
         cross_validate(synthetic()[lambda f: f.language == "de"], ["disagreement"])
     with pytest.raises(XlgmError, match="unknown scheme"):
         cross_validate(synthetic(), ["disagreement"], "k-fold")
+
+
+def _errors(pred, source, other, anchor) -> pd.DataFrame:
+    """A hand-made cv table: 3 languages x 2 checkpoints, the given absolute errors row by row."""
+    return pd.DataFrame({"scheme": "leave-one-language-out", "language": ["de", "de", "fr", "fr", "sw", "sw"],
+                         "error": pred, "error_source": source, "error_other_languages": other,
+                         "error_source_anchor": anchor})
+
+
+def test_predictor_against_each_rival_by_hand():
+    cv = _errors(pred=[0.02, 0.04, 0.01, 0.03, 0.02, 0.02], source=[0.05, 0.07, 0.04, 0.06, 0.05, 0.05],
+                 other=[0.01, 0.02, 0.01, 0.02, 0.01, np.nan], anchor=[0.02, 0.04, 0.01, 0.03, 0.02, 0.02])
+    table = compare_with_baselines(cv, n_boot=500, seed=1)
+    assert list(table.columns) == BASELINE_COLUMNS
+    t = table.set_index("baseline")
+    # same as source: 0.14 / 6 vs 0.32 / 6; the predictor is 0.03 better in every language: every resample agrees
+    assert t.loc["same_as_source", "mae_predictor"] == pytest.approx(0.14 / 6)
+    assert t.loc["same_as_source", "mae_baseline"] == pytest.approx(0.32 / 6)
+    assert t.loc["same_as_source", "ratio"] == pytest.approx(0.14 / 0.32)
+    assert t.loc["same_as_source", "ci_low"] == pytest.approx(-0.03) and t.loc["same_as_source", "ci_high"] == \
+        pytest.approx(-0.03)
+    assert t.loc["same_as_source", "beats"] and t.loc["same_as_source", "share_better"] == 1.0
+    # other languages: undefined on the last row, so both MAEs are over the 5 others (0.12 / 5 vs 0.07 / 5)
+    assert t.loc["other_languages", "rows"] == 5 and t.loc["other_languages", "n_languages"] == 3
+    assert t.loc["other_languages", "mae_predictor"] == pytest.approx(0.12 / 5)
+    assert t.loc["other_languages", "mae_baseline"] == pytest.approx(0.07 / 5)
+    assert t.loc["other_languages", "best_rival"] and not t.loc["other_languages", "beats"]
+    assert t.loc["other_languages", "ci_low"] > 0  # worse in every language: the whole interval above 0
+    # a tie: the difference is 0 in every resample, no resample better
+    assert t.loc["source_anchor_only", "difference"] == 0 and t.loc["source_anchor_only", "share_better"] == 0
+    assert t["best_rival"].sum() == 1
+
+
+def test_paired_bootstrap_resamples_languages_together():
+    # the predictor wins by 0.05 in de and loses by 0.01 in fr and sw: the per-resample difference is the
+    # row-weighted mean of the per-language differences, between -0.05 and +0.01
+    cv = _errors(pred=[0.0, 0.0, 0.02, 0.02, 0.02, 0.02], source=[0.05, 0.05, 0.01, 0.01, 0.01, 0.01],
+                 other=[0.1] * 6, anchor=[0.1] * 6)
+    row = compare_with_baselines(cv, n_boot=2000, seed=0).set_index("baseline").loc["same_as_source"]
+    assert row["difference"] == pytest.approx((0.08 - 0.14) / 6)
+    assert -0.05 - 1e-12 <= row["ci_low"] < row["difference"] < row["ci_high"] <= 0.01 + 1e-12
+    assert not row["beats"] and 0.2 < row["share_better"] < 0.9  # de drawn at least once in 1 - (2/3)^3 = 70%
+
+
+def test_summary_names_the_best_rival():
+    cv = cross_validate(synthetic(noise=0.01), ["disagreement", "cka"])
+    s = summarize(cv, n_boot=200)
+    assert set(s["versus"]) == {"same_as_source", "other_languages", "source_anchor_only"}
+    maes = {k: v["mae_baseline"] for k, v in s["versus"].items()}
+    assert s["best_rival"] == min(maes, key=maes.get)
+    assert s["ratio_to_best_rival"] == pytest.approx(s["mae"]["predicted"] / maes[s["best_rival"]])
+    assert s["versus"]["same_as_source"]["mae_baseline"] == pytest.approx(s["mae"]["same_as_source"])
 
 
 def test_derived_features_and_availability():

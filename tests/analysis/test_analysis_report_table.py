@@ -44,9 +44,13 @@ def test_correlation_table_shape_and_values(frame):
 
     row = table[(table["measure"] == "sharp") & (table["target"] == "mean_target")].iloc[0]
     mean_target = (frame["acc_de"] + frame["acc_sw"]) / 2
-    ref = correlate(frame["sharp"], mean_target, n_boot=200, seed=0, expected_sign=-1)
+    # whole runs resampled and permuted, checkpoints paired across runs by step
+    ref = correlate(frame["sharp"], mean_target, n_boot=200, seed=0, expected_sign=-1, runs=frame["run_id"],
+                    positions=frame["step"])
     assert row["tau"] == pytest.approx(ref.tau) and row["tau_lo"] == pytest.approx(ref.tau_lo)
+    assert row["tau_p"] == pytest.approx(ref.tau_p) and row["p_min"] == pytest.approx(1 / 10000)
     assert row["tau"] < -0.3 and row["n"] == 24 and row["expected_sign"] == -1 and row["agrees"]
+    assert row["n_runs"] == 12 and row["n_checkpoints"] == 24 and row["unit"] == "run"
     gap = table[(table["measure"] == "sharp") & (table["target"] == "mean_gap")].iloc[0]
     assert gap["expected_sign"] == 1  # a sharpness expected to fall with accuracy is expected to rise with the gap
     assert table.loc[table["measure"] == "good", "expected_sign"].isna().all()

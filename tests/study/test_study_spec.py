@@ -107,7 +107,8 @@ def test_shipped_specs_validate():
     demo = specs["demo.yaml"]
     assert demo.model == "embedded" and demo.data.kind == "bundled" and len(demo.target_languages) == 14
     assert {c.objective for c in demo.run_configs()} == {"adamw", "sam", "fisher", "mvr"}
-    assert {"margin", "sharpness-diff", "frobenius-distance", "hessian-top-eig"} <= set(demo.measures.names)
+    assert {"margin", "sharpness-diff", "frobenius-distance", "fisher-trace", "pacbayes-flatness"} <= set(
+        demo.measures.names)
     check = specs["predict-embedded.yaml"]  # the demo's AdamW and SAM runs, every bundled test row
     assert check.evaluation.max_examples == 500 and check.prediction.enabled and check.prediction.parallel
     assert check.train_options == demo.train_options and len(check.target_languages) == 14

@@ -1,10 +1,28 @@
 """Correlation of one generalization measure with one target: Kendall, Spearman and Pearson, with p-values and
 percentile-bootstrap confidence intervals.
 
-Point estimates and p-values are scipy's: `scipy.stats.kendalltau` (tau-b, ``method='auto'``),
-`scipy.stats.spearmanr` and `scipy.stats.pearsonr`. The correlation is reported raw: a measure that is expected
+Point estimates are scipy's: `scipy.stats.kendalltau` (tau-b), `scipy.stats.spearmanr` and `scipy.stats.pearsonr`. The correlation is reported raw: a measure that is expected
 to decrease with accuracy (e.g. sharpness) shows a negative coefficient. The caller may state the expected sign;
 it is reported beside the coefficient (``expected_sign``, ``agrees``) and never used to flip it.
+
+Runs. The rows of a study are checkpoints, and checkpoints of one run are not independent (they share the
+initialisation, the data order and most of the training). When the caller says which run each row belongs to
+(``runs``), the unit of resampling is the run:
+
+* the confidence interval is the cluster (run-level) percentile bootstrap (Davison & Hinkley 1997, §3.8; Field &
+  Welsh 2007): a resample draws R runs with replacement from the R runs and keeps every checkpoint of each
+  drawn run, so the within-run dependence is in every resample. In the weighted form below, a row's
+  multiplicity is the number of times its run was drawn;
+* the p-values are run-level permutation tests (`xlgm.analysis.permutation`): under H0 the runs are
+  exchangeable and a run's measure trajectory is independent of its target trajectory; the measures are moved
+  between runs as blocks, checkpoint k of one run paired with checkpoint k (the same step) of another. With R
+  runs no p-value is below 1/R! (``p_min``).
+
+Both are reported with ``n_runs`` and ``n_checkpoints`` (the rows used). Without ``runs`` every row is its own
+run: the bootstrap is over rows and the p-values are scipy's (`kendalltau` exact for small n without ties, else
+the normal approximation; `spearmanr` t distribution; `pearsonr` exact beta under bivariate normality), valid
+for independent rows. A simulation in the tests (200 studies, runs with a shared random effect, no relation)
+shows the run-level interval covering zero at the nominal rate and the row-level one far less often.
 
 Bootstrap. The confidence interval is the percentile bootstrap over rows (Efron & Tibshirani 1993, ch. 13): draw
 `n_boot` resamples of the n (x, y) pairs with replacement, compute the three coefficients on each, and take the
@@ -26,7 +44,8 @@ drawn as n uniform indices from a seeded `numpy.random.Generator`), and all resa
 Each equals the scipy statistic computed on the expanded resample (checked in the tests). A resample in which x
 or y is constant has no correlation; such resamples are left out of the quantiles and counted in the note.
 Cost: O(n_boot * n^2) time (one matrix product, for Kendall) and O(n^2 + n_boot * n) memory: ~0.05 s for
-n = 300, n_boot = 1000. The resamples of a given (n, n_boot, integer seed) are drawn once and cached.
+n = 300, n_boot = 1000. The resamples of a given (n, n_boot, integer seed) are drawn once and cached. With runs,
+the resampled units are the R runs (`resample_weights(R, ...)`) and each row takes its run's multiplicity.
 """
 
 from __future__ import annotations
@@ -38,7 +57,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats
+
+from xlgm.analysis.permutation import layout, permutation_test
 
 STATISTICS = ("tau", "spearman", "pearson")
 MIN_ROWS = 3
@@ -48,9 +70,12 @@ MIN_ROWS = 3
 class CorrelationResult:
     """Kendall tau-b, Spearman rho and Pearson r of (x, y), each with its p-value and bootstrap CI.
 
-    ``n`` counts the rows used (both values finite), ``n_dropped`` the rows left out for a NaN/inf. ``note`` says
-    why a value is NaN ("" when nothing is). ``expected_sign`` is the caller's hypothesis (+1, -1 or None) and
-    ``agrees`` whether sign(tau) matches it (None without a hypothesis or when tau is NaN or 0).
+    ``n`` counts the rows used (both values finite), ``n_dropped`` the rows left out for a NaN/inf;
+    ``n_checkpoints`` = ``n`` and ``n_runs`` the runs they come from (= n without runs). ``unit`` is what was
+    resampled and permuted: "run" (runs given) or "checkpoint" (rows taken as independent). ``p_method`` names the
+    test behind the p-values and ``p_min`` the smallest p-value it can give (NaN for scipy's tests). ``note``
+    says why a value is NaN ("" when nothing is). ``expected_sign`` is the caller's hypothesis (+1, -1 or None)
+    and ``agrees`` whether sign(tau) matches it (None without a hypothesis or when tau is NaN or 0).
     """
 
     tau: float
@@ -69,6 +94,11 @@ class CorrelationResult:
     n_dropped: int
     n_boot: int
     confidence: float
+    n_runs: int = 0
+    n_checkpoints: int = 0
+    unit: str = "checkpoint"
+    p_method: str = ""
+    p_min: float = math.nan
     expected_sign: int | None = None
     agrees: bool | None = None
     note: str = ""
@@ -91,13 +121,13 @@ def _agrees(tau: float, expected_sign: int | None) -> bool | None:
     return bool(np.sign(tau) == expected_sign)
 
 
-def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray, int]:
+def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y as float arrays and the mask of the rows where both are finite."""
     x = np.asarray(x, dtype=float).ravel()
     y = np.asarray(y, dtype=float).ravel()
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    return x[keep], y[keep], int((~keep).sum())
+    return x, y, np.isfinite(x) & np.isfinite(y)
 
 
 @functools.lru_cache(maxsize=4)
@@ -201,6 +231,9 @@ def correlate(
     confidence: float = 0.95,
     seed: int | np.random.Generator | None = 0,
     expected_sign: int | None = None,
+    runs: Sequence | None = None,
+    positions: Sequence | None = None,
+    n_perm: int = 9999,
 ) -> CorrelationResult:
     """Kendall tau-b, Spearman rho and Pearson r of a measure `x` and a target `y`, with p-values and CIs.
 
@@ -211,26 +244,44 @@ def correlate(
         x, y: paired values (e.g. a measure column and ``mean_target``).
         n_boot: bootstrap resamples (0 skips the CI: lo/hi are NaN).
         confidence: two-sided level of the percentile interval, in (0, 1).
-        seed: seed of the `numpy.random.Generator` that draws the resamples (or a Generator): same seed, same CI.
+        seed: seed of the `numpy.random.Generator` that draws the resamples and the permutations (or a
+            Generator, for the resamples): same seed, same CI and p-values.
         expected_sign: the hypothesised sign of the correlation (+1 or -1), reported in ``expected_sign`` and
             ``agrees``; the coefficients are never flipped.
+        runs: the run of each row. Given, the bootstrap resamples whole runs and the p-values come from a
+            run-level permutation test (module docstring); None: rows are independent.
+        positions: each row's place in its run (e.g. its step), pairing checkpoints across runs in the
+            permutation test; default: the order of the rows within their run.
+        n_perm: permutations of the runs (all of them when R! <= n_perm); 0 leaves the p-values NaN.
 
     Returns:
-        A `CorrelationResult`. p-values are scipy's two-sided ones: `scipy.stats.kendalltau` (tau-b, exact for
-        small n without ties, else the normal approximation), `scipy.stats.spearmanr` (t distribution) and
-        `scipy.stats.pearsonr` (exact beta distribution under bivariate normality). The CI is the percentile
-        bootstrap over rows described in the module docstring.
+        A `CorrelationResult`.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if n_perm < 0:
+        raise ValueError(f"n_perm must be >= 0, got {n_perm}")
     expected_sign = _check_sign(expected_sign)
-    xs, ys, dropped = _finite_pairs(x, y)
+    x_all, y_all, keep = _finite_pairs(x, y)
+    xs, ys = x_all[keep], y_all[keep]
+    dropped = int((~keep).sum())
     n = int(xs.size)
+    if runs is not None:
+        run_labels = np.asarray(pd.Series(list(runs), dtype=object))
+        if run_labels.size != keep.size:
+            raise ValueError(f"runs must have one label per row, got {run_labels.size} for {keep.size} rows")
+        run_labels = run_labels[keep]
+        pos = None if positions is None else np.asarray(list(positions), dtype=object)[keep]
+        grid = layout(run_labels, pos)  # raises on two rows at one (run, position)
+        run_index, n_runs, unit = grid.run, grid.n_runs, "run"
+    else:
+        run_index, n_runs, unit = np.arange(n), n, "checkpoint"
     nan = math.nan
     values = {s: [nan, nan, nan, nan] for s in STATISTICS}  # estimate, p, lo, hi
     notes: list[str] = []
+    p_method, p_min = "", nan
     if dropped:
         notes.append(f"{dropped} row(s) with NaN/inf dropped")
     if n < MIN_ROWS:
@@ -240,13 +291,23 @@ def correlate(
         notes[-1] += ": correlations undefined (NaN)"
     else:
         for name, (est, p) in _point_estimates(xs, ys).items():
-            values[name][0], values[name][1] = est, p
+            values[name][0] = est
+            if unit == "checkpoint":
+                values[name][1] = p
+        if unit == "checkpoint":
+            p_method = "scipy (independent rows)"
+        elif n_perm > 0:
+            test = permutation_test(xs, ys, run_labels, pos, n_perm=n_perm,
+                                    seed=None if isinstance(seed, np.random.Generator) else seed)
+            for name in STATISTICS:
+                values[name][1] = test.p[name]
+            p_method, p_min = test.method, test.p_min
         if n_boot > 0:
             if isinstance(seed, np.random.Generator):
-                weights = resample_weights(n, n_boot, seed)
-            else:  # same draws as resample_weights(n, n_boot, np.random.default_rng(seed)), cached
-                weights = _seeded_weights(n, n_boot, None if seed is None else int(seed))
-            boot = bootstrap_statistics(xs, ys, weights)
+                run_weights = resample_weights(n_runs, n_boot, seed)
+            else:  # same draws as resample_weights(n_runs, n_boot, np.random.default_rng(seed)), cached
+                run_weights = _seeded_weights(n_runs, n_boot, None if seed is None else int(seed))
+            boot = bootstrap_statistics(xs, ys, run_weights[:, run_index])
             for name in STATISTICS:
                 values[name][2], values[name][3] = _percentile_interval(boot[name], confidence)
             undefined = int(np.isnan(boot["tau"]).sum())
@@ -255,5 +316,5 @@ def correlate(
     tau = values["tau"][0]
     return CorrelationResult(
         *values["tau"], *values["spearman"], *values["pearson"], n=n, n_dropped=dropped, n_boot=int(n_boot),
-        confidence=float(confidence), expected_sign=expected_sign, agrees=_agrees(tau, expected_sign),
-        note="; ".join(notes))
+        confidence=float(confidence), n_runs=int(n_runs), n_checkpoints=n, unit=unit, p_method=p_method,
+        p_min=p_min, expected_sign=expected_sign, agrees=_agrees(tau, expected_sign), note="; ".join(notes))

@@ -280,8 +280,67 @@ def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "
     return out.reset_index(drop=True)
 
 
-def summarize(cv: pd.DataFrame) -> dict:
-    """Mean absolute errors of the predictor and both baselines, overall and per language."""
+# The predictor's rivals: the errors cross_validate writes for each.
+BASELINES = {"same_as_source": "error_source", "other_languages": "error_other_languages",
+             "source_anchor_only": "error_source_anchor"}
+ROUNDING = 1e-12  # MAE differences below this are floating-point noise, not a win
+BASELINE_COLUMNS = ["scheme", "baseline", "mae_predictor", "mae_baseline", "ratio", "difference", "ci_low", "ci_high",
+                    "share_better", "beats", "best_rival", "n_languages", "rows"]
+
+
+def compare_with_baselines(cv: pd.DataFrame, *, n_boot: int = 2000, confidence: float = 0.95,
+                           seed: int = 0) -> pd.DataFrame:
+    """The predictor against each rival, with a paired bootstrap over languages.
+
+    For each baseline of `BASELINES` (rows where the baseline is undefined, e.g. "other languages" for a
+    checkpoint with one target language, are left out of that comparison): the MAE of the predictor and of the
+    baseline over the same rows, their ratio and difference (predictor - baseline; negative = the predictor is
+    better), and a percentile interval of the difference from `n_boot` resamples of the languages (with
+    replacement; a language's rows stay together, so the languages are the independent units and both errors of
+    a row are always drawn together). ``share_better`` is the share of resamples in which the predictor's MAE is
+    lower by more than rounding (1e-12); ``beats`` is whether the whole interval lies below 0 by more than that.
+    ``best_rival`` marks the baseline(s) with the lowest MAE (the one to beat).
+    """
+    rows = []
+    languages = cv["language"].to_numpy()
+    names, index = np.unique(languages, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(n_boot, len(names)))
+    weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws]).astype(float) if n_boot else None
+    alpha = (1.0 - confidence) / 2.0
+    for baseline, column in BASELINES.items():
+        both = cv["error"].notna() & cv[column].notna()
+        if not both.any():
+            continue
+        idx = index[both.to_numpy()]
+        count = np.bincount(idx, minlength=len(names)).astype(float)
+        pred = np.bincount(idx, weights=cv.loc[both, "error"].to_numpy(dtype=float), minlength=len(names))
+        base = np.bincount(idx, weights=cv.loc[both, column].to_numpy(dtype=float), minlength=len(names))
+        mae_pred, mae_base = pred.sum() / count.sum(), base.sum() / count.sum()
+        lo = hi = share = np.nan
+        if weights is not None:
+            n = weights @ count
+            with np.errstate(invalid="ignore", divide="ignore"):
+                diff = (weights @ pred) / n - (weights @ base) / n
+            diff = diff[np.isfinite(diff)]
+            if diff.size:
+                lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
+                share = float(np.mean(diff < -ROUNDING))
+        rows.append({"scheme": str(cv["scheme"].iloc[0]), "baseline": baseline, "mae_predictor": float(mae_pred),
+                     "mae_baseline": float(mae_base),
+                     "ratio": float(mae_pred / mae_base) if mae_base > 0 else np.nan,
+                     "difference": float(mae_pred - mae_base), "ci_low": float(lo), "ci_high": float(hi),
+                     "share_better": share, "beats": bool(np.isfinite(hi) and hi < -ROUNDING),
+                     "n_languages": int((count > 0).sum()), "rows": int(both.sum())})
+    table = pd.DataFrame(rows, columns=[c for c in BASELINE_COLUMNS if c != "best_rival"])
+    table.insert(BASELINE_COLUMNS.index("best_rival"), "best_rival",
+                 table["mae_baseline"] == table["mae_baseline"].min() if len(table) else [])
+    return table
+
+
+def summarize(cv: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean absolute errors of the predictor and the baselines, overall and per language, and the predictor
+    against each baseline and its best rival (`compare_with_baselines`)."""
     def maes(rows: pd.DataFrame) -> dict:
         return {"predicted": float(rows["error"].mean()),
                 "predicted_source_anchor": float(rows["error_source_anchor"].mean()),
@@ -290,5 +349,12 @@ def summarize(cv: pd.DataFrame) -> dict:
 
     overall = maes(cv)
     ratio = overall["predicted"] / overall["same_as_source"] if overall["same_as_source"] > 0 else float("nan")
+    versus = compare_with_baselines(cv, n_boot=n_boot, seed=seed)
+    best = versus[versus["best_rival"]].iloc[0] if versus["best_rival"].any() else None
     return {"scheme": str(cv["scheme"].iloc[0]), "mae": overall, "ratio_to_same_as_source": ratio,
+            "best_rival": None if best is None else str(best["baseline"]),
+            "ratio_to_best_rival": float("nan") if best is None else float(best["ratio"]),
+            "beats_best_rival": bool(best is not None and best["beats"]),
+            "versus": {r["baseline"]: {k: r[k] for k in BASELINE_COLUMNS if k not in ("scheme", "baseline")}
+                       for r in versus.to_dict("records")},
             "per_language": {lang: maes(rows) for lang, rows in cv.groupby("language", sort=False)}}

@@ -31,7 +31,7 @@ CORRELATION_COLUMNS = [
     "tau", "tau_p", "tau_lo", "tau_hi",
     "spearman", "spearman_p", "spearman_lo", "spearman_hi",
     "pearson", "pearson_p", "pearson_lo", "pearson_hi",
-    "n", "n_dropped", "expected_sign", "agrees", "note",
+    "n", "n_dropped", "n_runs", "n_checkpoints", "unit", "p_method", "p_min", "expected_sign", "agrees", "note",
 ]
 
 
@@ -95,6 +95,7 @@ def correlation_table(
     confidence: float = 0.95,
     seed: int = 0,
     expected_signs: Mapping[str, int] | None = None,
+    n_perm: int = 9999,
 ) -> pd.DataFrame:
     """One row per (measure, target) with Kendall tau-b, Spearman and Pearson, their p-values and bootstrap CIs.
 
@@ -110,12 +111,16 @@ def correlation_table(
             a fresh Generator seeded with `seed`, so a row's CI does not depend on the other rows).
         expected_signs: measure -> expected sign of its correlation with accuracy (+1/-1); for gap targets the
             expected sign is the opposite (`expected_sign_for`). Reported in ``expected_sign``/``agrees`` only.
+        n_perm: permutations of the runs for the p-values (`xlgm.analysis.permutation`).
+
+    With a ``run_id`` column, the bootstrap resamples whole runs and the p-values are run-level permutation tests
+    (`xlgm.analysis.correlation`); n_runs and n_checkpoints say how many of each a row rests on.
 
     Returns:
         Long-form DataFrame with columns `CORRELATION_COLUMNS`: measure, target, target_kind ("accuracy",
         "mean_target", "gap", "mean_gap"), language (None for the means), tau, tau_p, tau_lo, tau_hi, spearman,
-        spearman_p, spearman_lo, spearman_hi, pearson, pearson_p, pearson_lo, pearson_hi, n, n_dropped,
-        expected_sign, agrees, note.
+        spearman_p, spearman_lo, spearman_hi, pearson, pearson_p, pearson_lo, pearson_hi, n, n_dropped, n_runs,
+        n_checkpoints, unit, p_method, p_min, expected_sign, agrees, note.
     """
     if axes:
         require_columns(frame, list(axes), "analysis frame (axes)")
@@ -126,12 +131,17 @@ def correlation_table(
     if unknown:
         raise AnalysisInputError(f"expected_signs: unknown measure(s) {unknown}")
     rows = []
+    # whole runs are resampled and permuted (xlgm.analysis.correlation); checkpoints pair across runs by step
+    runs = data["run_id"].to_numpy() if "run_id" in data.columns else None
+    positions = data["step"].to_numpy() if unit == "checkpoint" and runs is not None and "step" in data.columns \
+        else None
     for measure in measures:
         x = pd.to_numeric(data[measure], errors="coerce").to_numpy(dtype=float)
         for target in targets:
             y = data[target].to_numpy(dtype=float)
             result = correlate(x, y, n_boot=n_boot, confidence=confidence, seed=seed,
-                               expected_sign=expected_sign_for(target, expected_signs.get(measure)))
+                               expected_sign=expected_sign_for(target, expected_signs.get(measure)),
+                               runs=runs, positions=positions, n_perm=n_perm)
             kind, language = describe_target(target)
             rows.append({"measure": measure, "target": target, "target_kind": kind, "language": language,
                          **result.as_dict()})
@@ -243,5 +253,6 @@ def top_correlations(
     order = np.argsort(-np.nan_to_num(rows[by].abs().to_numpy(dtype=float), nan=-1.0), kind="stable")
     top = rows.iloc[order[: max(int(k), 0)]]
     wanted = ["measure", "target", by, f"{by}_p", f"{by}_lo", f"{by}_hi"] + [
-        s for s in ("tau", "spearman", "pearson") if s != by] + ["n", "expected_sign", "agrees"]
+        s for s in ("tau", "spearman", "pearson") if s != by] + [
+        "n", "n_runs", "n_checkpoints", "p_holm", "p_bh", "survives_holm", "survives_bh", "expected_sign", "agrees"]
     return top[[c for c in dict.fromkeys(wanted) if c in top.columns]].reset_index(drop=True)

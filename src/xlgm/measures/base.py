@@ -2,7 +2,8 @@
 
 A *measure* is a function `fn(ctx, config) -> MeasureResult` registered under a name:
 
-    @register_measure("margin", reference="Bassi et al. 2024 ...", config_cls=MarginConfig)
+    @register_measure("margin", reference="Bassi et al. 2024 ...", config_cls=MarginConfig,
+                      expected_sign=1, direction_reference="Bassi et al. 2024: a larger margin, better transfer")
     def margin(ctx: MeasureContext, config: MarginConfig) -> MeasureResult:
         ...
         return ctx.result(value, spread=..., num_samples=..., some_detail=...)
@@ -69,6 +70,64 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+HEALTH_KEYS = ("converged", "residual", "tolerance", "iteration_cap_reached", "saturated")
+
+
+@dataclass(frozen=True)
+class MeasureHealth:
+    """Whether a measure's value can be trusted as computed, from the measure's own bookkeeping.
+
+    converged: an iterative estimate (Lanczos, power iteration, bisection) met its stopping tolerance; None when
+    the measure has no iteration to converge (a closed form, a fixed number of draws or steps). residual and
+    tolerance: the quantity the stopping rule compared and its threshold (e.g. the relative Ritz residual and
+    `tol`; |deviation - target| and `tolerance`). iteration_cap_reached: the iteration limit ended the run before
+    convergence. saturated: a search ended against an end of its bracket (its value is then a bound, not an
+    estimate: e.g. a bisection whose every step overshot stops at its depth limit next to the lower end).
+    nonfinite: how many of the value and spread are NaN/inf.
+    """
+
+    converged: bool | None = None
+    residual: float | None = None
+    tolerance: float | None = None
+    iteration_cap_reached: bool | None = None
+    saturated: bool | None = None
+    nonfinite: int = 0
+
+    @classmethod
+    def from_details(cls, value: float, spread: float | None, details: Mapping[str, Any]) -> "MeasureHealth":
+        """Read from the standard detail keys (`HEALTH_KEYS`) a measure reports; absent keys stay None."""
+        known = {k: details.get(k) for k in HEALTH_KEYS}
+        for key in ("converged", "iteration_cap_reached", "saturated"):
+            known[key] = None if known[key] is None else bool(known[key])
+        for key in ("residual", "tolerance"):
+            known[key] = None if known[key] is None else float(known[key])
+        nonfinite = sum(v is not None and not math.isfinite(float(v)) for v in (value, spread))
+        return cls(**known, nonfinite=int(nonfinite))
+
+    @property
+    def problems(self) -> list[str]:
+        """Short reasons not to trust the value ([] when healthy)."""
+        out = []
+        if self.converged is False:
+            detail = (f" (residual {self.residual:.3g} > tolerance {self.tolerance:.3g})"
+                      if self.residual is not None and self.tolerance is not None else "")
+            out.append("not converged" + detail)
+        if self.iteration_cap_reached:
+            out.append("iteration cap reached")
+        if self.saturated:
+            out.append("saturated at the search bound")
+        if self.nonfinite:
+            out.append(f"{self.nonfinite} NaN/inf")
+        return out
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class MeasureResult:
     """One measure's value on one model and data set.
@@ -76,7 +135,9 @@ class MeasureResult:
     value: the measure (a float). spread: the standard deviation (ddof=1) of the per-sample values where the
     measure samples (Monte Carlo draws, Hutchinson probes), else None. num_samples: how many samples the value
     averages (None when it does not sample). details: everything else worth keeping (search traces, radii,
-    losses before/after, per-layer values, operator applications, cost in forward-pass units...).
+    losses before/after, per-layer values, operator applications, cost in forward-pass units...). health: how
+    far the value can be trusted (`MeasureHealth`); by default read from the standard detail keys
+    `HEALTH_KEYS` the measure reports and from whether value and spread are finite.
     """
 
     name: str
@@ -84,6 +145,11 @@ class MeasureResult:
     spread: float | None = None
     num_samples: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    health: MeasureHealth | None = None
+
+    def __post_init__(self) -> None:
+        if self.health is None:
+            object.__setattr__(self, "health", MeasureHealth.from_details(self.value, self.spread, self.details))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +158,7 @@ class MeasureResult:
             "spread": self.spread,
             "num_samples": self.num_samples,
             "details": _jsonable(self.details),
+            "health": _jsonable(self.health.to_dict()),
         }
 
 
@@ -256,7 +323,9 @@ class MeasureContext:
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """A registered measure: its name, function, reference (paper and equation), config class and kind."""
+    """A registered measure: its name, function, reference (paper and equation), config class and kind, and the
+    direction the literature expects: `expected_sign` +1 when a higher value should go with higher accuracy
+    (better transfer), -1 when with lower, None when no direction is claimed; `direction_reference` cites it."""
 
     name: str
     fn: Callable[..., MeasureResult]
@@ -264,6 +333,16 @@ class MeasureSpec:
     config_cls: type
     kind: str = "model"  # "model": (model, batches); "group": (state_dicts); "outputs": (TextOutputs, ...)
     inputs: tuple[str, ...] = ()  # extra keyword inputs compute_measure accepts (e.g. init_state)
+    expected_sign: int | None = None
+    direction_reference: str = ""
+
+    @property
+    def direction(self) -> str:
+        """The expected direction in words, e.g. "higher -> better (Bassi et al. 2024)"."""
+        if self.expected_sign is None:
+            return "no expected direction"
+        words = "higher -> better" if self.expected_sign > 0 else "higher -> worse"
+        return f"{words} ({self.direction_reference})" if self.direction_reference else words
 
     @property
     def doc(self) -> str:
@@ -279,19 +358,24 @@ KINDS = ("model", "group", "outputs")
 
 
 def register_measure(
-    name: str, *, reference: str, config_cls: type, kind: str = "model", inputs: Iterable[str] = ()
+    name: str, *, reference: str, config_cls: type, kind: str = "model", inputs: Iterable[str] = (),
+    expected_sign: int | None = None, direction_reference: str = "",
 ) -> Callable[[Callable[..., MeasureResult]], Callable[..., MeasureResult]]:
     """Register `fn(ctx, config)` (kind="model"), `fn(state_dicts, config, param_filter)` (kind="group") or
-    `fn(target, config, source, peers)` (kind="outputs")."""
+    `fn(target, config, source, peers)` (kind="outputs"), with the sign of its expected correlation with
+    accuracy (+1, -1 or None) and the work that expects it."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if expected_sign not in (1, -1, None):
+        raise ValueError(f"expected_sign of {name!r} must be +1, -1 or None, got {expected_sign!r}")
     if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
         raise TypeError(f"config_cls of {name!r} must be a frozen dataclass")
 
     def decorate(fn: Callable[..., MeasureResult]) -> Callable[..., MeasureResult]:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"measure {name!r} is already registered")
-        _REGISTRY[name] = MeasureSpec(name, fn, reference, config_cls, kind, tuple(inputs))
+        _REGISTRY[name] = MeasureSpec(name, fn, reference, config_cls, kind, tuple(inputs), expected_sign,
+                                      direction_reference)
         return fn
 
     return decorate

@@ -114,7 +114,8 @@ class NoConfig:
 
 
 @register_measure("confidence-margin", reference="Bassi et al. 2024, Sec. 3 (margin), with the model's own "
-                  "predictions as labels", config_cls=NoConfig, kind="outputs")
+                  "predictions as labels", config_cls=NoConfig, kind="outputs",
+                  expected_sign=1, direction_reference="Hendrycks & Gimpel 2017: more confident, more accurate")
 def confidence_margin(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean of p(ŷ|x) - max_{j≠ŷ} p(j|x) over the rows, ŷ = argmax: the probability margin with pseudo-labels."""
     first, second = top_two(target.probabilities)
@@ -124,7 +125,8 @@ def confidence_margin(target: TextOutputs, config: NoConfig, source=None, peers=
 
 
 @register_measure("prediction-entropy", reference="Shannon entropy of the predictive distribution",
-                  config_cls=NoConfig, kind="outputs")
+                  config_cls=NoConfig, kind="outputs",
+                  expected_sign=-1, direction_reference="Hendrycks & Gimpel 2017: less certain, less accurate")
 def prediction_entropy(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean of H(p(·|x)) = -Σ_j p_j log p_j (nats) over the rows; details also give it divided by log K."""
     p = target.probabilities
@@ -149,7 +151,8 @@ def _scores(outputs: TextOutputs, score: str) -> np.ndarray:
 
 @register_measure("atc-accuracy", reference="Garg et al. 2022, Leveraging Unlabeled Data to Predict "
                   "Out-of-Distribution Performance, ICLR, Eq. 1 (ATC)", config_cls=AtcConfig, kind="outputs",
-                  inputs=("source",))
+                  inputs=("source",),
+                  expected_sign=1, direction_reference="Garg et al. 2022: an estimate of the accuracy")
 def atc_accuracy(target: TextOutputs, config: AtcConfig, source=None, peers=()) -> MeasureResult:
     """Predicted target accuracy: the share of target rows whose confidence score exceeds the threshold t at
     which the share of labelled source rows above t equals the source accuracy."""
@@ -161,7 +164,8 @@ def atc_accuracy(target: TextOutputs, config: AtcConfig, source=None, peers=()) 
 
 
 @register_measure("doc-accuracy", reference="Guillory et al. 2021, Predicting with Confidence on Unseen "
-                  "Distributions, ICCV, Sec. 3 (DoC)", config_cls=NoConfig, kind="outputs", inputs=("source",))
+                  "Distributions, ICCV, Sec. 3 (DoC)", config_cls=NoConfig, kind="outputs", inputs=("source",),
+                  expected_sign=1, direction_reference="Guillory et al. 2021: an estimate of the accuracy")
 def doc_accuracy(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Predicted target accuracy: source accuracy - (mean max-probability on source - on target)."""
     src = _need_source("doc-accuracy", source, labels=True)
@@ -174,7 +178,8 @@ def doc_accuracy(target: TextOutputs, config: NoConfig, source=None, peers=()) -
 
 @register_measure("translation-agreement", reference="cross-lingual consistency of predictions on parallel "
                   "text; cf. Jiang et al. 2022, Assessing Generalization of SGD via Disagreement, ICLR",
-                  config_cls=NoConfig, kind="outputs", inputs=("source",))
+                  config_cls=NoConfig, kind="outputs", inputs=("source",),
+                  expected_sign=1, direction_reference="a prediction that survives translation keeps its correctness")
 def translation_agreement(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Share of rows i whose prediction on the target text equals the prediction on source row i (its
     translation). No labels are used."""
@@ -185,7 +190,8 @@ def translation_agreement(target: TextOutputs, config: NoConfig, source=None, pe
 
 @register_measure("translation-gap", reference="xlgm: expected accuracy change on parallel text under the source "
                   "posterior (no paper; see the module docstring)", config_cls=NoConfig, kind="outputs",
-                  inputs=("source",))
+                  inputs=("source",),
+                  expected_sign=1, direction_reference="xlgm: an expected target-minus-source accuracy change")
 def translation_gap(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean over parallel rows i of p_src,i(ŷ_tgt,i) - p_src,i(ŷ_src,i): how much probability the model's
     source-language posterior gives the target prediction, minus its own prediction. If that posterior were
@@ -200,7 +206,8 @@ def translation_gap(target: TextOutputs, config: NoConfig, source=None, peers=()
 
 @register_measure("checkpoint-agreement", reference="Jiang et al. 2022, Assessing Generalization of SGD via "
                   "Disagreement, ICLR; Baek et al. 2022, Agreement-on-the-Line, NeurIPS", config_cls=NoConfig,
-                  kind="outputs", inputs=("peers",))
+                  kind="outputs", inputs=("peers",),
+                  expected_sign=1, direction_reference="Jiang et al. 2022: agreement tracks accuracy")
 def checkpoint_agreement(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean over peers (other checkpoints or seeds, outputs on the same rows) of the share of rows on which
     the two predictions agree; the spread is over peers."""
@@ -226,7 +233,8 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @register_measure("linear-cka", reference="Kornblith et al. 2019, Similarity of Neural Network Representations "
-                  "Revisited, ICML, Eq. 5 (linear CKA)", config_cls=NoConfig, kind="outputs", inputs=("source",))
+                  "Revisited, ICML, Eq. 5 (linear CKA)", config_cls=NoConfig, kind="outputs", inputs=("source",),
+                  expected_sign=1, direction_reference="Conneau et al. 2020: closer to the source, better transfer")
 def linear_cka_measure(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Linear CKA between the sentence embeddings of source rows and their translations (1 = identical up to
     rotation and scale)."""
@@ -237,7 +245,8 @@ def linear_cka_measure(target: TextOutputs, config: NoConfig, source=None, peers
 
 @register_measure("embedding-distance", reference="distance between language centroids of sentence embeddings "
                   "(cf. Libovický et al. 2020, On the Language Neutrality of Pre-trained Multilingual "
-                  "Representations)", config_cls=NoConfig, kind="outputs", inputs=("source",))
+                  "Representations)", config_cls=NoConfig, kind="outputs", inputs=("source",),
+                  expected_sign=-1, direction_reference="Conneau et al. 2020: farther from the source, worse transfer")
 def embedding_distance(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """||mean(source embeddings) - mean(target embeddings)||_2 / RMS norm of the source embeddings; the text
     need not be parallel. Details: the unscaled distance and the cosine distance of the two means."""
@@ -264,7 +273,8 @@ def retrieval_hits(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 @register_measure("retrieval-accuracy", reference="translation retrieval by nearest neighbour, XTREME "
                   "Tatoeba protocol (Hu et al. 2020, ICML); centering after Libovický et al. 2020",
-                  config_cls=RetrievalConfig, kind="outputs", inputs=("source",))
+                  config_cls=RetrievalConfig, kind="outputs", inputs=("source",),
+                  expected_sign=1, direction_reference="Hu et al. 2020 (XTREME): better aligned, better transfer")
 def retrieval_accuracy(target: TextOutputs, config: RetrievalConfig, source=None, peers=()) -> MeasureResult:
     """Share of rows whose nearest neighbour (cosine) among the other language's rows is their translation,
     averaged over both directions (target->source, source->target)."""
@@ -298,7 +308,8 @@ def _with_pseudo_labels(ctx: MeasureContext) -> MeasureContext:
 
 
 @register_measure("sharpness-diff-pseudo", reference="Bassi et al. 2024, Algorithm 1 (sharpness-diff) with the "
-                  "model's own predictions as labels", config_cls=sharpness_diff.SharpnessDiffConfig)
+                  "model's own predictions as labels", config_cls=sharpness_diff.SharpnessDiffConfig,
+                  expected_sign=-1, direction_reference="Bassi et al. 2024: sharper minima transfer worse")
 def sharpness_diff_pseudo(ctx: MeasureContext, config) -> MeasureResult:
     """sharpness-diff on pseudo-labels: the loss is the cross-entropy against the model's own predictions at
     the measured weights, so the data needs no labels (e.g. target-language text)."""
@@ -306,7 +317,8 @@ def sharpness_diff_pseudo(ctx: MeasureContext, config) -> MeasureResult:
 
 
 @register_measure("sharpness-avg-pseudo", reference="Andriushchenko et al. 2023, average-case sharpness, with "
-                  "the model's own predictions as labels", config_cls=sharpness_avg.SharpnessAvgConfig)
+                  "the model's own predictions as labels", config_cls=sharpness_avg.SharpnessAvgConfig,
+                  expected_sign=-1, direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023")
 def sharpness_avg_pseudo(ctx: MeasureContext, config) -> MeasureResult:
     """sharpness-avg on pseudo-labels (see sharpness-diff-pseudo)."""
     return sharpness_avg.sharpness_avg(_with_pseudo_labels(ctx), config)

@@ -11,7 +11,11 @@ equals `target`:
         if |d - target| <= tolerance: stop (converged)
         if d > target: hi = s  else: lo = s
 
-The bracket [lo, hi] only shrinks (lo never decreases, hi never increases), which the trace records. The
+The bracket [lo, hi] only shrinks (lo never decreases, hi never increases), which the trace records. A search
+that stops without converging has its answer somewhere in the final bracket; when that bracket still reaches an
+end of the original one (every step overshot: the scale may be anywhere in (lower, hi]; or every step fell
+short: it may lie beyond `upper`), the reported scale is only a bound and the search is *saturated*: widen or
+move the bracket, or allow more steps (`SearchResult.health`). The
 measures call `deviation` with *common random numbers* (the same noise directions at every s), so that
 d(s) is a deterministic function of s and the bisection is well posed.
 """
@@ -65,10 +69,28 @@ class SearchResult:
     converged: bool
     steps: list[SearchStep]
     hit_upper: bool  # every step stayed below the target: the true scale may lie above `upper`
+    target: float = float("nan")
+    tolerance: float = float("nan")
+    max_iters: int = 0
+    bracket: tuple[float, float] = (float("nan"), float("nan"))  # the search's original [lower, upper]
+    final_bracket: tuple[float, float] = (float("nan"), float("nan"))  # [lo, hi] after the last step
 
     @property
     def iterations(self) -> int:
         return len(self.steps)
+
+    @property
+    def saturated(self) -> bool:
+        """Not converged, and the final bracket still reaches an end of the original one (module docstring)."""
+        lo, hi = self.final_bracket
+        return not self.converged and (lo <= self.bracket[0] or hi >= self.bracket[1])
+
+    def health(self) -> dict[str, Any]:
+        """The standard health keys of `xlgm.measures.base.MeasureHealth` for a measure's details."""
+        return {"converged": self.converged, "residual": abs(self.deviation - self.target),
+                "tolerance": self.tolerance,
+                "iteration_cap_reached": not self.converged and self.iterations >= self.max_iters,
+                "saturated": self.saturated}
 
     def trace(self) -> list[dict[str, Any]]:
         return [
@@ -107,4 +129,5 @@ def bisect_scale(
         else:
             lo = scale
     hit_upper = bool(steps) and all(s.deviation < target - tolerance for s in steps)
-    return SearchResult(scale, dev, converged, steps, hit_upper)
+    return SearchResult(scale, dev, converged, steps, hit_upper, target, tolerance, max_iters, (lower, upper),
+                        (lo, hi))

@@ -57,7 +57,7 @@ def _selected_keys(state_dicts: Sequence[Mapping[str, torch.Tensor]], param_filt
     reference="Variance across seeds of fine-tuned weights (a group measure); cf. Mosbach, Andriushchenko & "
     "Klakow (2021), On the Stability of Fine-tuning BERT, ICLR, and the seed studies of Dodge et al. (2020)",
     config_cls=SeedVarianceConfig,
-    kind="group",
+    kind="group", expected_sign=None
 )
 def _parameter_variance(state_dicts: list[Mapping[str, torch.Tensor]], config: SeedVarianceConfig,
                         param_filter: ParamFilter) -> MeasureResult:

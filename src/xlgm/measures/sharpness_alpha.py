@@ -113,8 +113,8 @@ def _sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig, magnitud
         alpha=alpha,
         deviation=search.deviation,
         deviation_of=config.deviation_of,
-        converged=search.converged,
         hit_upper=search.hit_upper,
+        **search.health(),
         iterations=search.iterations,
         trace=search.trace(),
         loss_before=base.loss,
@@ -123,7 +123,8 @@ def _sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig, magnitud
     )
 
 
-@register_measure("sharpness-alpha", reference=REFERENCE.format(mag=""), config_cls=SharpnessAlphaConfig)
+@register_measure("sharpness-alpha", reference=REFERENCE.format(mag=""), config_cls=SharpnessAlphaConfig,
+    expected_sign=-1, direction_reference="Jiang et al. 2020, App. C: 1/α'², larger = sharper, worse")
 def sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig) -> MeasureResult:
     """Worst-case sharpness 1/α'², α' = max α with max_{|u_i| <= α} L(w+u) - L(w) <= 0.1 (Jiang et al. 2020).
 
@@ -134,7 +135,8 @@ def sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig) -> Measur
 
 
 @register_measure(
-    "sharpness-alpha-mag", reference=REFERENCE.format(mag=", magnitude-aware"), config_cls=SharpnessAlphaConfig
+    "sharpness-alpha-mag", reference=REFERENCE.format(mag=", magnitude-aware"), config_cls=SharpnessAlphaConfig,
+    expected_sign=-1, direction_reference="Jiang et al. 2020, App. C: 1/α'², larger = sharper, worse"
 )
 def sharpness_alpha_mag(ctx: MeasureContext, config: SharpnessAlphaConfig) -> MeasureResult:
     """Magnitude-aware worst-case sharpness 1/α'², box |u_i| <= α|w_i| + ε (Jiang et al. 2020, ε = 1e-3).

@@ -3,14 +3,24 @@
 Reads the study's SQLite file (only the rows of the spec's runs, evaluation setting and measure configs),
 builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) and writes to OUT/analysis/:
 
+    verdict.csv               per measure, vs the mean target accuracy and the mean transfer gap: tau with its
+                              run-level CI and adjusted p, Psi, CMI K, the expected sign, agrees / disagrees /
+                              inconclusive / excluded, and the measure's health (`xlgm.analysis.verdict`)
+    health.csv                per measure: checkpoints, converged, saturated, NaN, constant, healthy, why not
     frame.csv                 the frame: config, measures, acc_<lang>, mean_target, gap_<lang>, mean_gap
-    correlations.{csv,json}   every measure vs every target: Kendall tau-b, Spearman, Pearson, p-values, bootstrap CIs
+    correlations.{csv,json}   every measure vs every target: Kendall tau-b, Spearman, Pearson, run-level permutation
+                              p-values (raw, Holm, Benjamini-Hochberg over the table), run-level bootstrap CIs,
+                              runs and checkpoints behind each
     granulated.{csv,json}     Jiang et al.'s granulated Kendall Psi over the hyperparameter axes
     cmi.{csv,json}            Jiang et al.'s conditional-mutual-information criterion K vs the mean target accuracy
-    top.csv                   the strongest correlations by |tau|
+    top.csv                   the strongest correlations by |tau|, with their adjusted p, whether they survive and
+                              whether the measure is healthy
     summary.json              study id, unit, axes, measures, languages, rows, completeness
+    settings.json             the spec, every measure's options, data sizes, library versions, wall times
 
-The unit of correlation is the checkpoint or the run (`analysis.unit`, `analysis.run_reduce`). The axes are the
+The terminal summary prints the verdict first. The unit of correlation is the checkpoint or the run
+(`analysis.unit`, `analysis.run_reduce`); either way the intervals and p-values resample and permute whole runs,
+because checkpoints of one run are not independent (`xlgm.analysis.correlation`). The axes are the
 spec's `analysis.axes`, or by default the configuration fields that vary over the study's runs, minus those that
 another axis already determines (e.g. `rho` when every SAM run has the same rho: it only restates `objective`).
 """
@@ -152,28 +162,73 @@ def auto_axes(runs: pd.DataFrame) -> list[str]:
     return kept
 
 
+def measure_directions(names: list[str]) -> dict[str, tuple[int | None, str]]:
+    """measure -> (expected sign vs accuracy, citation) as registered; (None, "") for an unregistered name."""
+    from xlgm.measures.base import get_measure
+
+    out = {}
+    for name in names:
+        try:
+            spec = get_measure(name)
+        except XlgmError:
+            out[name] = (None, "")
+            continue
+        out[name] = (spec.expected_sign, spec.direction_reference)
+    return out
+
+
+def measure_rows(data: StudyData) -> pd.DataFrame:
+    """The stored results (checkpoint_id, measure, value, details) of the spec's measures at the frame's
+    checkpoints: what `xlgm.analysis.health.measure_health` reads."""
+    spec = data.spec
+    ids = list(data.frame["checkpoint_id"])
+    rows: list[tuple] = []
+    with StudyDB(data.out / DB_NAME) as db:
+        for item in spec.measures.items:
+            rows += db.query(
+                f"SELECT checkpoint_id, measure, value, details FROM measures WHERE measure=? AND config_hash=? "
+                f"AND data=? AND checkpoint_id IN ({_in(ids)})",
+                (item.name, config_hash(spec.measure_config(item)), spec.measure_data().key, *ids))
+    return pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value", "details"])
+
+
 def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
-    """correlations, granulated, cmi and top tables (granulated/cmi are empty without axes)."""
-    from xlgm.analysis import cmi_table, correlation_table, granulated_table, top_correlations
+    """verdict, health, correlations, granulated, cmi and top tables (granulated/cmi are empty without axes)."""
+    from xlgm.analysis import MEAN_TARGET, cmi_table, correlation_table, granulated_table, top_correlations
+    from xlgm.analysis.health import measure_health
+    from xlgm.analysis.multiple import adjust_table
+    from xlgm.analysis.verdict import VERDICT_TARGETS, verdict_table
 
     spec, a = data.spec, data.spec.analysis
     if not data.measures:
         raise XlgmError(f"{data.out}: no measure values yet; nothing to correlate")
     frame = _base_frame(data)
     kw = dict(unit=a.unit, run_reduce=a.run_reduce)
+    directions = measure_directions(data.measures)
+    signs = {m: s for m, (s, _) in directions.items() if s is not None}
     corr = correlation_table(frame, data.measures, data.languages, spec.source_language, data.axes,
-                             n_boot=a.n_boot, confidence=a.confidence, seed=a.seed, **kw)
+                             n_boot=a.n_boot, confidence=a.confidence, seed=a.seed, expected_signs=signs, **kw)
+    corr = adjust_table(corr, "tau_p")  # one family: every (measure, target) of the table
     tables = {"correlations": corr}
     if data.axes:
         tables["granulated"] = granulated_table(frame, data.measures, data.languages, spec.source_language,
                                                 data.axes, **kw)
-        tables["cmi"] = cmi_table(frame, data.measures, data.languages, spec.source_language, data.axes,
-                                  max_conditioning=a.max_conditioning, **kw)
+        cmi = {target: cmi_table(frame, data.measures, data.languages, spec.source_language, data.axes,
+                                 target=target, max_conditioning=a.max_conditioning, **kw)
+               for target in VERDICT_TARGETS.values()}
+        tables["cmi"] = cmi[MEAN_TARGET]
+        verdict_cmi = pd.concat(cmi.values(), ignore_index=True)  # K vs the gap too, for the verdict
     else:
         tables["granulated"] = pd.DataFrame()
-        tables["cmi"] = pd.DataFrame()
+        tables["cmi"] = verdict_cmi = pd.DataFrame()
         data.notes.append("no hyperparameter axis varies: granulated Kendall and CMI left out")
-    tables["top"] = top_correlations(corr, a.top)
+    tables["health"] = measure_health(measure_rows(data), data.measures)
+    tables["verdict"] = verdict_table(corr, tables["health"], directions, granulated=tables["granulated"],
+                                      cmi=verdict_cmi, measures=data.measures)
+    top = top_correlations(corr, a.top)
+    healthy = dict(zip(tables["health"]["measure"], tables["health"]["healthy"].astype(bool)))
+    top["healthy"] = [healthy.get(m, False) for m in top["measure"]]
+    tables["top"] = top
     return tables
 
 
@@ -203,28 +258,111 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     for name in ("correlations", "granulated", "cmi"):
         tables[name].to_csv(folder / f"{name}.csv", index=False)
         (folder / f"{name}.json").write_text(json.dumps(_jsonable(tables[name]), indent=1) + "\n")
-    tables["top"].to_csv(folder / "top.csv", index=False)
+    for name in ("top", "verdict", "health"):
+        if name in tables:
+            tables[name].to_csv(folder / f"{name}.csv", index=False)
     summary = {"study_id": data.spec.study_id, "name": data.spec.name, "unit": data.spec.analysis.unit,
                "run_reduce": data.spec.analysis.run_reduce, "axes": data.axes, "measures": data.measures,
                "languages": data.languages, "source_language": data.spec.source_language,
                "checkpoints": int(len(data.frame)), "runs": int(data.frame["run_id"].nunique()),
                "units_done": data.units_done, "units_total": data.units_total, "notes": data.notes}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    (folder / "settings.json").write_text(json.dumps(study_settings(data), indent=1, default=str) + "\n")
     return folder
 
 
-def format_top(top: pd.DataFrame) -> str:
-    def num(v: Any, fmt: str, width: int) -> str:
-        text = "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-        return f"{text:>{width}}"
+LIBRARIES = ("xlgm", "torch", "transformers", "tokenizers", "numpy", "scipy", "pandas", "scikit-learn", "accelerate")
 
+
+def study_settings(data: StudyData) -> dict[str, Any]:
+    """What the results were made with: the spec, every measure's options (as given and with the defaults
+    filled in), data sizes, library versions and the wall time of each kind of work (seconds summed over the
+    study's work table)."""
+    import dataclasses
+    import platform
+    from importlib import metadata
+
+    import yaml
+
+    from xlgm.measures.base import get_measure, resolve_config
+
+    spec = data.spec
+    measures = {}
+    for item in spec.measures.items:
+        resolved = resolve_config(get_measure(item.name), item.options_dict)
+        measures[item.name] = {**spec.measure_config(item), "resolved": dataclasses.asdict(resolved)}
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    run_ids = list(data.frame["run_id"].unique())
+    ids = list(data.frame["checkpoint_id"])
+    with StudyDB(data.out / DB_NAME) as db:
+        eval_rows = db.query(
+            f"SELECT language, MIN(num_examples), MAX(num_examples) FROM evaluations WHERE task=? AND split=? AND "
+            f"data=? AND checkpoint_id IN ({_in(ids)}) GROUP BY language",
+            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids))
+        work = db.query(f"SELECT kind, COUNT(*), SUM(seconds) FROM work WHERE run_id IN ({_in(run_ids)}) "
+                        "GROUP BY kind", tuple(run_ids))
+    train = spec.train_options
+    return {
+        "spec": yaml.safe_load(spec.to_yaml()),
+        "measures": measures,
+        "data": {"train_split": train.get("train_split"), "train_max_examples": train.get("max_train_examples"),
+                 "eval_split": spec.evaluation.split,
+                 "eval_rows": {lang: lo if lo == hi else [lo, hi] for lang, lo, hi in eval_rows},
+                 "measure_data": dataclasses.asdict(spec.measure_data())},
+        "versions": versions,
+        "wall_seconds": {kind: {"units": int(count), "seconds": float(total or 0.0)} for kind, count, total in work},
+    }
+
+
+def _num(v: Any, fmt: str, width: int = 0) -> str:
+    missing = v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+    text = "" if missing else format(v, fmt)
+    return f"{text:>{width}}" if width else text
+
+
+def format_verdict(verdict: pd.DataFrame) -> str:
+    """The verdict as a fixed-width table for the terminal."""
+    width = max([len("measure")] + [len(str(m)) for m in verdict["measure"]])
+    head = (f"{'measure':<{width}}  {'target':<14}{'tau':>6} {'95% CI':>15} {'p':>7} {'p_holm':>7}{'runs':>5}"
+            f"{'ckpts':>6}{'psi':>7}{'K':>6}{'exp':>5}  {'verdict':<13}health / reason")
+    lines = [head]
+    for r in verdict.itertuples(index=False):
+        ci = f"[{_num(r.ci_low, '+.2f')}, {_num(r.ci_high, '+.2f')}]" if pd.notna(r.ci_low) else ""
+        expected = "" if pd.isna(r.expected_sign) else ("+" if int(r.expected_sign) > 0 else "-")
+        why = r.reason if r.verdict in ("excluded", "inconclusive", "disagrees") else r.health
+        lines.append(f"{r.measure:<{width}}  {r.target:<14}{_num(r.tau, '+.2f', 6)} {ci:>15} "
+                     f"{_num(r.p_raw, '.2g', 7)} {_num(r.p_holm, '.2g', 7)}{int(r.n_runs):>5}{int(r.n_checkpoints):>6}"
+                     f"{_num(r.psi, '+.2f', 7)}{_num(r.cmi_k, '.2f', 6)}{expected:>5}  {r.verdict:<13}{why}")
+    return "\n".join(lines)
+
+
+def format_top(top: pd.DataFrame) -> str:
+    """The strongest correlations for the terminal: raw and adjusted p, what survives, and whether the measure
+    is healthy (an unhealthy one is listed, marked, and kept out of the verdict)."""
     width = max([len("measure")] + [len(str(m)) for m in top.get("measure", [])])
-    lines = [f"{'measure':<{width}}  {'target':<12}{'tau':>7} {'95% CI':>16} {'p':>8}{'spearman':>10}{'pearson':>9}"
-             f"{'n':>5}"]
-    for r in top.itertuples(index=False):
-        ci = f"[{num(r.tau_lo, '+.2f', 0)}, {num(r.tau_hi, '+.2f', 0)}]"
-        lines.append(f"{r.measure:<{width}}  {r.target:<12}{num(r.tau, '+.3f', 7)} {ci:>16} {num(r.tau_p, '.3g', 8)}"
-                     f"{num(r.spearman, '+.3f', 10)}{num(r.pearson, '+.3f', 9)}{int(r.n):>5}")
+    has_adjusted = "p_holm" in top.columns
+    lines = [f"{'measure':<{width}}  {'target':<12}{'tau':>7} {'95% CI':>16} {'p':>8}"
+             + (f"{'p_holm':>9}{'p_bh':>9}" if has_adjusted else "")
+             + f"{'spearman':>10}{'pearson':>9}{'runs':>5}{'n':>5}" + ("  survives" if has_adjusted else "")]
+    for r in top.to_dict("records"):
+        ci = f"[{_num(r['tau_lo'], '+.2f') or 'nan'}, {_num(r['tau_hi'], '+.2f') or 'nan'}]"
+        line = (f"{r['measure']:<{width}}  {r['target']:<12}{_num(r['tau'], '+.3f', 7)} {ci:>16} "
+                f"{_num(r['tau_p'], '.2g', 8)}")
+        if has_adjusted:
+            line += f"{_num(r['p_holm'], '.2g', 9)}{_num(r['p_bh'], '.2g', 9)}"
+        line += (f"{_num(r['spearman'], '+.3f', 10)}{_num(r['pearson'], '+.3f', 9)}"
+                 f"{int(r.get('n_runs', r['n'])):>5}{int(r['n']):>5}")
+        if has_adjusted:
+            marks = [name for name in ("holm", "bh") if r.get(f"survives_{name}")]
+            line += "  " + (", ".join(marks) if marks else "-")
+        if r.get("healthy") is False:
+            line += "  (unhealthy: not in the verdict)"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -235,12 +373,22 @@ def analyze_study(target: str | Path, out: str | Path | None = None, echo: bool 
     tables = analysis_tables(data)
     written = write_tables(data, tables)
     if echo:
-        unit = data.spec.analysis.unit + (f" ({data.spec.analysis.run_reduce} checkpoint)"
-                                          if data.spec.analysis.unit == "run" else "")
+        a = data.spec.analysis
+        unit = a.unit + (f" ({a.run_reduce} checkpoint)" if a.unit == "run" else "")
         print(f"study {spec.name} ({spec.study_id}): {data.frame['run_id'].nunique()} runs, {len(data.frame)} "
               f"checkpoints; unit {unit}; axes {', '.join(data.axes) or '(none)'}")
         for note in data.notes:
             print(f"note: {note}")
+        print(f"verdict: tau vs mean target accuracy and mean transfer gap, {a.confidence:.0%} CI resampling whole "
+              "runs, p from permuting runs, Holm-adjusted over this table; exp = the expected sign")
+        print(format_verdict(tables["verdict"]))
+        counts = tables["verdict"]["verdict"].value_counts()
+        print("  " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "inconclusive",
+                                                                     "excluded")))
+        print()
+        n_tests = int(tables["correlations"]["tau_p"].notna().sum())
+        print(f"strongest correlations (of {n_tests} tests; p_holm / p_bh adjusted over all of them; survives: "
+              "adjusted p <= 0.05)")
         print(format_top(tables["top"]))
         if not tables["cmi"].empty:
             cmi = tables["cmi"][["measure", "k"]].sort_values("k", ascending=False, na_position="last")

@@ -7,7 +7,9 @@
    (data `LANG-SPLIT-text`) and in OUT/prediction/label_free.csv.
 2. The predictor (analysis/predict.py) is cross-validated leave-one-language-out and leave-one-run-out and
    compared with the baselines "same as the source" and "mean of the other languages", and with itself
-   anchored on the source alone: OUT/prediction/{cv.csv, summary.json}.
+   anchored on the source alone: OUT/prediction/{cv.csv, summary.json}. baselines.csv has one row per (scheme,
+   baseline): both MAEs, their ratio and difference with a paired bootstrap interval over languages, whether the
+   predictor beats it, and which baseline is the best rival (`analysis.predict.compare_with_baselines`).
 3. `--text FILE --language XX`: the predictor, fitted on the study's labelled target languages (XX's own
    rows left out if the study has them) and anchored on them, predicts the accuracy of the study's
    checkpoints on the language's unlabelled text (a TSV of text_a, text_b; a label column is ignored).
@@ -32,6 +34,7 @@ from xlgm.analysis.predict import (
     SCHEMES,
     GapRegressor,
     available_features,
+    compare_with_baselines,
     cross_validate,
     derive_features,
     summarize,
@@ -185,6 +188,7 @@ def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: 
         results["schemes"][scheme] = summarize(cv)
     if cvs:
         pd.concat(cvs).to_csv(folder / "cv.csv", index=False)
+        pd.concat([compare_with_baselines(cv) for cv in cvs]).to_csv(folder / "baselines.csv", index=False)
     model = GapRegressor(features, spec.prediction.alphas).fit(frame)
     results["coefficients"] = model.coefficients()
     (folder / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -196,7 +200,8 @@ def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: 
 
 def format_summary(results: dict[str, Any]) -> str:
     lines = [f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows)",
-             f"{'scheme':<24}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'other langs':>13}{'ratio':>8}"]
+             f"{'scheme':<24}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'other langs':>13}"
+             f"{'ratio to best rival':>21}"]
     for scheme, s in results["schemes"].items():
         if "skipped" in s:
             lines.append(f"{scheme:<24} skipped: {s['skipped']}")
@@ -204,7 +209,14 @@ def format_summary(results: dict[str, Any]) -> str:
         m = s["mae"]
         lines.append(f"{scheme:<24}{m['predicted']:8.4f}{m['predicted_source_anchor']:16.4f}"
                      f"{m['same_as_source']:12.4f}{m['other_languages']:13.4f}"
-                     f"{s['ratio_to_same_as_source']:8.2f}")
+                     f"{s['ratio_to_best_rival']:8.2f} ({s['best_rival']})")
+    lines.append("against each rival (MAE difference, predictor - rival, 95% interval resampling languages):")
+    for scheme, s in results["schemes"].items():
+        for name, v in s.get("versus", {}).items():
+            verdict = "beats it" if v["beats"] else "does not beat it"
+            best = " (best rival)" if v["best_rival"] else ""
+            lines.append(f"  {scheme:<24}{name + best:<32}{v['difference']:+8.4f} [{v['ci_low']:+.4f}, "
+                         f"{v['ci_high']:+.4f}]  ratio {v['ratio']:.2f}, {verdict}")
     return "\n".join(lines)
 
 

@@ -50,6 +50,7 @@ class HessianTopEigConfig:
     "as sharpness); Lanczos (1950) / power iteration, as in pytorch-hessian-eigenthings and PyHessian "
     "(Yao et al. 2020)",
     config_cls=HessianTopEigConfig,
+    expected_sign=-1, direction_reference="Keskar et al. 2017: sharp minima (large λ_max) generalize worse"
 )
 def hessian_top_eig(ctx: MeasureContext, config: HessianTopEigConfig) -> MeasureResult:
     """Top eigenvalue λ_max of the Hessian ∇²L(w) of the mean cross-entropy (k largest in details).
@@ -72,11 +73,27 @@ def hessian_top_eig(ctx: MeasureContext, config: HessianTopEigConfig) -> Measure
         method=config.method,
         hvps=res.applications,
         iterations=res.iterations,
-        converged=res.converged,
         residuals=res.residuals,
         history=res.history,
         reorthogonalized=res.reorthogonalized,
+        **_eigen_health(res, config),
     )
+
+
+def _eigen_health(res, config: HessianTopEigConfig) -> dict:
+    """The standard health keys (`MeasureHealth`): the quantity each method's stopping rule compares with tol.
+
+    Lanczos: the largest relative Ritz residual max_i r_i / |θ_i| over the k values. Power iteration: the
+    relative change of the Rayleigh quotient at the last step (k = 1; with deflation only `converged` is kept).
+    The iteration cap is reached when the method used all its steps without converging."""
+    residual = None
+    if config.method == "lanczos" and res.residuals:
+        residual = max(r / max(abs(v), 1e-30) for r, v in zip(res.residuals, res.eigenvalues))
+    elif config.method == "power" and config.k == 1 and len(res.history) >= 2:
+        residual = abs(res.history[-1] - res.history[-2]) / max(abs(res.history[-1]), 1e-30)
+    cap = config.max_iters * (config.k if config.method == "power" else 1)
+    return {"converged": res.converged, "residual": residual, "tolerance": config.tol,
+            "iteration_cap_reached": (not res.converged) and res.iterations >= cap}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,6 +129,7 @@ def _trace(op, ctx: MeasureContext, method: str, num_matvecs: int):
     reference="Hutchinson (1989) trace estimator / Hutch++ (Meyer, Musco, Musco & Woodruff 2021, SOSA); Hessian "
     "trace as flatness: PyHessian (Yao et al. 2020)",
     config_cls=HessianTraceConfig,
+    expected_sign=-1, direction_reference="Hochreiter & Schmidhuber 1997 flat minima; Yao et al. 2020"
 )
 def hessian_trace(ctx: MeasureContext, config: HessianTraceConfig) -> MeasureResult:
     """Trace of the Hessian tr ∇²L(w), estimated with Rademacher probes (Hutchinson or Hutch++).
@@ -185,6 +203,7 @@ def _exact_fisher_trace(ctx: MeasureContext, kind: str) -> list[float]:
     reference="Fisher information trace as a flatness/generalization measure: Jastrzębski et al. (2021), "
     "Catastrophic Fisher explosion, ICML (Tr F); Kunstner et al. (2019) on empirical vs true Fisher",
     config_cls=FisherTraceConfig,
+    expected_sign=-1, direction_reference="Jastrzębski et al. 2021: a large Fisher trace, worse generalization"
 )
 def fisher_trace(ctx: MeasureContext, config: FisherTraceConfig) -> MeasureResult:
     """Trace of the Fisher information of the mean cross-entropy: exact (default) or estimated.
