@@ -308,7 +308,7 @@ def verdict_table(verdict: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for measure, group in verdict.groupby("measure", sort=False):
         by = {str(r["target"]): r for _, r in group.iterrows()}
-        acc, gap = by.get("mean_accuracy"), by.get("mean_gap")
+        acc, gap = by.get("mean_accuracy", by.get("mean_target")), by.get("mean_gap")
         first = acc if acc is not None else gap
         sign = first.get("expected_sign") if acc is not None else -_number(gap.get("expected_sign"))
 
@@ -721,10 +721,7 @@ def measure_scatter(data: StudyData, rows: pd.DataFrame, measure: str, corr: pd.
         xs = np.linspace(x[ok].min(), x[ok].max(), 50)
         ax.plot(xs, slope * xs + intercept, color="black", linewidth=1, label="least squares")
     ax.axhline(1.0 / _num_labels(data), color="black", linestyle="--", linewidth=0.8, label="chance")
-    if excluded:
-        title = f"{measure}: excluded ({excluded})"
-    else:
-        title = _scatter_title(measure, corr, verdict)
+    title = scatter_title(measure, corr, verdict, excluded)
     ax.set_title(_mpl("\n".join(textwrap.wrap(title, 52))), fontsize=9, color=GREY if excluded else "black")
     ax.set_xlabel(_mpl(measure))
     ax.set_ylabel("mean target accuracy" + (" (95% interval)" if yerr is not None else ""))
@@ -732,9 +729,14 @@ def measure_scatter(data: StudyData, rows: pd.DataFrame, measure: str, corr: pd.
     return Figure(f"scatter-{measure}", f"{measure} vs mean target accuracy", _png(fig))
 
 
-def _scatter_title(measure: str, corr: pd.DataFrame, verdict: pd.DataFrame | None) -> str:
+def scatter_title(measure: str, corr: pd.DataFrame, verdict: pd.DataFrame | None = None,
+                  excluded: str | None = None) -> str:
+    """A scatter's title: excluded with its reason; tau with its CI, Holm p and verdict (verdict.csv); else the raw
+    tau and p; an undefined tau with the reason."""
+    if excluded:
+        return f"{measure}: excluded ({excluded})"
     if verdict is not None:
-        rows = verdict[(verdict["measure"] == measure) & (verdict["target"] == "mean_accuracy")]
+        rows = verdict[(verdict["measure"] == measure) & verdict["target"].isin(["mean_accuracy", "mean_target"])]
         if len(rows):
             r = rows.iloc[0]
             if _is_missing(r.get("tau")):
@@ -1091,6 +1093,9 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
                        "inconclusive when the interval spans 0 or the adjusted p exceeds 0.05, excluded when the "
                        "measure is unhealthy.")
         page.table(verdict_table(analysis.verdict), "verdict")
+        absent = [m for m in data.measures if m not in set(analysis.verdict["measure"].astype(str))]
+        if absent:
+            page.paragraph(f"Not in the verdict: {', '.join(absent)}.", "note")
     else:
         page.paragraph("Verdict not computed: OUT/analysis/verdict.csv was not written by this analysis. The tables "
                        "below are not corrected for multiple testing and do not check measure health.", "note")
