@@ -15,6 +15,7 @@ from scipy.stats import binomtest
 from report_testlib import HEALTH_ROWS, SETTINGS, VERDICT_ROWS, parse_tables, table_dicts, write_analysis
 from study_testlib import CHECKPOINTS, RUNS
 from xlgm.study.analyze import analysis_tables, auto_axes, load_study, resolve_study, unit_frame
+from xlgm.errors import XlgmError
 from xlgm.study.cli import main
 from xlgm.study.report import (PNG_PREFIX, AnalysisFiles, StudyRecords, _colours, build_report, chance_check,
                                exclusions, load_analysis_files, read_study_records, scatter_title)
@@ -208,7 +209,8 @@ def test_every_user_string_is_escaped(study_parts, tmp_path):
     for text in (page, markdown):
         assert "<script" not in text.lower() and "<img src=x" not in text and "<b>constant" not in text
         assert "&lt;script&gt;alert" in text and "&lt;img src=x onerror=alert(1)&gt;" in text
-    assert f"<h1>Study {html.escape(SCRIPT)}</h1>" in page and f"<title>xlgm study {html.escape(SCRIPT)}</title>" in page
+    assert f"<h1>Study {html.escape(SCRIPT)}</h1>" in page
+    assert f"<title>xlgm study {html.escape(SCRIPT)}</title>" in page
     assert markdown.startswith(f"# Study {html.escape(SCRIPT, quote=False)}\n")
     assert "&lt;b&gt;constant&lt;/b&gt; \\| across" in markdown  # a pipe in a cell does not split the row
 
@@ -236,7 +238,8 @@ def test_scatter_titles_explain_exclusion_and_undefined_tau(study_parts, tmp_pat
     assert exclusions(analysis) == {"frobenius-distance": "constant across units"}
     assert scatter_title("frobenius-distance", corr, analysis.verdict, "constant across units") == \
         "frobenius-distance: excluded (constant across units)"
-    assert scatter_title("margin", corr, analysis.verdict) == "margin: τ = +0.58 [+0.14, +0.90], p Holm = 0.009; agrees"
+    assert scatter_title("margin", corr, analysis.verdict) == \
+        "margin: τ = +0.58 [+0.14, +0.90], p Holm = 0.009; agrees"
     # without a verdict: the tiny study's accuracies are all 3/8, so tau is undefined, and the title says why
     assert scatter_title("margin", corr) == "margin: τ undefined: the mean target accuracy is constant across units"
 
@@ -245,3 +248,23 @@ def test_colours_tell_fifteen_languages_apart():
     for n in (4, 15, 25):
         colours = _colours(n)
         assert len(colours) == n and len(set(colours)) == n
+
+
+def test_unreadable_analysis_files_fail_on_one_line(tmp_path):
+    analysis = tmp_path / "analysis"
+    analysis.mkdir()
+    (analysis / "verdict.csv").write_text("measure,target\nmargin,mean_accuracy\n")
+    with pytest.raises(XlgmError, match=r"verdict.csv: missing column\(s\) verdict"):
+        load_analysis_files(tmp_path)
+    (analysis / "verdict.csv").unlink()
+    (analysis / "settings.json").write_text("{not json")
+    with pytest.raises(XlgmError, match="settings.json: not valid JSON"):
+        load_analysis_files(tmp_path)
+    (analysis / "settings.json").write_text("[1, 2]")
+    with pytest.raises(XlgmError, match="settings.json: expected a JSON object"):
+        load_analysis_files(tmp_path)
+    (analysis / "settings.json").unlink()
+    (analysis / "health.csv").write_text("measure,healthy,reason\nmargin,False,2 NaN\nmvr,True,\n")
+    files = load_analysis_files(tmp_path)
+    assert files.verdict is None and files.settings is None and files.correlations is None
+    assert files.health["healthy"].tolist() == [False, True] and exclusions(files) == {"margin": "2 NaN"}

@@ -322,8 +322,8 @@ def verdict_table(verdict: pd.DataFrame) -> pd.DataFrame:
         row = {"measure": measure, "expected": _expected_text(sign), "reference": _fmt(first.get("reference"))}
         for key, target in (("acc", acc), ("gap", gap)):
             name = "mean target acc" if key == "acc" else "mean gap"
-            row[f"τ vs {name} [95% CI]"] = ("" if target is None else
-                                            _coefficient(target.get("tau"), target.get("ci_low"), target.get("ci_high")))
+            row[f"τ vs {name} [95% CI]"] = "" if target is None else _coefficient(
+                target.get("tau"), target.get("ci_low"), target.get("ci_high"))
             row[f"p Holm ({key})"] = _pvalue(col(target, "p_holm"))
             row[f"p BH ({key})"] = _pvalue(col(target, "p_bh"))
             row[f"verdict ({key})"] = _fmt(col(target, "verdict"))
@@ -749,7 +749,8 @@ def scatter_title(measure: str, corr: pd.DataFrame, verdict: pd.DataFrame | None
     r = rows.iloc[0]
     if _is_missing(r.get("tau")):
         return f"{measure}: τ undefined: {_undefined_reason(r.get('note'), measure)}"
-    return f"{measure}: τ = {_coefficient(r.get('tau'), r.get('tau_lo'), r.get('tau_hi'))} (p = {_pvalue(r.get('tau_p'))}, unadjusted)"
+    tau = _coefficient(r.get("tau"), r.get("tau_lo"), r.get("tau_hi"))
+    return f"{measure}: τ = {tau} (p = {_pvalue(r.get('tau_p'))}, unadjusted)"
 
 
 def tau_heatmap(data: StudyData, corr: pd.DataFrame, excluded: dict[str, str] | None = None) -> Figure:
@@ -826,7 +827,7 @@ def training_curves(data: StudyData, labels: dict[str, str]) -> Figure:
     ax.annotate("chance (uniform prediction)", (1.0, math.log(num_labels)), xycoords=("axes fraction", "data"),
                 xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=7)
     if not series:
-        ax.text(0.5, 0.5, "no training log", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.75, "no training log", ha="center", va="center", transform=ax.transAxes)
     if len(series) <= 20:
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_xlabel("step")
