@@ -87,6 +87,21 @@ def test_top_correlations_sorts_by_absolute_tau():
     assert top["measure"].tolist() == ["b", "d", "a"] and list(top.index) == [0, 1, 2]
     assert top_correlations(table, 10)["measure"].tolist() == ["b", "d", "a", "c"]  # NaN last
     assert top_correlations(table, 1, targets=["other"]).empty
+    assert list(top.columns) == ["measure", "target", "tau", "tau_p", "n"]
+
+
+def test_top_correlations_keeps_adjusted_p_and_units():
+    table = pd.DataFrame({"measure": list("abc"), "target": ["t"] * 3, "tau": [0.1, -0.8, 0.5],
+                          "tau_p": [0.5, 0.01, 0.05], "tau_lo": [-0.3, -0.95, 0.1], "tau_hi": [0.4, -0.5, 0.8],
+                          "p_holm": [1.0, 0.03, 0.1], "p_bh": [0.5, 0.03, 0.075],
+                          "survives_holm": [False, True, False], "survives_bh": [False, True, False],
+                          "n": [12] * 3, "n_runs": [4] * 3, "n_checkpoints": [12] * 3, "unit": ["run"] * 3,
+                          "note": [""] * 3})
+    top = top_correlations(table, 2)
+    assert list(top.columns) == ["measure", "target", "tau", "tau_p", "tau_lo", "tau_hi", "p_holm", "p_bh",
+                                 "survives_holm", "survives_bh", "n", "n_runs", "n_checkpoints", "unit"]
+    assert top["measure"].tolist() == ["b", "c"] and top["p_holm"].tolist() == [0.03, 0.1]
+    assert top["survives_bh"].tolist() == [True, False]
 
 
 def test_granulated_and_cmi_tables(frame):

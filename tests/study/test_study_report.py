@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
-
 import math
+from pathlib import Path
 
 import pandas as pd
+import pytest
+from scipy.stats import binomtest
 
+from report_testlib import HEALTH_ROWS, SETTINGS, VERDICT_ROWS, parse_tables, table_dicts, write_analysis
 from study_testlib import CHECKPOINTS, RUNS
-from xlgm.study.analyze import auto_axes
+from xlgm.study.analyze import analysis_tables, auto_axes, load_study, resolve_study, unit_frame
+from xlgm.errors import XlgmError
 from xlgm.study.cli import main
-from xlgm.study.report import PNG_PREFIX
+from xlgm.study.report import (PNG_PREFIX, AnalysisFiles, StudyRecords, _colours, build_report, chance_check,
+                               exclusions, load_analysis_files, read_study_records, scatter_title)
 
 MEASURES = ["margin", "frobenius-distance"]
 
@@ -42,8 +49,8 @@ def test_analyze_writes_tables(tiny_study, capsys):
 def test_report_renders_every_figure(tiny_study, capsys):
     assert main(["report", str(tiny_study)]) == 0
     html = (tiny_study / "report" / "report.html").read_text()
-    # accuracy heatmap + one scatter per measure + tau heatmap + training curves, all embedded
-    assert html.count(PNG_PREFIX) == 1 + len(MEASURES) + 1 + 1
+    # accuracy heatmap + accuracy intervals + one scatter per measure + tau heatmap + training curves, all embedded
+    assert html.count(PNG_PREFIX) == 2 + len(MEASURES) + 1 + 1
     assert 'src="http' not in html and "<link" not in html
     for measure in MEASURES:
         assert f"{measure} vs mean target accuracy" in html
@@ -51,7 +58,7 @@ def test_report_renders_every_figure(tiny_study, capsys):
     assert runs_table.count("<tr>") == 1 + RUNS  # header + one row per run
     assert "adamw" in runs_table and "sam" in runs_table and "best held-out acc" in runs_table
     markdown = (tiny_study / "report" / "report.md").read_text()
-    assert markdown.count("![") == 3 + len(MEASURES)
+    assert markdown.count("![") == 4 + len(MEASURES)
     for line in markdown.splitlines():
         if line.startswith("!["):
             assert (tiny_study / "report" / line.split("](", 1)[1].rstrip(")")).is_file()
@@ -67,3 +74,197 @@ def test_auto_axes_leave_out_what_another_axis_determines():
                          "lr": [2e-5] * 8})
     assert auto_axes(runs) == ["objective", "seed", "rho"]  # lam only restates fisher; lr does not vary
     assert auto_axes(runs[runs.objective != "sam"]) == ["objective", "seed"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The report's content, from the tiny study and synthetic OUT/analysis files (report_testlib)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study_parts(tiny_study):
+    """(data, tables, records) of the tiny study, read once."""
+    data = load_study(*resolve_study(tiny_study))
+    return data, analysis_tables(data), read_study_records(data)
+
+
+def render(study_parts, analysis_folder: Path | None = None, spec_name: str | None = None):
+    data, tables, records = study_parts
+    if spec_name is not None:
+        data = dataclasses.replace(data, spec=dataclasses.replace(data.spec, name=spec_name), notes=list(data.notes))
+    analysis = load_analysis_files(analysis_folder) if analysis_folder is not None else AnalysisFiles()
+    page, markdown, _ = build_report(data, tables, None, analysis, records)
+    return page, markdown
+
+
+def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
+    page, markdown = render(study_parts, write_analysis(tmp_path))
+    parsed = parse_tables(page)
+    assert parsed.headings[0] == "Verdict" and parsed.order[1] == "table:verdict"
+    assert parsed.tables[0][0] == "verdict"  # the first table of the page
+    rows = table_dicts(parsed.tables[0][1])
+    assert [r["measure"] for r in rows] == ["margin", "frobenius-distance"]  # verdict.csv's order, one per measure
+    margin, frobenius = rows
+    assert margin == {
+        "measure": "margin", "expected": "+ (higher: better transfer)", "reference": "Bassi et al. 2024",
+        "τ vs mean target acc [95% CI]": "+0.58 [+0.14, +0.90]", "p Holm (acc)": "0.009", "p BH (acc)": "0.005",
+        "verdict (acc)": "agrees", "τ vs mean gap [95% CI]": "-0.20 [-0.61, +0.33]", "p Holm (gap)": "1.000",
+        "p BH (gap)": "0.550", "verdict (gap)": "inconclusive", "Ψ (acc)": "+0.50", "CMI K": "0.173",
+        "runs / checkpoints": "2 / 4", "health": "healthy", "reason": "mean transfer gap: CI spans 0"}
+    assert frobenius["τ vs mean target acc [95% CI]"] == "n/a" and frobenius["verdict (acc)"] == "excluded"
+    assert frobenius["verdict (gap)"] == "excluded" and frobenius["health"] == "constant across units"
+    assert frobenius["expected"] == "− (higher: worse transfer)"
+    # markdown: the verdict table is the first table, before the study's facts
+    lines = markdown.splitlines()
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    assert lines[first_table].startswith("| measure | expected | reference | τ vs mean target acc")
+    assert first_table < lines.index("## About this study")
+    assert lines[first_table + 2].startswith("| margin | + (higher: better transfer) | Bassi et al. 2024 | "
+                                             "+0.58 [+0.14, +0.90] | 0.009 | 0.005 | agrees |")
+    # the excluded measure is said to be greyed, health and CMI/Psi tables are there
+    assert "Greyed: measures excluded from the findings (frobenius-distance: constant across units)" in page
+    health = table_dicts(next(rows for css, rows in parsed.tables if css == "health"))
+    assert [(h["measure"], h["healthy"], h["reason"]) for h in health] == [
+        ("margin", "yes", ""), ("frobenius-distance", "no", "constant across units")]
+    assert {"cmi", "granulated", "correlations", "top"} <= {css for css, _ in parsed.tables}
+
+
+def test_missing_analysis_files_leave_not_computed_notes(study_parts, tiny_study):
+    page, markdown = render(study_parts)
+    # (adjusted p-values are part of the correlation table itself now, so they are never missing here)
+    for text in ("Verdict not computed", "Measure health not computed", "settings.json not found"):
+        assert text in page and text in markdown
+    parsed = parse_tables(page)
+    assert "verdict" not in {css for css, _ in parsed.tables} and "health" not in {css for css, _ in parsed.tables}
+    # the settings rebuilt from the study: spec, measure options, rows, versions, wall time
+    settings = {r["setting"]: r["value"] for css, rows in parsed.tables if css == "settings"
+                for r in table_dicts(rows)}
+    assert settings["eval rows en (test)"] == "8" and settings["eval rows de (test)"] == "8"
+    assert settings["train rows"] == "29" and settings["held-out rows (checkpoint selection)"] == "3"
+    assert settings["measure examples"] == "16 (en dev)" and settings["margin.seed"] == "0"
+    assert settings["torch (training)"] and settings["scipy (report)"]
+    assert settings["total"].endswith("min)")
+    assert "name: tiny" in page and "max_examples: 8" in page  # the spec as YAML
+
+
+def test_settings_json_is_rendered(study_parts, tmp_path):
+    page, markdown = render(study_parts, write_analysis(tmp_path))
+    assert "settings.json not found" not in page
+    parsed = parse_tables(page)
+    settings = {r["setting"]: r["value"] for css, rows in parsed.tables if css == "settings"
+                for r in table_dicts(rows)}
+    assert settings == {"margin": "(none)", "frobenius-distance.per_layer": "False", "train_rows": "29",
+                        "eval_rows.en": "8", "eval_rows.de": "8", "measure_examples": "16", "torch": "2.13.0",
+                        "transformers": "5.24.0", "training_seconds": "0.400", "evaluation_seconds": "0.100",
+                        "measure_seconds": "0.050"}
+    for title in ("measures", "data sizes", "versions", "wall time"):
+        assert f"<h3>{title}</h3>" in page and f"### {title}" in markdown
+    assert "<pre>name: tiny\ntask: xnli" in page
+
+
+def test_wilson_intervals_in_tables_equal_scipy(study_parts):
+    data, _, records = study_parts
+    assert records.eval_rows == {"en": 8, "de": 8}
+    page, _ = render(study_parts)
+    parsed = parse_tables(page)
+    runs = table_dicts(next(rows for css, rows in parsed.tables if css == "runs"))
+    accuracy = table_dicts(next(rows for css, rows in parsed.tables if css == "accuracy"))
+    cells = [(r["en acc"], 8) for r in runs] + [(r["mean target acc"], 8) for r in runs]
+    cells += [(r["best held-out acc"], 3) for r in runs] + [(r[lang], 8) for r in accuracy for lang in ("en", "de")]
+    assert len(cells) == 5 * len(runs)
+    for text, n in cells:
+        value, interval = text.split(" [")
+        low, high = (float(v) for v in interval.rstrip("]").split(", "))
+        ci = binomtest(round(float(value) * n), n).proportion_ci(method="wilson")
+        assert (low, high) == (round(ci.low, 2), round(ci.high, 2)), text
+
+
+def test_chance_warning(study_parts):
+    data, _, records = study_parts
+    page, markdown = render(study_parts)
+    # the tiny models sit at 3 of 8 rows: every unit's interval includes 1/3
+    warning = page.split('<div class="warning">', 1)[1].split("</div>", 1)[0]
+    assert "at 4 of 4 units" in warning and "training progress, not generalization" in warning
+    assert page.index('<div class="warning">') < page.index("<h2>Verdict</h2>")
+    assert "> **Warning:** The models barely left chance" in markdown
+    rows = unit_frame(data)
+    trained = chance_check(data, rows.assign(acc_en=0.9, mean_target=0.8), StudyRecords({"en": 500, "de": 500}))
+    assert (trained.near_source, trained.near_target, trained.units, trained.warn) == (0, 0, 4, False)
+    # 0.40 on 100 rows: [0.31, 0.50] includes 1/3; 0.45: [0.36, 0.55] does not
+    mixed = chance_check(data, rows.assign(acc_en=[0.40, 0.40, 0.40, 0.45], mean_target=0.45),
+                         StudyRecords({"en": 100, "de": 100}))
+    assert (mixed.near_source, mixed.near_target, mixed.warn) == (3, 0, True)
+
+
+SCRIPT = '<script>alert("x")</script>'
+
+
+def test_every_user_string_is_escaped(study_parts, tmp_path):
+    settings = dict(SETTINGS, measures={"margin": {"label": SCRIPT}})
+    verdict = [list(r) for r in VERDICT_ROWS]
+    verdict[0][13] = '<img src=x onerror=alert(1)>'  # reference
+    health = [list(r) for r in HEALTH_ROWS]
+    health[1][7] = "<b>constant</b> | across"
+    page, markdown = render(study_parts, write_analysis(tmp_path, verdict, health, settings), spec_name=SCRIPT)
+    for text in (page, markdown):
+        assert "<script" not in text.lower() and "<img src=x" not in text and "<b>constant" not in text
+        assert "&lt;script&gt;alert" in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert f"<h1>Study {html.escape(SCRIPT)}</h1>" in page
+    assert f"<title>xlgm study {html.escape(SCRIPT)}</title>" in page
+    assert markdown.startswith(f"# Study {html.escape(SCRIPT, quote=False)}\n")
+    assert "&lt;b&gt;constant&lt;/b&gt; \\| across" in markdown  # a pipe in a cell does not split the row
+
+
+def test_no_empty_header_rows(study_parts, tmp_path):
+    for folder in (None, write_analysis(tmp_path)):
+        page, markdown = render(study_parts, folder)
+        parsed = parse_tables(page)
+        assert parsed.tables
+        for css, rows in parsed.tables:
+            for row in rows:
+                if row and all(tag == "th" for tag, _ in row):
+                    assert all(text for _, text in row), (css, row)
+        header_rows = [line for i, line in enumerate(markdown.splitlines()[:-1])
+                       if line.startswith("| ") and markdown.splitlines()[i + 1].startswith("|---")]
+        assert header_rows
+        for line in header_rows:
+            assert all(cell.strip() for cell in line.strip("|").split(" | ")), line
+
+
+def test_scatter_titles_explain_exclusion_and_undefined_tau(study_parts, tmp_path):
+    _, tables, _ = study_parts
+    corr = tables["correlations"]
+    analysis = load_analysis_files(write_analysis(tmp_path))
+    assert exclusions(analysis) == {"frobenius-distance": "constant across units"}
+    assert scatter_title("frobenius-distance", corr, analysis.verdict, "constant across units") == \
+        "frobenius-distance: excluded (constant across units)"
+    assert scatter_title("margin", corr, analysis.verdict) == \
+        "margin: τ = +0.58 [+0.14, +0.90], p Holm = 0.009; agrees"
+    # without a verdict: the tiny study's accuracies are all 3/8, so tau is undefined, and the title says why
+    assert scatter_title("margin", corr) == "margin: τ undefined: the mean target accuracy is constant across units"
+
+
+def test_colours_tell_fifteen_languages_apart():
+    for n in (4, 15, 25):
+        colours = _colours(n)
+        assert len(colours) == n and len(set(colours)) == n
+
+
+def test_unreadable_analysis_files_fail_on_one_line(tmp_path):
+    analysis = tmp_path / "analysis"
+    analysis.mkdir()
+    (analysis / "verdict.csv").write_text("measure,target\nmargin,mean_accuracy\n")
+    with pytest.raises(XlgmError, match=r"verdict.csv: missing column\(s\) verdict"):
+        load_analysis_files(tmp_path)
+    (analysis / "verdict.csv").unlink()
+    (analysis / "settings.json").write_text("{not json")
+    with pytest.raises(XlgmError, match="settings.json: not valid JSON"):
+        load_analysis_files(tmp_path)
+    (analysis / "settings.json").write_text("[1, 2]")
+    with pytest.raises(XlgmError, match="settings.json: expected a JSON object"):
+        load_analysis_files(tmp_path)
+    (analysis / "settings.json").unlink()
+    (analysis / "health.csv").write_text("measure,healthy,reason\nmargin,False,2 NaN\nmvr,True,\n")
+    files = load_analysis_files(tmp_path)
+    assert files.verdict is None and files.settings is None and files.correlations is None
+    assert files.health["healthy"].tolist() == [False, True] and exclusions(files) == {"margin": "2 NaN"}

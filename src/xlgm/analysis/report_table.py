@@ -245,14 +245,16 @@ def top_correlations(
     """The `k` rows of a `correlation_table` with the largest |`by`| (default |tau|), NaN last, for printing.
 
     `targets` keeps only those targets (e.g. ``["mean_target", "mean_gap"]``). Returns the columns measure,
-    target, the `by` coefficient with its p-value and CI, the other coefficients, n and expected_sign/agrees when
-    present, with a fresh index.
+    target, the `by` coefficient with its p-value and CI, the adjusted p-values and what survives correction
+    (p_holm, p_bh, survives_holm, survives_bh), the other coefficients, n, n_runs, n_checkpoints, unit and
+    expected_sign/agrees, each when present, with a fresh index.
     """
     require_columns(table, ["measure", "target", by], "correlation table")
     rows = table if targets is None else table[table["target"].isin(list(targets))]
     order = np.argsort(-np.nan_to_num(rows[by].abs().to_numpy(dtype=float), nan=-1.0), kind="stable")
     top = rows.iloc[order[: max(int(k), 0)]]
-    wanted = ["measure", "target", by, f"{by}_p", f"{by}_lo", f"{by}_hi"] + [
-        s for s in ("tau", "spearman", "pearson") if s != by] + [
-        "n", "n_runs", "n_checkpoints", "p_holm", "p_bh", "survives_holm", "survives_bh", "expected_sign", "agrees"]
+    wanted = ["measure", "target", by, f"{by}_p", f"{by}_lo", f"{by}_hi",
+              "p_holm", "p_bh", "survives_holm", "survives_bh"] + [
+        s for s in ("tau", "spearman", "pearson") if s != by] + ["n", "n_runs", "n_checkpoints", "unit",
+                                                                 "expected_sign", "agrees"]
     return top[[c for c in dict.fromkeys(wanted) if c in top.columns]].reset_index(drop=True)

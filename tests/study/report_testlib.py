@@ -1,0 +1,100 @@
+"""Helpers of the report tests: synthetic OUT/analysis files that follow /verdict_schema (verdict.csv, health.csv,
+settings.json) for the tiny study's measures, and a stdlib parser of the HTML report's tables."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+
+VERDICT_COLUMNS = ["measure", "target", "tau", "ci_low", "ci_high", "p_raw", "p_holm", "p_bh", "n_runs",
+                   "n_checkpoints", "psi", "cmi_k", "expected_sign", "reference", "verdict", "health", "reason"]
+HEALTH_COLUMNS = ["measure", "n_units", "n_converged", "n_saturated", "n_nan", "constant", "healthy", "reason"]
+
+# margin agrees vs accuracy and is inconclusive vs the gap; frobenius-distance is excluded (constant)
+VERDICT_ROWS = [
+    ["margin", "mean_accuracy", 0.583, 0.14, 0.9, 0.0021, 0.0094, 0.0047, 2, 4, 0.5, 0.173, 1,
+     "Bassi et al. 2024", "agrees", "healthy", ""],
+    ["margin", "mean_gap", -0.2, -0.61, 0.33, 0.41, 1.0, 0.55, 2, 4, 0.25, "", -1,
+     "Bassi et al. 2024", "inconclusive", "healthy", "CI spans 0"],
+    ["frobenius-distance", "mean_accuracy", "", "", "", "", "", "", 2, 4, "", "", -1,
+     "Jiang et al. 2020", "excluded", "constant across units", "constant across units"],
+    ["frobenius-distance", "mean_gap", "", "", "", "", "", "", 2, 4, "", "", 1,
+     "Jiang et al. 2020", "excluded", "constant across units", "constant across units"],
+]
+HEALTH_ROWS = [["margin", 4, 4, 0, 0, False, True, ""],
+               ["frobenius-distance", 4, 4, 0, 0, True, False, "constant across units"]]
+SETTINGS = {
+    "spec": {"name": "tiny", "task": "xnli", "measures": {"names": ["margin", "frobenius-distance"]}},
+    "measures": {"margin": {}, "frobenius-distance": {"per_layer": False}},
+    "data_sizes": {"train_rows": 29, "eval_rows": {"en": 8, "de": 8}, "measure_examples": 16},
+    "versions": {"torch": "2.13.0", "transformers": "5.24.0"},
+    "wall_time": {"training_seconds": 0.4, "evaluation_seconds": 0.1, "measure_seconds": 0.05},
+}
+
+
+def write_analysis(folder: Path, verdict_rows=VERDICT_ROWS, health_rows=HEALTH_ROWS, settings=SETTINGS) -> Path:
+    """OUT/analysis/{verdict.csv, health.csv, settings.json} under `folder`; returns `folder`."""
+    analysis = folder / "analysis"
+    analysis.mkdir(parents=True, exist_ok=True)
+    if verdict_rows is not None:
+        pd.DataFrame(verdict_rows, columns=VERDICT_COLUMNS).to_csv(analysis / "verdict.csv", index=False)
+    if health_rows is not None:
+        pd.DataFrame(health_rows, columns=HEALTH_COLUMNS).to_csv(analysis / "health.csv", index=False)
+    if settings is not None:
+        (analysis / "settings.json").write_text(json.dumps(settings, indent=1))
+    return folder
+
+
+class TableParser(HTMLParser):
+    """Every <table> of a page as [(class, [[(tag, text), ...] per row])], and every <h2> in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[tuple[str, list[list[tuple[str, str]]]]] = []
+        self.headings: list[str] = []
+        self.order: list[str] = []  # "h2:<text>" and "table:<class>" in document order
+        self._cell: list[str] | None = None
+        self._tag = ""
+        self._in_h2: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append((dict(attrs).get("class", ""), []))
+            self.order.append(f"table:{dict(attrs).get('class', '')}")
+        elif tag == "tr" and self.tables:
+            self.tables[-1][1].append([])
+        elif tag in ("td", "th"):
+            self._cell, self._tag = [], tag
+        elif tag == "h2":
+            self._in_h2 = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][1][-1].append((self._tag, "".join(self._cell).strip()))
+            self._cell = None
+        elif tag == "h2" and self._in_h2 is not None:
+            text = "".join(self._in_h2).strip()
+            self.headings.append(text)
+            self.order.append(f"h2:{text}")
+            self._in_h2 = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_h2 is not None:
+            self._in_h2.append(data)
+
+
+def parse_tables(page: str) -> TableParser:
+    parser = TableParser()
+    parser.feed(page)
+    return parser
+
+
+def table_dicts(rows: list[list[tuple[str, str]]]) -> list[dict[str, str]]:
+    """A parsed table with one header row as dicts keyed by the header."""
+    header = [text for _, text in rows[0]]
+    return [dict(zip(header, (text for _, text in row))) for row in rows[1:]]
