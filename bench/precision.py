@@ -71,6 +71,10 @@ def evaluation(model, tokenizer, languages: list[str], rows: int, batch_size: in
             for lang in languages}
     logits: dict[str, dict[str, np.ndarray]] = {p: {} for p in PRECISIONS}
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    warm_up = tokenize_examples(tokenizer, load_examples(XNLI, "test", languages[0], max_examples=batch_size), 128)
+    for precision in PRECISIONS:  # oneDNN builds its kernels on first use, once per precision: not timed
+        with autocast(precision, "cpu"):
+            predict_logits(model, tokenizer, warm_up, batch_size)
     turn = 0
     for repeat in range(repeats):
         for lang in languages:
@@ -83,6 +87,7 @@ def evaluation(model, tokenizer, languages: list[str], rows: int, batch_size: in
                 seconds[precision].append(time.perf_counter() - start)
                 if repeat == 0:
                     logits[precision][lang] = out
+            print(f"  evaluated {lang} ({turn}/{repeats * len(languages)})", file=sys.stderr, flush=True)
     labels = {lang: np.asarray(d.labels) for lang, d in data.items()}
     return {"logits": logits, "seconds": seconds, "labels": labels,
             "rows": sum(len(d) for d in data.values()) * repeats}

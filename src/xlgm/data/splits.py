@@ -30,7 +30,8 @@ from xlgm.errors import XlgmError
 
 FILE_SPLITS = ("dev", "test", "train")
 TRAIN_MINUS_TEST = re.compile(r"train-minus-test-([1-9][0-9]*)")
-SPLIT_HELP = "dev, test, train or train-minus-test-N (English dev + the test rows that share nothing with test rows 1..N)"
+SPLIT_HELP = ("dev, test, train or train-minus-test-N (English dev + the test rows that share nothing with "
+              "test rows 1..N)")
 NO_TRANSLATION = frozenset({"", "NS"})  # PAWS-X's mark for a sentence that was not translated
 
 
