@@ -1,8 +1,9 @@
 """The subset of XNLI and PAWS-X shipped inside the package, for the embedded default.
 
-English dev (all rows) and 500 test rows per language, the same rows in every language (the files are
-parallel). See `bundled/README.md` for provenance and licences. Rebuild with `python -m
-xlgm.data.bundled SOURCE_DIR`.
+English dev (all rows), 500 test rows per language, the same rows in every language (the files are
+parallel), and an English train split: the dev and test rows that share no premise (PAWS-X: sentence), in
+any language, with those 500 (`xlgm.data.splits`). See `bundled/README.md` for provenance and
+licences. Rebuild with `python -m xlgm.data.bundled SOURCE_DIR`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from xlgm.data.tasks import TASKS
+from xlgm.data.splits import disjoint_positions
+from xlgm.data.tasks import TASKS, Example
 
 BUNDLED_TEST_ROWS = 500
 SUBSET_SEED = 20240424  # the paper's arXiv id date; any fixed seed would do
@@ -22,20 +24,37 @@ def bundled_dir() -> Path:
     return Path(str(resources.files("xlgm.data") / "bundled"))
 
 
+def _lines(path: Path) -> list[str]:
+    # split on "\n" only: str.splitlines would also split on U+2028 and friends inside a sentence
+    return [line + "\n" for line in path.read_bytes().decode("utf-8").split("\n") if line]
+
+
+def _pair(line: str) -> Example:
+    text_a, text_b, *_ = line.rstrip("\n").split("\t")
+    return Example(text_a, text_b, -1)
+
+
 def build_subset(source_dir: Path, out_dir: Path, rows: int = BUNDLED_TEST_ROWS) -> None:
-    """Copy English dev and a seeded sample of `rows` test rows, the same rows for every language."""
+    """Copy English dev, a seeded sample of `rows` test rows (the same rows for every language), and write
+    English train: the dev and test rows that share no group text, in any language, with the sample."""
     for task in TASKS.values():
-        (out_dir / task.name).mkdir(parents=True, exist_ok=True)
-        dev = (source_dir / task.name / "dev-en.tsv").read_bytes()
-        (out_dir / task.name / "dev-en.tsv").write_bytes(dev)
-        # split on "\n" only: str.splitlines would also split on U+2028 and friends inside a sentence
-        tests = {lang: (source_dir / task.name / f"test-{lang}.tsv").read_bytes().decode("utf-8").split("\n")
-                 for lang in task.languages}
-        tests = {lang: [line + "\n" for line in lines if line] for lang, lines in tests.items()}
+        folder = out_dir / task.name
+        folder.mkdir(parents=True, exist_ok=True)
+        english = task.source_language
+        (folder / f"dev-{english}.tsv").write_bytes((source_dir / task.name / f"dev-{english}.tsv").read_bytes())
+        tests = {lang: _lines(source_dir / task.name / f"test-{lang}.tsv") for lang in task.languages}
+        devs = {lang: _lines(path) for lang in task.languages
+                if (path := source_dir / task.name / f"dev-{lang}.tsv").is_file()}
         n = min(len(lines) for lines in tests.values())
         keep = sorted(random.Random(SUBSET_SEED).sample(range(n), rows))
         for lang, lines in tests.items():
-            (out_dir / task.name / f"test-{lang}.tsv").write_bytes("".join(lines[i] for i in keep).encode("utf-8"))
+            (folder / f"test-{lang}.tsv").write_bytes("".join(lines[i] for i in keep).encode("utf-8"))
+        pairs = {name: {lang: [_pair(line) for line in lines] for lang, lines in files.items()}
+                 for name, files in (("dev", devs), ("test", tests))}
+        evaluation = {lang: [pairs["test"][lang][i] for i in keep] for lang in tests}
+        dev_at, test_at = disjoint_positions(task, [pairs["dev"], pairs["test"]], evaluation)
+        train = [devs[english][i] for i in dev_at] + [tests[english][i] for i in test_at]
+        (folder / f"train-{english}.tsv").write_bytes("".join(train).encode("utf-8"))
 
 
 if __name__ == "__main__":

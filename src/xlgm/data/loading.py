@@ -1,9 +1,11 @@
 """One entry point for task data, whatever its source.
 
 Sources:
-- `bundled`: the subset inside the package (English dev, 500 test rows a language);
+- `bundled`: the subset inside the package (English dev and train, 500 test rows a language);
 - `local`: a folder in XTREME's layout (`--data-dir`);
 - `hf`: Hugging Face datasets (`facebook/xnli`, `google-research-datasets/paws-x`).
+
+Split names are those of `xlgm.data.splits`: `dev`, `test`, `train` and `train-minus-test-N`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xlgm.data.bundled import bundled_dir
+from xlgm.data.splits import check_split, disjoint_positions, excluded_test_rows, pick
 from xlgm.data.tasks import Example, Task
-from xlgm.data.tsv import read_split
+from xlgm.data.tsv import read_split, tsv_path
 from xlgm.errors import XlgmError
 
 SOURCES = ("bundled", "local", "hf")
@@ -49,13 +52,43 @@ def load_examples(task: Task, split: str, lang: str, source: DataSource = DataSo
     """Labelled examples of one split and language, in file order (truncated to `max_examples`)."""
     if lang not in task.languages:
         raise XlgmError(f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}")
-    if source.kind == "hf":
+    check_split(split)
+    exclude = excluded_test_rows(split)
+    if exclude is not None:
+        rows = _train_minus_test(task, split, lang, source, exclude)
+    elif source.kind == "hf":
         from xlgm.data.hub import load_hub_split
 
         rows = load_hub_split(task, split, lang)
     else:
         root = bundled_dir() if source.kind == "bundled" else Path(source.data_dir)
-        if source.kind == "bundled" and split == "train":
-            raise XlgmError("the bundled subset has no train split; train on `dev` or pass --data-dir / --hub")
+        if split == "train" and not tsv_path(root, task, split, lang).is_file():
+            if source.kind == "bundled":
+                raise XlgmError(f"the bundled train split is {task.source_language} only (asked for {lang})")
+            raise XlgmError(f"{source.data_dir} has no {task.name} train-{lang}.tsv; `train-minus-test-N` "
+                            f"builds a training split from {task.source_language} dev and the test rows that "
+                            "share nothing with test rows 1..N")
         rows = read_split(root, task, split, lang)
     return rows[:max_examples] if max_examples else rows
+
+
+def _train_minus_test(task: Task, split: str, lang: str, source: DataSource, exclude: int) -> list[Example]:
+    """English dev + English test rows that share no premise (PAWS-X: sentence), in any language of the
+    folder, with test rows 1..`exclude` (`xlgm.data.splits`)."""
+    if source.kind != "local":
+        hint = ("the bundled `train` shares nothing with any bundled test row" if source.kind == "bundled"
+                else "the Hub has its own `train` split")
+        raise XlgmError(f"the {split} split is built from a folder's dev and test files (--data-dir); {hint}")
+    if lang != task.source_language:
+        raise XlgmError(f"the {split} split is {task.source_language} only (asked for {lang}): it is built from "
+                        f"{task.source_language} dev and test rows")
+    root = Path(source.data_dir)
+    files = {split_name: {code: read_split(root, task, split_name, code) for code in task.languages
+                          if code == lang or tsv_path(root, task, split_name, code).is_file()}
+             for split_name in ("dev", "test")}
+    test = files["test"][lang]
+    if exclude > len(test):
+        raise XlgmError(f"{split}: {tsv_path(root, task, 'test', lang)} has only {len(test)} rows")
+    evaluation = {code: rows[:exclude] for code, rows in files["test"].items()}
+    dev_positions, test_positions = disjoint_positions(task, [files["dev"], files["test"]], evaluation)
+    return pick(files["dev"][lang], dev_positions) + pick(test, test_positions)

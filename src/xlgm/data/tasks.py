@@ -30,6 +30,10 @@ class Task:
     tsv_labels: tuple[str, ...]
     hf_dataset: str  # Hugging Face datasets id
     hf_text_fields: tuple[str, str]
+    # The text fields that tie rows into one item (indices into text_fields): rows that share any of these
+    # texts, in any of these fields, belong on the same side of a train/evaluation split. XNLI writes three
+    # hypotheses for each premise; PAWS-X builds several pairs from one sentence.
+    group_fields: tuple[int, ...] = (0,)
     source_language: str = "en"
 
     @property
@@ -63,6 +67,7 @@ XNLI = Task(
     tsv_labels=("entailment", "neutral", "contradiction"),
     hf_dataset="facebook/xnli",
     hf_text_fields=("premise", "hypothesis"),
+    group_fields=(0,),
 )
 
 PAWSX = Task(
@@ -73,6 +78,7 @@ PAWSX = Task(
     tsv_labels=("0", "1"),
     hf_dataset="google-research-datasets/paws-x",
     hf_text_fields=("sentence1", "sentence2"),
+    group_fields=(0, 1),
 )
 
 TASKS: dict[str, Task] = {t.name: t for t in (XNLI, PAWSX)}
