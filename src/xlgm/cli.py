@@ -36,9 +36,19 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hub", action="store_true", help="load the task from Hugging Face datasets (cache honoured)")
 
 
+def _split(text: str) -> str:
+    from xlgm.data.splits import check_split
+
+    try:
+        return check_split(text)
+    except XlgmError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _train_parser(sub) -> None:
     from xlgm.objectives import add_objective_arguments
     from xlgm.recipes.train import FREEZE_CHOICES, TrainConfig
+    from xlgm.data import splits
 
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
@@ -46,9 +56,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"])
     p.add_argument("--source-language", default=d.source_language)
     _add_data_arguments(p)
-    p.add_argument("--train-split", default=d.train_split, choices=["train", "dev"])
-    p.add_argument("--select-split", default=d.select_split, choices=["dev", "test"],
-                   help="split for checkpoint selection (a held-out slice when it equals the train split)")
+    p.add_argument("--train-split", default=d.train_split, type=_split, metavar="SPLIT",
+                   help=f"{splits.SPLIT_HELP} (default: {d.train_split})")
+    p.add_argument("--select-split", default=d.select_split, type=_split, metavar="SPLIT",
+                   help="split for checkpoint selection (a held-out part, whole premises, when it equals the "
+                        f"train split; default: {d.select_split})")
     p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction)
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-length", type=int, default=d.max_length)

@@ -113,7 +113,7 @@ CASES = [
     Case("evaluate-malformed-tsv", (*EVALUATE, "--data-dir", "{tmp}/data"),
          "data/test-de.tsv:2: expected 3 tab-separated",
          setup=malformed_tsv),
-    Case("evaluate-bundled-train-split", (*EVALUATE, "--split", "train"), "the bundled subset has no train split"),
+    Case("evaluate-bundled-train-split", (*EVALUATE, "--split", "train"), "the bundled train split is en only"),
     Case("evaluate-other-task", (*EVALUATE, "--task", "pawsx"), "was trained on xnli, not pawsx"),
     Case("measure-data-no-split", (*MEASURE, "--data", "english"), "--data 'english': expected LANGUAGE-SPLIT"),
     Case("measure-data-bad-split", (*MEASURE, "--data", "en-holdout"), "expected LANGUAGE-SPLIT"),

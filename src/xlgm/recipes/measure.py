@@ -25,6 +25,7 @@ from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, autocast, resolve_device, resolve_precision
 from xlgm.core.files import read_json, write_json
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
+from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import TASKS, Task
 from xlgm.errors import XlgmError
@@ -58,7 +59,7 @@ class MeasureData:
     def parse(cls, spec: str, **kw: Any) -> "MeasureData":
         """`en-dev` -> language en, split dev."""
         lang, sep, split = spec.partition("-")
-        if not sep or split not in ("dev", "test", "train"):
+        if not sep or not (split in FILE_SPLITS or TRAIN_MINUS_TEST.fullmatch(split)):
             raise XlgmError(f"--data {spec!r}: expected LANGUAGE-SPLIT, e.g. en-dev or de-test")
         return cls(lang, split, **kw)
 

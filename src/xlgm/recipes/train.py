@@ -38,7 +38,8 @@ from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precision
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.tasks import Example, get_task
+from xlgm.data.splits import check_split, group_holdout
+from xlgm.data.tasks import Example, Task, get_task
 from xlgm.errors import XlgmError
 from xlgm.models.load import load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
@@ -85,6 +86,14 @@ class TrainConfig:
         validation.one_of("--freeze", self.freeze, FREEZE_CHOICES)
         validation.one_of("--mixed-precision", self.mixed_precision, PRECISION_CHOICES)
         validation.one_of("--data", self.data, ("bundled", "local", "hf"))
+        check_split(self.train_split)
+        check_split(self.select_split)
+        holds_dev = self.train_split.startswith("train-minus-test") or (self.data, self.train_split) == ("bundled",
+                                                                                                         "train")
+        if holds_dev and self.select_split == "dev":
+            raise XlgmError(f"--select-split dev: the {self.train_split} split holds the English dev rows, so "
+                            f"selecting on them selects on training rows; use --select-split {self.train_split} "
+                            "(a held-out part of it)")
 
     @property
     def run_id(self) -> str:
@@ -110,17 +119,14 @@ def freeze_parameters(model: torch.nn.Module, what: str) -> int:
     return frozen
 
 
-def split_train_select(config: TrainConfig, rows: list[Example], select_rows: list[Example] | None):
-    """Hold out a fixed slice of the training rows for selection when both come from the same split."""
+def split_train_select(config: TrainConfig, task: Task, rows: list[Example], select_rows: list[Example] | None):
+    """Hold out a fixed part of the training rows for selection when both come from the same split: whole
+    premises (PAWS-X: sentences) at a time, so no held-out premise is also trained on."""
     if select_rows is not None:
         return rows, select_rows
     if config.holdout_fraction == 0:
         return rows, []
-    order = list(range(len(rows)))
-    random.Random(HOLDOUT_SEED).shuffle(order)
-    n_hold = max(1, int(round(len(rows) * config.holdout_fraction)))
-    hold = set(order[:n_hold])
-    return [r for i, r in enumerate(rows) if i not in hold], [rows[i] for i in sorted(hold)]
+    return group_holdout(task, rows, config.holdout_fraction, HOLDOUT_SEED)
 
 
 # Variables a launcher sets in each of the processes it starts (torch.distributed.run, accelerate, mpirun).
@@ -283,7 +289,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     select = None
     if config.select_split != config.train_split:
         select = load_examples(task, config.select_split, config.source_language, config.source)
-    train_rows, select_rows = split_train_select(config, rows, select)
+    train_rows, select_rows = split_train_select(config, task, rows, select)
 
     tokenizer = load_tokenizer(config.model)
     set_seed(config.seed)  # the head's initialisation depends on the seed alone

@@ -141,10 +141,10 @@ def training_rows(config, cache: dict | None = None) -> int:
            config.source_language, config.max_train_examples, config.holdout_fraction)
     if cache is not None and key in cache:
         return cache[key]
-    rows = load_examples(get_task(config.task), config.train_split, config.source_language, config.source,
-                         config.max_train_examples)
+    task = get_task(config.task)
+    rows = load_examples(task, config.train_split, config.source_language, config.source, config.max_train_examples)
     # a separate selection split is read by `train` itself; here only its presence matters
-    train_rows, _ = split_train_select(config, rows, [] if config.select_split != config.train_split else None)
+    train_rows, _ = split_train_select(config, task, rows, [] if config.select_split != config.train_split else None)
     if cache is not None:
         cache[key] = len(train_rows)
     return len(train_rows)

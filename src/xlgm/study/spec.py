@@ -668,7 +668,8 @@ class _Parser:
                 try:
                     from xlgm.recipes.train import TrainConfig
 
-                    TrainConfig(model=spec.model, task=spec.task, **{**spec.train_options, **overrides},
+                    TrainConfig(model=spec.model, task=spec.task, source_language=spec.source_language,
+                                data=spec.data.kind, data_dir=spec.data.dir, **{**spec.train_options, **overrides},
                                 save_every=spec.checkpoints.save_every, objective=entry.objective,
                                 objective_options=options)
                 except XlgmError as err:
