@@ -79,6 +79,8 @@ def eval_key(spec: StudySpec) -> str:
     """What identifies an evaluation setting (and, when outputs are kept, how they are kept)."""
     setting: dict[str, Any] = {"task": spec.task, "split": spec.evaluation.split, "data": eval_data_label(spec),
                                "max_length": spec.eval_max_length()}
+    if spec.evaluation.mixed_precision != "no":  # fp32 evaluations keep the keys they always had
+        setting["mixed_precision"] = spec.evaluation.mixed_precision
     if spec.prediction.enabled:  # a study that starts keeping outputs evaluates again to get them
         setting["outputs"] = {"layer": spec.prediction.embedding_layer, "rows": spec.prediction.embedding_rows}
     return config_hash(setting, 8)
@@ -371,7 +373,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
         checkpoint = run_dir / "checkpoints" / ckpt["name"]
         model, tokenizer = _load(config, run_dir, checkpoint, task_def, device)
         if languages:
-            _evaluate(task, model, tokenizer, task_def, source, ckpt, languages, emit)
+            _evaluate(task, model, tokenizer, task_def, source, ckpt, languages, device, emit)
         if measures:
             _measure(task, model, tokenizer, task_def, source, ckpt, checkpoint, measures, device, init_cache,
                      emit)
@@ -389,11 +391,13 @@ def _load(config, run_dir: Path, checkpoint: Path, task_def, device):
     return model.to(device), tokenizer
 
 
-def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], emit) -> None:
+def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], device,
+              emit) -> None:
     """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
     kept on disk (before the unit is marked done) for the label-free measures."""
     from dataclasses import replace
 
+    from xlgm.core.devices import resolve_precision
     from xlgm.data.batching import tokenize_examples
     from xlgm.data.loading import load_examples
     from xlgm.recipes.evaluate import predict_outputs
@@ -403,6 +407,7 @@ def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, lan
     checkpoint_id = ckpt["checkpoint_id"]
     keep = pred.enabled
     embed = keep and pred.embedding_rows > 0
+    precision = resolve_precision(ev.mixed_precision, device)
     rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
     with tqdm(total=sum(len(r) for r in rows.values()), desc=f"evaluate {checkpoint_id}", unit="ex", leave=False,
               disable=not task.show_progress) as bar:
@@ -411,7 +416,7 @@ def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, lan
             start = time.perf_counter()
             data = tokenize_examples(tokenizer, rows[lang], spec.eval_max_length())
             outputs = predict_outputs(model, tokenizer, data, ev.batch_size, bar, embeddings=embed,
-                                      layer=pred.embedding_layer, language=lang)
+                                      layer=pred.embedding_layer, language=lang, precision=precision)
             accuracy = outputs.accuracy if len(data) else float("nan")
             if keep:
                 if embed:

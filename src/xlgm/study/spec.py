@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from xlgm.core import validation
+from xlgm.core.devices import PRECISION_CHOICES
 from xlgm.errors import XlgmError
 from xlgm.results import config_hash
 
@@ -119,6 +120,9 @@ class EvaluationSpec:
     max_examples: int | None = None
     batch_size: int = 64
     max_length: int | None = None  # None: the training max_length
+    # Autocast of the evaluation's forward passes (`core.devices`): `auto` is bf16 on a GPU and on a CPU with
+    # native bf16. `no` (fp32) by default, so a study's accuracies do not depend on the machine it ran on.
+    mixed_precision: str = "no"
 
 
 @dataclass(frozen=True)
@@ -539,13 +543,16 @@ class _Parser:
         return entries
 
     def evaluation(self, value: Any) -> EvaluationSpec:
-        m = self.mapping("evaluation", value, ("split", "max_examples", "batch_size", "max_length"))
+        m = self.mapping("evaluation", value, ("split", "max_examples", "batch_size", "max_length",
+                                               "mixed_precision"))
         d = EvaluationSpec()
         return EvaluationSpec(
             split=self.string("evaluation.split", m.get("split", d.split), choices=SPLITS),
             max_examples=self.shared("evaluation", "max_examples", m.get("max_examples"), allow_none=True),
             batch_size=self.shared("evaluation", "batch_size", m.get("batch_size", d.batch_size)),
-            max_length=self.shared("evaluation", "max_length", m.get("max_length"), allow_none=True))
+            max_length=self.shared("evaluation", "max_length", m.get("max_length"), allow_none=True),
+            mixed_precision=self.string("evaluation.mixed_precision", m.get("mixed_precision", d.mixed_precision),
+                                        choices=PRECISION_CHOICES))
 
     def measures(self, value: Any, task, source_language: str) -> MeasuresSpec:
         from xlgm.measures.base import get_measure, resolve_config
