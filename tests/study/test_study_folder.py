@@ -20,6 +20,7 @@ from study_testlib import UNITS, table_rows
 from xlgm.errors import XlgmError
 from xlgm.study.cli import main
 from xlgm.study.lock import study_lock
+from xlgm.study.db import StudyDB
 from xlgm.study.runner import outputs_path, run_study, worker_device
 from xlgm.study.spec import load_spec
 
@@ -299,3 +300,38 @@ def test_the_study_runs_on_the_gpu(tiny_spec_path, tmp_path, monkeypatch):
     monkeypatch.setattr(measure_recipe, "build_batches", spy_build)
     result = run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=False, device="cuda")
     assert result.units_done == UNITS and seen and set(seen) == {"cuda"}
+
+
+def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_path, tmp_path, monkeypatch):
+    """A run folder whose training has no done-mark is handed to `train(..., resume=True)` and stays where it
+    is; a folder that cannot be resumed is moved aside and the run is trained from the start."""
+    import xlgm.recipes.train as train_module
+
+    out = tmp_path / "study"
+    shutil.copytree(tiny_study, out)
+    spec = load_spec(tiny_spec_path)
+    config = spec.run_configs()[0]
+    with StudyDB(out / "study.sqlite") as db:
+        db.forget_units([f"train/{config.run_id}"])
+    run_dir = out / "runs" / config.run_id
+    calls = []
+    real_train = train_module.train
+
+    def recording_train(cfg, path, *args, **kwargs):
+        calls.append((cfg.run_id, kwargs.get("resume", False)))
+        return real_train(cfg, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", recording_train)
+    run_study(spec, out, show_progress=False)
+    # the finished run's folder answers `resume` with "finished": nothing retrained, nothing moved aside
+    assert calls == [(config.run_id, True)]
+    assert not list(out.glob("quarantine/*/runs/*"))
+
+    calls.clear()
+    with StudyDB(out / "study.sqlite") as db:
+        db.forget_units([f"train/{config.run_id}"])
+    (run_dir / "config.json").write_text("{broken")
+    run_study(spec, out, show_progress=False)
+    assert calls == [(config.run_id, True), (config.run_id, False)]
+    [kept] = out.glob(f"quarantine/*/runs/{config.run_id}/config.json")
+    assert kept.read_text() == "{broken"

@@ -131,3 +131,18 @@ def test_every_shipped_spec_loads():
     for path in shipped:
         spec = load_spec(path)
         assert spec.name and spec.grid, path
+
+
+def test_evaluation_precision_is_checked_and_keys_only_non_fp32_evaluations():
+    from xlgm.study.runner import eval_key
+
+    fp32 = parse_text(BASE, "studies/x.yaml")
+    assert fp32.evaluation.mixed_precision == "no"
+    bf16 = parse_text(BASE + "evaluation: {mixed_precision: bf16}\n", "studies/x.yaml")
+    auto = parse_text(BASE + "evaluation: {mixed_precision: auto}\n", "studies/x.yaml")
+    explicit_no = parse_text(BASE + "evaluation: {mixed_precision: 'no'}\n", "studies/x.yaml")
+    # fp32 evaluations keep the key they always had; any autocast is a different evaluation
+    assert eval_key(explicit_no) == eval_key(fp32)
+    assert len({eval_key(fp32), eval_key(bf16), eval_key(auto)}) == 3
+    message = spec_error(BASE + "evaluation: {mixed_precision: fp8}\n")
+    assert message.startswith("studies/x.yaml: evaluation.mixed_precision:") and "fp8" in message

@@ -11,8 +11,9 @@
 Work is cut into units (`xlgm.study.db`): a run's training, each (checkpoint, language) evaluation and each
 (checkpoint, measure) measurement. A unit's rows and its done-mark are written in one transaction, so the study
 can be killed at any moment (kill -9 included) and run again: finished units are skipped, a run directory whose
-training has no done-mark is moved aside and trained again from the start (training is atomic: resuming from a
-checkpoint would not reproduce the data order and optimizer state exactly), and nothing is recorded twice.
+training has no done-mark resumes from its last checkpoint (`xlgm train --resume`: optimizer, schedule, data
+order and random states, so it ends as if never stopped) or, when it cannot be resumed, is moved aside and
+trained again, and nothing is recorded twice.
 Before any work, the files of finished units are checked (run files and selected checkpoints readable, kept
 outputs readable): a run with a corrupt file is moved aside with its rows and redone, an evaluation whose kept
 outputs are corrupt or gone is redone.
@@ -273,9 +274,8 @@ def repair(spec: StudySpec, out: Path, db: StudyDB, configs, quarantine: Quarant
         run_id = config.run_id
         run_dir = out / RUNS_FOLDER / run_id
         if train_unit_id(run_id) not in done:
-            if run_dir.exists():
-                dest = quarantine.move(run_dir)
-                report(f"{run_dir}: its training did not finish; moved to {dest}, the run is trained again")
+            if run_dir.exists():  # `run_point` resumes it from its last checkpoint, or sets it aside
+                report(f"{run_dir}: its training did not finish; it resumes from its last checkpoint")
             continue
         checkpoints = [c for c in db.checkpoints_of(run_id) if spec.checkpoints.selects(c["step"], bool(c["is_last"]))]
         names = [c["checkpoint_id"].split("/", 1)[1] for c in checkpoints]
@@ -349,10 +349,18 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
     source = DataSource(spec.data.kind, spec.data.dir)
     device = resolve_device(task.device)
     if train_unit_id(run_id) not in done:
-        if run_dir.exists():  # an interrupted training (the driver moves these aside first): start again
-            Quarantine(Path(task.out)).move(run_dir)
         start = time.perf_counter()
-        train(config, run_dir, show_progress=task.show_progress, device=str(device))
+        resumed = False
+        if run_dir.exists():  # an interrupted training: continue it (bitwise as if never stopped) if it can be
+            try:
+                train(config, run_dir, show_progress=task.show_progress, device=str(device), resume=True)
+                resumed = True
+            except XlgmError as err:
+                dest = Quarantine(Path(task.out)).move(run_dir)
+                print(f"xlgm: note: {run_dir} could not be resumed ({err}); moved to {dest}, trained again",
+                      file=sys.stderr)
+        if not resumed:
+            train(config, run_dir, show_progress=task.show_progress, device=str(device))
         emit({"kind": "train", "unit_id": train_unit_id(run_id), "run_id": run_id, "config": asdict(config),
               "run_dir": task.stored_run_dir, "checkpoints": _checkpoint_rows(task),
               "seconds": time.perf_counter() - start})
