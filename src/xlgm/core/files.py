@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import secrets
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 # safetensors refuses headers above 100 MB; a larger length read from the first 8 bytes means another format.
 MAX_SAFETENSORS_HEADER = 100_000_000

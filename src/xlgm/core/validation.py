@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 T = TypeVar("T")
 

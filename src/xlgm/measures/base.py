@@ -42,7 +42,6 @@ from xlgm.measures import loss as loss_lib
 from xlgm.measures.guard import preserved
 from xlgm.measures.params import ParamFilter, describe_filter, select_parameters
 
-
 # ---------------------------------------------------------------------------------------------------------
 # The result
 # ---------------------------------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ class MeasureHealth:
     nonfinite: int = 0
 
     @classmethod
-    def from_details(cls, value: float, spread: float | None, details: Mapping[str, Any]) -> "MeasureHealth":
+    def from_details(cls, value: float, spread: float | None, details: Mapping[str, Any]) -> MeasureHealth:
         """Read from the standard detail keys (`HEALTH_KEYS`) a measure reports; absent keys stay None."""
         known = {k: details.get(k) for k in HEALTH_KEYS}
         for key in ("converged", "iteration_cap_reached", "saturated"):

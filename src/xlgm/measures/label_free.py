@@ -43,11 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xlgm.core.types import TextOutputs
 from xlgm.errors import XlgmError
 from xlgm.measures import sharpness_avg, sharpness_diff
 from xlgm.measures.base import MeasureContext, MeasureResult, check_choice, register_measure
 from xlgm.measures.loss import batch_size, logits_of
-from xlgm.recipes.evaluate import TextOutputs
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers

@@ -41,7 +41,7 @@ from transformers.utils import logging as hf_logging
 from xlgm.core import validation
 from xlgm.core.files import first_line
 from xlgm.errors import XlgmError
-from xlgm.runs import ResolvedTarget, looks_like_path
+from xlgm.models.checkpoints import ResolvedTarget, load_checkpoint_into, load_initial_into, looks_like_path
 
 EMBEDDED = "embedded"
 T5_TYPES = ("mt5", "t5", "umt5")
@@ -261,8 +261,6 @@ def load_target(target: ResolvedTarget, num_labels: int, label_names: tuple[str,
     """The model a resolved TARGET names: for a run, the base weights, then the run's initial head, then
     the checkpoint; for a model, its own trained head for the task (see the module docstring) or, with
     `random_head=SEED`, a random head drawn from that seed (said on stderr)."""
-    from xlgm.runs import load_checkpoint_into, load_initial_into
-
     if target.run_dir is not None:
         if random_head is not None:
             raise XlgmError(f"--random-head applies to a base model, not to a run's checkpoint ({target.label})")

@@ -39,8 +39,9 @@ handles the step as usual. bf16 needs nothing special.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
