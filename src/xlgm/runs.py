@@ -180,7 +180,8 @@ def _remove(path: Path) -> None:
 
 def _run_entries(path: Path) -> tuple[list[Path], list[Path]]:
     """The folder's entries that a run writes, and the others."""
-    known, other = [], []
+    known: list[Path] = []
+    other: list[Path] = []
     for child in sorted(path.iterdir()):
         (known if any(fnmatch.fnmatch(child.name, p) for p in RUN_ENTRIES) else other).append(child)
     return known, other

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 
 class XlgmError(Exception):
@@ -48,5 +49,5 @@ def exit_status(action: Callable[[], object]) -> int:
 class OneLineParser(argparse.ArgumentParser):
     """argparse, with a rejected flag reported like every other input error: one line (subparsers inherit it)."""
 
-    def error(self, message: str):  # type: ignore[override]  # raises instead of exiting; argparse says NoReturn
+    def error(self, message: str) -> NoReturn:
         raise XlgmError(f"{message} (see `{self.prog} --help`)")

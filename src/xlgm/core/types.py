@@ -61,7 +61,8 @@ class TextOutputs:
         if self.labels is not None:
             arrays["labels"] = self.labels
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, language=np.array(self.language), **arrays)
+        # numpy's stubs type **kwds like the allow_pickle keyword; these are arrays saved under their names.
+        np.savez_compressed(tmp, language=np.array(self.language), **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
 
     @classmethod

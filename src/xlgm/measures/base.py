@@ -367,7 +367,7 @@ def register_measure(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if expected_sign not in (1, -1, None):
         raise ValueError(f"expected_sign of {name!r} must be +1, -1 or None, got {expected_sign!r}")
-    if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
+    if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]  # typeshed omits it
         raise TypeError(f"config_cls of {name!r} must be a frozen dataclass")
 
     def decorate(fn: Callable[..., MeasureResult]) -> Callable[..., MeasureResult]:

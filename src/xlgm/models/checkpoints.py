@@ -28,7 +28,7 @@ class ResolvedTarget:
 
     @property
     def label(self) -> str:
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.run_dir is not None:
             return f"{self.run_dir.name}/{self.checkpoint.name}"
         return self.model
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -209,7 +210,7 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
             config.id2label = dict(enumerate(label_names))
             config.label2id = {name: i for i, name in enumerate(label_names)}
     cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     # transformers' load report would list the new head as MISSING on every load: the head is handled
     # here, and what it would warn about otherwise (encoder weights not in the file) is said below. Its
     # "Loading weights" bar (one per checkpoint) would break up the study's and recipes' own bars.

@@ -363,7 +363,8 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     collator = BatchCollator(tokenizer, data)
     objective.setup(model, tokenizer, train_rows)
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
