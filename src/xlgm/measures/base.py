@@ -157,7 +157,7 @@ class MeasureResult:
             "spread": self.spread,
             "num_samples": self.num_samples,
             "details": _jsonable(self.details),
-            "health": _jsonable(self.health.to_dict()),
+            "health": _jsonable(self.health.to_dict()) if self.health is not None else None,
         }
 
 

@@ -74,7 +74,7 @@ def _need_source(name: str, source: TextOutputs | None, labels: bool = False, pa
     if embeddings and source.embeddings is None:
         raise XlgmError(f"{name} needs sentence embeddings of the source text")
     if (embeddings and parallel_to is not None and parallel_to.embeddings is not None
-            and len(source.embeddings) != len(parallel_to.embeddings)):
+            and source.embeddings is not None and len(source.embeddings) != len(parallel_to.embeddings)):
         raise XlgmError(f"{name} needs parallel text: embeddings of {len(parallel_to.embeddings)} target rows but "
                         f"{len(source.embeddings)} source rows")
     return source

@@ -154,7 +154,7 @@ def _reinitialize(model: PreTrainedModel, modules: list[torch.nn.Module]) -> Non
     initialised; the marks are cleared first so that its initialiser runs)."""
     with torch.no_grad():
         for module in modules:
-            module._is_hf_initialized = False
+            module._is_hf_initialized = False  # type: ignore[assignment]  # transformers' marker, not in torch's stubs
             for p in module.parameters(recurse=False):
                 if hasattr(p, "_is_hf_initialized"):
                     p._is_hf_initialized = False
