@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PIP_QUIET = 2>&1 | { grep -v -e '^WARNING: Location' -e '^\[notice\]' || test $$? -eq 1; }
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,13 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+# Import layers, lint, format and types (configured in pyproject.toml).
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
 
 bench: setup
 	$(VENV)/bin/python bench/eval_throughput.py

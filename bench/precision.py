@@ -44,15 +44,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from xlgm.core.devices import autocast, cpu_flags, resolve_precision  # noqa: E402
-from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples  # noqa: E402
-from xlgm.data.loading import load_examples  # noqa: E402
-from xlgm.data.tasks import XNLI  # noqa: E402
-from xlgm.models.load import load_classifier, load_target, load_tokenizer  # noqa: E402
-from xlgm.objectives.base import model_inputs  # noqa: E402
-from xlgm.recipes.evaluate import predict_logits  # noqa: E402
-from xlgm.recipes.train import freeze_parameters  # noqa: E402
-from xlgm.runs import resolve_target  # noqa: E402
+from xlgm.core.devices import autocast, cpu_flags, resolve_precision
+from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
+from xlgm.data.loading import load_examples
+from xlgm.data.tasks import XNLI
+from xlgm.models.load import load_classifier, load_target, load_tokenizer
+from xlgm.objectives.base import model_inputs
+from xlgm.recipes.evaluate import predict_logits
+from xlgm.recipes.train import freeze_parameters
+from xlgm.runs import resolve_target
 
 PRECISIONS = ("no", "bf16")  # accelerate's names: "no" is fp32
 TARGETS = {"eval": 2.0, "train": 1.5, "agreement": 0.995, "accuracy": 0.005}

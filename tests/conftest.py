@@ -75,8 +75,8 @@ def build_unigram_tokenizer(vocab_size: int = 400):
     tok.decoder = decoders.Metaspace()
     specials = ["<pad>", "</s>", "<unk>"]
     # Latin-script languages only: Unigram must hold every character, and 15 scripts need thousands.
-    tok.train_from_iterator(_corpus(("en", "de", "fr", "es")), trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                                               unk_token="<unk>"))
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    tok.train_from_iterator(_corpus(("en", "de", "fr", "es")), trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])

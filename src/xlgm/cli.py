@@ -13,15 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from xlgm.errors import XlgmError
+from xlgm.errors import OneLineParser, XlgmError, exit_status
 from xlgm.study.cli import add_study_parser, cmd_study
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, with a rejected flag reported like every other input error: one line (subparsers inherit it)."""
-
-    def error(self, message: str):
-        raise XlgmError(f"{message} (see `{self.prog} --help`)")
 
 
 def _add_device_arguments(p: argparse.ArgumentParser, precision_default: str, precision_help: str) -> None:
@@ -46,9 +39,9 @@ def _split(text: str) -> str:
 
 
 def _train_parser(sub) -> None:
+    from xlgm.data import splits
     from xlgm.objectives import add_objective_arguments
     from xlgm.recipes.train import FREEZE_CHOICES, TrainConfig
-    from xlgm.data import splits
 
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
@@ -217,7 +210,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
     if best:
-        print(f"best checkpoint: {best['name']} (held-out {config.source_language} accuracy {best['dev_accuracy']:.3f})")
+        print(f"best checkpoint: {best['name']} "
+              f"(held-out {config.source_language} accuracy {best['dev_accuracy']:.3f})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -273,8 +267,16 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task
     from xlgm.measures.base import get_measure, list_measures
-    from xlgm.recipes.measure import (MeasureConfig, MeasureData, expand_targets, measure_checkpoints,
-                                      parse_measure_options, read_records, resolve_measures, write_records)
+    from xlgm.recipes.measure import (
+        MeasureConfig,
+        MeasureData,
+        expand_targets,
+        measure_checkpoints,
+        parse_measure_options,
+        read_records,
+        resolve_measures,
+        write_records,
+    )
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished
 
@@ -347,7 +349,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="xlgm", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="xlgm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
@@ -360,16 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+
+    def run() -> None:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
-    except XlgmError as err:
-        print(f"xlgm: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xlgm: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ import sqlite3
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xlgm.errors import XlgmError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -118,7 +121,7 @@ class ResultsDB:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "ResultsDB":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,7 +131,8 @@ class ResultsDB:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO runs (run_id, config, run_dir, status, created) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(run_id) DO UPDATE SET config=excluded.config, run_dir=excluded.run_dir, status=excluded.status",
+                "ON CONFLICT(run_id) DO UPDATE SET config=excluded.config, run_dir=excluded.run_dir, "
+                "status=excluded.status",
                 (run_id, json.dumps(config, sort_keys=True, default=str), run_dir, status, time.time()),
             )
 

@@ -9,8 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xlgm.analysis.frame import (AnalysisInputError, add_targets, build_frame, flatten_configs, select_unit,
-                                 target_columns)
+from xlgm.analysis.frame import (
+    AnalysisInputError,
+    add_targets,
+    build_frame,
+    flatten_configs,
+    select_unit,
+    target_columns,
+)
 from xlgm.errors import XlgmError
 
 

@@ -189,8 +189,8 @@ def test_summary_names_the_best_rival():
 
 
 def test_derived_features_and_availability():
-    frame = pd.DataFrame({"translation-agreement": [0.9, 0.6], "atc-accuracy": [0.5, 0.4], "source_accuracy": [0.6, 0.6],
-                          "linear-cka": [0.8, np.nan]})
+    frame = pd.DataFrame({"translation-agreement": [0.9, 0.6], "atc-accuracy": [0.5, 0.4],
+                          "source_accuracy": [0.6, 0.6], "linear-cka": [0.8, np.nan]})
     out = derive_features(frame)
     np.testing.assert_allclose(out["disagreement"], [0.1, 0.4])
     np.testing.assert_allclose(out["atc-gap"], [-0.1, -0.2])

@@ -10,8 +10,13 @@ import pytest
 
 from xlgm.analysis.correlation import correlate
 from xlgm.analysis.frame import AnalysisInputError
-from xlgm.analysis.report_table import (CORRELATION_COLUMNS, cmi_table, correlation_table, granulated_table,
-                                        top_correlations)
+from xlgm.analysis.report_table import (
+    CORRELATION_COLUMNS,
+    cmi_table,
+    correlation_table,
+    granulated_table,
+    top_correlations,
+)
 
 LANGS = ["en", "de", "sw"]
 

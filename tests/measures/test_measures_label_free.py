@@ -30,7 +30,8 @@ def confident(c: float) -> list[float]:
 def test_outputs_measures_are_registered_apart_from_model_measures():
     outputs = list_measures("outputs")
     assert {"confidence-margin", "prediction-entropy", "atc-accuracy", "doc-accuracy", "translation-agreement",
-            "checkpoint-agreement", "translation-gap", "linear-cka", "embedding-distance", "retrieval-accuracy"} <= set(outputs)
+            "checkpoint-agreement", "translation-gap", "linear-cka", "embedding-distance",
+            "retrieval-accuracy"} <= set(outputs)
     assert not set(outputs) & set(list_measures("model"))
     with pytest.raises(XlgmError, match="not a measure of model outputs"):
         compute_output_measure("margin", outputs_from_probs([[0.5, 0.5]]))

@@ -56,7 +56,7 @@ def make_rows(n: int, seed: int = 0, num_labels: int = 3) -> list[Example]:
     return [Example(rng.choice(CORPUS), rng.choice(CORPUS), rng.randrange(num_labels)) for _ in range(n)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -79,7 +79,7 @@ def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unigram_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     tok = Tokenizer(models.Unigram())

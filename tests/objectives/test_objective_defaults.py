@@ -7,8 +7,13 @@ import argparse
 import pytest
 import torch
 import torch.nn.functional as F
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
-from objectives_testlib import make_batch, make_rows, tiny_model, wordpiece_tokenizer
+from objectives_testlib import (
+    make_batch,
+    make_rows,
+    single_thread,  # noqa: F401  (autouse fixture)
+    tiny_model,
+    wordpiece_tokenizer,
+)
 
 from xlgm.errors import XlgmError
 from xlgm.objectives import (

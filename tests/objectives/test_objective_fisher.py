@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
-from objectives_testlib import make_batch, make_rows, run_steps, split, tiny_model, wordpiece_tokenizer
+from objectives_testlib import (
+    make_batch,
+    make_rows,
+    run_steps,
+    single_thread,  # noqa: F401  (autouse fixture)
+    split,
+    tiny_model,
+    wordpiece_tokenizer,
+)
 from torch.func import functional_call
 
 from xlgm.objectives import AdamWObjective, FisherConfig, FisherObjective

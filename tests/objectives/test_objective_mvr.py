@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
 from objectives_testlib import (
     make_batch,
     make_rows,
     run_steps,
+    single_thread,  # noqa: F401  (autouse fixture)
     split,
     tiny_model,
     unigram_tokenizer,

@@ -7,8 +7,14 @@ import math
 
 import pytest
 import torch
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
-from objectives_testlib import make_batch, make_rows, split, tiny_model, wordpiece_tokenizer
+from objectives_testlib import (
+    make_batch,
+    make_rows,
+    single_thread,  # noqa: F401  (autouse fixture)
+    split,
+    tiny_model,
+    wordpiece_tokenizer,
+)
 
 from xlgm.objectives import build_objective
 from xlgm.objectives.base import StepContext

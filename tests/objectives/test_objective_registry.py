@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import pytest
 import torch
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
 from objectives_testlib import (
     make_batch,
     make_rows,
     params_of,
     run_steps,
     same_params,
+    single_thread,  # noqa: F401  (autouse fixture)
     split,
     tiny_model,
     wordpiece_tokenizer,
@@ -53,7 +54,7 @@ def test_registry_and_defaults():
 
 def test_configs_are_frozen():
     config = build_config("sam", rho=0.2)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.rho = 0.3  # type: ignore[misc]
 
 

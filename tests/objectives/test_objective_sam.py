@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
 from objectives_testlib import (
     make_batch,
     make_rows,
     params_of,
     run_steps,
     same_params,
+    single_thread,  # noqa: F401  (autouse fixture)
     split,
     tiny_model,
     wordpiece_tokenizer,
@@ -185,7 +185,7 @@ def test_sam_shared_perturbation_two_micro_batches_equal_one_batch(data):
     obj = SAMObjective(SAMConfig(rho=rho))
     for i, b in enumerate(split(batch8, [4, 4])):
         obj.micro_step(per_micro, b, ctx(i=i, n=2))
-    for (n, a), b, c in zip(whole.named_parameters(), shared.parameters(), per_micro.parameters()):
+    for (_n, a), b, _c in zip(whole.named_parameters(), shared.parameters(), per_micro.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
     # the default (per-micro-batch perturbation) is a different algorithm (m-sharpness)
     diff = max(float((a.grad - c.grad).abs().max()) for a, c in zip(whole.parameters(), per_micro.parameters()))

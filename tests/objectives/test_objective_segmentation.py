@@ -10,8 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
-from objectives_testlib import CORPUS, make_rows, sentences, unigram_tokenizer, wordpiece_tokenizer
+from objectives_testlib import (
+    CORPUS,
+    make_rows,
+    sentences,
+    single_thread,  # noqa: F401  (autouse fixture)
+    unigram_tokenizer,
+    wordpiece_tokenizer,
+)
 
 from xlgm.errors import XlgmError
 from xlgm.objectives.segmentation import SubwordSampler, UnigramSampler, WordPieceSampler

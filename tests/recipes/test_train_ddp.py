@@ -24,18 +24,18 @@ from xlgm.recipes.train import TrainConfig, lost_cpu_processes, train
 SRC = str(Path(xlgm.__file__).resolve().parents[1])
 ROWS, BATCH, LR = 80, 8, 1e-3  # 72 training rows after the held-out 10%: 9 micro-batches, 4 steps of 2
 
-DRIVER = """
+DRIVER = f"""
 import sys
 from xlgm.cli import main
 
 model, out = sys.argv[1], sys.argv[2]
 for objective in ("adamw", "sam"):
-    code = main(["train", "--model", model, "--max-train-examples", "{rows}", "--batch-size", "{batch}",
-                 "--lr", "{lr}", "--save-every", "2", "--log-every", "1", "--device", "cpu",
+    code = main(["train", "--model", model, "--max-train-examples", "{ROWS}", "--batch-size", "{BATCH}",
+                 "--lr", "{LR}", "--save-every", "2", "--log-every", "1", "--device", "cpu",
                  "--objective", objective, "--out", f"{{out}}/{{objective}}"])
     if code:
         sys.exit(code)
-""".format(rows=ROWS, batch=BATCH, lr=LR)
+"""
 
 
 @pytest.fixture(autouse=True)

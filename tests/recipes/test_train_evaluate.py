@@ -97,8 +97,9 @@ def test_same_seed_same_weights(tiny_bert_dir, tmp_path):
 def test_gradient_accumulation_matches_big_batch(tiny_bert_dir, tmp_path, monkeypatch):
     """2 micro-batches of 8 = one batch of 16 for plain AdamW, given the same examples in the same order (in
     fp32: `auto` precision is bf16 on a CPU with native bf16)."""
-    import xlgm.recipes.train as train_module
     from transformers import BertConfig
+
+    import xlgm.recipes.train as train_module
 
     def in_order(lengths, batch_size, seed, pool_batches=50):
         return [list(range(i, min(i + batch_size, len(lengths)))) for i in range(0, len(lengths), batch_size)]
@@ -114,8 +115,8 @@ def test_gradient_accumulation_matches_big_batch(tiny_bert_dir, tmp_path, monkey
     big = train(_config(no_dropout, max_train_examples=48, save_every=0, batch_size=16, holdout_fraction=0,
                           mixed_precision="no"), tmp_path / "big",
                 show_progress=False)
-    small = train(_config(no_dropout, max_train_examples=48, save_every=0, batch_size=8, grad_accum=2, holdout_fraction=0,
-                          mixed_precision="no"), tmp_path / "small", show_progress=False)
+    small = train(_config(no_dropout, max_train_examples=48, save_every=0, batch_size=8, grad_accum=2,
+                          holdout_fraction=0, mixed_precision="no"), tmp_path / "small", show_progress=False)
     from safetensors.torch import load_file
 
     wa = load_file(str(big / "checkpoints" / "step-000003" / "model.safetensors"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from study_testlib import UNITS, one_thread, write_spec
 
 

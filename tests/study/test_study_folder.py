@@ -10,13 +10,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-
 from study_testlib import UNITS, table_rows
+
 from xlgm.errors import XlgmError
 from xlgm.study.cli import main
 from xlgm.study.lock import study_lock

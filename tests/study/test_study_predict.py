@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-
 from study_testlib import one_thread, write_spec
+
 from xlgm.cli import main as xlgm_main
 from xlgm.recipes.evaluate import TextOutputs
 from xlgm.study.predict import label_free_measures, predict_study

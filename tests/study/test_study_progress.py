@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from study_testlib import LANGUAGES, MEASURES, RUNS, UNITS
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from study_testlib import CHECKPOINTS, LANGUAGES, MEASURES, RUNS, UNITS
 from xlgm.measures.base import compute_measure
 from xlgm.study.runner import expected_checkpoint_steps, run_study, training_rows
 from xlgm.study.spec import load_spec
@@ -21,7 +21,7 @@ from xlgm.study.spec import load_spec
 class RecordingBar(tqdm):
     """A tqdm that writes nowhere and remembers every total it was given."""
 
-    bars: list["RecordingBar"] = []
+    bars: list[RecordingBar] = []
 
     def __init__(self, *args, **kwargs):
         self.__dict__["totals"] = []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from study_testlib import UNITS, table_rows
+
 from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec
 

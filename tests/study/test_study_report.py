@@ -10,15 +10,25 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
-
 from report_testlib import HEALTH_ROWS, SETTINGS, VERDICT_ROWS, parse_tables, table_dicts, write_analysis
+from scipy.stats import binomtest
 from study_testlib import CHECKPOINTS, RUNS
-from xlgm.study.analyze import analysis_tables, auto_axes, load_study, resolve_study, unit_frame
+
 from xlgm.errors import XlgmError
+from xlgm.study.analyze import analysis_tables, auto_axes, load_study, resolve_study, unit_frame
 from xlgm.study.cli import main
-from xlgm.study.report import (PNG_PREFIX, AnalysisFiles, StudyRecords, _colours, build_report, chance_check,
-                               exclusions, load_analysis_files, read_study_records, scatter_title)
+from xlgm.study.report import (
+    PNG_PREFIX,
+    AnalysisFiles,
+    StudyRecords,
+    _colours,
+    build_report,
+    chance_check,
+    exclusions,
+    load_analysis_files,
+    read_study_records,
+    scatter_title,
+)
 
 MEASURES = ["margin", "frobenius-distance"]
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from study_testlib import CHECKPOINTS, LANGUAGES, MEASURES, RUNS, UNITS, table_rows
+
 from xlgm.study.cli import main
 from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec

@@ -7,8 +7,8 @@ import shutil
 import sqlite3
 
 import pandas as pd
-
 from study_testlib import CHECKPOINTS, RUNS
+
 from xlgm.analysis.health import HEALTH_COLUMNS
 from xlgm.analysis.verdict import VERDICT_COLUMNS
 from xlgm.study.cli import main

@@ -9,8 +9,18 @@ report_table.py long-form tables over (measure, target) and `top_correlations`
 
 from xlgm.analysis.cmi import CMIResult, conditional_mutual_information
 from xlgm.analysis.correlation import CorrelationResult, correlate
-from xlgm.analysis.frame import (MEAN_GAP, MEAN_TARGET, AnalysisInputError, acc_column, add_targets, build_frame,
-                                 flatten_configs, gap_column, select_unit, target_columns)
+from xlgm.analysis.frame import (
+                                 MEAN_GAP,
+                                 MEAN_TARGET,
+                                 AnalysisInputError,
+                                 acc_column,
+                                 add_targets,
+                                 build_frame,
+                                 flatten_configs,
+                                 gap_column,
+                                 select_unit,
+                                 target_columns,
+)
 from xlgm.analysis.granulated import GranulatedResult, granulated_kendall, kendall_tau_a
 from xlgm.analysis.report_table import cmi_table, correlation_table, granulated_table, top_correlations
 

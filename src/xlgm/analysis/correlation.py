@@ -1,7 +1,8 @@
 """Correlation of one generalization measure with one target: Kendall, Spearman and Pearson, with p-values and
 percentile-bootstrap confidence intervals.
 
-Point estimates are scipy's: `scipy.stats.kendalltau` (tau-b), `scipy.stats.spearmanr` and `scipy.stats.pearsonr`. The correlation is reported raw: a measure that is expected
+Point estimates are scipy's: `scipy.stats.kendalltau` (tau-b), `scipy.stats.spearmanr` and `scipy.stats.pearsonr`.
+The correlation is reported raw: a measure that is expected
 to decrease with accuracy (e.g. sharpness) shows a negative coefficient. The caller may state the expected sign;
 it is reported beside the coefficient (``expected_sign``, ``agrees``) and never used to flip it.
 

@@ -179,7 +179,7 @@ class GapRegressor:
             alpha = alphas[len(alphas) // 2]
         return self._solve(x, y, checkpoints, float(alpha), within)
 
-    def fit(self, frame: pd.DataFrame) -> "GapRegressor":
+    def fit(self, frame: pd.DataFrame) -> GapRegressor:
         from sklearn.preprocessing import StandardScaler
 
         if not self.features:

@@ -22,8 +22,20 @@ import pandas as pd
 
 from xlgm.analysis.cmi import conditional_mutual_information
 from xlgm.analysis.correlation import correlate
-from xlgm.analysis.frame import (ACC_PREFIX, GAP_PREFIX, MEAN_GAP, MEAN_TARGET, AnalysisInputError, RunReduce,
-                                 Unit, acc_column, add_targets, require_columns, select_unit, target_columns)
+from xlgm.analysis.frame import (
+    ACC_PREFIX,
+    GAP_PREFIX,
+    MEAN_GAP,
+    MEAN_TARGET,
+    AnalysisInputError,
+    RunReduce,
+    Unit,
+    acc_column,
+    add_targets,
+    require_columns,
+    select_unit,
+    target_columns,
+)
 from xlgm.analysis.granulated import granulated_kendall
 
 CORRELATION_COLUMNS = [

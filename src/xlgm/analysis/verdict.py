@@ -24,6 +24,7 @@ family-wise adjustment, since each row is read as a claim about one measure.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -108,7 +109,7 @@ def verdict_table(
         sign, citation = directions.get(measure, (None, ""))
         for label, column in VERDICT_TARGETS.items():
             expected = None if sign is None else (int(sign) if column == MEAN_TARGET else -int(sign))
-            get = lambda c, t=correlations: _lookup(t, measure, column, c)  # noqa: E731
+            get = functools.partial(_lookup, correlations, measure, column)
             n_runs, n_ckpt = get("n_runs"), get("n_checkpoints")
             rows.append({
                 "measure": measure, "target": label, "tau": get("tau"), "ci_low": get("tau_lo"),

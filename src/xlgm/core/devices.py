@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")

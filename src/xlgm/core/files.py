@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import secrets
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 # safetensors refuses headers above 100 MB; a larger length read from the first 8 bytes means another format.
 MAX_SAFETENSORS_HEADER = 100_000_000
@@ -82,7 +82,8 @@ def read_json(path: str | Path, *, expect: type | None = None, required: Iterabl
     if required and expect is None:
         expect = dict
     if expect is not None and not isinstance(value, expect):
-        wanted = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        kinds: dict[type, str] = {dict: "a JSON object", list: "a JSON list"}
+        wanted = kinds.get(expect, expect.__name__)
         raise XlgmError(f"{path}: expected {wanted}, got {_json_kind(value)}")
     missing = [key for key in required if key not in value]
     if missing:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from xlgm.errors import XlgmError
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
+from xlgm.core.errors import XlgmError
 
 T = TypeVar("T")
 
@@ -34,7 +37,7 @@ def require(ok: bool, message: str) -> None:
         raise XlgmError(message)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeIs[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -34,7 +34,7 @@ class DataSource:
             raise XlgmError("the local data source needs a data directory (--data-dir)")
 
     @classmethod
-    def from_args(cls, data_dir: str | None, hub: bool = False) -> "DataSource":
+    def from_args(cls, data_dir: str | None, hub: bool = False) -> DataSource:
         if hub:
             return cls("hf")
         if data_dir:
@@ -51,7 +51,8 @@ def load_examples(task: Task, split: str, lang: str, source: DataSource = DataSo
                   max_examples: int | None = None) -> list[Example]:
     """Labelled examples of one split and language, in file order (truncated to `max_examples`)."""
     if lang not in task.languages:
-        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}")
+        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; "
+                        f"expected one of: {' '.join(task.languages)}")
     check_split(split)
     exclude = excluded_test_rows(split)
     if exclude is not None:

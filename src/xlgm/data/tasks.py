@@ -8,16 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xlgm.core.types import Example as Example  # re-exported: the type of a loaded row
 from xlgm.errors import XlgmError
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled (or unlabelled, label=-1) sentence pair."""
-
-    text_a: str
-    text_b: str
-    label: int
 
 
 @dataclass(frozen=True)

@@ -65,5 +65,6 @@ def read_tsv(path: str | Path, task: Task, *, labelled: bool = True) -> list[Exa
 
 def read_split(data_dir: str | Path, task: Task, split: str, lang: str) -> list[Example]:
     if lang not in task.languages:
-        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}")
+        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; "
+                        f"expected one of: {' '.join(task.languages)}")
     return read_tsv(tsv_path(data_dir, task, split, lang), task)

@@ -40,7 +40,7 @@ from xlgm.measures.guard import preserved
 from xlgm.measures.params import select_parameters
 
 # Importing the measure modules registers them.
-from xlgm.measures import (  # noqa: E402,F401  isort: skip
+from xlgm.measures import (  # noqa: F401  isort: skip
     margin,
     sharpness_diff,
     sharpness_alpha,
@@ -52,8 +52,8 @@ from xlgm.measures import (  # noqa: E402,F401  isort: skip
     seed_variance,
     label_free,
 )
-from xlgm.measures.curvature import measures as _curvature_measures  # noqa: E402,F401
-from xlgm.measures.seed_variance import parameter_variance_across_seeds  # noqa: E402
+from xlgm.measures.curvature import measures as _curvature_measures  # noqa: F401
+from xlgm.measures.seed_variance import parameter_variance_across_seeds
 
 __all__ = [
     "MeasureContext",

@@ -42,7 +42,6 @@ from xlgm.measures import loss as loss_lib
 from xlgm.measures.guard import preserved
 from xlgm.measures.params import ParamFilter, describe_filter, select_parameters
 
-
 # ---------------------------------------------------------------------------------------------------------
 # The result
 # ---------------------------------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ class MeasureHealth:
     nonfinite: int = 0
 
     @classmethod
-    def from_details(cls, value: float, spread: float | None, details: Mapping[str, Any]) -> "MeasureHealth":
+    def from_details(cls, value: float, spread: float | None, details: Mapping[str, Any]) -> MeasureHealth:
         """Read from the standard detail keys (`HEALTH_KEYS`) a measure reports; absent keys stay None."""
         known = {k: details.get(k) for k in HEALTH_KEYS}
         for key in ("converged", "iteration_cap_reached", "saturated"):
@@ -158,7 +157,7 @@ class MeasureResult:
             "spread": self.spread,
             "num_samples": self.num_samples,
             "details": _jsonable(self.details),
-            "health": _jsonable(self.health.to_dict()),
+            "health": _jsonable(self.health.to_dict()) if self.health is not None else None,
         }
 
 
@@ -368,7 +367,7 @@ def register_measure(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if expected_sign not in (1, -1, None):
         raise ValueError(f"expected_sign of {name!r} must be +1, -1 or None, got {expected_sign!r}")
-    if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
+    if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]  # typeshed omits it
         raise TypeError(f"config_cls of {name!r} must be a frozen dataclass")
 
     def decorate(fn: Callable[..., MeasureResult]) -> Callable[..., MeasureResult]:

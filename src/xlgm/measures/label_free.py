@@ -43,11 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xlgm.core.types import TextOutputs
 from xlgm.errors import XlgmError
 from xlgm.measures import sharpness_avg, sharpness_diff
 from xlgm.measures.base import MeasureContext, MeasureResult, check_choice, register_measure
 from xlgm.measures.loss import batch_size, logits_of
-from xlgm.recipes.evaluate import TextOutputs
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
@@ -74,7 +74,7 @@ def _need_source(name: str, source: TextOutputs | None, labels: bool = False, pa
     if embeddings and source.embeddings is None:
         raise XlgmError(f"{name} needs sentence embeddings of the source text")
     if (embeddings and parallel_to is not None and parallel_to.embeddings is not None
-            and len(source.embeddings) != len(parallel_to.embeddings)):
+            and source.embeddings is not None and len(source.embeddings) != len(parallel_to.embeddings)):
         raise XlgmError(f"{name} needs parallel text: embeddings of {len(parallel_to.embeddings)} target rows but "
                         f"{len(source.embeddings)} source rows")
     return source

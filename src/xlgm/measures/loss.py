@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Re-exported: every measure runs its forward passes with these.
+from xlgm.core.tensors import logits_of as logits_of
+from xlgm.core.tensors import upcast as upcast
+from xlgm.core.types import Batch as Batch
 from xlgm.errors import XlgmError
-from xlgm.objectives.base import model_inputs
-
-Batch = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -118,24 +119,6 @@ def single_examples(batches: Sequence[Batch]) -> Iterator[Batch]:
 # ---------------------------------------------------------------------------------------------------------
 # Forward passes
 # ---------------------------------------------------------------------------------------------------------
-
-
-def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """`model(**inputs).logits`, for Hugging Face sequence classifiers and anything returning `.logits`."""
-    out = model(**model_inputs(batch))
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, (tuple, list)):
-        logits = out[0]
-    if logits is None and isinstance(out, torch.Tensor):
-        logits = out
-    if logits is None or logits.dim() != 2:
-        raise XlgmError("the model must return classification logits of shape (batch, num_labels)")
-    return logits
-
-
-def upcast(logits: torch.Tensor) -> torch.Tensor:
-    """Half/bfloat16 logits -> float32 for the loss; float32/float64 unchanged."""
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 def logits_and_labels(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None

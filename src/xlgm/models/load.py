@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -41,7 +42,7 @@ from transformers.utils import logging as hf_logging
 from xlgm.core import validation
 from xlgm.core.files import first_line
 from xlgm.errors import XlgmError
-from xlgm.runs import ResolvedTarget, looks_like_path
+from xlgm.models.checkpoints import ResolvedTarget, load_checkpoint_into, load_initial_into, looks_like_path
 
 EMBEDDED = "embedded"
 T5_TYPES = ("mt5", "t5", "umt5")
@@ -153,7 +154,7 @@ def _reinitialize(model: PreTrainedModel, modules: list[torch.nn.Module]) -> Non
     initialised; the marks are cleared first so that its initialiser runs)."""
     with torch.no_grad():
         for module in modules:
-            module._is_hf_initialized = False
+            module._is_hf_initialized = False  # type: ignore[assignment]  # transformers' marker, not in torch's stubs
             for p in module.parameters(recurse=False):
                 if hasattr(p, "_is_hf_initialized"):
                     p._is_hf_initialized = False
@@ -209,7 +210,7 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
             config.id2label = dict(enumerate(label_names))
             config.label2id = {name: i for i, name in enumerate(label_names)}
     cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     # transformers' load report would list the new head as MISSING on every load: the head is handled
     # here, and what it would warn about otherwise (encoder weights not in the file) is said below. Its
     # "Loading weights" bar (one per checkpoint) would break up the study's and recipes' own bars.
@@ -261,8 +262,6 @@ def load_target(target: ResolvedTarget, num_labels: int, label_names: tuple[str,
     """The model a resolved TARGET names: for a run, the base weights, then the run's initial head, then
     the checkpoint; for a model, its own trained head for the task (see the module docstring) or, with
     `random_head=SEED`, a random head drawn from that seed (said on stderr)."""
-    from xlgm.runs import load_checkpoint_into, load_initial_into
-
     if target.run_dir is not None:
         if random_head is not None:
             raise XlgmError(f"--random-head applies to a base model, not to a run's checkpoint ({target.label})")

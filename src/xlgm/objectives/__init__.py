@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from xlgm.errors import XlgmError
 from xlgm.objectives.adamw import AdamWConfig, AdamWObjective
@@ -205,7 +206,8 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         type=float,
         default=None,
         help="fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
-        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the micro-batch per "
+        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the micro-batch "
+        "per "
         "device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 is λ ≈ 3.1e-5 "
         "at 32",
     )

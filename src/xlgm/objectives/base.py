@@ -25,13 +25,9 @@ from typing import Any, Protocol
 
 import torch
 
-# Keys of a batch that are not model inputs.
-NON_MODEL_KEYS = ("labels", "idx")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch without labels and bookkeeping, ready for `model(**...)`."""
-    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+# Re-exported: the objectives and their tests know them as xlgm.objectives.base names.
+from xlgm.core.tensors import NON_MODEL_KEYS as NON_MODEL_KEYS
+from xlgm.core.tensors import model_inputs as model_inputs
 
 
 @dataclass

@@ -10,10 +10,12 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+# Re-exported: every objective computes its loss with these.
+from xlgm.core.tensors import cross_entropy as cross_entropy
+from xlgm.core.tensors import logits_of as logits_of
+from xlgm.core.tensors import upcast as upcast
 from xlgm.errors import XlgmError
-from xlgm.objectives.base import model_inputs
 
 # ----------------------------------------------------------------------------------------------------------
 # Validation
@@ -68,22 +70,6 @@ def check_bool(option: str, value: Any) -> bool:
 # Loss and model plumbing
 
 
-def logits_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Forward pass on the model inputs of `batch` (labels and idx stripped) -> logits."""
-    out = model(**model_inputs(batch))
-    return out.logits if hasattr(out, "logits") else out[0]
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32; fp32 and fp64 unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the micro-batch, in at least fp32 (logits may be fp16/bf16)."""
-    return F.cross_entropy(upcast(logits), labels)
-
-
 def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -102,6 +88,6 @@ def grad_scale(ctx: Any) -> float:
         if not scaler.is_enabled():
             return 1.0
         return float(scaler.get_scale())
-    except Exception:  # pragma: no cover - a scaler without the usual API
+    except Exception:  # noqa: BLE001  # pragma: no cover - a scaler without the usual API
         return 1.0
 

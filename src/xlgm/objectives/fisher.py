@@ -50,6 +50,7 @@ GradScaler skips the step. bf16 needs nothing special.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,7 @@ def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None
 
 
 def gradient_norm_penalty(
-    loss: torch.Tensor, params: list[torch.Tensor], scale: float = 1.0
+    loss: torch.Tensor, params: Sequence[torch.Tensor], scale: float = 1.0
 ) -> torch.Tensor:
     """‖∇_params loss‖², differentiable (create_graph=True); `scale` is the fp16 loss scale to undo."""
     target = loss * scale if scale != 1.0 else loss

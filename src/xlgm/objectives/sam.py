@@ -39,8 +39,9 @@ handles the step as usual. bf16 needs nothing special.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ def _global_norm(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
 
 def _working_copies(grads: Sequence[torch.Tensor | None], inplace: bool) -> list[torch.Tensor | None]:
     """fp32 (or fp64) tensors we may overwrite: the gradients themselves where `inplace`, else copies."""
-    out = []
+    out: list[torch.Tensor | None] = []
     for g in grads:
         if g is None:
             out.append(None)

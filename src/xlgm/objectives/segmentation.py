@@ -33,7 +33,8 @@ import json
 import math
 import random
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -81,9 +82,8 @@ class WordPieceSampler:
     def _candidates(self, word: str) -> list[list[tuple[int, str]]] | None:
         """Per start position, the (end, piece) matches from which the word can be completed, longest
         first; None where the deterministic greedy tokenizer gives [UNK]."""
-        cached = self._cache.get(word, False)
-        if cached is not False:
-            return cached
+        if word in self._cache:
+            return self._cache[word]
         n = len(word)
         result: list[list[tuple[int, str]]] | None
         if n > self.max_chars:

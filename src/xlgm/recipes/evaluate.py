@@ -7,7 +7,6 @@ bf16/fp16 matrix products, float32 logits). Batches go to whichever device the m
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,11 +20,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, autocast
 from xlgm.core.files import write_json
+from xlgm.core.tensors import model_inputs
+from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `predict_outputs` returns
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import TASKS, Example, Task
 from xlgm.errors import XlgmError
-from xlgm.objectives.base import model_inputs
 
 SPLITS = ("dev", "test", "train")
 CHECKPOINT_CHOICES = ("best", "last")
@@ -57,55 +57,6 @@ class EvaluateConfig:
         v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
         v.check_fields(self)  # max_examples, batch_size, max_length, device
         v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
-
-
-@dataclass(frozen=True)
-class TextOutputs:
-    """One model's outputs on one language's text, in the original row order.
-
-    logits [n, num_labels] (float32); embeddings [n, hidden] (float32): the mean over non-padding tokens of
-    the encoder's hidden states at `layer` (None when not asked for); labels [n] (-1 where unknown).
-    """
-
-    language: str
-    logits: np.ndarray
-    embeddings: np.ndarray | None = None
-    labels: np.ndarray | None = None
-
-    @property
-    def predictions(self) -> np.ndarray:
-        return self.logits.argmax(-1)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        z = self.logits - self.logits.max(-1, keepdims=True)
-        e = np.exp(z.astype(np.float64))
-        return e / e.sum(-1, keepdims=True)
-
-    @property
-    def accuracy(self) -> float | None:
-        if self.labels is None or len(self.labels) == 0 or (self.labels < 0).any():
-            return None
-        return float((self.predictions == self.labels).mean())
-
-    def save(self, path: Path) -> None:
-        """An .npz file (no pickle); written atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"logits": self.logits}
-        if self.embeddings is not None:
-            arrays["embeddings"] = self.embeddings.astype(np.float16)  # ample for distances, half the disk
-        if self.labels is not None:
-            arrays["labels"] = self.labels
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, language=np.array(self.language), **arrays)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> "TextOutputs":
-        with np.load(path, allow_pickle=False) as z:
-            emb = z["embeddings"].astype(np.float32) if "embeddings" in z else None
-            labels = z["labels"] if "labels" in z else None
-            return cls(str(z["language"]), z["logits"], emb, labels)
 
 
 def _pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:

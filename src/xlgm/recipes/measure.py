@@ -25,15 +25,15 @@ from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, autocast, resolve_device, resolve_precision
 from xlgm.core.files import read_json, write_json
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
-from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
 from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
 from xlgm.data.tasks import TASKS, Task
 from xlgm.errors import XlgmError
 from xlgm.measures.base import compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
 from xlgm.recipes.evaluate import SPLITS, model_device
 from xlgm.results import ResultsDB
-from xlgm.runs import RunDir, ResolvedTarget, load_initial_into
+from xlgm.runs import ResolvedTarget, RunDir, load_initial_into
 
 DEFAULT_MEASURES = ("margin", "sharpness-diff", "frobenius-distance")
 CHECKPOINT_CHOICES = ("all", "best", "last")
@@ -56,7 +56,7 @@ class MeasureData:
         validation.check_fields(self)  # max_examples, batch_size, max_length
 
     @classmethod
-    def parse(cls, spec: str, **kw: Any) -> "MeasureData":
+    def parse(cls, spec: str, **kw: Any) -> MeasureData:
         """`en-dev` -> language en, split dev."""
         lang, sep, split = spec.partition("-")
         if not sep or not (split in FILE_SPLITS or TRAIN_MINUS_TEST.fullmatch(split)):

@@ -45,8 +45,19 @@ from xlgm.models.load import load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
 from xlgm.recipes.evaluate import accuracy
 from xlgm.results import ResultsDB, config_hash
-from xlgm.runs import (CONFIG, INIT, INIT_HEAD, LOG, RunDir, claim_run_dir, clear_run_dir, load_checkpoint_into,
-                       save_checkpoint, save_tensors, write_json)
+from xlgm.runs import (
+    CONFIG,
+    INIT,
+    INIT_HEAD,
+    LOG,
+    RunDir,
+    claim_run_dir,
+    clear_run_dir,
+    load_checkpoint_into,
+    save_checkpoint,
+    save_tensors,
+    write_json,
+)
 
 FREEZE_CHOICES = ("none", "word", "embeddings")
 # Held-out rows for checkpoint selection are drawn with a fixed seed, not the run's, so every run of a
@@ -187,8 +198,8 @@ def lost_cpu_processes() -> int | None:
         with contextlib.redirect_stderr(open(os.devnull, "w")):
             launch = launch_command_parser().parse_args(command[starts[0] + 1:])
     except SystemExit:
-        raise XlgmError("accelerate launch --cpu started one process and its command line could not be read; "
-                        "run python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ... instead")
+        raise XlgmError("accelerate launch --cpu started one process and its command line could not be read; run "
+                        "python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ... instead") from None
     if (launch.num_machines or 1) > 1:
         raise XlgmError("accelerate launch --cpu on several machines needs mpirun (--mpirun_hostfile)")
     return launch.num_processes if (launch.num_processes or 1) > 1 else None
@@ -352,8 +363,9 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     collator = BatchCollator(tokenizer, data)
     objective.setup(model, tokenizer, train_rows)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for _name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},

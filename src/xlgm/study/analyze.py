@@ -96,8 +96,8 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
     with StudyDB(out / DB_NAME) as db:
         done = db.done_units()
         trained = [r for r in run_ids if train_unit_id(r) in done]
-        runs = pd.DataFrame(db.query(f"SELECT run_id, config FROM runs WHERE run_id IN ({_in(trained)})", tuple(trained)),
-                            columns=["run_id", "config"])
+        rows = db.query(f"SELECT run_id, config FROM runs WHERE run_id IN ({_in(trained)})", tuple(trained))
+        runs = pd.DataFrame(rows, columns=["run_id", "config"])
         ckpts = pd.DataFrame(db.query(
             "SELECT checkpoint_id, run_id, step, epoch, dev_accuracy, is_best, is_last FROM checkpoints "
             f"WHERE run_id IN ({_in(trained)})", tuple(trained)),

@@ -7,10 +7,11 @@ own as `python -m xlgm.study.cli run SPEC ...`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from xlgm.errors import XlgmError
+from xlgm.errors import OneLineParser, XlgmError, exit_status
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
@@ -79,10 +80,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m xlgm.study.cli run ...` = `xlgm study run ...`."""
-    from xlgm.cli import main as xlgm_main
-
+    parser = OneLineParser(prog="xlgm")
+    add_study_parser(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)
-    return xlgm_main(argv if argv[:1] == ["study"] else ["study", *argv])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return exit_status(lambda: cmd_study(parser.parse_args(argv if argv[:1] == ["study"] else ["study", *argv])))
 
 
 if __name__ == "__main__":

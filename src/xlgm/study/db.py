@@ -114,7 +114,7 @@ class StudyDB(ResultsDB):
         self._old_roots: list[Path] | None = None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["StudyDB"]:
+    def transaction(self) -> Iterator[StudyDB]:
         """Everything written inside commits together, or (on any exception) not at all."""
         real = self.conn
         with real:

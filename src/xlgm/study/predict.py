@@ -39,9 +39,9 @@ from xlgm.analysis.predict import (
     derive_features,
     summarize,
 )
+from xlgm.core.types import TextOutputs
 from xlgm.errors import XlgmError
 from xlgm.measures.base import compute_output_measure
-from xlgm.recipes.evaluate import TextOutputs
 from xlgm.study.db import StudyDB
 from xlgm.study.runner import DB_NAME, eval_data_label, outputs_path, train_unit_id
 from xlgm.study.spec import StudySpec
@@ -123,7 +123,8 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
         ckpts = _study_checkpoints(spec, db)
         evals = pd.DataFrame(db.query(
             "SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=?",
-            (spec.task, spec.evaluation.split, eval_data_label(spec))), columns=["checkpoint_id", "language", "accuracy"])
+            (spec.task, spec.evaluation.split, eval_data_label(spec))),
+        columns=["checkpoint_id", "language", "accuracy"])
     files = load_outputs(spec, ckpts, spec.languages)
     usable = [c for c in ckpts.checkpoint_id if (c, src_lang) in files]
     if not usable:

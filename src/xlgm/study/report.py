@@ -119,7 +119,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f"{value:.{digits}f}"
+        small_or_large = abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3)
+        return f"{value:.{digits}g}" if small_or_large else f"{value:.{digits}f}"
     return str(value)
 
 
@@ -1137,10 +1138,10 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
     from xlgm.analysis.report_table import top_correlations
 
     top = top_correlations(corr, spec.analysis.top)
-    page.paragraph((f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
+    page.paragraph(f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
                     + ("✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false "
                        "discovery rate)." if adjusted else
-                       "Uncorrected: with this many tests, some of the largest |τ| are expected by chance.")))
+                       "Uncorrected: with this many tests, some of the largest |τ| are expected by chance."))
     page.table(correlation_detail(_with_notes(top, corr), targets=()), "top")
 
     page.heading("Granulated Kendall Ψ and CMI K")

@@ -1,0 +1,73 @@
+"""The types every layer passes around: a row of text, a batch of tensors, a model's outputs on a language."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# A batch: `input_ids`, `attention_mask`, optionally `token_type_ids`, `labels` (long) and `idx` (long, the
+# row's index in its data set), each with the batch on dimension 0.
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled (or unlabelled, label=-1) sentence pair."""
+
+    text_a: str
+    text_b: str
+    label: int
+
+
+@dataclass(frozen=True)
+class TextOutputs:
+    """One model's outputs on one language's text, in the original row order.
+
+    logits [n, num_labels] (float32); embeddings [n, hidden] (float32): the mean over non-padding tokens of
+    the encoder's hidden states at `layer` (None when not asked for); labels [n] (-1 where unknown).
+    """
+
+    language: str
+    logits: np.ndarray
+    embeddings: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(-1)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        z = self.logits - self.logits.max(-1, keepdims=True)
+        e = np.exp(z.astype(np.float64))
+        return e / e.sum(-1, keepdims=True)
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.labels is None or len(self.labels) == 0 or (self.labels < 0).any():
+            return None
+        return float((self.predictions == self.labels).mean())
+
+    def save(self, path: Path) -> None:
+        """An .npz file (no pickle); written atomically."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"logits": self.logits}
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings.astype(np.float16)  # ample for distances, half the disk
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        tmp = path.with_name(path.name + ".tmp.npz")
+        # numpy's stubs type **kwds like the allow_pickle keyword; these are arrays saved under their names.
+        np.savez_compressed(tmp, language=np.array(self.language), **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> TextOutputs:
+        with np.load(path, allow_pickle=False) as z:
+            emb = z["embeddings"].astype(np.float32) if "embeddings" in z else None
+            labels = z["labels"] if "labels" in z else None
+            return cls(str(z["language"]), z["logits"], emb, labels)
