@@ -18,8 +18,8 @@ from study_testlib import UNITS, table_rows
 
 from xlgm.errors import XlgmError
 from xlgm.study.cli import main
-from xlgm.study.lock import study_lock
 from xlgm.study.db import StudyDB
+from xlgm.study.lock import study_lock
 from xlgm.study.runner import outputs_path, run_study, worker_device
 from xlgm.study.spec import load_spec
 
