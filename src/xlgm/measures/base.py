@@ -402,6 +402,21 @@ def get_measure(name: str) -> MeasureSpec:
         raise XlgmError(f"unknown measure {name!r}; known measures: {known}") from None
 
 
+def measure_options(spec: MeasureSpec) -> str:
+    """The measure's options with their defaults, e.g. `num_draws=3, sigma=None` ("" when it has none)."""
+    parts = []
+    for f in dataclasses.fields(spec.config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            parts.append(f"{f.name} (required)")
+            continue
+        parts.append(f"{f.name}={default!r}" if isinstance(default, str) else f"{f.name}={default}")
+    return ", ".join(parts)
+
+
 def resolve_config(spec: MeasureSpec, config: Any) -> Any:
     """None -> defaults; a mapping -> config_cls(**mapping) (unknown keys are an error); an instance -> itself."""
     if config is None:
