@@ -84,6 +84,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (the same config)")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --out first and train anew")
+    p.add_argument("--report-to", action="append", default=[], metavar="TRACKER",
+                   help="also log to tensorboard, wandb or mlflow (repeatable or a comma list; files under "
+                        "RUN/trackers; needs the extra, e.g. pip install 'xlgm[tensorboard]'; default: none)")
     add_objective_arguments(p)
 
 
@@ -235,7 +238,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
     out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")
-    run_dir = train(config, out, device=args.device, resume=args.resume, overwrite=args.overwrite)
+    run_dir = train(config, out, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                    report_to=args.report_to)
     print(f"run directory: {run_dir}")
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
