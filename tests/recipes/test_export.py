@@ -97,3 +97,17 @@ def test_export_refuses_a_folder_inside_the_run_and_a_non_run(tiny_run, tmp_path
     assert not (tiny_run / "hf").exists()
     assert main(["export", str(tmp_path), str(tmp_path / "hf")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_an_mt5_run_exports_too(tiny_mt5_dir, tmp_path):
+    config = TrainConfig(model=str(tiny_mt5_dir), epochs=1, batch_size=16, max_train_examples=32, lr=1e-3, seed=0)
+    run = train(config, tmp_path / "run", show_progress=False)
+    out = tmp_path / "hf"
+    assert main(["export", str(run), str(out)]) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    reference, _ = load_target(resolve_target(str(run), "best"), XNLI.num_labels, XNLI.label_names)
+    rows = load_examples(XNLI, "test", "en", max_examples=8)
+    batch = tokenizer([r.text_a for r in rows], [r.text_b for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=1e-6)

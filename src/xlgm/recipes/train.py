@@ -23,6 +23,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def split_train_select(config: TrainConfig, task: Task, rows: list[Example], sel
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
-def check_report_to(report_to) -> list:
+def check_report_to(report_to: str | GeneralTracker | Sequence[str | GeneralTracker] | None) -> list:
     """The trackers to log to: names of `TRACKERS` (a string may be a comma list) or accelerate
     `GeneralTracker` instances. A name whose package is not installed is refused here, before training:
     accelerate would only warn and drop it."""
@@ -312,7 +313,7 @@ def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scal
 
 def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, db_path: str | Path | None = None,
           objective=None, *, device: str = "auto", resume: bool = False, overwrite: bool = False,
-          report_to=()) -> Path:
+          report_to: str | Sequence[str | GeneralTracker] = ()) -> Path:
     """Train and write the run directory; returns its path.
 
     A folder that already holds a run is refused unless `resume` (the same config: continue from its last
