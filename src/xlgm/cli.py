@@ -1,4 +1,4 @@
-"""The `xlgm` command line: train, evaluate, measure, study, demo.
+"""The `xlgm` command line: train, evaluate, measure, predict, export, study, demo.
 
 Each subcommand parses its flags into a config and calls a recipe; recipes never parse arguments.
 Problems with user input (`XlgmError`, and flags argparse rejects) are printed as one line, with no
@@ -77,6 +77,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (the same config)")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --out first and train anew")
+    p.add_argument("--report-to", action="append", default=[], metavar="TRACKER",
+                   help="also log to tensorboard, wandb or mlflow (repeatable or a comma list; files under "
+                        "RUN/trackers; needs the extra, e.g. pip install 'xlgm[tensorboard]'; default: none)")
     add_objective_arguments(p)
 
 
@@ -126,7 +129,8 @@ def _measure_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--params", default=None, help="parameter filter, a regex on names (default: trained parameters)")
     p.add_argument("--set", action="append", default=[], metavar="MEASURE.OPTION=VALUE",
-                   help="a measure option, e.g. --set sharpness-diff.k=5 (repeatable)")
+                   help="a measure option, e.g. --set sharpness-diff.num_draws=5 (repeatable; options: "
+                        "`xlgm measure --list`)")
     p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
                    help="for a base model without a trained head for the task: use a random head drawn from SEED "
                         "(default 0) instead of refusing; its accuracy is chance")
@@ -135,7 +139,30 @@ def _measure_parser(sub) -> None:
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
-    p.add_argument("--list", action="store_true", help="list the measures with their references and exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the measures with their references and options, and exit")
+
+
+def _export_parser(sub) -> None:
+    from xlgm.recipes.export import CHECKPOINT_CHOICES, ExportConfig
+
+    d = ExportConfig()
+    p = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model folder",
+                       description="A folder AutoModelForSequenceClassification and AutoTokenizer load: the full "
+                                   "weights (safetensors), a config naming the task's labels, the tokenizer.")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("out", help="the folder to write (must not exist or be empty, unless --overwrite)")
+    p.add_argument("--checkpoint", default=d.checkpoint, choices=CHECKPOINT_CHOICES, help="which checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--allow-partial", action="store_true", help="export a run whose training did not finish")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from xlgm.recipes.export import ExportConfig, export_run
+
+    config = ExportConfig(checkpoint=args.checkpoint, overwrite=args.overwrite, allow_partial=args.allow_partial)
+    out = export_run(args.run, args.out, config)
+    print(f"exported {args.run} ({config.checkpoint} checkpoint) to {out}")
 
 
 def _demo_parser(sub) -> None:
@@ -205,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
     out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")
-    run_dir = train(config, out, device=args.device, resume=args.resume, overwrite=args.overwrite)
+    run_dir = train(config, out, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                    report_to=args.report_to)
     print(f"run directory: {run_dir}")
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
@@ -266,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task
-    from xlgm.measures.base import get_measure, list_measures
+    from xlgm.measures.base import get_measure, list_measures, measure_options
     from xlgm.recipes.measure import (
         MeasureConfig,
         MeasureData,
@@ -289,6 +317,9 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
                 spec = get_measure(name)
                 sign = {1: "+", -1: "-"}.get(spec.expected_sign, "?")
                 print(f"{name:<26} {spec.reference}\n{'':<26} expected vs accuracy: {sign} {spec.direction}")
+                options = measure_options(spec)
+                if options:
+                    print(f"{'':<26} options: {options}")
         print("# expected: + higher value goes with higher accuracy (better transfer), - with lower, ? not claimed")
         return []
     if not args.target:
@@ -345,18 +376,46 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "predict": cmd_predict,
-            "demo": cmd_demo, "study": cmd_study}
+            "export": cmd_export, "demo": cmd_demo, "study": cmd_study}
+
+
+def _show_defaults(parser: argparse.ArgumentParser, seen: set[int] | None = None) -> None:
+    """Every option's help ends with its default, unless the help already says it or there is none to say
+    (None, False of a switch): argparse's ArgumentDefaultsHelpFormatter would print `(default: None)` and
+    repeat the defaults the help strings name in words."""
+    seen = set() if seen is None else seen
+    if id(parser) in seen:
+        return
+    seen.add(id(parser))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child, seen)
+            continue
+        default = action.default
+        if (not action.option_strings or action.help == argparse.SUPPRESS or default in (None, False, [], "")
+                or default is argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            continue
+        if action.help is None:
+            action.help = "(default: %(default)s)"
+        elif "default" not in action.help.lower():
+            action.help += " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xlgm import __version__
+
     parser = OneLineParser(prog="xlgm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"xlgm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
     _measure_parser(sub)
     _predict_parser(sub)
+    _export_parser(sub)
     _demo_parser(sub)
     add_study_parser(sub)
+    _show_defaults(parser)
     return parser
 
 

@@ -9,6 +9,7 @@
     RUN/checkpoints.json       index: every checkpoint with its dev accuracy, and which is `best`/`last`
     RUN/state.json             whether training finished, on which device and in how many processes
     RUN/train_log.jsonl        one JSON object per logged step / evaluation
+    RUN/trackers/              with `--report-to`: the trackers' local files (TensorBoard events, ...)
     RUN/results.sqlite         runs, checkpoints, evaluations, measures (see results.py)
 
 Weights are stored as safetensors and metadata as JSON: nothing is ever unpickled. A checkpoint stores the
@@ -50,11 +51,12 @@ STATE = "state.json"
 LOG = "train_log.jsonl"
 TRAINING_STATE = "training-state.safetensors"
 TRAINING_STATE_META = "training-state.json"
+TRACKERS_FOLDER = "trackers"  # what `xlgm train --report-to` logs locally (TensorBoard events, wandb/mlflow files)
 # What `xlgm train` and the commands reading a run write into it: `--overwrite` deletes these and nothing
 # else, and refuses a folder that holds anything more (a user's file is never deleted).
 RUN_ENTRIES = (CONFIG, INIT, INIT_HEAD, INDEX, STATE, LOG, "checkpoints", "results.sqlite",
                "results.sqlite-journal", "results.sqlite-wal", "results.sqlite-shm", "eval-*.json",
-               "measures.json", "outputs", "*.tmp")
+               "measures.json", "outputs", TRACKERS_FOLDER, "*.tmp")
 
 
 def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -198,6 +198,7 @@ class MeasureContext:
     param_filter: str = "requires_grad"
     meter: loss_lib.CostMeter = field(default_factory=loss_lib.CostMeter)
     progress: Callable[[int, int | None], None] | None = None
+    criterion: loss_lib.Criterion | None = None  # the loss of the loss helpers; None: cross-entropy
 
     # -- progress --------------------------------------------------------------------------------------------
 
@@ -279,16 +280,19 @@ class MeasureContext:
     # -- the loss helpers, counted -----------------------------------------------------------------------------
 
     def loss(self, batches: Sequence[dict[str, torch.Tensor]] | None = None) -> float:
-        return loss_lib.mean_loss(self.model, self.batches if batches is None else batches, meter=self.meter)
+        return loss_lib.mean_loss(self.model, self.batches if batches is None else batches, meter=self.meter,
+                                  criterion=self.criterion)
 
     def evaluate(self, batches: Sequence[dict[str, torch.Tensor]] | None = None) -> loss_lib.LossAndError:
-        return loss_lib.evaluate(self.model, self.batches if batches is None else batches, meter=self.meter)
+        return loss_lib.evaluate(self.model, self.batches if batches is None else batches, meter=self.meter,
+                                 criterion=self.criterion)
 
     def loss_and_grad(
         self, batches: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> tuple[loss_lib.LossAndError, list[torch.Tensor]]:
         return loss_lib.loss_and_gradient(
-            self.model, self.batches if batches is None else batches, self.params, meter=self.meter
+            self.model, self.batches if batches is None else batches, self.params, meter=self.meter,
+            criterion=self.criterion,
         )
 
     # -- the result ---------------------------------------------------------------------------------------------
@@ -401,6 +405,21 @@ def get_measure(name: str) -> MeasureSpec:
         raise XlgmError(f"unknown measure {name!r}; known measures: {known}") from None
 
 
+def measure_options(spec: MeasureSpec) -> str:
+    """The measure's options with their defaults, e.g. `num_draws=3, sigma=None` ("" when it has none)."""
+    parts = []
+    for f in dataclasses.fields(spec.config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            parts.append(f"{f.name} (required)")
+            continue
+        parts.append(f"{f.name}={default!r}" if isinstance(default, str) else f"{f.name}={default}")
+    return ", ".join(parts)
+
+
 def resolve_config(spec: MeasureSpec, config: Any) -> Any:
     """None -> defaults; a mapping -> config_cls(**mapping) (unknown keys are an error); an instance -> itself."""
     if config is None:
@@ -446,9 +465,17 @@ def compute_measure(
     param_filter: ParamFilter = None,
     seed: int = 0,
     progress: Callable[[int, int | None], None] | None = None,
+    criterion: loss_lib.Criterion | None = None,
     **inputs: Any,
 ) -> MeasureResult:
-    """Compute measure `name` of `model` on `batches` (dicts of tensors on the model's device, with labels).
+    """Compute measure `name` of `model` on `batches` (dicts of tensors on the model's device, with labels
+    under `labels` or, as `datasets` names them, `label`).
+
+    model: a Hugging Face sequence classifier, or any nn.Module called as `model(**inputs)` (the batch less
+    its labels) that returns logits (batch, num_labels), a tuple starting with them, or an object with `.logits`.
+    criterion: `criterion(logits, labels) -> the batch's mean loss` (a scalar tensor) used by the measures that
+    look at the loss (sharpness, PAC-Bayes, Hessian); None: cross-entropy. Margins and the Fisher measures
+    (the model's softmax likelihood) do not depend on it.
 
     config: None (defaults), a dict of options, or the measure's config instance. param_filter: None (every
     parameter with requires_grad=True), a regex searched in parameter names, or a callable name -> bool.
@@ -469,7 +496,7 @@ def compute_measure(
             + (f"; it takes: {', '.join(spec.inputs)}" if spec.inputs else "")
         )
     cfg = resolve_config(spec, config)
-    batches = list(batches)
+    batches = [_with_labels(batch) for batch in batches]
     if not batches:
         raise XlgmError(f"measure {name} needs at least one batch of data")
     with preserved(model, seed) as generator:
@@ -488,8 +515,21 @@ def compute_measure(
             inputs=dict(inputs),
             param_filter=describe_filter(param_filter),
             progress=progress,
+            criterion=criterion,
         )
         return spec.fn(ctx, cfg)
+
+
+def _with_labels(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch with its labels under `labels` (the `datasets` column is `label`)."""
+    batch = dict(batch)
+    if "label" in batch:
+        label = batch.pop("label")
+        if "labels" not in batch:
+            batch["labels"] = label
+        elif not torch.equal(torch.as_tensor(label), torch.as_tensor(batch["labels"])):
+            raise XlgmError("a batch holds both `label` and `labels`, and they differ")
+    return batch
 
 
 def compute_group_measure(

@@ -1,8 +1,11 @@
-"""The loss helpers every measure shares: mean cross-entropy, error rate and full-data gradients over batches.
+"""The loss helpers every measure shares: mean loss, error rate and full-data gradients over batches.
 
 All losses are the mean over *all examples* of all batches (batches of different sizes weigh by their size):
 
     L(w) = (1/N) sum_b sum_{i in b} CE(f_w(x_i), y_i),      err(w) = (1/N) #{i : argmax f_w(x_i) != y_i}
+
+The loss is cross-entropy unless a `criterion(logits, labels) -> the batch's mean loss` is given; a batch
+then weighs `n_b * criterion(...)`, so L is again the mean over all examples.
 
 and the full-data gradient is the gradient of that L, i.e. sum_b (n_b / N) grad L_b. Passes that need no
 gradient run under `torch.inference_mode()`. Every helper can count its passes in a `CostMeter`, in units of
@@ -13,7 +16,7 @@ report their cost.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,9 @@ from xlgm.core.tensors import logits_of as logits_of
 from xlgm.core.tensors import upcast as upcast
 from xlgm.core.types import Batch as Batch
 from xlgm.errors import XlgmError
+
+# criterion(logits, labels) -> the batch's mean loss (a scalar tensor); None: cross-entropy.
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -56,7 +62,7 @@ class CostMeter:
 
 @dataclass(frozen=True)
 class LossAndError:
-    loss: float  # mean cross-entropy
+    loss: float  # mean loss (cross-entropy unless a criterion was given)
     error: float  # error rate in [0, 1]
     num_examples: int
 
@@ -121,6 +127,16 @@ def single_examples(batches: Sequence[Batch]) -> Iterator[Batch]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor, criterion: Criterion | None = None) -> torch.Tensor:
+    """The batch's loss summed over its examples: cross-entropy, or `criterion`'s mean times the batch size."""
+    if criterion is None:
+        return F.cross_entropy(logits, labels, reduction="sum")
+    loss = criterion(logits, labels)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise XlgmError("criterion(logits, labels) must return a scalar tensor: the batch's mean loss")
+    return loss.reshape(()) * labels.shape[0]
+
+
 def logits_and_labels(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (N x C, at least float32) and labels (N), concatenated over batches, without gradients."""
@@ -135,8 +151,10 @@ def logits_and_labels(model: nn.Module, batches: Sequence[Batch], meter: CostMet
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None) -> LossAndError:
-    """Mean cross-entropy and error rate over all examples (inference mode, float64 accumulation)."""
+def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None,
+             criterion: Criterion | None = None) -> LossAndError:
+    """Mean loss (cross-entropy, or `criterion`) and error rate over all examples (inference mode, float64
+    accumulation)."""
     total_loss = torch.zeros((), dtype=torch.float64)
     total_wrong = 0
     n = 0
@@ -144,7 +162,7 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None
         for batch in batches:
             labels = labels_of(batch)
             logits = upcast(logits_of(model, batch))
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
+            total_loss += summed_loss(logits, labels, criterion).double().cpu()
             total_wrong += int((logits.argmax(dim=-1) != labels).sum())
             n += labels.shape[0]
             if meter is not None:
@@ -152,8 +170,9 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None
     return LossAndError(float(total_loss) / n, total_wrong / n, n)
 
 
-def mean_loss(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None) -> float:
-    return evaluate(model, batches, meter).loss
+def mean_loss(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None,
+              criterion: Criterion | None = None) -> float:
+    return evaluate(model, batches, meter, criterion).loss
 
 
 def error_rate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None) -> float:
@@ -161,7 +180,8 @@ def error_rate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | No
 
 
 def loss_and_gradient(
-    model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor], meter: CostMeter | None = None
+    model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor], meter: CostMeter | None = None,
+    criterion: Criterion | None = None,
 ) -> tuple[LossAndError, list[torch.Tensor]]:
     """L(w), err(w) and the full-data gradient dL/dparams = sum_b (n_b/N) grad L_b (zeros where unused)."""
     n_total = total_examples(batches)
@@ -172,7 +192,7 @@ def loss_and_gradient(
         for batch in batches:
             labels = labels_of(batch)
             logits = logits_of(model, batch)
-            loss_sum = F.cross_entropy(upcast(logits), labels, reduction="sum")
+            loss_sum = summed_loss(upcast(logits), labels, criterion)
             parts = torch.autograd.grad(loss_sum / n_total, list(params), allow_unused=True)
             for g, part in zip(grads, parts):
                 if part is not None:

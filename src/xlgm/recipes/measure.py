@@ -112,7 +112,7 @@ class MeasureConfig:
 
 
 def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`sharpness-diff.k=5` -> {"sharpness-diff": {"k": 5}}; values are read as YAML scalars."""
+    """`sharpness-diff.num_draws=5` -> {"sharpness-diff": {"num_draws": 5}}; values are read as YAML scalars."""
     import yaml
 
     options: dict[str, dict[str, Any]] = {}
@@ -120,7 +120,7 @@ def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
         key, eq, value = pair.partition("=")
         name, dot, field = key.partition(".")
         if not eq or not dot:
-            raise XlgmError(f"--set {pair!r}: expected MEASURE.OPTION=VALUE, e.g. sharpness-diff.k=5")
+            raise XlgmError(f"--set {pair!r}: expected MEASURE.OPTION=VALUE, e.g. sharpness-diff.num_draws=5")
         options.setdefault(name, {})[field] = yaml.safe_load(value)
     return options
 

@@ -23,6 +23,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -50,6 +52,7 @@ from xlgm.runs import (
     INIT,
     INIT_HEAD,
     LOG,
+    TRACKERS_FOLDER,
     RunDir,
     claim_run_dir,
     clear_run_dir,
@@ -140,13 +143,59 @@ def split_train_select(config: TrainConfig, task: Task, rows: list[Example], sel
     return group_holdout(task, rows, config.holdout_fraction, HOLDOUT_SEED)
 
 
+# --report-to: accelerate's trackers, each with the package it needs and the extra that installs it.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_report_to(report_to: str | GeneralTracker | Sequence[str | GeneralTracker] | None) -> list:
+    """The trackers to log to: names of `TRACKERS` (a string may be a comma list) or accelerate
+    `GeneralTracker` instances. A name whose package is not installed is refused here, before training:
+    accelerate would only warn and drop it."""
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
+                 "mlflow": is_mlflow_available}
+    items = [report_to] if isinstance(report_to, (str, GeneralTracker)) else list(report_to or ())
+    trackers: list = []
+    for item in items:
+        if isinstance(item, GeneralTracker):
+            trackers.append(item)
+            continue
+        for name in validation.comma_list("--report-to", item):
+            if name == "none":
+                continue
+            validation.one_of("--report-to", name, ("none", *TRACKERS))
+            if not available[name]():
+                raise XlgmError(f"--report-to {name}: the {TRACKERS[name]} package is not installed "
+                                f"(pip install 'xlgm[{name}]')")
+            if name not in trackers:
+                trackers.append(name)
+    return trackers
+
+
+def _tracker_config(config: TrainConfig) -> dict:
+    """The config as the flat str/int/float/bool values trackers store as hyperparameters."""
+    flat = {**asdict(config), "run_id": config.run_id}
+    return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in flat.items()}
+
+
+def _track(accelerator: Accelerator, record: dict) -> None:
+    """A train_log.jsonl record's numbers, to the trackers (if any; on the main process)."""
+    values = {k: v for k, v in record.items()
+              if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if accelerator.trackers and values:
+        accelerator.log(values, step=record["step"])
+
+
 # Variables a launcher sets in each of the processes it starts (torch.distributed.run, accelerate, mpirun).
 _LAUNCHED_PROCESS_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
                                "MV2_COMM_WORLD_SIZE")
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "auto") -> Accelerator:
-    """An Accelerator on `device` (auto|cpu|cuda|cuda:N|mps) in `mixed_precision` (auto: resolve_precision).
+def make_accelerator(device: str = "auto", mixed_precision: str = "auto", report_to: list | None = None,
+                     run_dir: Path | None = None) -> Accelerator:
+    """An Accelerator on `device` (auto|cpu|cuda|cuda:N|mps) in `mixed_precision` (auto: resolve_precision),
+    logging to the trackers `report_to` (checked ones, see `check_report_to`) under RUN/trackers.
 
     Under a multi-process launcher each process takes the device of its LOCAL_RANK (`--device cuda`), or
     the CPU with gloo (`--device cpu`, or `accelerate launch --cpu`)."""
@@ -168,7 +217,13 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "auto") -> Acc
         # (a study, the tests) may train on another device or in another precision next time.
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=precision, cpu=wanted.type == "cpu")
+    tracking = {}
+    if report_to:
+        if run_dir is None:
+            raise XlgmError("--report-to needs the run folder to write the trackers' logs into")
+        project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(Path(run_dir) / TRACKERS_FOLDER))
+        tracking = {"log_with": report_to, "project_config": project}
+    accelerator = Accelerator(mixed_precision=precision, cpu=wanted.type == "cpu", **tracking)
     if accelerator.device.type != wanted.type:
         raise XlgmError(f"--device {device}: accelerate placed training on {accelerator.device}")
     return accelerator
@@ -271,16 +326,20 @@ def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scal
 
 
 def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, db_path: str | Path | None = None,
-          objective=None, *, device: str = "auto", resume: bool = False, overwrite: bool = False) -> Path:
+          objective=None, *, device: str = "auto", resume: bool = False, overwrite: bool = False,
+          report_to: str | Sequence[str | GeneralTracker] = ()) -> Path:
     """Train and write the run directory; returns its path.
 
     A folder that already holds a run is refused unless `resume` (the same config: continue from its last
     checkpoint; a finished run is returned as it is) or `overwrite` (delete what the old run wrote first).
-    `device` is where to train (auto|cpu|cuda|cuda:N|mps); it is not part of the run id."""
+    `device` is where to train (auto|cpu|cuda|cuda:N|mps); it is not part of the run id. `report_to`: trackers
+    that hear what train_log.jsonl records (tensorboard, wandb, mlflow, or accelerate GeneralTracker
+    instances), beside it; not part of the run id either."""
     task = get_task(config.task)
     if config.source_language not in task.languages:
         raise XlgmError(f"unknown source language {config.source_language!r} for {task.name}")
-    accelerator = make_accelerator(device, config.mixed_precision)
+    trackers = check_report_to(report_to)
+    accelerator = make_accelerator(device, config.mixed_precision, trackers, Path(run_dir))
     main = accelerator.is_main_process
     run = RunDir(Path(run_dir))
     mode = claim_run_dir(run.path, asdict(config), config.run_id, resume=resume, overwrite=overwrite)
@@ -360,6 +419,9 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
             run.rewind(start_step)
             run.write_state(resumed_at=[*(run.state or {}).get("resumed_at", []), start_step], **session)
 
+    if trackers:
+        accelerator.init_trackers("xlgm", config=_tracker_config(config),
+                                  init_kwargs={"wandb": {"name": run.path.name}, "mlflow": {"run_name": run.path.name}})
     collator = BatchCollator(tokenizer, data)
     objective.setup(model, tokenizer, train_rows)
 
@@ -405,7 +467,9 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
                     steps_per_epoch=steps_per_epoch, processes=processes, running=running,
                     elapsed_seconds=elapsed + time.perf_counter() - start)
         run.save_training_state(name, tensors, meta)
-        _log(log, {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "checkpoint": name})
+        record = {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "checkpoint": name}
+        _log(log, record)
+        _track(accelerator, record)
         # The index names the checkpoint only once all its files are written: resuming starts from it.
         index = run.record_checkpoint(name, step, epoch, dev_acc)
         for c in index["checkpoints"]:
@@ -450,9 +514,11 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         if running.get("loss"):
             bar.set_postfix(loss=f"{np.mean(running['loss'][-20:]):.3f}")
         if step % config.log_every == 0 or step == total_steps:
-            _log(log, {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": grad_norm, "seconds": elapsed + time.perf_counter() - start,
-                       **_global_means(running, accelerator, batch_device)})
+            record = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": grad_norm, "seconds": elapsed + time.perf_counter() - start,
+                      **_global_means(running, accelerator, batch_device)}
+            _log(log, record)
+            _track(accelerator, record)
             running = {}
         if config.save_every and step % config.save_every == 0 and step < total_steps:
             evaluate_and_save(step)
@@ -466,6 +532,8 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         log.close()
         run.write_state(finished=True)
         run.drop_training_state(run.last_checkpoint["name"])  # a finished run is not resumed
+    if trackers:
+        accelerator.end_training()
     _wait_for_everyone(accelerator)
     return run.path
 

@@ -60,7 +60,7 @@ def hessian_top_eig(ctx: MeasureContext, config: HessianTopEigConfig) -> Measure
     details: eigenvalues, hvps (operator applications), iterations, converged, residuals, history (the top
     estimate after each HVP).
     """
-    op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter), ctx)
+    op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter, criterion=ctx.criterion), ctx)
     if config.method == "lanczos":
         ctx.expect(min(config.max_iters, op.size))
         res = lanczos(op, ctx.generator, k=config.k, max_iters=config.max_iters, tol=config.tol)
@@ -137,7 +137,7 @@ def hessian_trace(ctx: MeasureContext, config: HessianTraceConfig) -> MeasureRes
     spread: std of the probe values z'Hz (for Hutch++: of the residual probes); num_samples: the probes.
     The standard error of the estimate is spread / sqrt(num_samples).
     """
-    op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter), ctx)
+    op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter, criterion=ctx.criterion), ctx)
     est = _trace(op, ctx, config.method, config.num_matvecs)
     return ctx.result(
         est.value,

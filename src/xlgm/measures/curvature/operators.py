@@ -28,7 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlgm.errors import XlgmError
-from xlgm.measures.loss import Batch, CostMeter, double_backward_safe, labels_of, logits_of, total_examples, upcast
+from xlgm.measures.loss import (
+    Batch,
+    CostMeter,
+    Criterion,
+    double_backward_safe,
+    labels_of,
+    logits_of,
+    summed_loss,
+    total_examples,
+    upcast,
+)
 from xlgm.measures.params import flatten, unflatten
 
 
@@ -114,11 +124,16 @@ def _dot(tensors: Sequence[torch.Tensor | None], vs: Sequence[torch.Tensor]) -> 
 
 
 class HessianOperator(_ModelOperator):
-    """H v for the mean cross-entropy over the batches, by double backward."""
+    """H v for the mean loss over the batches (cross-entropy, or `criterion`), by double backward."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor],
+                 meter: CostMeter | None = None, criterion: Criterion | None = None):
+        super().__init__(model, batches, params, meter)
+        self.criterion = criterion
 
     def _batch_product(self, batch: Batch, vs: list[torch.Tensor]) -> Sequence[torch.Tensor | None]:
         labels = labels_of(batch)
-        loss = F.cross_entropy(upcast(logits_of(self.model, batch)), labels, reduction="sum") / self.num_examples
+        loss = summed_loss(upcast(logits_of(self.model, batch)), labels, self.criterion) / self.num_examples
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         if self.meter is not None:
             self.meter.forward(labels.shape[0])

@@ -1,0 +1,66 @@
+"""`xlgm --version`, defaults in every subcommand's --help, and `xlgm measure --list` with options."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+import xlgm
+from xlgm.cli import build_parser, main
+from xlgm.measures.base import get_measure, list_measures, measure_options
+from xlgm.recipes.measure import parse_measure_options
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"xlgm {xlgm.__version__}"
+
+
+def _subparsers(parser: argparse.ArgumentParser, prefix: str = ""):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield f"{prefix}{name}", child
+                yield from _subparsers(child, f"{prefix}{name} ")
+
+
+def test_every_option_with_a_default_says_it_once():
+    parser = build_parser()
+    checked = 0
+    for name, sub in _subparsers(parser):
+        text = sub.format_help()
+        for action in sub._actions:
+            if not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+                continue
+            if isinstance(action, argparse._HelpAction):
+                continue
+            help_text = action.help % {"default": action.default} if "%(" in action.help else action.help
+            assert help_text.lower().count("default") == 1, (name, action.option_strings, help_text)
+            checked += 1
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    assert checked > 30
+    train_help = " ".join(dict(_subparsers(parser))["train"].format_help().split())
+    assert "--lr LR (default: 0.0001)" in train_help
+    assert "--holdout-fraction HOLDOUT_FRACTION (default: 0.1)" in train_help
+
+
+def test_the_set_example_is_accepted_by_its_measure():
+    measure = dict(_subparsers(build_parser()))["measure"]
+    (set_help,) = [a.help for a in measure._actions if "--set" in a.option_strings]
+    assert "--set sharpness-diff.num_draws=5" in set_help
+    options = parse_measure_options(["sharpness-diff.num_draws=5"])
+    from xlgm.measures.base import resolve_config
+
+    assert resolve_config(get_measure("sharpness-diff"), options["sharpness-diff"]).num_draws == 5
+
+
+def test_measure_list_shows_options_with_defaults(capsys):
+    assert main(["measure", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "num_draws=3" in out and "step_size=0.05" in out  # sharpness-diff's defaults
+    assert measure_options(get_measure("sharpness-diff")).startswith("mode='default', sigma=None, step_size=0.05")
+    for name in list_measures():
+        assert measure_options(get_measure(name)) in out
