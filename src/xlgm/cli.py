@@ -45,6 +45,19 @@ def _split(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _task(text: str) -> str:
+    """`--task`: a task name or a task file (read now, so later stages find it by name) -> the task's name."""
+    from xlgm.data.tasks import get_task
+
+    try:
+        return get_task(text).name
+    except XlgmError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+TASK_HELP = "a task name (xnli, pawsx) or a task file, path/to/task.yaml"
+
+
 def _train_parser(sub) -> None:
     from xlgm.objectives import add_objective_arguments
     from xlgm.recipes.train import FREEZE_CHOICES, TrainConfig
@@ -53,7 +66,7 @@ def _train_parser(sub) -> None:
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
     p.add_argument("--model", default=d.model, help="`embedded`, a Hub id or a local folder (default: embedded)")
-    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"])
+    p.add_argument("--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: {d.task})")
     p.add_argument("--source-language", default=d.source_language)
     _add_data_arguments(p)
     p.add_argument("--train-split", default=d.train_split, type=_split, metavar="SPLIT",
@@ -93,7 +106,8 @@ def _evaluate_parser(sub) -> None:
     d = EvaluateConfig()
     p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
     p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
-    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--task", default=d.task, type=_task, metavar="TASK",
+                   help=f"{TASK_HELP} (default: the run's task, else xnli)")
     p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
     _add_data_arguments(p)
     p.add_argument("--split", default=d.split, choices=["dev", "test", "train"])
@@ -123,7 +137,8 @@ def _measure_parser(sub) -> None:
     p.add_argument("--data", default=f"{d.data.language}-{d.data.split}",
                    help="LANGUAGE-SPLIT of the examples the measures see")
     _add_data_arguments(p)
-    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--task", default=d.task, type=_task, metavar="TASK",
+                   help=f"{TASK_HELP} (default: the run's task, else xnli)")
     p.add_argument("--checkpoint", default=d.checkpoint, choices=["all", "best", "last"],
                    help="which checkpoints of a run")
     p.add_argument("--max-examples", type=int, default=d.data.max_examples)
