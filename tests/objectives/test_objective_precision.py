@@ -10,6 +10,7 @@ import torch
 from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
 from objectives_testlib import make_batch, make_rows, split, tiny_model, wordpiece_tokenizer
 
+from xlgm.objectives import OBJECTIVES as REGISTERED
 from xlgm.objectives import build_objective
 from xlgm.objectives.base import StepContext
 
@@ -38,13 +39,9 @@ class ScalingAccelerator:
         return contextlib.nullcontext()
 
 
-OBJECTIVES = [
-    ("adamw", {}),
-    ("sam", {"rho": 0.2}),
-    ("asam", {}),
-    ("fisher", {"lam": 0.5}),
-    ("mvr", {"rate": 0.3}),
-]
+# Every registered objective, with options off their defaults where that exercises more of the objective.
+OPTIONS = {"sam": {"rho": 0.2}, "fisher": {"lam": 0.5}, "mvr": {"rate": 0.3}}
+OBJECTIVES = [(name, OPTIONS.get(name, {})) for name in REGISTERED]
 
 
 @pytest.fixture(scope="module")
