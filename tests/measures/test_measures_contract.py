@@ -33,7 +33,8 @@ NO_FORWARD = {"frobenius-distance", "spectral-norm"}  # they never run the model
 
 
 def _inputs(name, model):
-    if name == "frobenius-distance":
+    """What a measure declares it needs besides the model and batches."""
+    if "init_state" in get_measure(name).inputs:
         return {"init_state": {k: v.clone() + 0.01 for k, v in model.state_dict().items()}}
     return {}
 
