@@ -11,7 +11,7 @@ from xlgm.data.tasks import PAWSX, TASKS, XNLI, Task, get_task, load_task_file
 from xlgm.errors import XlgmError
 
 TOY = """\
-name: toy
+name: toy-unit
 languages: [en, xx]
 labels: ["no", "yes"]
 text_columns: [claim, evidence]
@@ -38,11 +38,11 @@ def test_task_file_defaults(tmp_path):
     path = tmp_path / "toy.yaml"
     path.write_text(TOY + "hub: {dataset: org/toy, configs: {xx: xx_XX}}\n")
     task = get_task(str(path))
-    assert task == Task(name="toy", languages=("en", "xx"), label_names=("no", "yes"),
+    assert task == Task(name="toy-unit", languages=("en", "xx"), label_names=("no", "yes"),
                         text_fields=("claim", "evidence"), tsv_labels=("no", "yes"), hf_dataset="org/toy",
                         hf_text_fields=("claim", "evidence"), group_fields=(0,), hf_configs=(("xx", "xx_XX"),))
     assert (task.hf_config("xx"), task.hf_config("en"), task.target_languages) == ("xx_XX", "en", ("xx",))
-    assert get_task("toy") is task  # found by name once read
+    assert get_task("toy-unit") is task  # found by name once read
 
 
 @pytest.mark.parametrize("text, message", [
@@ -70,7 +70,7 @@ def test_malformed_task_file_names_file_and_key(tmp_path, text, message):
 
 def test_a_builtin_name_cannot_be_redefined(tmp_path):
     path = tmp_path / "xnli.yaml"
-    path.write_text(TOY.replace("name: toy", "name: xnli"))
+    path.write_text(TOY.replace("name: toy-unit", "name: xnli"))
     with pytest.raises(XlgmError, match="name: task 'xnli' is already defined differently"):
         get_task(str(path))
 
