@@ -239,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from xlgm.core import validation
     from xlgm.core.devices import resolve_device, resolve_precision
     from xlgm.data.loading import DataSource
-    from xlgm.data.tasks import get_task
+    from xlgm.data.tasks import get_task, read_run_task
     from xlgm.models.load import load_target
     from xlgm.recipes.evaluate import EvaluateConfig, evaluate_languages, format_table, load_languages, write_report
     from xlgm.results import ResultsDB
@@ -256,6 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     target = resolve_target(args.target, config.checkpoint)
     if target.run_dir:
         require_finished(target.run_dir, args.allow_partial)
+    read_run_task(target.run_dir)
     run_config = RunDir(target.run_dir).config if target.run_dir else {}
     task_name = config.task or run_config.get("task", "xnli")
     if run_config and task_name != run_config["task"]:
@@ -286,7 +287,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.loading import DataSource
-    from xlgm.data.tasks import get_task
+    from xlgm.data.tasks import get_task, read_run_task
     from xlgm.measures.base import get_measure, list_measures
     from xlgm.recipes.measure import (MeasureConfig, MeasureData, expand_targets, measure_checkpoints,
                                       parse_measure_options, read_records, resolve_measures, write_records)
@@ -317,6 +318,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     run_dir = targets[0].run_dir
     if run_dir:
         require_finished(run_dir, args.allow_partial)
+    read_run_task(run_dir)
     run_task = RunDir(run_dir).config["task"] if run_dir else None
     task_name = config.task or run_task or "xnli"
     if run_task and task_name != run_task:

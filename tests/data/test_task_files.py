@@ -68,6 +68,19 @@ def test_malformed_task_file_names_file_and_key(tmp_path, text, message):
     assert "\n" not in str(err.value)
 
 
+def test_task_document_reads_back(tmp_path):
+    import yaml
+
+    from xlgm.data.tasks import task_document, write_run_task
+
+    for task in (XNLI, PAWSX):
+        path = tmp_path / f"{task.name}.yaml"
+        path.write_text(yaml.safe_dump(task_document(task)))
+        assert load_task_file(path) == task
+    write_run_task(XNLI, tmp_path)  # a built-in task needs no copy
+    assert not (tmp_path / "task.yaml").exists()
+
+
 def test_a_builtin_name_cannot_be_redefined(tmp_path):
     path = tmp_path / "xnli.yaml"
     path.write_text(TOY.replace("name: toy-unit", "name: xnli"))

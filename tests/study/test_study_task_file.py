@@ -62,6 +62,22 @@ def test_train_and_evaluate_a_task_file(tiny_bert_dir, tmp_path):
     assert rows == [("toy", "en", 10), ("toy", "xx", 10)]
 
 
+def test_a_run_keeps_its_task_file(tiny_bert_dir, tmp_path, monkeypatch):
+    from xlgm.data import tasks
+
+    task_file, data = write_toy(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_bert_dir), "--task", str(task_file), "--data-dir", str(data),
+                 "--max-train-examples", "16", "--batch-size", "16", "--out", str(run)]) == 0
+    assert tasks.load_task_file(run / "task.yaml") == tasks.load_task_file(task_file)
+    # A later process knows no file task until it reads the run's: evaluate and measure without --task.
+    monkeypatch.setattr(tasks, "_FILE_TASKS", {})
+    assert main(["evaluate", str(run), "--data-dir", str(data), "--languages", "xx", "--max-examples", "4"]) == 0
+    assert json.loads((run / "eval-test.json").read_text())["languages"]["xx"]["num_examples"] == 4
+    monkeypatch.setattr(tasks, "_FILE_TASKS", {})
+    assert main(["measure", str(run), "--measures", "margin", "--data-dir", str(data), "--max-examples", "8"]) == 0
+
+
 STUDY = """\
 name: toy-study
 task: toy.yaml

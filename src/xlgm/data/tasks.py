@@ -36,6 +36,8 @@ from typing import Any
 from xlgm.errors import XlgmError
 
 TASK_FILES_DIR = Path(__file__).parent / "task_files"
+# A run of a task that is not built in keeps its task file here, so later stages know the task by itself.
+RUN_TASK_FILE = "task.yaml"
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
 OUTPUT_TYPES = ("classification",)
 METRICS = ("accuracy",)
@@ -232,3 +234,32 @@ def check_task(field: str, ref: str) -> str:
     except XlgmError as err:
         raise XlgmError(f"{field}: {err}") from None
     return ref
+
+
+def task_document(task: Task) -> dict[str, Any]:
+    """The task as its task file writes it (`load_task_file` reads it back to an equal task)."""
+    columns = list(task.text_fields)
+    doc: dict[str, Any] = {
+        "name": task.name, "output": task.output, "metric": task.metric, "languages": list(task.languages),
+        "source_language": task.source_language, "labels": list(task.label_names), "text_columns": columns,
+        "group_columns": [columns[i] for i in task.group_fields], "tsv": {"labels": list(task.tsv_labels)},
+    }
+    if task.hf_dataset:
+        doc["hub"] = {"dataset": task.hf_dataset, "text_columns": list(task.hf_text_fields),
+                      "configs": dict(task.hf_configs)}
+    return doc
+
+
+def write_run_task(task: Task, run_dir: str | Path) -> None:
+    """Keep a task that is not built in with a run (`RUN/task.yaml`)."""
+    import yaml
+
+    if TASKS.get(task.name) != task:
+        text = yaml.safe_dump(task_document(task), sort_keys=False, allow_unicode=True)
+        (Path(run_dir) / RUN_TASK_FILE).write_text(text, encoding="utf-8")
+
+
+def read_run_task(run_dir: str | Path | None) -> None:
+    """Make the task a run keeps (`RUN/task.yaml`, if any) known by its name in this process."""
+    if run_dir is not None and (path := Path(run_dir) / RUN_TASK_FILE).is_file():
+        get_task(str(path))
