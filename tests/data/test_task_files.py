@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from xlgm.cli import main
@@ -50,8 +48,8 @@ def test_task_file_defaults(tmp_path):
     (TOY + "colour: red\n", "colour: unknown key; expected one of: name, output"),
     (TOY + "output: multiple_choice\n", "output: expected one of: classification; got 'multiple_choice'"),
     (TOY + "metric: f1\n", "metric: expected one of: accuracy; got 'f1'"),
-    (TOY + "group_columns: [title]\n", "group_columns[0]: expected one of the text_columns (claim, evidence), "
-                                       "got 'title'"),
+    (TOY + "group_columns: [title]\n",
+     ("group_columns[0]: expected one of the text_columns (claim, evidence), got 'title'")),
     (TOY + "tsv: {labels: [n]}\n", "tsv.labels: expected 2 entries, got 1"),
     (TOY + "source_language: de\n", "source_language: expected one of: en, xx; got 'de'"),
     (TOY.replace("[claim, evidence]", "[claim]"), "text_columns: expected 2 entries, got 1"),

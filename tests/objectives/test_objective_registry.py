@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from objectives_testlib import single_thread  # noqa: F401  (autouse fixture)
 from objectives_testlib import (
     make_batch,
     make_rows,
     params_of,
     run_steps,
     same_params,
+    single_thread,  # noqa: F401  (autouse fixture)
     split,
     tiny_model,
     wordpiece_tokenizer,

@@ -21,7 +21,7 @@ group_columns: [claim]
 tsv:
   labels: ["0", "1"]
 """
-WORDS = "the a man woman dog cat house car city river book water food good bad big small old new".split()
+WORDS = ["the", "a", "man", "woman", "dog", "cat", "house", "car", "city", "river", "book", "water", "food", "good", "bad", "big", "small", "old", "new"]
 
 
 def _rows(rng: random.Random, n: int) -> list[str]:

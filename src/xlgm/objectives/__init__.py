@@ -39,8 +39,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from xlgm.errors import XlgmError
@@ -74,10 +74,12 @@ LOOP_FACTS = ("task", "batch_size")
 # Every objective, in the order `--help` lists them. A new objective is a module with its class (name,
 # config_class with `option(...)` field metadata for its flags, reference, summary, loop_facts) and one
 # entry here; its name, flags and validation follow from the class.
-OBJECTIVE_CLASSES: tuple[type, ...] = (AdamWObjective, SAMObjective, ASAMObjective, FisherObjective, MVRObjective)
+OBJECTIVE_CLASSES: tuple[type[Any], ...] = (
+    AdamWObjective, SAMObjective, ASAMObjective, FisherObjective, MVRObjective,
+)
 
 
-def objective_spec(cls: type) -> ObjectiveSpec:
+def objective_spec(cls: type[Any]) -> ObjectiveSpec:
     """The registry entry of an objective class."""
     unknown = [fact for fact in cls.loop_facts if fact not in LOOP_FACTS]
     if unknown:
@@ -231,21 +233,21 @@ def objective_from_args(namespace: argparse.Namespace, **extra: Any) -> Objectiv
 
 
 __all__ = [
+    "LOOP_FACTS",
+    "NON_MODEL_KEYS",
+    "OBJECTIVES",
+    "OBJECTIVE_CLASSES",
+    "OBJECTIVE_FLAGS",
     "ASAMConfig",
     "ASAMObjective",
     "AdamWConfig",
     "AdamWObjective",
     "FisherConfig",
     "FisherObjective",
-    "LOOP_FACTS",
     "MVRConfig",
     "MVRObjective",
-    "NON_MODEL_KEYS",
-    "OBJECTIVES",
-    "OBJECTIVE_CLASSES",
-    "OBJECTIVE_FLAGS",
-    "ObjectiveFlag",
     "Objective",
+    "ObjectiveFlag",
     "ObjectiveSpec",
     "SAMConfig",
     "SAMObjective",
@@ -259,8 +261,8 @@ __all__ = [
     "model_inputs",
     "objective_flags",
     "objective_from_args",
-    "objective_spec",
     "objective_options",
+    "objective_spec",
     "option",
     "sam_perturbation",
 ]
