@@ -38,6 +38,19 @@ def _split(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _task(text: str) -> str:
+    """`--task`: a task name or a task file (read now, so later stages find it by name) -> the task's name."""
+    from xlgm.data.tasks import get_task
+
+    try:
+        return get_task(text).name
+    except XlgmError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+TASK_HELP = "a task name (xnli, pawsx) or a task file, path/to/task.yaml"
+
+
 def _train_parser(sub) -> None:
     from xlgm.data import splits
     from xlgm.objectives import add_objective_arguments
@@ -46,7 +59,7 @@ def _train_parser(sub) -> None:
     d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
     p.add_argument("--model", default=d.model, help="`embedded`, a Hub id or a local folder (default: embedded)")
-    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"])
+    p.add_argument("--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: {d.task})")
     p.add_argument("--source-language", default=d.source_language)
     _add_data_arguments(p)
     p.add_argument("--train-split", default=d.train_split, type=_split, metavar="SPLIT",
@@ -89,7 +102,8 @@ def _evaluate_parser(sub) -> None:
     d = EvaluateConfig()
     p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
     p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
-    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--task", default=d.task, type=_task, metavar="TASK",
+                   help=f"{TASK_HELP} (default: the run's task, else xnli)")
     p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
     _add_data_arguments(p)
     p.add_argument("--split", default=d.split, choices=["dev", "test", "train"])
@@ -119,7 +133,8 @@ def _measure_parser(sub) -> None:
     p.add_argument("--data", default=f"{d.data.language}-{d.data.split}",
                    help="LANGUAGE-SPLIT of the examples the measures see")
     _add_data_arguments(p)
-    p.add_argument("--task", default=d.task, choices=["xnli", "pawsx"], help="default: the run's task, else xnli")
+    p.add_argument("--task", default=d.task, type=_task, metavar="TASK",
+                   help=f"{TASK_HELP} (default: the run's task, else xnli)")
     p.add_argument("--checkpoint", default=d.checkpoint, choices=["all", "best", "last"],
                    help="which checkpoints of a run")
     p.add_argument("--max-examples", type=int, default=d.data.max_examples)
@@ -246,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from xlgm.core import validation
     from xlgm.core.devices import resolve_device, resolve_precision
     from xlgm.data.loading import DataSource
-    from xlgm.data.tasks import get_task
+    from xlgm.data.tasks import get_task, read_run_task
     from xlgm.models.load import load_target
     from xlgm.recipes.evaluate import EvaluateConfig, evaluate_languages, format_table, load_languages, write_report
     from xlgm.results import ResultsDB
@@ -263,6 +278,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     target = resolve_target(args.target, config.checkpoint)
     if target.run_dir:
         require_finished(target.run_dir, args.allow_partial)
+    read_run_task(target.run_dir)
     run_config = RunDir(target.run_dir).config if target.run_dir else {}
     task_name = config.task or run_config.get("task", "xnli")
     if run_config and task_name != run_config["task"]:
@@ -293,7 +309,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.data.loading import DataSource
-    from xlgm.data.tasks import get_task
+    from xlgm.data.tasks import get_task, read_run_task
     from xlgm.measures.base import get_measure, list_measures, measure_options
     from xlgm.recipes.measure import (
         MeasureConfig,
@@ -335,6 +351,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     run_dir = targets[0].run_dir
     if run_dir:
         require_finished(run_dir, args.allow_partial)
+    read_run_task(run_dir)
     run_task = RunDir(run_dir).config["task"] if run_dir else None
     task_name = config.task or run_task or "xnli"
     if run_task and task_name != run_task:

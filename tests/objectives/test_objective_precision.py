@@ -16,6 +16,7 @@ from objectives_testlib import (
     wordpiece_tokenizer,
 )
 
+from xlgm.objectives import OBJECTIVES as REGISTERED
 from xlgm.objectives import build_objective
 from xlgm.objectives.base import StepContext
 
@@ -44,13 +45,9 @@ class ScalingAccelerator:
         return contextlib.nullcontext()
 
 
-OBJECTIVES = [
-    ("adamw", {}),
-    ("sam", {"rho": 0.2}),
-    ("asam", {}),
-    ("fisher", {"lam": 0.5}),
-    ("mvr", {"rate": 0.3}),
-]
+# Every registered objective, with options off their defaults where that exercises more of the objective.
+OPTIONS = {"sam": {"rho": 0.2}, "fisher": {"lam": 0.5}, "mvr": {"rate": 0.3}}
+OBJECTIVES = [(name, OPTIONS.get(name, {})) for name in REGISTERED]
 
 
 @pytest.fixture(scope="module")

@@ -22,17 +22,22 @@ from objectives_testlib import (
 
 from xlgm.errors import XlgmError
 from xlgm.objectives import (
+    OBJECTIVE_CLASSES,
     OBJECTIVES,
     add_objective_arguments,
     build_config,
     build_objective,
     describe_objective,
+    objective_flags,
     objective_from_args,
+    objective_spec,
+    option,
 )
 
 
 def test_registry_and_defaults():
-    assert list(OBJECTIVES) == ["adamw", "sam", "asam", "fisher", "mvr"]
+    assert list(OBJECTIVES) == [cls.name for cls in OBJECTIVE_CLASSES]
+    assert list(OBJECTIVES)[:5] == ["adamw", "sam", "asam", "fisher", "mvr"]
     assert describe_objective(build_objective("adamw")) == {"objective": "adamw"}
     sam = build_objective("sam")
     assert (sam.name, sam.config.rho, sam.config.shared_perturbation) == ("sam", 0.05, False)
@@ -132,6 +137,66 @@ def test_cli_errors(argv, message):
     args = parser().parse_args(argv)
     with pytest.raises(XlgmError, match=message):
         objective_from_args(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SampleConfig:
+    rho: float = dataclasses.field(default=1.0, metadata=option("--rho"))  # shared with sam/asam
+    steps: int = dataclasses.field(default=3, metadata=option("--sample-steps", "sample: steps (3)"))
+    lam: float | None = dataclasses.field(default=None, metadata=option("--sample-lambda", exclusive="w"))
+    weight: float | None = dataclasses.field(default=None, metadata=option("--sample-weight", exclusive="w"))
+    verbose: bool = dataclasses.field(default=False, metadata=option("--sample-verbose", "sample: say more"))
+    seed: int = 0  # no metadata: not a flag
+
+
+class _SampleObjective:
+    name = "sample"
+    config_class = _SampleConfig
+    reference = "nobody, 2026"
+    summary = "a sample"
+    loop_facts = ("batch_size",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClashConfig:
+    rho: int = dataclasses.field(default=1, metadata=option("--rho"))  # sam's --rho is a float
+
+
+class _ClashObjective(_SampleObjective):
+    name = "clash"
+    config_class = _ClashConfig
+
+
+def test_flags_are_derived_from_field_metadata():
+    spec = objective_spec(_SampleObjective)
+    assert (spec.name, spec.config, spec.factory, spec.reference, spec.loop_facts) == (
+        "sample", _SampleConfig, _SampleObjective, "nobody, 2026", ("batch_size",))
+    flags = objective_flags([OBJECTIVES["sam"], spec])
+    rows = [(f.flag, f.dest, f.type, f.exclusive, f.targets) for f in flags.values()]
+    assert rows == [
+        ("--rho", "rho", float, None, {"sam": "rho", "sample": "rho"}),
+        ("--sam-shared-perturbation", "sam_shared_perturbation", bool, None, {"sam": "shared_perturbation"}),
+        ("--sample-steps", "sample_steps", int, None, {"sample": "steps"}),
+        ("--sample-lambda", "sample_lambda", float, "w", {"sample": "lam"}),
+        ("--sample-weight", "sample_weight", float, "w", {"sample": "weight"}),
+        ("--sample-verbose", "sample_verbose", bool, None, {"sample": "verbose"}),
+    ]
+    # the first help given for a shared flag is kept; a flag without help has an empty one
+    assert flags["--rho"].help == "sam/asam neighbourhood size (sam 0.05, asam 0.5)"
+    assert (flags["--sample-steps"].help, flags["--sample-lambda"].help) == ("sample: steps (3)", "")
+
+
+def test_a_flag_declared_two_ways_is_a_bug():
+    with pytest.raises(TypeError, match="--rho: clash.rho declares it unlike the objectives before it"):
+        objective_flags([OBJECTIVES["sam"], objective_spec(_ClashObjective)])
+    _BadFacts = type("_BadFacts", (_SampleObjective,), {"name": "bad", "loop_facts": ("epoch",)})
+    with pytest.raises(TypeError, match=r"objective bad: unknown loop fact\(s\) \['epoch'\]"):
+        objective_spec(_BadFacts)
+
+
+def test_mutually_exclusive_flags():
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--objective", "fisher", "--fisher-lambda", "0.1", "--fisher-weight", "0.001"])
 
 
 def test_cli_rejects_unknown_objective():

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from xlgm.errors import XlgmError
 from xlgm.objectives.adamw import AdamWConfig, AdamWObjective
-from xlgm.objectives.base import NON_MODEL_KEYS, Objective, StepContext, model_inputs
+from xlgm.objectives.base import NON_MODEL_KEYS, OPTION_KEY, Objective, StepContext, model_inputs, option
 from xlgm.objectives.fisher import FisherConfig, FisherObjective
 from xlgm.objectives.mvr import MVRConfig, MVRObjective
 from xlgm.objectives.sam import (
@@ -70,51 +71,66 @@ class ObjectiveSpec:
 # What the training loop tells an objective besides its options (see the module docstring).
 LOOP_FACTS = ("task", "batch_size")
 
+# Every objective, in the order `--help` lists them. A new objective is a module with its class (name,
+# config_class with `option(...)` field metadata for its flags, reference, summary, loop_facts) and one
+# entry here; its name, flags and validation follow from the class.
+OBJECTIVE_CLASSES: tuple[type[Any], ...] = (
+    AdamWObjective, SAMObjective, ASAMObjective, FisherObjective, MVRObjective,
+)
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {
-    spec.name: spec
-    for spec in (
-        ObjectiveSpec(
-            "adamw",
-            AdamWConfig,
-            AdamWObjective,
-            "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019",
-            "plain cross-entropy (the loop's AdamW)",
-        ),
-        ObjectiveSpec(
-            "sam",
-            SAMConfig,
-            SAMObjective,
-            "Foret et al., Sharpness-Aware Minimization for Efficiently Improving Generalization, ICLR 2021",
-            "gradient at w + rho*g/|g|",
-        ),
-        ObjectiveSpec(
-            "asam",
-            ASAMConfig,
-            ASAMObjective,
-            "Kwon et al., ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep "
-            "Neural Networks, ICML 2021",
-            "gradient at w + rho*T^2 g/|T g|, T = |w| + eta",
-        ),
-        ObjectiveSpec(
-            "fisher",
-            FisherConfig,
-            FisherObjective,
-            "Jastrzebski et al., Catastrophic Fisher Explosion: Early Phase Fisher Matrix Impacts "
-            "Generalization, ICML 2021",
-            "CE + lambda * |grad CE(f(x), y_sampled)|^2",
-            loop_facts=("batch_size",),
-        ),
-        ObjectiveSpec(
-            "mvr",
-            MVRConfig,
-            MVRObjective,
-            "Wang, Ruder & Neubig, Multi-view Subword Regularization, NAACL 2021",
-            "0.5 CE(det) + 0.5 CE(sampled) + lambda * KL(p_det || p_sampled)",
-            loop_facts=("task",),
-        ),
-    )
-}
+
+def objective_spec(cls: type[Any]) -> ObjectiveSpec:
+    """The registry entry of an objective class."""
+    unknown = [fact for fact in cls.loop_facts if fact not in LOOP_FACTS]
+    if unknown:
+        raise TypeError(f"objective {cls.name}: unknown loop fact(s) {unknown}; expected of {LOOP_FACTS}")
+    return ObjectiveSpec(cls.name, cls.config_class, cls, cls.reference, cls.summary, tuple(cls.loop_facts))
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {cls.name: objective_spec(cls) for cls in OBJECTIVE_CLASSES}
+
+
+@dataclass(frozen=True)
+class ObjectiveFlag:
+    """One `xlgm train` flag, derived from the config fields that declare it (`option` metadata)."""
+
+    flag: str
+    type: type  # float, int or bool (a switch)
+    help: str
+    exclusive: str | None
+    targets: dict[str, str]  # objective name -> its config field
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+def _value_type(annotation: Any) -> type:
+    """`float | None` -> float: the type a flag parses to."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 else annotation
+
+
+def objective_flags(specs: Iterable[ObjectiveSpec]) -> dict[str, ObjectiveFlag]:
+    """The flags the objectives' config fields declare (`option` metadata), in declaration order."""
+    found: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        hints = typing.get_type_hints(spec.config)
+        for f in dataclasses.fields(spec.config):
+            meta = f.metadata.get(OPTION_KEY)
+            if meta is None:
+                continue
+            kind = _value_type(hints[f.name])
+            entry = found.setdefault(meta["flag"], {"flag": meta["flag"], "type": kind, "help": "",
+                                                    "exclusive": meta["exclusive"], "targets": {}})
+            if entry["type"] is not kind or entry["exclusive"] != meta["exclusive"]:
+                raise TypeError(f"{meta['flag']}: {spec.name}.{f.name} declares it unlike the objectives before it")
+            entry["help"] = entry["help"] or meta["help"]
+            entry["targets"][spec.name] = f.name
+    return {flag: ObjectiveFlag(**entry) for flag, entry in found.items()}
+
+
+OBJECTIVE_FLAGS: dict[str, ObjectiveFlag] = objective_flags(OBJECTIVES.values())
 
 
 def _spec(name: str) -> ObjectiveSpec:
@@ -164,23 +180,6 @@ def describe_objective(objective: Objective) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 
-# flag -> (argparse dest, {objective: config field})
-_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
-    "--rho": ("rho", {"sam": "rho", "asam": "rho"}),
-    "--asam-eta": ("asam_eta", {"asam": "eta"}),
-    "--sam-shared-perturbation": (
-        "sam_shared_perturbation",
-        {"sam": "shared_perturbation", "asam": "shared_perturbation"},
-    ),
-    "--fisher-lambda": ("fisher_lambda", {"fisher": "lam"}),
-    "--fisher-weight": ("fisher_weight", {"fisher": "weight"}),
-    "--fisher-sub-batch": ("fisher_sub_batch", {"fisher": "sub_batch"}),
-    "--fisher-every": ("fisher_every", {"fisher": "every"}),
-    "--mvr-lambda": ("mvr_lambda", {"mvr": "lam"}),
-    "--mvr-rate": ("mvr_rate", {"mvr": "rate"}),
-}
-
-
 def add_objective_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add `--objective` and every objective's options (all default to None: the objective's default)."""
     group = parser.add_argument_group("objective")
@@ -191,49 +190,17 @@ def add_objective_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         choices=list(OBJECTIVES),
         help="optimization objective (default: adamw); its options below apply only when it is selected",
     )
-    group.add_argument("--rho", type=float, default=None, help="sam/asam neighbourhood size (sam 0.05, asam 0.5)")
-    group.add_argument("--asam-eta", type=float, default=None, help="asam: eta in T_w = |w| + eta (0.01)")
-    group.add_argument(
-        "--sam-shared-perturbation",
-        action="store_true",
-        default=None,
-        help="sam/asam: one perturbation per optimizer step from the gradient of all micro-batches "
-        "(default: one per micro-batch)",
-    )
-    fisher_weight = group.add_mutually_exclusive_group()
-    fisher_weight.add_argument(
-        "--fisher-lambda",
-        type=float,
-        default=None,
-        help="fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
-        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the micro-batch "
-        "per "
-        "device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 is λ ≈ 3.1e-5 "
-        "at 32",
-    )
-    fisher_weight.add_argument(
-        "--fisher-weight",
-        type=float,
-        default=None,
-        help="fisher: the penalty weight in the authors' convention, w (their XNLI script's is 1e-3); "
-        "λ = w / --batch-size. Not with --fisher-lambda",
-    )
-    group.add_argument(
-        "--fisher-sub-batch", type=int, default=None, help="fisher: penalty on the first m examples (all)"
-    )
-    group.add_argument("--fisher-every", type=int, default=None, help="fisher: penalty every k optimizer steps (1)")
-    group.add_argument(
-        "--mvr-lambda",
-        type=float,
-        default=None,
-        help="mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)",
-    )
-    group.add_argument(
-        "--mvr-rate",
-        type=float,
-        default=None,
-        help="mvr: WordPiece dropout rate / Unigram sampling alpha (0.2); 0 disables sampling",
-    )
+    exclusive: dict[str, Any] = {}
+    for option_flag in OBJECTIVE_FLAGS.values():
+        target = group
+        if option_flag.exclusive is not None:
+            if option_flag.exclusive not in exclusive:
+                exclusive[option_flag.exclusive] = group.add_mutually_exclusive_group()
+            target = exclusive[option_flag.exclusive]
+        if option_flag.type is bool:
+            target.add_argument(option_flag.flag, action="store_true", default=None, help=option_flag.help)
+        else:
+            target.add_argument(option_flag.flag, type=option_flag.type, default=None, help=option_flag.help)
     return parser
 
 
@@ -241,13 +208,14 @@ def objective_options(namespace: argparse.Namespace) -> tuple[str, dict[str, Any
     """(name, options) from parsed arguments; an option given for another objective is an error."""
     name = _spec(getattr(namespace, "objective", None) or "adamw").name
     options: dict[str, Any] = {}
-    for flag, (dest, targets) in _FLAGS.items():
-        value = getattr(namespace, dest, None)
+    for option_flag in OBJECTIVE_FLAGS.values():
+        value = getattr(namespace, option_flag.dest, None)
         if value is None:
             continue
+        targets = option_flag.targets
         if name not in targets:
             raise XlgmError(
-                f"{flag} applies to --objective {'/'.join(targets)}, not to --objective {name}"
+                f"{option_flag.flag} applies to --objective {'/'.join(targets)}, not to --objective {name}"
             )
         options[targets[name]] = value
     return name, options
@@ -265,18 +233,21 @@ def objective_from_args(namespace: argparse.Namespace, **extra: Any) -> Objectiv
 
 
 __all__ = [
+    "LOOP_FACTS",
+    "NON_MODEL_KEYS",
+    "OBJECTIVES",
+    "OBJECTIVE_CLASSES",
+    "OBJECTIVE_FLAGS",
     "ASAMConfig",
     "ASAMObjective",
     "AdamWConfig",
     "AdamWObjective",
     "FisherConfig",
     "FisherObjective",
-    "LOOP_FACTS",
     "MVRConfig",
     "MVRObjective",
-    "NON_MODEL_KEYS",
-    "OBJECTIVES",
     "Objective",
+    "ObjectiveFlag",
     "ObjectiveSpec",
     "SAMConfig",
     "SAMObjective",
@@ -288,7 +259,10 @@ __all__ = [
     "config_fields",
     "describe_objective",
     "model_inputs",
+    "objective_flags",
     "objective_from_args",
     "objective_options",
+    "objective_spec",
+    "option",
     "sam_perturbation",
 ]

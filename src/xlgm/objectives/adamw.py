@@ -23,6 +23,10 @@ class AdamWConfig:
 
 class AdamWObjective:
     name = "adamw"
+    config_class = AdamWConfig
+    reference = "Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019"
+    summary = "plain cross-entropy (the loop's AdamW)"
+    loop_facts: tuple[str, ...] = ()
 
     def __init__(self, config: AdamWConfig | None = None):
         self.config = config or AdamWConfig()

@@ -67,10 +67,27 @@ class StepContext:
             self.accelerator.backward(loss)
 
 
+# The key of a config field's metadata that makes the field a command-line option (see `option`).
+OPTION_KEY = "xlgm_option"
+
+
+def option(flag: str, help: str = "", *, exclusive: str | None = None) -> dict[str, Any]:
+    """Metadata of a config field that `xlgm train` offers as `flag`: `field(default=..., metadata=option(...))`.
+    Objectives may share a flag (SAM's and ASAM's `--rho`); the first help given for it is shown. Fields with
+    the same `exclusive` key are mutually exclusive flags. The flag's type is the field's type."""
+    return {OPTION_KEY: {"flag": flag, "help": help, "exclusive": exclusive}}
+
+
 class Objective(Protocol):
-    """An optimization objective. `name` is its registry key."""
+    """An optimization objective. `name` is its registry key; `config_class` its frozen options dataclass;
+    `reference` (the paper) and `summary` (the update in one line) are shown to users; `loop_facts` names
+    what the constructor takes from the training loop besides the config (of `LOOP_FACTS`)."""
 
     name: str
+    config_class: type
+    reference: str
+    summary: str
+    loop_facts: tuple[str, ...]
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
         """Called once before training; `train_rows` are the raw training examples (for MVR)."""

@@ -51,13 +51,13 @@ GradScaler skips the step. bf16 needs nothing special.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from xlgm.errors import XlgmError
-from xlgm.objectives.base import StepContext
+from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
     check_nonnegative,
     check_positive_int,
@@ -106,10 +106,20 @@ DEFAULT_LAMBDA = 0.1
 
 @dataclass(frozen=True)
 class FisherConfig:
-    lam: float | None = None  # None: DEFAULT_LAMBDA, unless `weight` is given
-    sub_batch: int | None = None  # None: the whole micro-batch
-    every: int = 1
-    weight: float | None = None  # the authors' w; λ = w / B, B the micro-batch per device
+    # None: DEFAULT_LAMBDA, unless `weight` is given
+    lam: float | None = field(default=None, metadata=option(
+        "--fisher-lambda", "fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
+        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the "
+        "micro-batch per device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 "
+        "is λ ≈ 3.1e-5 at 32", exclusive="fisher-weight"))
+    # None: the whole micro-batch
+    sub_batch: int | None = field(default=None, metadata=option(
+        "--fisher-sub-batch", "fisher: penalty on the first m examples (all)"))
+    every: int = field(default=1, metadata=option("--fisher-every", "fisher: penalty every k optimizer steps (1)"))
+    # the authors' w; λ = w / B, B the micro-batch per device
+    weight: float | None = field(default=None, metadata=option(
+        "--fisher-weight", "fisher: the penalty weight in the authors' convention, w (their XNLI script's is "
+        "1e-3); λ = w / --batch-size. Not with --fisher-lambda", exclusive="fisher-weight"))
 
     def __post_init__(self):
         if self.lam is not None and self.weight is not None:
@@ -137,6 +147,11 @@ class FisherConfig:
 
 class FisherObjective:
     name = "fisher"
+    config_class = FisherConfig
+    reference = ("Jastrzebski et al., Catastrophic Fisher Explosion: Early Phase Fisher Matrix Impacts "
+                 "Generalization, ICML 2021")
+    summary = "CE + lambda * |grad CE(f(x), y_sampled)|^2"
+    loop_facts = ("batch_size",)
 
     def __init__(self, config: FisherConfig | None = None, batch_size: int | None = None):
         self.config = config or FisherConfig()

@@ -51,14 +51,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from xlgm.errors import XlgmError
-from xlgm.objectives.base import StepContext
+from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
     check_nonnegative,
     check_positive_int,
@@ -93,8 +93,11 @@ def default_kl_weight(task: str) -> float:
 
 @dataclass(frozen=True)
 class MVRConfig:
-    lam: float | None = None  # None: the task's default, DEFAULT_KL_WEIGHT
-    rate: float = 0.2
+    # None: the task's default, DEFAULT_KL_WEIGHT
+    lam: float | None = field(default=None, metadata=option(
+        "--mvr-lambda", "mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)"))
+    rate: float = field(default=0.2, metadata=option(
+        "--mvr-rate", "mvr: WordPiece dropout rate / Unigram sampling alpha (0.2); 0 disables sampling"))
     max_length: int | None = None
     seed: int = 0
 
@@ -111,6 +114,10 @@ class MVRConfig:
 
 class MVRObjective:
     name = "mvr"
+    config_class = MVRConfig
+    reference = "Wang, Ruder & Neubig, Multi-view Subword Regularization, NAACL 2021"
+    summary = "0.5 CE(det) + 0.5 CE(sampled) + lambda * KL(p_det || p_sampled)"
+    loop_facts = ("task",)
 
     def __init__(self, config: MVRConfig | None = None, task: str | None = None):
         self.config = config or MVRConfig()

@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from xlgm.objectives.base import StepContext
+from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
     check_bool,
     check_nonnegative,
@@ -148,8 +148,11 @@ def is_adaptive_parameter(name: str) -> bool:
 
 @dataclass(frozen=True)
 class SAMConfig:
-    rho: float = 0.05  # Foret et al.'s default neighbourhood size
-    shared_perturbation: bool = False
+    rho: float = field(default=0.05,  # Foret et al.'s default neighbourhood size
+                       metadata=option("--rho", "sam/asam neighbourhood size (sam 0.05, asam 0.5)"))
+    shared_perturbation: bool = field(default=False, metadata=option(
+        "--sam-shared-perturbation", "sam/asam: one perturbation per optimizer step from the gradient of all "
+        "micro-batches (default: one per micro-batch)"))
 
     def __post_init__(self):
         object.__setattr__(self, "rho", check_nonnegative("rho (--rho)", self.rho))
@@ -158,9 +161,10 @@ class SAMConfig:
 
 @dataclass(frozen=True)
 class ASAMConfig:
-    rho: float = 0.5  # the ASAM paper's and official code's default (its ρ is on the rescaled scale)
-    eta: float = 0.01
-    shared_perturbation: bool = False
+    # the ASAM paper's and official code's default (its ρ is on the rescaled scale)
+    rho: float = field(default=0.5, metadata=option("--rho"))
+    eta: float = field(default=0.01, metadata=option("--asam-eta", "asam: eta in T_w = |w| + eta (0.01)"))
+    shared_perturbation: bool = field(default=False, metadata=option("--sam-shared-perturbation"))
 
     def __post_init__(self):
         object.__setattr__(self, "rho", check_nonnegative("rho (--rho)", self.rho))
@@ -176,6 +180,10 @@ class SAMObjective:
     """SAM; `ASAMObjective` only changes the perturbation."""
 
     name = "sam"
+    config_class: type = SAMConfig
+    reference = "Foret et al., Sharpness-Aware Minimization for Efficiently Improving Generalization, ICLR 2021"
+    summary = "gradient at w + rho*g/|g|"
+    loop_facts: tuple[str, ...] = ()
 
     def __init__(self, config: SAMConfig | None = None):
         self.config = config or SAMConfig()
@@ -300,6 +308,10 @@ class SAMObjective:
 
 class ASAMObjective(SAMObjective):
     name = "asam"
+    config_class = ASAMConfig
+    reference = ("Kwon et al., ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep "
+                 "Neural Networks, ICML 2021")
+    summary = "gradient at w + rho*T^2 g/|T g|, T = |w| + eta"
 
     def __init__(self, config: ASAMConfig | None = None):
         super().__init__()

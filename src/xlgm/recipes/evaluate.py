@@ -24,7 +24,7 @@ from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `predict_outputs` returns
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.tasks import TASKS, Example, Task
+from xlgm.data.tasks import Example, Task, check_task
 from xlgm.errors import XlgmError
 
 SPLITS = ("dev", "test", "train")
@@ -50,7 +50,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         v, flag = validation, validation.flag
         if self.task is not None:
-            v.one_of(flag("task"), self.task, TASKS)
+            check_task(flag("task"), self.task)
         if self.languages is not None:
             object.__setattr__(self, "languages", tuple(v.non_empty_list(flag("languages"), list(self.languages))))
         v.one_of(flag("split"), self.split, SPLITS)

@@ -27,7 +27,7 @@ from xlgm.core.files import read_json, write_json
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
-from xlgm.data.tasks import TASKS, Task
+from xlgm.data.tasks import Task, check_task
 from xlgm.errors import XlgmError
 from xlgm.measures.base import compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
@@ -100,7 +100,7 @@ class MeasureConfig:
             except (TypeError, ValueError) as err:
                 raise XlgmError(f"--set {name}: {err}") from None
         if self.task is not None:
-            v.one_of(flag("task"), self.task, TASKS)
+            check_task(flag("task"), self.task)
         v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
         v.check_fields(self)  # seed, device
         if self.params is not None:

@@ -41,7 +41,7 @@ from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precisi
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import check_split, group_holdout
-from xlgm.data.tasks import Example, Task, get_task
+from xlgm.data.tasks import Example, Task, get_task, write_run_task
 from xlgm.errors import XlgmError
 from xlgm.models.load import load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
@@ -409,6 +409,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     if main:
         if mode == "new":  # config.json last: a folder holds a run once its config is there
             run.write_state(run_id=config.run_id, finished=False, resumed_at=[], **session)
+            write_run_task(task, run.path)
             head = {n: p for n, p in model.named_parameters() if n in new_parameters}
             save_tensors(head, run.path / INIT_HEAD)
             write_json(run.path / INIT, {"model": config.model, "head": INIT_HEAD, "head_parameters": sorted(head)})

@@ -485,6 +485,10 @@ def ray_run_point(task: RunTask) -> list[dict[str, Any]]:
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if task.spec.task_file:  # a worker process knows a file task only once it has read the file
+        from xlgm.data.tasks import get_task
+
+        get_task(task.spec.task_file)
     gpu_ids: list[Any] = []
     try:
         import ray

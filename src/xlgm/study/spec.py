@@ -1,7 +1,7 @@
 """The study spec: one YAML file that says which runs to train, what to evaluate and measure, and how to analyse.
 
     name: demo
-    task: xnli                       # xnli | pawsx
+    task: xnli                       # xnli | pawsx | a task file (relative to this file), see xlgm.data.tasks
     model: embedded                  # embedded, a Hub id or a local folder
     source_language: en
     target_languages: all            # or a list; the source language is always evaluated too (for the gap)
@@ -198,6 +198,9 @@ class StudySpec:
     analysis: AnalysisSpec
     prediction: PredictionSpec = PredictionSpec()
     source: str = field(default="<spec>", compare=False)
+    # The task file `task` was read from (absolute), None for a built-in task. The study is identified by the
+    # task's name, like the data folder it is not part of the study id.
+    task_file: str | None = field(default=None, compare=False)
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -211,6 +214,7 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.pop("source")
+        out.pop("task_file")
         return out
 
     @property
@@ -250,7 +254,8 @@ class StudySpec:
             grid.append(item)
         a = self.analysis
         doc = {
-            "name": self.name, "task": self.task, "model": self.model, "source_language": self.source_language,
+            "name": self.name, "task": self.task_file or self.task, "model": self.model,
+            "source_language": self.source_language,
             "target_languages": list(self.target_languages),
             "data": self.data.dir if self.data.kind == "local" else self.data.kind,
             "train": dict(self.train), "grid": grid, "seeds": list(self.seeds),
@@ -404,8 +409,6 @@ class _Parser:
     # -- sections -----------------------------------------------------------------------------------------
 
     def parse(self, raw: Any) -> StudySpec:
-        from xlgm.data.tasks import get_task
-
         top = self.mapping("", raw, TOP_KEYS)
         if not top:
             raise self.fail("", "expected a YAML mapping with at least `name`, `grid`")
@@ -413,8 +416,7 @@ class _Parser:
             if required not in top:
                 raise self.fail(required, "required field missing")
         name = self.string("name", top["name"])
-        task_name = self.string("task", top.get("task", "xnli"), choices=("xnli", "pawsx"))
-        task = get_task(task_name)
+        task, task_file = self.task(top.get("task", "xnli"))
         model = self.string("model", top.get("model", "embedded"))
         source_language = self.string("source_language", top.get("source_language", task.source_language),
                                       choices=task.languages)
@@ -428,10 +430,11 @@ class _Parser:
         measures = self.measures(top.get("measures"), task, source_language)
         analysis = self.analysis(top.get("analysis"))
         prediction = self.prediction(top.get("prediction"))
-        spec = StudySpec(name=name, task=task_name, model=model, source_language=source_language,
+        spec = StudySpec(name=name, task=task.name, model=model, source_language=source_language,
                          target_languages=tuple(targets), data=data, train=tuple(sorted(train.items())),
                          grid=tuple(grid), seeds=tuple(seeds), checkpoints=checkpoints, evaluation=evaluation,
-                         measures=measures, analysis=analysis, prediction=prediction, source=self.source)
+                         measures=measures, analysis=analysis, prediction=prediction, source=self.source,
+                         task_file=task_file)
         self.check_runs(spec)
         return spec
 
@@ -453,6 +456,23 @@ class _Parser:
         if not targets:
             raise self.fail(where, f"no target language besides the source language {source_language!r}")
         return targets
+
+    def task(self, value: Any):
+        """A task name or a task file (relative to the spec) -> (the task, its file's absolute path or None)."""
+        from xlgm.data.tasks import get_task, is_task_file
+
+        ref = self.string("task", value)
+        path = None
+        if is_task_file(ref):
+            path = Path(ref).expanduser()
+            if not path.is_absolute() and self.base_dir is not None:
+                path = (self.base_dir / path).resolve()
+            ref = str(path)
+        try:
+            task = get_task(ref)
+        except XlgmError as err:
+            raise self.fail("task", str(err)) from None
+        return task, None if path is None else str(path)
 
     def data(self, value: Any) -> DataSpec:
         if isinstance(value, Mapping):
