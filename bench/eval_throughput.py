@@ -29,11 +29,17 @@ from xlgm.recipes.evaluate import predict_logits
 
 @torch.no_grad()
 def common_way(model, tokenizer, rows, batch_size: int) -> np.ndarray:
-    enc = tokenizer([r.text_a for r in rows], [r.text_b for r in rows], padding="max_length", truncation=True,
-                    max_length=128, return_tensors="pt")
+    enc = tokenizer(
+        [r.text_a for r in rows],
+        [r.text_b for r in rows],
+        padding="max_length",
+        truncation=True,
+        max_length=128,
+        return_tensors="pt",
+    )
     out = []
     for start in range(0, len(rows), batch_size):
-        out.append(model(**{k: v[start:start + batch_size] for k, v in enc.items()}).logits.float().numpy())
+        out.append(model(**{k: v[start : start + batch_size] for k, v in enc.items()}).logits.float().numpy())
     return np.concatenate(out)
 
 
@@ -54,8 +60,10 @@ def main() -> None:
     model = load_classifier(args.model, XNLI.num_labels).eval()
     tokenizer = load_tokenizer(args.model)
     rows = [r for lang in args.languages.split(",") for r in load_examples(XNLI, "test", lang)]
-    print(f"model {args.model}, {len(rows)} XNLI test rows ({args.languages}), batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}, {len(rows)} XNLI test rows ({args.languages}), batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     timings = {"common (pad 128, file order)": [], "xlgm (bucketed, dynamic pad)": []}
     outputs = {}
@@ -86,8 +94,10 @@ def sweep(model, tokenizer, rows, sizes: list[int], reference: int, repeats: int
             xlgm_way(model, tokenizer, rows, b)
             best[b] = min(best[b], time.perf_counter() - start)
     for b in sizes:
-        print(f"xlgm, batch {b:<5}{len(rows) / best[b]:10.1f} examples/s  ratio to batch {reference}: "
-              f"{best[reference] / best[b]:.2f}x")
+        print(
+            f"xlgm, batch {b:<5}{len(rows) / best[b]:10.1f} examples/s  ratio to batch {reference}: "
+            f"{best[reference] / best[b]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

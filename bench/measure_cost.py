@@ -67,6 +67,7 @@ def batches_from_tokenizer(tokenizer, rows, batch_size: int, device) -> list[dic
 
 def tiny_batches(rows, vocab: int, batch_size: int, device) -> list[dict[str, torch.Tensor]]:
     """Word-hash token ids (no tokenizer needed for a random model)."""
+
     def ids(text):
         return [zlib.crc32(w.lower().encode()) % (vocab - 5) + 5 for w in text.split()][:60]
 
@@ -80,8 +81,13 @@ def tiny_batches(rows, vocab: int, batch_size: int, device) -> list[dict[str, to
         for i, s in enumerate(seqs):
             input_ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        out.append({"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
-                    "labels": torch.tensor([y for _, _, y in chunk], device=device)})
+        out.append(
+            {
+                "input_ids": input_ids.to(device),
+                "attention_mask": mask.to(device),
+                "labels": torch.tensor([y for _, _, y in chunk], device=device),
+            }
+        )
     return out
 
 
@@ -90,8 +96,15 @@ def load(args, rows, device):
         from transformers import BertConfig, BertForSequenceClassification
 
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=128, num_labels=3, max_position_embeddings=256)
+        config = BertConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            num_labels=3,
+            max_position_embeddings=256,
+        )
         model = BertForSequenceClassification(config).to(device)
         return "tiny random BERT", model, tiny_batches(rows, 1000, args.batch_size, device)
     from xlgm.models.load import load_classifier, load_tokenizer
@@ -140,8 +153,10 @@ def main(argv=None) -> int:
     label, model, batches = load(args, rows, device)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {label} ({n_params / 1e6:.1f}M parameters), {len(rows)} examples in {len(batches)} batches, "
-          f"device {device}, {torch.get_num_threads()} threads")
+    print(
+        f"model: {label} ({n_params / 1e6:.1f}M parameters), {len(rows)} examples in {len(batches)} batches, "
+        f"device {device}, {torch.get_num_threads()} threads"
+    )
 
     evaluate(model, batches)  # warm-up
     forward_s = statistics.median(timed(lambda: evaluate(model, batches))[1] for _ in range(3))
@@ -162,29 +177,45 @@ def main(argv=None) -> int:
         result, wall = timed(run)
         unit = (before + timed(lambda: evaluate(model, batches))[1]) / 2
         counted = result.details["cost"]["forward_units"]
-        results[name] = {"value": result.value, "spread": result.spread, "num_samples": result.num_samples,
-                         "wall_s": wall, "forward_s": unit, "forward_units": wall / unit, "counted_units": counted,
-                         "hvps": result.details.get("hvps")}
+        results[name] = {
+            "value": result.value,
+            "spread": result.spread,
+            "num_samples": result.num_samples,
+            "wall_s": wall,
+            "forward_s": unit,
+            "forward_units": wall / unit,
+            "counted_units": counted,
+            "hvps": result.details.get("hvps"),
+        }
         spread = "" if result.spread is None else f"{result.spread:.3g}"
-        print(f"{name:24s} {result.value:12.5g} {spread:>10s} {wall:9.2f} {wall / unit:10.1f} {counted:9.1f}",
-              flush=True)
+        print(
+            f"{name:24s} {result.value:12.5g} {spread:>10s} {wall:9.2f} {wall / unit:10.1f} {counted:9.1f}", flush=True
+        )
 
     print("\ngoals")
     goals = {}
     if "sharpness-diff" in results:
         units = results["sharpness-diff"]["forward_units"]
         goals["sharpness_diff_le_10_units"] = units <= 10
-        print(f"  sharpness-diff (k=3): {units:.1f} forward units (counted "
-              f"{results['sharpness-diff']['counted_units']:.1f}) <= 10: {units <= 10}")
+        print(
+            f"  sharpness-diff (k=3): {units:.1f} forward units (counted "
+            f"{results['sharpness-diff']['counted_units']:.1f}) <= 10: {units <= 10}"
+        )
     if "sharpness-diff" in results and "sharpness-alpha" in results:
         ratio = results["sharpness-alpha"]["forward_units"] / results["sharpness-diff"]["forward_units"]
         counted = results["sharpness-alpha"]["counted_units"] / results["sharpness-diff"]["counted_units"]
         goals["sharpness_diff_20x_cheaper_than_alpha"] = ratio >= 20
         print(f"  sharpness-alpha / sharpness-diff cost: {ratio:.1f}x (counted {counted:.1f}x) >= 20: {ratio >= 20}")
     if "hessian-top-eig" in results:
-        reference, wall = timed(lambda: compute_measure(
-            "hessian-top-eig", model, batches, param_filter=args.param_filter,
-            config={"max_iters": args.reference_hvps, "tol": 1e-12}))
+        reference, wall = timed(
+            lambda: compute_measure(
+                "hessian-top-eig",
+                model,
+                batches,
+                param_filter=args.param_filter,
+                config={"max_iters": args.reference_hvps, "tol": 1e-12},
+            )
+        )
         history = reference.details["history"]
         ref = history[-1]
         within = [abs(v - ref) <= 0.01 * abs(ref) for v in history]
@@ -193,13 +224,20 @@ def main(argv=None) -> int:
         default_err = abs(default_value - ref) / abs(ref)
         goals["hessian_top_eig_1pct_le_60_hvps"] = first is not None and first <= 60 and default_err <= 0.01
         print(f"  reference λ_max = {ref:.6g} after {len(history)} HVPs ({wall:.1f} s)")
-        print(f"  Lanczos within 1% of it from HVP {first} on; default run: {default_value:.6g} "
-              f"({default_err:.2%} off) with {results['hessian-top-eig']['hvps']} HVPs")
+        print(
+            f"  Lanczos within 1% of it from HVP {first} on; default run: {default_value:.6g} "
+            f"({default_err:.2%} off) with {results['hessian-top-eig']['hvps']} HVPs"
+        )
         results["hessian-top-eig"]["reference"] = ref
         results["hessian-top-eig"]["first_hvp_within_1pct"] = first
     if args.json:
-        args.json.write_text(json.dumps({"model": label, "examples": len(rows), "forward_s": forward_s,
-                                         "results": results, "goals": goals}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"model": label, "examples": len(rows), "forward_s": forward_s, "results": results, "goals": goals},
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

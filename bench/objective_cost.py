@@ -280,8 +280,15 @@ def main(argv=None) -> int:
         print(f"{name:<{width}}{med * 1e3:>10.1f}{ratio:>8.2f}{goal if goal else '':>7}  {ok}")
     if args.json:
         args.json.write_text(
-            json.dumps({"model": description, "device": str(device), "args": vars(args) | {"json": str(args.json)},
-                        "results": results}, indent=2)
+            json.dumps(
+                {
+                    "model": description,
+                    "device": str(device),
+                    "args": vars(args) | {"json": str(args.json)},
+                    "results": results,
+                },
+                indent=2,
+            )
         )
     return 0
 

@@ -74,8 +74,10 @@ def describe_cpu() -> None:
 
 def evaluation(model, tokenizer, languages: list[str], rows: int, batch_size: int, repeats: int) -> dict:
     """Logits of the first pass in both precisions, and every pass's seconds, paired by language."""
-    data = {lang: tokenize_examples(tokenizer, load_examples(XNLI, "test", lang, max_examples=rows), 128)
-            for lang in languages}
+    data = {
+        lang: tokenize_examples(tokenizer, load_examples(XNLI, "test", lang, max_examples=rows), 128)
+        for lang in languages
+    }
     logits: dict[str, dict[str, np.ndarray]] = {p: {} for p in PRECISIONS}
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     warm_up = tokenize_examples(tokenizer, load_examples(XNLI, "test", languages[0], max_examples=batch_size), 128)
@@ -96,8 +98,12 @@ def evaluation(model, tokenizer, languages: list[str], rows: int, batch_size: in
                     logits[precision][lang] = out
             print(f"  evaluated {lang} ({turn}/{repeats * len(languages)})", file=sys.stderr, flush=True)
     labels = {lang: np.asarray(d.labels) for lang, d in data.items()}
-    return {"logits": logits, "seconds": seconds, "labels": labels,
-            "rows": sum(len(d) for d in data.values()) * repeats}
+    return {
+        "logits": logits,
+        "seconds": seconds,
+        "labels": labels,
+        "rows": sum(len(d) for d in data.values()) * repeats,
+    }
 
 
 def report_evaluation(result: dict, languages: list[str]) -> dict[str, bool]:
@@ -105,9 +111,11 @@ def report_evaluation(result: dict, languages: list[str]) -> dict[str, bool]:
     rates = {p: result["rows"] / sum(seconds[p]) for p in PRECISIONS}
     ratio = statistics.median(f / b for f, b in zip(seconds["no"], seconds["bf16"]))
     print(f"\nEvaluation, {result['rows']} rows per precision (length-sorted batches):")
-    print(f"  fp32 {rates['no']:8.1f} rows/s   bf16 {rates['bf16']:8.1f} rows/s   "
-          f"ratio bf16/fp32 (median of {len(seconds['no'])} paired passes) {ratio:.2f}x  "
-          f"[{verdict(ratio >= TARGETS['eval'])} >= {TARGETS['eval']}x]")
+    print(
+        f"  fp32 {rates['no']:8.1f} rows/s   bf16 {rates['bf16']:8.1f} rows/s   "
+        f"ratio bf16/fp32 (median of {len(seconds['no'])} paired passes) {ratio:.2f}x  "
+        f"[{verdict(ratio >= TARGETS['eval'])} >= {TARGETS['eval']}x]"
+    )
 
     print("\nPredictions, bf16 against fp32 (first pass):")
     print(f"  {'lang':<5}{'rows':>6}{'agree':>9}{'max|dlogit|':>13}{'acc fp32':>10}{'acc bf16':>10}{'dacc':>9}")
@@ -120,15 +128,22 @@ def report_evaluation(result: dict, languages: list[str]) -> dict[str, bool]:
         diff = float(np.abs(fp32 - bf16).max())
         agree_total, rows_total = agree_total + agree, rows_total + len(labels)
         worst_delta, max_diff = max(worst_delta, abs(acc16 - acc32)), max(max_diff, diff)
-        print(f"  {lang:<5}{len(labels):>6}{agree / len(labels):>9.2%}{diff:>13.4f}{acc32:>10.4f}{acc16:>10.4f}"
-              f"{acc16 - acc32:>+9.4f}")
+        print(
+            f"  {lang:<5}{len(labels):>6}{agree / len(labels):>9.2%}{diff:>13.4f}{acc32:>10.4f}{acc16:>10.4f}"
+            f"{acc16 - acc32:>+9.4f}"
+        )
     agreement = agree_total / rows_total
     print(f"  all  {rows_total:>6}{agreement:>9.2%}{max_diff:>13.4f}   largest |dacc| {worst_delta:.4f}")
-    print(f"  agreement {agreement:.2%} [{verdict(agreement >= TARGETS['agreement'])} >= "
-          f"{TARGETS['agreement']:.1%}]; largest |dacc| {worst_delta:.4f} "
-          f"[{verdict(worst_delta <= TARGETS['accuracy'] + 1e-12)} <= {TARGETS['accuracy']}]")
-    return {"eval": ratio >= TARGETS["eval"], "agreement": agreement >= TARGETS["agreement"],
-            "accuracy": worst_delta <= TARGETS["accuracy"] + 1e-12}
+    print(
+        f"  agreement {agreement:.2%} [{verdict(agreement >= TARGETS['agreement'])} >= "
+        f"{TARGETS['agreement']:.1%}]; largest |dacc| {worst_delta:.4f} "
+        f"[{verdict(worst_delta <= TARGETS['accuracy'] + 1e-12)} <= {TARGETS['accuracy']}]"
+    )
+    return {
+        "eval": ratio >= TARGETS["eval"],
+        "agreement": agreement >= TARGETS["agreement"],
+        "accuracy": worst_delta <= TARGETS["accuracy"] + 1e-12,
+    }
 
 
 def training_steps(model_name: str, tokenizer, steps: int, batch_size: int) -> dict[str, list[float]]:
@@ -143,12 +158,13 @@ def training_steps(model_name: str, tokenizer, steps: int, batch_size: int) -> d
         model.train()
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-        optimizers[precision] = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                                   {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+        optimizers[precision] = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4
+        )
     rows = load_examples(XNLI, "dev", "en")
     data = tokenize_examples(tokenizer, rows, 128)
     collator = BatchCollator(tokenizer, data)
-    batches = bucketed_shuffled_batches(data.lengths, batch_size, seed=0)[:steps + 1]
+    batches = bucketed_shuffled_batches(data.lengths, batch_size, seed=0)[: steps + 1]
     tokens = [sum(data.lengths[i] for i in b) / len(b) for b in batches[1:]]
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     for step, indices in enumerate(batches):
@@ -167,24 +183,31 @@ def training_steps(model_name: str, tokenizer, steps: int, batch_size: int) -> d
             optimizer.zero_grad(set_to_none=True)
             if step > 0:  # the first step allocates the optimizer's state and warms oneDNN's caches
                 seconds[precision].append(time.perf_counter() - start)
-    print(f"\nTraining step, batch {batch_size}, {statistics.mean(tokens):.0f} tokens a row on average, "
-          f"word embeddings frozen, AdamW, {steps} timed steps each:")
+    print(
+        f"\nTraining step, batch {batch_size}, {statistics.mean(tokens):.0f} tokens a row on average, "
+        f"word embeddings frozen, AdamW, {steps} timed steps each:"
+    )
     return seconds
 
 
 def report_training(seconds: dict[str, list[float]]) -> dict[str, bool]:
     med = {p: statistics.median(s) for p, s in seconds.items()}
     ratio = statistics.median(f / b for f, b in zip(seconds["no"], seconds["bf16"]))
-    print(f"  fp32 {med['no']:.3f} s   bf16 {med['bf16']:.3f} s (medians)   "
-          f"ratio fp32/bf16 (median of paired steps) {ratio:.2f}x  "
-          f"[{verdict(ratio >= TARGETS['train'])} >= {TARGETS['train']}x]")
+    print(
+        f"  fp32 {med['no']:.3f} s   bf16 {med['bf16']:.3f} s (medians)   "
+        f"ratio fp32/bf16 (median of paired steps) {ratio:.2f}x  "
+        f"[{verdict(ratio >= TARGETS['train'])} >= {TARGETS['train']}x]"
+    )
     return {"train": ratio >= TARGETS["train"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="a run directory trained by `xlgm train` (its best checkpoint), "
-                        "or a checkpoint directory; default: the base model with a seeded, untrained head")
+    parser.add_argument(
+        "--checkpoint",
+        help="a run directory trained by `xlgm train` (its best checkpoint), "
+        "or a checkpoint directory; default: the base model with a seeded, untrained head",
+    )
     parser.add_argument("--model", default="embedded", help="the base model when no --checkpoint is given")
     parser.add_argument("--languages", default="all", help="XNLI languages to evaluate (default: all 15)")
     parser.add_argument("--rows", type=int, default=500, help="bundled test rows a language (at most 500)")
@@ -206,12 +229,15 @@ def main() -> None:
         torch.manual_seed(0)
         model = load_classifier(args.model, XNLI.num_labels, XNLI.label_names).eval()
         tokenizer = load_tokenizer(args.model)
-        print(f"model: {args.model} with a seeded, untrained head (no --checkpoint): the speed figures hold; "
-              "agreement and accuracy differences are not those of a trained model")
+        print(
+            f"model: {args.model} with a seeded, untrained head (no --checkpoint): the speed figures hold; "
+            "agreement and accuracy differences are not those of a trained model"
+        )
     base_model = target.model if args.checkpoint else args.model
 
-    results = report_evaluation(evaluation(model, tokenizer, languages, args.rows, args.batch_size, args.repeats),
-                                languages)
+    results = report_evaluation(
+        evaluation(model, tokenizer, languages, args.rows, args.batch_size, args.repeats), languages
+    )
     del model
     if args.train_steps > 0:
         results |= report_training(training_steps(base_model, tokenizer, args.train_steps, args.batch_size))

@@ -17,7 +17,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """accelerate keeps one device and precision per process; a test that trains in bf16 must not decide the
@@ -57,12 +56,19 @@ def build_wordpiece_tokenizer(vocab_size: int = 400):
     tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
     from tokenizers import decoders
 
     tok.decoder = decoders.WordPiece()
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                             sep_token="[SEP]", mask_token="[MASK]")
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
 
 
 def build_unigram_tokenizer(vocab_size: int = 400):
@@ -79,7 +85,8 @@ def build_unigram_tokenizer(vocab_size: int = 400):
     tok.train_from_iterator(_corpus(("en", "de", "fr", "es")), trainer)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
@@ -91,8 +98,15 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = build_wordpiece_tokenizer()
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -106,9 +120,18 @@ def tiny_mt5_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-mt5")
     tokenizer = build_unigram_tokenizer()
     torch.manual_seed(0)
-    config = MT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1,
-                       num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                       decoder_start_token_id=tokenizer.pad_token_id)
+    config = MT5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=1,
+        num_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
     MT5Model(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -18,10 +18,14 @@ from xlgm.study.cli import add_study_parser, cmd_study
 
 
 def _add_device_arguments(p: argparse.ArgumentParser, precision_default: str, precision_help: str) -> None:
-    p.add_argument("--device", default="auto",
-                   help="auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--mixed-precision", default=precision_default, choices=["auto", "no", "fp16", "bf16"],
-                   help=precision_help)
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )
+    p.add_argument(
+        "--mixed-precision", default=precision_default, choices=["auto", "no", "fp16", "bf16"], help=precision_help
+    )
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,11 +66,21 @@ def _train_parser(sub) -> None:
     p.add_argument("--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: {d.task})")
     p.add_argument("--source-language", default=d.source_language)
     _add_data_arguments(p)
-    p.add_argument("--train-split", default=d.train_split, type=_split, metavar="SPLIT",
-                   help=f"{splits.SPLIT_HELP} (default: {d.train_split})")
-    p.add_argument("--select-split", default=d.select_split, type=_split, metavar="SPLIT",
-                   help="split for checkpoint selection (a held-out part, whole premises, when it equals the "
-                        f"train split; default: {d.select_split})")
+    p.add_argument(
+        "--train-split",
+        default=d.train_split,
+        type=_split,
+        metavar="SPLIT",
+        help=f"{splits.SPLIT_HELP} (default: {d.train_split})",
+    )
+    p.add_argument(
+        "--select-split",
+        default=d.select_split,
+        type=_split,
+        metavar="SPLIT",
+        help="split for checkpoint selection (a held-out part, whole premises, when it equals the "
+        f"train split; default: {d.select_split})",
+    )
     p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction)
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-length", type=int, default=d.max_length)
@@ -78,21 +92,38 @@ def _train_parser(sub) -> None:
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=["auto", "no", "fp16", "bf16"],
-                   help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no")
-    p.add_argument("--device", default="auto", help="auto (a GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps; "
-                                                    "not part of the run id")
-    p.add_argument("--freeze", default=None, choices=FREEZE_CHOICES,
-                   help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)")
+    p.add_argument(
+        "--mixed-precision",
+        default=d.mixed_precision,
+        choices=["auto", "no", "fp16", "bf16"],
+        help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps; not part of the run id",
+    )
+    p.add_argument(
+        "--freeze",
+        default=None,
+        choices=FREEZE_CHOICES,
+        help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)",
+    )
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: last only)")
     p.add_argument("--log-every", type=int, default=d.log_every, help="a train_log.jsonl record every N steps")
     p.add_argument("--out", help="run directory (default: runs/TASK-OBJECTIVE-RUNID)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (the same config)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint (the same config)"
+    )
     p.add_argument("--overwrite", action="store_true", help="delete the run in --out first and train anew")
-    p.add_argument("--report-to", action="append", default=[], metavar="TRACKER",
-                   help="also log to tensorboard, wandb or mlflow (repeatable or a comma list; files under "
-                        "RUN/trackers; needs the extra, e.g. pip install 'xlgm[tensorboard]'; default: none)")
+    p.add_argument(
+        "--report-to",
+        action="append",
+        default=[],
+        metavar="TRACKER",
+        help="also log to tensorboard, wandb or mlflow (repeatable or a comma list; files under "
+        "RUN/trackers; needs the extra, e.g. pip install 'xlgm[tensorboard]'; default: none)",
+    )
     add_objective_arguments(p)
 
 
@@ -102,21 +133,37 @@ def _evaluate_parser(sub) -> None:
     d = EvaluateConfig()
     p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
     p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
-    p.add_argument("--task", default=d.task, type=_task, metavar="TASK",
-                   help=f"{TASK_HELP} (default: the run's task, else xnli)")
+    p.add_argument(
+        "--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: the run's task, else xnli)"
+    )
     p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
     _add_data_arguments(p)
     p.add_argument("--split", default=d.split, choices=["dev", "test", "train"])
     p.add_argument("--checkpoint", default=d.checkpoint, choices=["best", "last"], help="which checkpoint of a run")
     p.add_argument("--max-examples", type=int, default=d.max_examples, help="at most N (>= 1) examples per language")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length,
-                   help="tokens a row is cut to: at least 8, at most the model's positions")
-    _add_device_arguments(p, d.mixed_precision, "autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
-                                                "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)")
-    p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
-                   help="for a base model without a trained head for the task: use a random head drawn from SEED "
-                        "(default 0) instead of refusing; its accuracy is chance")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=d.max_length,
+        help="tokens a row is cut to: at least 8, at most the model's positions",
+    )
+    _add_device_arguments(
+        p,
+        d.mixed_precision,
+        "autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
+        "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)",
+    )
+    p.add_argument(
+        "--random-head",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="SEED",
+        help="for a base model without a trained head for the task: use a random head drawn from SEED "
+        "(default 0) instead of refusing; its accuracy is chance",
+    )
     p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
@@ -128,43 +175,70 @@ def _measure_parser(sub) -> None:
     d = MeasureConfig()
     p = sub.add_parser("measure", help="generalization measures of a checkpoint, or of every checkpoint of a run")
     p.add_argument("target", nargs="?", help="a run directory (every checkpoint), a checkpoint directory, or a model")
-    p.add_argument("--measures", default=",".join(d.measures),
-                   help="comma list of measure names, or `all` (see `xlgm measure --list`)")
-    p.add_argument("--data", default=f"{d.data.language}-{d.data.split}",
-                   help="LANGUAGE-SPLIT of the examples the measures see")
+    p.add_argument(
+        "--measures",
+        default=",".join(d.measures),
+        help="comma list of measure names, or `all` (see `xlgm measure --list`)",
+    )
+    p.add_argument(
+        "--data", default=f"{d.data.language}-{d.data.split}", help="LANGUAGE-SPLIT of the examples the measures see"
+    )
     _add_data_arguments(p)
-    p.add_argument("--task", default=d.task, type=_task, metavar="TASK",
-                   help=f"{TASK_HELP} (default: the run's task, else xnli)")
-    p.add_argument("--checkpoint", default=d.checkpoint, choices=["all", "best", "last"],
-                   help="which checkpoints of a run")
+    p.add_argument(
+        "--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: the run's task, else xnli)"
+    )
+    p.add_argument(
+        "--checkpoint", default=d.checkpoint, choices=["all", "best", "last"], help="which checkpoints of a run"
+    )
     p.add_argument("--max-examples", type=int, default=d.data.max_examples)
     p.add_argument("--batch-size", type=int, default=d.data.batch_size)
-    p.add_argument("--max-length", type=int, default=d.data.max_length,
-                   help="tokens a row is cut to: at least 8, at most the model's positions")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=d.data.max_length,
+        help="tokens a row is cut to: at least 8, at most the model's positions",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--params", default=None, help="parameter filter, a regex on names (default: trained parameters)")
-    p.add_argument("--set", action="append", default=[], metavar="MEASURE.OPTION=VALUE",
-                   help="a measure option, e.g. --set sharpness-diff.num_draws=5 (repeatable; options: "
-                        "`xlgm measure --list`)")
-    p.add_argument("--random-head", type=int, nargs="?", const=0, default=None, metavar="SEED",
-                   help="for a base model without a trained head for the task: use a random head drawn from SEED "
-                        "(default 0) instead of refusing; its accuracy is chance")
-    _add_device_arguments(p, d.mixed_precision, "autocast of the measures' forward and backward passes "
-                                                "(default: no, float32: curvature estimates in bf16 are not exact)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MEASURE.OPTION=VALUE",
+        help="a measure option, e.g. --set sharpness-diff.num_draws=5 (repeatable; options: `xlgm measure --list`)",
+    )
+    p.add_argument(
+        "--random-head",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="SEED",
+        help="for a base model without a trained head for the task: use a random head drawn from SEED "
+        "(default 0) instead of refusing; its accuracy is chance",
+    )
+    _add_device_arguments(
+        p,
+        d.mixed_precision,
+        "autocast of the measures' forward and backward passes "
+        "(default: no, float32: curvature estimates in bf16 are not exact)",
+    )
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
-    p.add_argument("--list", action="store_true",
-                   help="list the measures with their references and options, and exit")
+    p.add_argument("--list", action="store_true", help="list the measures with their references and options, and exit")
 
 
 def _export_parser(sub) -> None:
     from xlgm.recipes.export import CHECKPOINT_CHOICES, ExportConfig
 
     d = ExportConfig()
-    p = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model folder",
-                       description="A folder AutoModelForSequenceClassification and AutoTokenizer load: the full "
-                                   "weights (safetensors), a config naming the task's labels, the tokenizer.")
+    p = sub.add_parser(
+        "export",
+        help="write a run's checkpoint as a Hugging Face model folder",
+        description="A folder AutoModelForSequenceClassification and AutoTokenizer load: the full "
+        "weights (safetensors), a config naming the task's labels, the tokenizer.",
+    )
     p.add_argument("run", help="a run directory")
     p.add_argument("out", help="the folder to write (must not exist or be empty, unless --overwrite)")
     p.add_argument("--checkpoint", default=d.checkpoint, choices=CHECKPOINT_CHOICES, help="which checkpoint")
@@ -187,22 +261,37 @@ def _demo_parser(sub) -> None:
 
 
 def _predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="predict accuracy per language from unlabelled text (label-free measures)",
-                       description="Label-free measures of a study's kept outputs, a ridge predictor of accuracy "
-                                   "per (checkpoint, language), cross-validated leave-one-language-out and "
-                                   "leave-one-run-out against the baselines; or, with --text, predictions for "
-                                   "a new language's unlabelled text.")
+    p = sub.add_parser(
+        "predict",
+        help="predict accuracy per language from unlabelled text (label-free measures)",
+        description="Label-free measures of a study's kept outputs, a ridge predictor of accuracy "
+        "per (checkpoint, language), cross-validated leave-one-language-out and "
+        "leave-one-run-out against the baselines; or, with --text, predictions for "
+        "a new language's unlabelled text.",
+    )
     p.add_argument("target", help="a study folder, or its spec (then --out or the default folder)")
     p.add_argument("--out", help="the study folder when TARGET is a spec")
-    p.add_argument("--text", help="unlabelled text of a new language: a TSV of text_a, text_b (a label column is "
-                                  "ignored)")
+    p.add_argument(
+        "--text", help="unlabelled text of a new language: a TSV of text_a, text_b (a label column is ignored)"
+    )
     p.add_argument("--language", help="the language code of --text (a name for the output)")
-    p.add_argument("--parallel", action="store_true",
-                   help="--text is a row-by-row translation of the study's source evaluation rows")
-    p.add_argument("--checkpoints", default="last", choices=["last", "all"],
-                   help="with --text: the last checkpoint of every run, or every measured one (default: last)")
-    _add_device_arguments(p, "auto", "with --text: autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
-                                     "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)")
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="--text is a row-by-row translation of the study's source evaluation rows",
+    )
+    p.add_argument(
+        "--checkpoints",
+        default="last",
+        choices=["last", "all"],
+        help="with --text: the last checkpoint of every run, or every measured one (default: last)",
+    )
+    _add_device_arguments(
+        p,
+        "auto",
+        "with --text: autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
+        "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)",
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -220,10 +309,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     device = resolve_device(args.device)
     precision = resolve_precision(args.mixed_precision, device)
-    table = predict_text(spec, out, args.text, args.language, args.parallel, args.checkpoints, device=device,
-                         precision=precision)
-    print(table[["checkpoint_id", "source_accuracy", "predicted_accuracy"]].to_string(index=False,
-                                                                                      float_format="%.3f"))
+    table = predict_text(
+        spec, out, args.text, args.language, args.parallel, args.checkpoints, device=device, precision=precision
+    )
+    print(table[["checkpoint_id", "source_accuracy", "predicted_accuracy"]].to_string(index=False, float_format="%.3f"))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -236,25 +325,44 @@ def cmd_train(args: argparse.Namespace) -> None:
     name, options = objective_options(args)
     freeze = args.freeze or ("word" if args.model == "embedded" else "none")
     config = TrainConfig(
-        model=args.model, task=args.task, source_language=args.source_language,
-        data="hf" if args.hub else ("local" if args.data_dir else "bundled"), data_dir=args.data_dir,
-        train_split=args.train_split, select_split=args.select_split, holdout_fraction=args.holdout_fraction,
-        max_train_examples=args.max_train_examples, max_length=args.max_length, epochs=args.epochs,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, seed=args.seed,
-        mixed_precision=args.mixed_precision, freeze=freeze, save_every=args.save_every, log_every=args.log_every,
-        objective=name, objective_options=options)
+        model=args.model,
+        task=args.task,
+        source_language=args.source_language,
+        data="hf" if args.hub else ("local" if args.data_dir else "bundled"),
+        data_dir=args.data_dir,
+        train_split=args.train_split,
+        select_split=args.select_split,
+        holdout_fraction=args.holdout_fraction,
+        max_train_examples=args.max_train_examples,
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        freeze=freeze,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        objective=name,
+        objective_options=options,
+    )
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
     out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")
-    run_dir = train(config, out, device=args.device, resume=args.resume, overwrite=args.overwrite,
-                    report_to=args.report_to)
+    run_dir = train(
+        config, out, device=args.device, resume=args.resume, overwrite=args.overwrite, report_to=args.report_to
+    )
     print(f"run directory: {run_dir}")
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
     if best:
-        print(f"best checkpoint: {best['name']} "
-              f"(held-out {config.source_language} accuracy {best['dev_accuracy']:.3f})")
+        print(
+            f"best checkpoint: {best['name']} (held-out {config.source_language} accuracy {best['dev_accuracy']:.3f})"
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -269,10 +377,17 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
     languages = None if args.languages == "all" else tuple(validation.comma_list("--languages", args.languages))
     config = EvaluateConfig(
-        task=args.task, languages=languages, split=args.split, checkpoint=args.checkpoint,
-        max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length,
-        source=DataSource.from_args(args.data_dir, args.hub), device=args.device,
-        mixed_precision=args.mixed_precision)
+        task=args.task,
+        languages=languages,
+        split=args.split,
+        checkpoint=args.checkpoint,
+        max_examples=args.max_examples,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        source=DataSource.from_args(args.data_dir, args.hub),
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+    )
     device = resolve_device(config.device)
     precision = resolve_precision(config.mixed_precision, device)
     target = resolve_target(args.target, config.checkpoint)
@@ -290,9 +405,19 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=args.random_head)
     validation.max_length("--max-length", config.max_length, validation.model_positions(model.config))
     model.to(device)
-    report = evaluate_languages(model, tokenizer, task, languages, config.source, config.split,
-                                config.max_examples, config.max_length, config.batch_size, examples=examples,
-                                precision=precision)
+    report = evaluate_languages(
+        model,
+        tokenizer,
+        task,
+        languages,
+        config.source,
+        config.split,
+        config.max_examples,
+        config.max_length,
+        config.batch_size,
+        examples=examples,
+        precision=precision,
+    )
     report["target"] = target.label
     base = target.run_dir or Path(".")
     out = Path(args.out) if args.out else base / f"eval-{config.split}.json"
@@ -300,8 +425,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     with ResultsDB(args.db or (base / ("results.sqlite" if target.run_dir else "xlgm-results.sqlite"))) as db:
         write_report(report, out)  # after the results file opened: a damaged one leaves the report as it was
         for lang, r in report["languages"].items():
-            db.add_evaluation(checkpoint_id, task.name, lang, config.split, report["data"], r["num_examples"],
-                              r["accuracy"])
+            db.add_evaluation(
+                checkpoint_id, task.name, lang, config.split, report["data"], r["num_examples"], r["accuracy"]
+            )
     print(format_table(report))
     print(f"{report['examples_per_second']:.0f} examples/s; report: {out}")
     return report
@@ -325,9 +451,11 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.runs import RunDir, require_finished
 
     if args.list:
-        for kind, title in (("model", "measures of a checkpoint on labelled data (xlgm measure)"),
-                            ("group", "measures of a group of runs (computed by studies when the group exists)"),
-                            ("outputs", "label-free measures of outputs on unlabelled text (xlgm predict)")):
+        for kind, title in (
+            ("model", "measures of a checkpoint on labelled data (xlgm measure)"),
+            ("group", "measures of a group of runs (computed by studies when the group exists)"),
+            ("outputs", "label-free measures of outputs on unlabelled text (xlgm predict)"),
+        ):
             print(f"# {title}")
             for name in list_measures(kind):
                 spec = get_measure(name)
@@ -341,12 +469,19 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     if not args.target:
         raise XlgmError("xlgm measure needs a TARGET: a run directory, a checkpoint directory or a model")
     config = MeasureConfig(
-        measures=tuple(resolve_measures(args.measures)), options=parse_measure_options(args.set),
-        data=MeasureData.parse(args.data, max_examples=args.max_examples, batch_size=args.batch_size,
-                               max_length=args.max_length),
-        task=args.task, checkpoint=args.checkpoint, seed=args.seed, params=args.params,
-        source=DataSource.from_args(args.data_dir, args.hub), device=args.device,
-        mixed_precision=args.mixed_precision)
+        measures=tuple(resolve_measures(args.measures)),
+        options=parse_measure_options(args.set),
+        data=MeasureData.parse(
+            args.data, max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length
+        ),
+        task=args.task,
+        checkpoint=args.checkpoint,
+        seed=args.seed,
+        params=args.params,
+        source=DataSource.from_args(args.data_dir, args.hub),
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+    )
     targets = expand_targets(args.target, config.checkpoint)
     run_dir = targets[0].run_dir
     if run_dir:
@@ -384,16 +519,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     spec_path = Path(args.spec) if args.spec else Path(__file__).parent / "studies" / "demo.yaml"
     spec = load_spec(spec_path)
     start = time.perf_counter()
-    result = run_study(spec, args.out, "local", None, None, show_progress=True,
-                       spec_text=spec_path.read_text(encoding="utf-8"))
+    result = run_study(
+        spec, args.out, "local", None, None, show_progress=True, spec_text=spec_path.read_text(encoding="utf-8")
+    )
     analyze_study(result.out)  # prints the top correlations
     predict_study(spec, result.out)  # prints the label-free predictor's errors
     report_study(result.out)
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results: {result.out / 'study.sqlite'}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "measure": cmd_measure, "predict": cmd_predict,
-            "export": cmd_export, "demo": cmd_demo, "study": cmd_study}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "measure": cmd_measure,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "demo": cmd_demo,
+    "study": cmd_study,
+}
 
 
 def _show_defaults(parser: argparse.ArgumentParser, seen: set[int] | None = None) -> None:
@@ -410,8 +553,13 @@ def _show_defaults(parser: argparse.ArgumentParser, seen: set[int] | None = None
                 _show_defaults(child, seen)
             continue
         default = action.default
-        if (not action.option_strings or action.help == argparse.SUPPRESS or default in (None, False, [], "")
-                or default is argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+        if (
+            not action.option_strings
+            or action.help == argparse.SUPPRESS
+            or default in (None, False, [], "")
+            or default is argparse.SUPPRESS
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+        ):
             continue
         if action.help is None:
             action.help = "(default: %(default)s)"

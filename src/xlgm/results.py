@@ -79,8 +79,19 @@ COLUMNS = {
     "runs": ("run_id", "config", "run_dir", "status", "created"),
     "checkpoints": ("checkpoint_id", "run_id", "step", "epoch", "path", "dev_accuracy", "is_best", "is_last"),
     "evaluations": ("checkpoint_id", "task", "language", "split", "data", "num_examples", "accuracy", "created"),
-    "measures": ("checkpoint_id", "measure", "config_hash", "data", "value", "spread", "num_samples", "seconds",
-                 "details", "config", "created"),
+    "measures": (
+        "checkpoint_id",
+        "measure",
+        "config_hash",
+        "data",
+        "value",
+        "spread",
+        "num_samples",
+        "seconds",
+        "details",
+        "config",
+        "created",
+    ),
 }
 
 
@@ -115,8 +126,9 @@ class ResultsDB:
             have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
             missing = [c for c in columns if c not in have]
             if have and missing:
-                raise XlgmError(f"{self.path}: table {table!r} has no column {', '.join(missing)}: not an xlgm "
-                                f"results file")
+                raise XlgmError(
+                    f"{self.path}: table {table!r} has no column {', '.join(missing)}: not an xlgm results file"
+                )
 
     def close(self) -> None:
         self.conn.close()
@@ -140,8 +152,17 @@ class ResultsDB:
         with self.conn:
             self.conn.execute("UPDATE runs SET status=? WHERE run_id=?", (status, run_id))
 
-    def add_checkpoint(self, checkpoint_id: str, run_id: str, step: int, epoch: float | None, path: str | None,
-                       dev_accuracy: float | None, is_best: bool = False, is_last: bool = False) -> None:
+    def add_checkpoint(
+        self,
+        checkpoint_id: str,
+        run_id: str,
+        step: int,
+        epoch: float | None,
+        path: str | None,
+        dev_accuracy: float | None,
+        is_best: bool = False,
+        is_last: bool = False,
+    ) -> None:
         with self.conn:
             if is_best:
                 self.conn.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
@@ -155,8 +176,9 @@ class ResultsDB:
                 (checkpoint_id, run_id, step, epoch, path, dev_accuracy, int(is_best), int(is_last)),
             )
 
-    def add_evaluation(self, checkpoint_id: str, task: str, language: str, split: str, data: str,
-                       num_examples: int, accuracy: float) -> None:
+    def add_evaluation(
+        self, checkpoint_id: str, task: str, language: str, split: str, data: str, num_examples: int, accuracy: float
+    ) -> None:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -164,21 +186,43 @@ class ResultsDB:
                 (checkpoint_id, task, language, split, data, num_examples, accuracy, time.time()),
             )
 
-    def add_measure(self, checkpoint_id: str, measure: str, config: dict, data: str, value: float | None,
-                    spread: float | None, num_samples: int | None, seconds: float, details: dict) -> None:
+    def add_measure(
+        self,
+        checkpoint_id: str,
+        measure: str,
+        config: dict,
+        data: str,
+        value: float | None,
+        spread: float | None,
+        num_samples: int | None,
+        seconds: float,
+        details: dict,
+    ) -> None:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO measures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                 "value=excluded.value, spread=excluded.spread, num_samples=excluded.num_samples, "
                 "seconds=excluded.seconds, details=excluded.details, created=excluded.created",
-                (checkpoint_id, measure, config_hash(config), data, value, spread, num_samples, seconds,
-                 json.dumps(details, default=str), json.dumps(config, sort_keys=True, default=str), time.time()),
+                (
+                    checkpoint_id,
+                    measure,
+                    config_hash(config),
+                    data,
+                    value,
+                    spread,
+                    num_samples,
+                    seconds,
+                    json.dumps(details, default=str),
+                    json.dumps(config, sort_keys=True, default=str),
+                    time.time(),
+                ),
             )
 
     def has_evaluation(self, checkpoint_id: str, task: str, language: str, split: str, data: str) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM evaluations WHERE checkpoint_id=? AND task=? AND language=? AND split=? AND data=?",
-            (checkpoint_id, task, language, split, data)).fetchone()
+            (checkpoint_id, task, language, split, data),
+        ).fetchone()
         return row is not None
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:

@@ -54,9 +54,24 @@ TRAINING_STATE_META = "training-state.json"
 TRACKERS_FOLDER = "trackers"  # what `xlgm train --report-to` logs locally (TensorBoard events, wandb/mlflow files)
 # What `xlgm train` and the commands reading a run write into it: `--overwrite` deletes these and nothing
 # else, and refuses a folder that holds anything more (a user's file is never deleted).
-RUN_ENTRIES = (CONFIG, INIT, INIT_HEAD, INDEX, STATE, LOG, "checkpoints", "results.sqlite",
-               "results.sqlite-journal", "results.sqlite-wal", "results.sqlite-shm", "eval-*.json",
-               "measures.json", "outputs", TRACKERS_FOLDER, "*.tmp")
+RUN_ENTRIES = (
+    CONFIG,
+    INIT,
+    INIT_HEAD,
+    INDEX,
+    STATE,
+    LOG,
+    "checkpoints",
+    "results.sqlite",
+    "results.sqlite-journal",
+    "results.sqlite-wal",
+    "results.sqlite-shm",
+    "eval-*.json",
+    "measures.json",
+    "outputs",
+    TRACKERS_FOLDER,
+    "*.tmp",
+)
 
 
 def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -213,8 +228,10 @@ def claim_run_dir(path: Path, config: dict, run_id: str, *, resume: bool = False
             return "new"
         raise XlgmError(f"{path}: holds parts of a run without its {CONFIG}; pass --overwrite to replace them")
     if overwrite and other:
-        raise XlgmError(f"{path}: --overwrite deletes only what xlgm wrote, and the folder also holds "
-                        f"{other[0].name}; move it away first")
+        raise XlgmError(
+            f"{path}: --overwrite deletes only what xlgm wrote, and the folder also holds "
+            f"{other[0].name}; move it away first"
+        )
     if overwrite and not resume:
         return "new"
     try:
@@ -230,13 +247,17 @@ def claim_run_dir(path: Path, config: dict, run_id: str, *, resume: bool = False
         return "new"
     if not same:
         difference = _config_difference(stored, config) if isinstance(stored, dict) else "unreadable config"
-        raise XlgmError(f"{path}: holds run {stored.get('run_id') if isinstance(stored, dict) else '?'} of another "
-                        f"config ({difference}); pass --overwrite to replace it, or choose another --out")
+        raise XlgmError(
+            f"{path}: holds run {stored.get('run_id') if isinstance(stored, dict) else '?'} of another "
+            f"config ({difference}); pass --overwrite to replace it, or choose another --out"
+        )
     run = RunDir(path)
     last = run.last_checkpoint
     where = "finished" if run.finished else f"unfinished, last checkpoint {last['name'] if last else 'none'}"
-    raise XlgmError(f"{path}: already holds this run ({run_id}, {where}); pass --resume to continue it or "
-                    f"--overwrite to train it again")
+    raise XlgmError(
+        f"{path}: already holds this run ({run_id}, {where}); pass --resume to continue it or "
+        f"--overwrite to train it again"
+    )
 
 
 def clear_run_dir(path: Path) -> None:
@@ -258,8 +279,11 @@ def require_finished(run_dir: Path, allow_partial: bool = False) -> None:
     if run.finished:
         return
     last = run.last_checkpoint
-    message = (f"{run_dir}: training did not finish (last checkpoint {last['name']})" if last
-               else f"{run_dir}: training did not finish (no checkpoint yet)")
+    message = (
+        f"{run_dir}: training did not finish (last checkpoint {last['name']})"
+        if last
+        else f"{run_dir}: training did not finish (no checkpoint yet)"
+    )
     if not allow_partial:
         raise XlgmError(f"{message}; pass --allow-partial to use it anyway")
     print(f"xlgm: note: {message}; using it as --allow-partial says", file=sys.stderr)

@@ -101,8 +101,12 @@ def test_max_conditioning_limits_the_subsets():
     frame = _grid(2, 3)
     frame["lr"] = [1, 2, 1, 2, 1, 2]
     frame["mu"] = frame["acc"]
-    sizes = {m: conditional_mutual_information(frame, "mu", "acc", ["objective", "seed", "lr"],
-                                               max_conditioning=m).per_subset["size"].tolist() for m in (0, 1, 2)}
+    sizes = {
+        m: conditional_mutual_information(frame, "mu", "acc", ["objective", "seed", "lr"], max_conditioning=m)
+        .per_subset["size"]
+        .tolist()
+        for m in (0, 1, 2)
+    }
     assert sizes == {0: [0], 1: [0, 1, 1, 1], 2: [0, 1, 1, 1, 2, 2, 2]}
 
 
@@ -117,8 +121,15 @@ def test_pairs_with_identical_configuration():
 
 
 def test_nan_axis_value_is_a_level():
-    frame = pd.DataFrame({"objective": ["adamw", "adamw", "sam", "sam"], "rho": [np.nan, np.nan, 0.05, 0.1],
-                          "seed": [0, 1, 0, 0], "g": [1.0, 2.0, 3.0, 4.0], "mu": [1.0, 2.0, 3.0, 4.0]})
+    frame = pd.DataFrame(
+        {
+            "objective": ["adamw", "adamw", "sam", "sam"],
+            "rho": [np.nan, np.nan, 0.05, 0.1],
+            "seed": [0, 1, 0, 0],
+            "g": [1.0, 2.0, 3.0, 4.0],
+            "mu": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     r = conditional_mutual_information(frame, "mu", "g", ["objective", "rho", "seed"])
     assert r.n_pairs == 12  # the two adamw runs differ in seed, not in rho (both NaN)
     # cells u = (rho_i, rho_j) observed: (NaN, NaN) from the two adamw runs, and the 6 ordered pairs of distinct
@@ -126,10 +137,13 @@ def test_nan_axis_value_is_a_level():
     assert _by_subset(r)[("rho",)]["n_cells"] == 7
 
 
-@pytest.mark.parametrize("mu, g, words", [
-    ([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0], "no ordered pair"),
-    ([1.0, np.nan, np.nan, np.nan], [1.0, 2.0, 3.0, 4.0], "no ordered pair"),
-])
+@pytest.mark.parametrize(
+    "mu, g, words",
+    [
+        ([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0], "no ordered pair"),
+        ([1.0, np.nan, np.nan, np.nan], [1.0, 2.0, 3.0, 4.0], "no ordered pair"),
+    ],
+)
 def test_degenerate_inputs_give_nan(mu, g, words):
     frame = pd.DataFrame({"a": [0, 0, 1, 1], "b": [0, 1, 0, 1], "mu": mu, "g": g})
     r = conditional_mutual_information(frame, "mu", "g", ["a", "b"])

@@ -49,9 +49,16 @@ def test_bootstrap_interval_close_to_scipy_bootstrap():
     r = correlate(x, y, n_boot=2000, seed=1)
     # Different random draws, same procedure: the endpoints agree up to Monte Carlo error. (Kendall via scipy's
     # per-resample loop is slow; the exact-equality test above covers it.)
-    ref = stats.bootstrap((x, y), lambda a, b: np.corrcoef(a, b)[0, 1], paired=True, vectorized=False,
-                          method="percentile", n_resamples=2000, confidence_level=0.95,
-                          rng=np.random.default_rng(2)).confidence_interval
+    ref = stats.bootstrap(
+        (x, y),
+        lambda a, b: np.corrcoef(a, b)[0, 1],
+        paired=True,
+        vectorized=False,
+        method="percentile",
+        n_resamples=2000,
+        confidence_level=0.95,
+        rng=np.random.default_rng(2),
+    ).confidence_interval
     assert r.pearson_lo == pytest.approx(ref.low, abs=0.04)
     assert r.pearson_hi == pytest.approx(ref.high, abs=0.04)
 
@@ -120,14 +127,17 @@ def test_nan_rows_are_dropped():
     assert r.tau == pytest.approx(stats.kendalltau(x[keep], y[keep]).statistic)
 
 
-@pytest.mark.parametrize("x, y, words", [
-    ([1.0, 2.0], [3.0, 4.0], "only 2 complete row(s)"),
-    ([], [], "only 0 complete row(s)"),
-    ([1.0, np.nan, 3.0, 4.0], [1.0, 2.0, np.nan, 4.0], "only 2 complete row(s)"),
-    ([np.nan] * 5, [1.0] * 5, "only 0"),
-    ([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0], "x is constant"),
-    ([1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0], "y is constant"),
-])
+@pytest.mark.parametrize(
+    "x, y, words",
+    [
+        ([1.0, 2.0], [3.0, 4.0], "only 2 complete row(s)"),
+        ([], [], "only 0 complete row(s)"),
+        ([1.0, np.nan, 3.0, 4.0], [1.0, 2.0, np.nan, 4.0], "only 2 complete row(s)"),
+        ([np.nan] * 5, [1.0] * 5, "only 0"),
+        ([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0], "x is constant"),
+        ([1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0], "y is constant"),
+    ],
+)
 def test_degenerate_inputs_give_nan_and_a_note(x, y, words):
     r = correlate(x, y, n_boot=50)
     for name in ("tau", "tau_p", "tau_lo", "tau_hi", "spearman", "spearman_lo", "pearson", "pearson_p"):

@@ -21,29 +21,39 @@ from xlgm.errors import XlgmError
 
 
 def _tables():
-    runs = pd.DataFrame({
-        "run_id": ["r1", "r2"],
-        "config": [{"objective": "adamw", "seed": 0, "lr": 2e-5, "objective_options": {}},
-                   json.dumps({"objective": "sam", "seed": 1, "lr": 2e-5, "objective_options": {"rho": 0.05}})],
-    })
-    checkpoints = pd.DataFrame({
-        "checkpoint_id": ["r1/100", "r1/200", "r2/100", "r2/200"],
-        "run_id": ["r1", "r1", "r2", "r2"],
-        "step": [100, 200, 100, 200],
-        "is_best": [1, 0, 0, 1],
-        "path": ["a", "b", "c", "d"],
-    })
-    evaluations = pd.DataFrame({
-        "checkpoint_id": ["r1/100", "r1/100", "r1/200", "r1/200", "r2/100", "r2/100", "r2/200", "r2/200"],
-        "language": ["en", "de"] * 4,
-        "accuracy": [0.80, 0.70, 0.82, 0.69, 0.79, 0.72, 0.83, 0.75],
-        "split": "test",
-    })
-    measures = pd.DataFrame({
-        "checkpoint_id": ["r1/100", "r1/200", "r2/100", "r2/200", "r1/100", "r2/200"],
-        "measure": ["margin"] * 4 + ["sharpness-diff"] * 2,
-        "value": [1.0, 1.5, 0.9, 2.0, 0.3, 0.1],
-    })
+    runs = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2"],
+            "config": [
+                {"objective": "adamw", "seed": 0, "lr": 2e-5, "objective_options": {}},
+                json.dumps({"objective": "sam", "seed": 1, "lr": 2e-5, "objective_options": {"rho": 0.05}}),
+            ],
+        }
+    )
+    checkpoints = pd.DataFrame(
+        {
+            "checkpoint_id": ["r1/100", "r1/200", "r2/100", "r2/200"],
+            "run_id": ["r1", "r1", "r2", "r2"],
+            "step": [100, 200, 100, 200],
+            "is_best": [1, 0, 0, 1],
+            "path": ["a", "b", "c", "d"],
+        }
+    )
+    evaluations = pd.DataFrame(
+        {
+            "checkpoint_id": ["r1/100", "r1/100", "r1/200", "r1/200", "r2/100", "r2/100", "r2/200", "r2/200"],
+            "language": ["en", "de"] * 4,
+            "accuracy": [0.80, 0.70, 0.82, 0.69, 0.79, 0.72, 0.83, 0.75],
+            "split": "test",
+        }
+    )
+    measures = pd.DataFrame(
+        {
+            "checkpoint_id": ["r1/100", "r1/200", "r2/100", "r2/200", "r1/100", "r2/200"],
+            "measure": ["margin"] * 4 + ["sharpness-diff"] * 2,
+            "value": [1.0, 1.5, 0.9, 2.0, 0.3, 0.1],
+        }
+    )
     return evaluations, measures, runs, checkpoints
 
 
@@ -51,8 +61,19 @@ def test_build_frame_pivots_and_flattens():
     evaluations, measures, runs, checkpoints = _tables()
     frame = build_frame(evaluations, measures, runs, checkpoints)
     assert list(frame["checkpoint_id"]) == ["r1/100", "r1/200", "r2/100", "r2/200"]
-    assert {"run_id", "step", "is_best", "objective", "seed", "lr", "rho", "margin", "sharpness-diff", "acc_en",
-            "acc_de"} <= set(frame.columns)
+    assert {
+        "run_id",
+        "step",
+        "is_best",
+        "objective",
+        "seed",
+        "lr",
+        "rho",
+        "margin",
+        "sharpness-diff",
+        "acc_en",
+        "acc_de",
+    } <= set(frame.columns)
     assert "path" not in frame.columns and "split" not in frame.columns
     row = frame.set_index("checkpoint_id").loc["r2/200"]
     assert (row["objective"], row["seed"], row["rho"]) == ("sam", 1, 0.05)
@@ -70,30 +91,37 @@ def test_build_frame_without_checkpoints_table_uses_run_id_column():
 
 
 def test_flatten_configs_uses_dotted_path_on_collision():
-    runs = pd.DataFrame({"run_id": ["a"], "config": [{"lr": 1, "objective_options": {"lr": 2, "rho": 3},
-                                                      "tags": ["x", "y"]}]})
+    runs = pd.DataFrame(
+        {"run_id": ["a"], "config": [{"lr": 1, "objective_options": {"lr": 2, "rho": 3}, "tags": ["x", "y"]}]}
+    )
     flat = flatten_configs(runs)
-    assert flat.iloc[0].to_dict() == {"run_id": "a", "lr": 1, "objective_options.lr": 2, "rho": 3,
-                                      "tags": ("x", "y")}
+    assert flat.iloc[0].to_dict() == {"run_id": "a", "lr": 1, "objective_options.lr": 2, "rho": 3, "tags": ("x", "y")}
     already_flat = pd.DataFrame({"run_id": ["a"], "lr": [1]})
     assert flatten_configs(already_flat).equals(already_flat)
 
 
-@pytest.mark.parametrize("mutate, words", [
-    (lambda e, m, r, c: (e.drop(columns="accuracy"), m, r, c), "evaluations: missing column(s) 'accuracy'"),
-    (lambda e, m, r, c: (e, m.rename(columns={"value": "v"}), r, c), "measures: missing column(s) 'value'"),
-    (lambda e, m, r, c: (pd.concat([e, e.iloc[:1]]), m, r, c), "evaluations: 2 rows share their (checkpoint_id, "
-                                                               "language), e.g. ('r1/100', 'en')"),
-    (lambda e, m, r, c: (e, pd.concat([m, m.iloc[:1]]), r, c), "filter to one config_hash/data"),
-    (lambda e, m, r, c: (e, m, r, c[c["checkpoint_id"] != "r2/200"]), "checkpoint(s) 'r2/200' have no run"),
-    (lambda e, m, r, c: (e, m, r[r["run_id"] == "r1"], c), "run(s) 'r2' are not in the runs table"),
-    (lambda e, m, r, c: (e, m.assign(measure=m["measure"].replace("margin", "acc_en")), r, c),
-     "collide with accuracy columns"),
-    (lambda e, m, r, c: (e, m.assign(measure=m["measure"].replace("margin", "seed")), r, c), "'seed'"),
-    (lambda e, m, r, c: (e, m, r.assign(config=["{", "{}"]), c), "config of run 'r1' is not valid JSON"),
-    (lambda e, m, r, c: (e, m, r.assign(config=[3, {}]), c), "must be a dict"),
-    (lambda e, m, r, c: (e, m, r, None), "pass a checkpoints table"),
-])
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda e, m, r, c: (e.drop(columns="accuracy"), m, r, c), "evaluations: missing column(s) 'accuracy'"),
+        (lambda e, m, r, c: (e, m.rename(columns={"value": "v"}), r, c), "measures: missing column(s) 'value'"),
+        (
+            lambda e, m, r, c: (pd.concat([e, e.iloc[:1]]), m, r, c),
+            "evaluations: 2 rows share their (checkpoint_id, language), e.g. ('r1/100', 'en')",
+        ),
+        (lambda e, m, r, c: (e, pd.concat([m, m.iloc[:1]]), r, c), "filter to one config_hash/data"),
+        (lambda e, m, r, c: (e, m, r, c[c["checkpoint_id"] != "r2/200"]), "checkpoint(s) 'r2/200' have no run"),
+        (lambda e, m, r, c: (e, m, r[r["run_id"] == "r1"], c), "run(s) 'r2' are not in the runs table"),
+        (
+            lambda e, m, r, c: (e, m.assign(measure=m["measure"].replace("margin", "acc_en")), r, c),
+            "collide with accuracy columns",
+        ),
+        (lambda e, m, r, c: (e, m.assign(measure=m["measure"].replace("margin", "seed")), r, c), "'seed'"),
+        (lambda e, m, r, c: (e, m, r.assign(config=["{", "{}"]), c), "config of run 'r1' is not valid JSON"),
+        (lambda e, m, r, c: (e, m, r.assign(config=[3, {}]), c), "must be a dict"),
+        (lambda e, m, r, c: (e, m, r, None), "pass a checkpoints table"),
+    ],
+)
 def test_build_frame_errors_are_clear(mutate, words):
     with pytest.raises(AnalysisInputError) as info:
         build_frame(*mutate(*_tables()))
@@ -108,8 +136,15 @@ def test_add_targets():
     assert out["mean_target"][0] == pytest.approx(0.75) and math.isnan(out["mean_target"][1])  # no partial mean
     assert out["mean_gap"][0] == pytest.approx(0.15)
     assert "acc_en" in frame.columns and "gap_de" not in frame.columns  # the input is not modified
-    assert target_columns(["en", "de", "fr"], "en") == ["acc_en", "acc_de", "acc_fr", "mean_target", "gap_de",
-                                                         "gap_fr", "mean_gap"]
+    assert target_columns(["en", "de", "fr"], "en") == [
+        "acc_en",
+        "acc_de",
+        "acc_fr",
+        "mean_target",
+        "gap_de",
+        "gap_fr",
+        "mean_gap",
+    ]
     with pytest.raises(AnalysisInputError, match="'acc_it'"):
         add_targets(frame, ["en", "it"])
     with pytest.raises(AnalysisInputError, match="no target language"):

@@ -68,12 +68,14 @@ def test_two_axis_grid_by_hand():
     #            seed 0      seed 1      seed 2
     #   A      g=1 mu=10   g=2 mu=30   g=3 mu=35
     #   B      g=4 mu=40   g=6 mu=50   g=5 mu=15
-    frame = pd.DataFrame({
-        "objective": ["A", "A", "A", "B", "B", "B"],
-        "seed": [0, 1, 2, 0, 1, 2],
-        "g": [1, 2, 3, 4, 6, 5],
-        "mu": [10, 30, 35, 40, 50, 15],
-    })
+    frame = pd.DataFrame(
+        {
+            "objective": ["A", "A", "A", "B", "B", "B"],
+            "seed": [0, 1, 2, 0, 1, 2],
+            "g": [1, 2, 3, 4, 6, 5],
+            "mu": [10, 30, 35, 40, 50, 15],
+        }
+    )
     # psi_seed: groups = objectives (seed varies).
     #   A: g and mu both increasing -> 3 concordant of 3 -> tau = 1
     #   B: (s0,s1): g+, mu+ C; (s0,s2): g+, mu- D; (s1,s2): g-, mu- C -> (2 - 1) / 3 = 1/3
@@ -107,13 +109,15 @@ def test_incomplete_grid_skips_singleton_groups():
 
 def test_nan_axis_value_is_a_level_and_nan_values_are_dropped():
     # rho is undefined (NaN) for AdamW: it must still form groups, not vanish.
-    frame = pd.DataFrame({
-        "objective": ["adamw", "adamw", "sam", "sam", "sam", "sam"],
-        "rho": [np.nan, np.nan, 0.05, 0.05, 0.1, 0.1],
-        "seed": [0, 1, 0, 1, 0, 1],
-        "g": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        "mu": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-    })
+    frame = pd.DataFrame(
+        {
+            "objective": ["adamw", "adamw", "sam", "sam", "sam", "sam"],
+            "rho": [np.nan, np.nan, 0.05, 0.05, 0.1, 0.1],
+            "seed": [0, 1, 0, 1, 0, 1],
+            "g": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "mu": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
     r = granulated_kendall(frame, "mu", "g", ["objective", "rho", "seed"])
     assert r.per_axis.set_index("axis").loc["seed", "n_groups"] == 3  # (adamw, NaN), (sam, .05), (sam, .1)
     assert r.per_axis.set_index("axis").loc["rho", "n_groups"] == 2  # (sam, seed 0), (sam, seed 1)

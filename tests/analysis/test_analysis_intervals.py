@@ -15,8 +15,9 @@ def scipy_wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float
     return float(ci.low), float(ci.high)
 
 
-@pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (41, 100), (50, 100), (99, 100),
-                                 (412, 1000), (1, 7500)])
+@pytest.mark.parametrize(
+    "k,n", [(0, 1), (1, 1), (0, 10), (3, 10), (10, 10), (41, 100), (50, 100), (99, 100), (412, 1000), (1, 7500)]
+)
 @pytest.mark.parametrize("confidence", [0.95, 0.9, 0.99])
 def test_scalar_equals_scipy(k, n, confidence):
     low, high = wilson_interval(k, n, confidence)
@@ -52,9 +53,16 @@ def test_non_integer_count_is_a_proportion_times_n():
     assert wilson_interval(0.5 * (40 + 42), 100) == pytest.approx(wilson_interval(41, 100))
 
 
-@pytest.mark.parametrize("args,match", [((1, 0), "n must be >= 1"), ((-1, 10), "between 0 and n"),
-                                        ((11, 10), "between 0 and n"), ((float("nan"), 10), "NaN"),
-                                        ((np.array([1, 2]), np.array([2, 0])), "n must be >= 1")])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((1, 0), "n must be >= 1"),
+        ((-1, 10), "between 0 and n"),
+        ((11, 10), "between 0 and n"),
+        ((float("nan"), 10), "NaN"),
+        ((np.array([1, 2]), np.array([2, 0])), "n must be >= 1"),
+    ],
+)
 def test_bad_input(args, match):
     with pytest.raises(AnalysisInputError, match=match):
         wilson_interval(*args)

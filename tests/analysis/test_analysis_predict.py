@@ -33,9 +33,19 @@ def synthetic(seed: int = 0, checkpoints: int = 6, noise: float = 0.0, offset: f
             d = rng.uniform(0.05, 0.5)
             z = rng.normal()
             gap = u + d * (-0.3 + 0.1 * z) + noise * rng.normal()
-            rows.append({"checkpoint_id": f"r{c % 3}/c{c}", "run_id": f"r{c % 3}", "language": lang,
-                         "source_accuracy": src, "accuracy": src + gap, "disagreement": d, "cka": z,
-                         "other": rng.normal(), "u": u})
+            rows.append(
+                {
+                    "checkpoint_id": f"r{c % 3}/c{c}",
+                    "run_id": f"r{c % 3}",
+                    "language": lang,
+                    "source_accuracy": src,
+                    "accuracy": src + gap,
+                    "disagreement": d,
+                    "cka": z,
+                    "other": rng.normal(),
+                    "u": u,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -138,14 +148,25 @@ def test_summary_and_errors():
 
 def _errors(pred, source, other, anchor) -> pd.DataFrame:
     """A hand-made cv table: 3 languages x 2 checkpoints, the given absolute errors row by row."""
-    return pd.DataFrame({"scheme": "leave-one-language-out", "language": ["de", "de", "fr", "fr", "sw", "sw"],
-                         "error": pred, "error_source": source, "error_other_languages": other,
-                         "error_source_anchor": anchor})
+    return pd.DataFrame(
+        {
+            "scheme": "leave-one-language-out",
+            "language": ["de", "de", "fr", "fr", "sw", "sw"],
+            "error": pred,
+            "error_source": source,
+            "error_other_languages": other,
+            "error_source_anchor": anchor,
+        }
+    )
 
 
 def test_predictor_against_each_rival_by_hand():
-    cv = _errors(pred=[0.02, 0.04, 0.01, 0.03, 0.02, 0.02], source=[0.05, 0.07, 0.04, 0.06, 0.05, 0.05],
-                 other=[0.01, 0.02, 0.01, 0.02, 0.01, np.nan], anchor=[0.02, 0.04, 0.01, 0.03, 0.02, 0.02])
+    cv = _errors(
+        pred=[0.02, 0.04, 0.01, 0.03, 0.02, 0.02],
+        source=[0.05, 0.07, 0.04, 0.06, 0.05, 0.05],
+        other=[0.01, 0.02, 0.01, 0.02, 0.01, np.nan],
+        anchor=[0.02, 0.04, 0.01, 0.03, 0.02, 0.02],
+    )
     table = compare_with_baselines(cv, n_boot=500, seed=1)
     assert list(table.columns) == BASELINE_COLUMNS
     t = table.set_index("baseline")
@@ -153,8 +174,9 @@ def test_predictor_against_each_rival_by_hand():
     assert t.loc["same_as_source", "mae_predictor"] == pytest.approx(0.14 / 6)
     assert t.loc["same_as_source", "mae_baseline"] == pytest.approx(0.32 / 6)
     assert t.loc["same_as_source", "ratio"] == pytest.approx(0.14 / 0.32)
-    assert t.loc["same_as_source", "ci_low"] == pytest.approx(-0.03) and t.loc["same_as_source", "ci_high"] == \
-        pytest.approx(-0.03)
+    assert t.loc["same_as_source", "ci_low"] == pytest.approx(-0.03) and t.loc[
+        "same_as_source", "ci_high"
+    ] == pytest.approx(-0.03)
     assert t.loc["same_as_source", "beats"] and t.loc["same_as_source", "share_better"] == 1.0
     # other languages: undefined on the last row, so both MAEs are over the 5 others (0.12 / 5 vs 0.07 / 5)
     assert t.loc["other_languages", "rows"] == 5 and t.loc["other_languages", "n_languages"] == 3
@@ -170,8 +192,12 @@ def test_predictor_against_each_rival_by_hand():
 def test_paired_bootstrap_resamples_languages_together():
     # the predictor wins by 0.05 in de and loses by 0.01 in fr and sw: the per-resample difference is the
     # row-weighted mean of the per-language differences, between -0.05 and +0.01
-    cv = _errors(pred=[0.0, 0.0, 0.02, 0.02, 0.02, 0.02], source=[0.05, 0.05, 0.01, 0.01, 0.01, 0.01],
-                 other=[0.1] * 6, anchor=[0.1] * 6)
+    cv = _errors(
+        pred=[0.0, 0.0, 0.02, 0.02, 0.02, 0.02],
+        source=[0.05, 0.05, 0.01, 0.01, 0.01, 0.01],
+        other=[0.1] * 6,
+        anchor=[0.1] * 6,
+    )
     row = compare_with_baselines(cv, n_boot=2000, seed=0).set_index("baseline").loc["same_as_source"]
     assert row["difference"] == pytest.approx((0.08 - 0.14) / 6)
     assert -0.05 - 1e-12 <= row["ci_low"] < row["difference"] < row["ci_high"] <= 0.01 + 1e-12
@@ -189,8 +215,14 @@ def test_summary_names_the_best_rival():
 
 
 def test_derived_features_and_availability():
-    frame = pd.DataFrame({"translation-agreement": [0.9, 0.6], "atc-accuracy": [0.5, 0.4],
-                          "source_accuracy": [0.6, 0.6], "linear-cka": [0.8, np.nan]})
+    frame = pd.DataFrame(
+        {
+            "translation-agreement": [0.9, 0.6],
+            "atc-accuracy": [0.5, 0.4],
+            "source_accuracy": [0.6, 0.6],
+            "linear-cka": [0.8, np.nan],
+        }
+    )
     out = derive_features(frame)
     np.testing.assert_allclose(out["disagreement"], [0.1, 0.4])
     np.testing.assert_allclose(out["atc-gap"], [-0.1, -0.2])

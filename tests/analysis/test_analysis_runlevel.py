@@ -109,8 +109,14 @@ def test_permutation_p_value_equals_scipy_permutation_test():
         perm = np.atleast_2d(perm)
         return np.array([abs(_block_tau(x_grid, y_grid, p)[0]) for p in perm]).squeeze()
 
-    ref = stats.permutation_test((np.arange(6),), statistic, permutation_type="pairings", vectorized=True,
-                                 n_resamples=np.inf, alternative="greater")
+    ref = stats.permutation_test(
+        (np.arange(6),),
+        statistic,
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=np.inf,
+        alternative="greater",
+    )
     assert ours.p["tau"] == pytest.approx(ref.pvalue)
     # randomized: (1 + hits) / (1 + n_perm), never below 1 / (1 + n_perm)
     random = permutation_test(x_grid.ravel(), y_grid.ravel(), runs, steps, n_perm=200, seed=1)

@@ -15,8 +15,14 @@ from xlgm.analysis.report_table import correlation_table, granulated_table
 from xlgm.analysis.verdict import VERDICT_COLUMNS, verdict_table
 
 LANGS = ["en", "de", "sw"]
-NO_ITERATION = {"converged": None, "residual": None, "tolerance": None, "iteration_cap_reached": None,
-                "saturated": None, "nonfinite": 0}
+NO_ITERATION = {
+    "converged": None,
+    "residual": None,
+    "tolerance": None,
+    "iteration_cap_reached": None,
+    "saturated": None,
+    "nonfinite": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +36,54 @@ def study():
         quality = rng.normal()
         for step in (10, 20, 30):
             q = quality + 0.2 * rng.normal()
-            rows.append({"run_id": f"{objective}-{seed}", "checkpoint_id": f"{objective}-{seed}/{step}",
-                         "objective": objective, "seed": seed, "step": step,
-                         "good": q + 0.1 * rng.normal(), "sharp": q + 0.1 * rng.normal(), "noise": rng.normal(),
-                         "nodir": q + 0.1 * rng.normal(), "stuck": q + 0.1 * rng.normal(), "flat": 16.0,
-                         "acc_en": 0.80 + 0.005 * rng.normal(), "acc_de": 0.60 + 0.05 * q,
-                         "acc_sw": 0.50 + 0.05 * q})
+            rows.append(
+                {
+                    "run_id": f"{objective}-{seed}",
+                    "checkpoint_id": f"{objective}-{seed}/{step}",
+                    "objective": objective,
+                    "seed": seed,
+                    "step": step,
+                    "good": q + 0.1 * rng.normal(),
+                    "sharp": q + 0.1 * rng.normal(),
+                    "noise": rng.normal(),
+                    "nodir": q + 0.1 * rng.normal(),
+                    "stuck": q + 0.1 * rng.normal(),
+                    "flat": 16.0,
+                    "acc_en": 0.80 + 0.005 * rng.normal(),
+                    "acc_de": 0.60 + 0.05 * q,
+                    "acc_sw": 0.50 + 0.05 * q,
+                }
+            )
     frame = pd.DataFrame(rows)
     measures = ["good", "sharp", "noise", "nodir", "stuck", "flat"]
     long = frame.melt(id_vars=["checkpoint_id"], value_vars=measures, var_name="measure", value_name="value")
-    unconverged = {**NO_ITERATION, "converged": False, "residual": 1.34, "tolerance": 0.01,
-                   "iteration_cap_reached": True}
-    saturated = {**NO_ITERATION, "converged": False, "residual": 0.4, "tolerance": 0.01, "saturated": True,
-                 "iteration_cap_reached": True}
+    unconverged = {
+        **NO_ITERATION,
+        "converged": False,
+        "residual": 1.34,
+        "tolerance": 0.01,
+        "iteration_cap_reached": True,
+    }
+    saturated = {
+        **NO_ITERATION,
+        "converged": False,
+        "residual": 0.4,
+        "tolerance": 0.01,
+        "saturated": True,
+        "iteration_cap_reached": True,
+    }
     health = {"stuck": unconverged, "flat": saturated}
-    long["details"] = [json.dumps({"value": v, "health": health.get(m, NO_ITERATION)})
-                       for m, v in zip(long["measure"], long["value"])]
-    directions = {"good": (1, "ref good"), "sharp": (-1, "ref sharp"), "noise": (1, "ref noise"),
-                  "nodir": (None, ""), "stuck": (1, "ref stuck"), "flat": (-1, "ref flat")}
+    long["details"] = [
+        json.dumps({"value": v, "health": health.get(m, NO_ITERATION)}) for m, v in zip(long["measure"], long["value"])
+    ]
+    directions = {
+        "good": (1, "ref good"),
+        "sharp": (-1, "ref sharp"),
+        "noise": (1, "ref noise"),
+        "nodir": (None, ""),
+        "stuck": (1, "ref stuck"),
+        "flat": (-1, "ref flat"),
+    }
     return frame, long, measures, directions
 
 
@@ -58,20 +94,27 @@ def test_health_table_flags_unconverged_saturated_and_constant(study):
     by = table.set_index("measure")
     assert by.loc["good", "healthy"] and by.loc["good", "reason"] == "" and pd.isna(by.loc["good", "n_converged"])
     assert not by.loc["stuck", "healthy"] and by.loc["stuck", "n_converged"] == 0
-    assert by.loc["stuck", "reason"] == ("not converged at 36 of 36 checkpoints (iteration cap reached; residual up "
-                                         "to 1.34, tolerance 0.01)")
+    assert by.loc["stuck", "reason"] == (
+        "not converged at 36 of 36 checkpoints (iteration cap reached; residual up to 1.34, tolerance 0.01)"
+    )
     assert not by.loc["flat", "healthy"] and by.loc["flat", "constant"] and by.loc["flat", "n_saturated"] == 36
     assert "saturated at the search bound at 36 of 36 checkpoints" in by.loc["flat", "reason"]
     assert "constant across units (16)" in by.loc["flat", "reason"]
 
 
 def test_health_counts_nan_and_unknown_health():
-    rows = pd.DataFrame({"measure": ["m"] * 4, "value": [1.0, np.nan, 3.0, np.inf],
-                         "details": [json.dumps({"health": NO_ITERATION})] * 3 + [json.dumps({"value": 1})]})
+    rows = pd.DataFrame(
+        {
+            "measure": ["m"] * 4,
+            "value": [1.0, np.nan, 3.0, np.inf],
+            "details": [json.dumps({"health": NO_ITERATION})] * 3 + [json.dumps({"value": 1})],
+        }
+    )
     table = measure_health(rows)
     assert table.loc[0, "n_nan"] == 2 and not table.loc[0, "healthy"]
-    assert table.loc[0, "reason"] == ("health not recorded at 1 of 4 checkpoints (measured by an older xlgm: "
-                                      "measure again); 2 NaN/inf")
+    assert table.loc[0, "reason"] == (
+        "health not recorded at 1 of 4 checkpoints (measured by an older xlgm: measure again); 2 NaN/inf"
+    )
     assert stored_health(None) is None and stored_health("not json") is None and stored_health({}) is None
     empty = measure_health(rows, ["m", "absent"]).set_index("measure")
     assert empty.loc["absent", "n_units"] == 0 and empty.loc["absent", "reason"] == "no values"
@@ -80,11 +123,20 @@ def test_health_counts_nan_and_unknown_health():
 def test_verdict_on_a_synthetic_study_with_known_signs(study):
     frame, long, measures, directions = study
     signs = {m: s for m, (s, _) in directions.items() if s is not None}
-    corr = correlation_table(frame, measures, LANGS, "en", ["objective", "seed"], n_boot=500,
-                             targets=["mean_target", "mean_gap"], expected_signs=signs)
+    corr = correlation_table(
+        frame,
+        measures,
+        LANGS,
+        "en",
+        ["objective", "seed"],
+        n_boot=500,
+        targets=["mean_target", "mean_gap"],
+        expected_signs=signs,
+    )
     assert (corr["n_runs"] == 12).all() and (corr["n_checkpoints"] == 36).all() and (corr["unit"] == "run").all()
-    granulated = granulated_table(frame, measures, LANGS, "en", ["objective", "seed"],
-                                  targets=["mean_target", "mean_gap"])
+    granulated = granulated_table(
+        frame, measures, LANGS, "en", ["objective", "seed"], targets=["mean_target", "mean_gap"]
+    )
     table = verdict_table(corr, measure_health(long, measures), directions, granulated=granulated)
     assert list(table.columns) == VERDICT_COLUMNS
     v = table.set_index(["measure", "target"])
@@ -102,7 +154,8 @@ def test_verdict_on_a_synthetic_study_with_known_signs(study):
     assert abs(v.loc[("stuck", "mean_accuracy"), "tau"]) > 0.5  # it would have "agreed"
     assert v.loc[("good", "mean_accuracy"), "health"] == "healthy"
     assert v.loc[("good", "mean_accuracy"), "psi"] == pytest.approx(
-        granulated.set_index(["measure", "target"]).loc[("good", "mean_target"), "psi"])
+        granulated.set_index(["measure", "target"]).loc[("good", "mean_target"), "psi"]
+    )
     assert v.loc[("good", "mean_accuracy"), "reference"] == "ref good"
     # the p-values are adjusted over the verdict table's rows with a p-value (flat has none)
     finite = table["p_raw"].notna()
@@ -111,12 +164,31 @@ def test_verdict_on_a_synthetic_study_with_known_signs(study):
 
 
 def test_inconclusive_when_the_interval_reaches_zero_or_the_adjusted_p_is_large():
-    corr = pd.DataFrame([
-        {"measure": "a", "target": "mean_target", "tau": 0.5, "tau_lo": -0.1, "tau_hi": 0.8, "tau_p": 0.04,
-         "n_runs": 12, "n_checkpoints": 36},
-        {"measure": "b", "target": "mean_target", "tau": 0.5, "tau_lo": 0.2, "tau_hi": 0.8, "tau_p": 0.03,
-         "n_runs": 4, "n_checkpoints": 12, "p_min": 1 / 24},
-    ])
+    corr = pd.DataFrame(
+        [
+            {
+                "measure": "a",
+                "target": "mean_target",
+                "tau": 0.5,
+                "tau_lo": -0.1,
+                "tau_hi": 0.8,
+                "tau_p": 0.04,
+                "n_runs": 12,
+                "n_checkpoints": 36,
+            },
+            {
+                "measure": "b",
+                "target": "mean_target",
+                "tau": 0.5,
+                "tau_lo": 0.2,
+                "tau_hi": 0.8,
+                "tau_p": 0.03,
+                "n_runs": 4,
+                "n_checkpoints": 12,
+                "p_min": 1 / 24,
+            },
+        ]
+    )
     health = pd.DataFrame({"measure": ["a", "b"], "healthy": [True, True], "reason": ["", ""]})
     table = verdict_table(corr, health, {"a": (1, ""), "b": (1, "")}).set_index(["measure", "target"])
     assert table.loc[("a", "mean_accuracy"), "verdict"] == "inconclusive"

@@ -48,6 +48,7 @@ def spec_with(old: str, new: str) -> Callable[[Path], None]:
 
     def write(folder: Path) -> None:
         (folder / "bad.yaml").write_text(SPEC.replace(old, new, 1).replace("MODEL", str(folder / "model")))
+
     return write
 
 
@@ -62,6 +63,7 @@ def malformed_tsv(folder: Path) -> None:
 def write_file(name: str, text: str) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         (folder / name).write_text(text)
+
     return write
 
 
@@ -69,6 +71,7 @@ def make_dirs(*names: str) -> Callable[[Path], None]:
     def make(folder: Path) -> None:
         for name in names:
             (folder / name).mkdir(parents=True)
+
     return make
 
 
@@ -76,8 +79,9 @@ def train_case(name: str, flag: str, value: str, expect: str, **config) -> objec
     """`xlgm train` with one bad number (checked by TrainConfig through xlgm.core.validation)."""
     with pytest.raises(XlgmError):  # the config itself refuses it, not only the command line
         TrainConfig(**config)
-    return pytest.param(Case(name, ("train", "--model", "{model}", flag, value, "--out", "{tmp}/new-run"), expect),
-                        id=name)
+    return pytest.param(
+        Case(name, ("train", "--model", "{model}", flag, value, "--out", "{tmp}/new-run"), expect), id=name
+    )
 
 
 EVALUATE = ("evaluate", "{run}")
@@ -87,32 +91,46 @@ STUDY_RUN = ("study", "run", "{tmp}/bad.yaml", "--out", "{tmp}/study")
 CASES = [
     # row limits, lengths, batch sizes, seeds
     Case("evaluate-max-examples-0", (*EVALUATE, "--max-examples", "0"), "--max-examples: expected an integer >= 1"),
-    Case("evaluate-max-examples-negative", (*EVALUATE, "--max-examples", "-3"),
-         "--max-examples: expected an integer >= 1, got -3"),
+    Case(
+        "evaluate-max-examples-negative",
+        (*EVALUATE, "--max-examples", "-3"),
+        "--max-examples: expected an integer >= 1, got -3",
+    ),
     Case("evaluate-max-length-0", (*EVALUATE, "--max-length", "0"), "--max-length: expected an integer >= 8, got 0"),
     Case("evaluate-max-length-negative", (*EVALUATE, "--max-length", "-5"), "--max-length: expected an integer >= 8"),
     Case("evaluate-max-length-7", (*EVALUATE, "--max-length", "7"), "--max-length: expected an integer >= 8"),
-    Case("evaluate-max-length-beyond-model", (*EVALUATE, "--max-length", "100000"),
-         "--max-length: 100000 is more than the model's 256 positions"),
+    Case(
+        "evaluate-max-length-beyond-model",
+        (*EVALUATE, "--max-length", "100000"),
+        "--max-length: 100000 is more than the model's 256 positions",
+    ),
     Case("evaluate-batch-size-0", (*EVALUATE, "--batch-size", "0"), "--batch-size: expected an integer >= 1, got 0"),
     Case("evaluate-batch-size-negative", (*EVALUATE, "--batch-size", "-1"), "--batch-size: expected an integer >= 1"),
     Case("measure-max-examples-0", (*MEASURE, "--max-examples", "0"), "--max-examples: expected an integer >= 1"),
-    Case("measure-max-examples-negative", (*MEASURE, "--max-examples", "-1"),
-         "--max-examples: expected an integer >= 1"),
+    Case(
+        "measure-max-examples-negative", (*MEASURE, "--max-examples", "-1"), "--max-examples: expected an integer >= 1"
+    ),
     Case("measure-batch-size-0", (*MEASURE, "--batch-size", "0"), "--batch-size: expected an integer >= 1"),
     Case("measure-seed-negative", (*MEASURE, "--seed", "-1"), "--seed: expected an integer >= 0, got -1"),
     Case("measure-max-length-4", (*MEASURE, "--max-length", "4"), "--max-length: expected an integer >= 8"),
-    Case("measure-max-length-beyond-model", (*MEASURE, "--max-length", "4096"),
-         "--max-length: 4096 is more than the model's 256 positions"),
+    Case(
+        "measure-max-length-beyond-model",
+        (*MEASURE, "--max-length", "4096"),
+        "--max-length: 4096 is more than the model's 256 positions",
+    ),
     # languages and data
     Case("evaluate-languages-comma", (*EVALUATE, "--languages", ","), "--languages: expected a non-empty list"),
     Case("evaluate-languages-blank", (*EVALUATE, "--languages", "en,,de"), "--languages: expected a non-empty list"),
     Case("evaluate-unknown-language", (*EVALUATE, "--languages", "en,klingon"), "unknown language code(s) klingon"),
-    Case("evaluate-missing-data-dir", (*EVALUATE, "--data-dir", "{tmp}/no-such-data"),
-         "no-such-data: expected a folder"),
-    Case("evaluate-malformed-tsv", (*EVALUATE, "--data-dir", "{tmp}/data"),
-         "data/test-de.tsv:2: expected 3 tab-separated",
-         setup=malformed_tsv),
+    Case(
+        "evaluate-missing-data-dir", (*EVALUATE, "--data-dir", "{tmp}/no-such-data"), "no-such-data: expected a folder"
+    ),
+    Case(
+        "evaluate-malformed-tsv",
+        (*EVALUATE, "--data-dir", "{tmp}/data"),
+        "data/test-de.tsv:2: expected 3 tab-separated",
+        setup=malformed_tsv,
+    ),
     Case("evaluate-bundled-train-split", (*EVALUATE, "--split", "train"), "the bundled train split is en only"),
     Case("evaluate-other-task", (*EVALUATE, "--task", "pawsx"), "was trained on xnli, not pawsx"),
     Case("measure-data-no-split", (*MEASURE, "--data", "english"), "--data 'english': expected LANGUAGE-SPLIT"),
@@ -121,74 +139,152 @@ CASES = [
     # measures and their options
     Case("measure-unknown-measure", ("measure", "{run}", "--measures", "nope"), "unknown measure 'nope'"),
     Case("measure-no-measure", ("measure", "{run}", "--measures", ","), "--measures: expected a non-empty list"),
-    Case("measure-outputs-measure", ("measure", "{run}", "--measures", "retrieval-accuracy"),
-         "retrieval-accuracy is not a measure of one checkpoint"),
-    Case("measure-set-unrequested", (*MEASURE, "--set", "sharpness-diff.num_draws=2"),
-         "--set names measure(s) not requested: sharpness-diff"),
-    Case("measure-set-unknown-option", (*MEASURE, "--set", "margin.nope=1"),
-         "unknown option(s) nope for measure margin"),
+    Case(
+        "measure-outputs-measure",
+        ("measure", "{run}", "--measures", "retrieval-accuracy"),
+        "retrieval-accuracy is not a measure of one checkpoint",
+    ),
+    Case(
+        "measure-set-unrequested",
+        (*MEASURE, "--set", "sharpness-diff.num_draws=2"),
+        "--set names measure(s) not requested: sharpness-diff",
+    ),
+    Case(
+        "measure-set-unknown-option", (*MEASURE, "--set", "margin.nope=1"), "unknown option(s) nope for measure margin"
+    ),
     Case("measure-bad-params-regex", (*MEASURE, "--params", "("), "--params: expected a regular expression"),
-    Case("measure-out-not-measures", (*MEASURE, "--out", "{tmp}/notes.json"), "not valid JSON",
-         setup=write_file("notes.json", "my notes, not JSON\n")),
-    Case("measure-out-json-not-records", (*MEASURE, "--out", "{tmp}/other.json"), "other.json: expected a JSON list",
-         setup=write_file("other.json", '{"a": 1}\n')),
+    Case(
+        "measure-out-not-measures",
+        (*MEASURE, "--out", "{tmp}/notes.json"),
+        "not valid JSON",
+        setup=write_file("notes.json", "my notes, not JSON\n"),
+    ),
+    Case(
+        "measure-out-json-not-records",
+        (*MEASURE, "--out", "{tmp}/other.json"),
+        "other.json: expected a JSON list",
+        setup=write_file("other.json", '{"a": 1}\n'),
+    ),
     Case("measure-no-target", ("measure", "--measures", "margin"), "xlgm measure needs a TARGET"),
     # devices and precision
-    Case("evaluate-device-unknown", (*EVALUATE, "--device", "tpu"),
-         "--device: expected one of auto, cpu, cuda, cuda:N, mps"),
+    Case(
+        "evaluate-device-unknown",
+        (*EVALUATE, "--device", "tpu"),
+        "--device: expected one of auto, cpu, cuda, cuda:N, mps",
+    ),
     Case("evaluate-device-absent-gpu", (*EVALUATE, "--device", "cuda:99"), "--device cuda:99"),
     Case("measure-device-unknown", (*MEASURE, "--device", "gpu0"), "--device: expected one of"),
     Case("predict-device-unknown", ("predict", "{tmp}/study", "--device", "tpu"), "--device: expected one of"),
-    Case("evaluate-precision-unknown", (*EVALUATE, "--mixed-precision", "fp8"),
-         "argument --mixed-precision: invalid choice"),
+    Case(
+        "evaluate-precision-unknown",
+        (*EVALUATE, "--mixed-precision", "fp8"),
+        "argument --mixed-precision: invalid choice",
+    ),
     # flags argparse rejects
-    Case("evaluate-max-length-not-a-number", (*EVALUATE, "--max-length", "abc"),
-         "--max-length: invalid int value: 'abc'"),
+    Case(
+        "evaluate-max-length-not-a-number", (*EVALUATE, "--max-length", "abc"), "--max-length: invalid int value: 'abc'"
+    ),
     Case("evaluate-no-target", ("evaluate",), "the following arguments are required: target"),
     # TARGETs that look like paths and do not exist: no Hub lookup
-    Case("evaluate-mistyped-run", ("evaluate", "runs/e5-adamw-typo"), "runs/e5-adamw-typo: no such run or model folder",
-         setup=make_dirs("runs"), chdir=True),
-    Case("evaluate-missing-dot-path", ("evaluate", "./runs-typo"),
-         "./runs-typo: no such run or model folder", chdir=True),
+    Case(
+        "evaluate-mistyped-run",
+        ("evaluate", "runs/e5-adamw-typo"),
+        "runs/e5-adamw-typo: no such run or model folder",
+        setup=make_dirs("runs"),
+        chdir=True,
+    ),
+    Case(
+        "evaluate-missing-dot-path", ("evaluate", "./runs-typo"), "./runs-typo: no such run or model folder", chdir=True
+    ),
     Case("measure-missing-absolute-path", ("measure", "{tmp}/no-run"), "no-run: no such run or model folder"),
     Case("evaluate-missing-checkpoint", ("evaluate", "{run}/checkpoints/step-999"), "no such run or model folder"),
     Case("evaluate-target-is-a-file", ("evaluate", "{run}/config.json"), "config.json: not a folder"),
     # predict
-    Case("predict-text-without-language", ("predict", "{tmp}/study", "--text", "{tmp}/x.tsv"),
-         "--text needs --language"),
+    Case(
+        "predict-text-without-language", ("predict", "{tmp}/study", "--text", "{tmp}/x.tsv"), "--text needs --language"
+    ),
     Case("predict-no-study", ("predict", "{tmp}/no-study"), "no-study: file not found"),
-    Case("predict-bad-spec", ("predict", "{tmp}/bad.yaml"), "bad.yaml: seeds[0]: expected an integer >= 0, got -1",
-         setup=spec_with("seeds: [0]", "seeds: [-1]")),
+    Case(
+        "predict-bad-spec",
+        ("predict", "{tmp}/bad.yaml"),
+        "bad.yaml: seeds[0]: expected an integer >= 0, got -1",
+        setup=spec_with("seeds: [0]", "seeds: [-1]"),
+    ),
     # the same numbers in a spec
-    Case("spec-evaluation-max-length-0", STUDY_RUN, "bad.yaml: evaluation.max_length: expected an integer >= 8, got 0",
-         setup=spec_with("max_examples: 8,", "max_examples: 8, max_length: 0,")),
-    Case("spec-evaluation-max-examples-negative", STUDY_RUN,
-         "bad.yaml: evaluation.max_examples: expected an integer >= 1, got -1",
-         setup=spec_with("max_examples: 8,", "max_examples: -1,")),
-    Case("spec-evaluation-batch-size-0", STUDY_RUN, "bad.yaml: evaluation.batch_size: expected an integer >= 1",
-         setup=spec_with("batch_size: 8}\nmeasures", "batch_size: 0}\nmeasures")),
-    Case("spec-measures-max-examples-0", STUDY_RUN, "bad.yaml: measures.data.max_examples: expected an integer >= 1",
-         setup=spec_with("max_examples: 16", "max_examples: 0")),
-    Case("spec-seeds-negative", STUDY_RUN, "bad.yaml: seeds[0]: expected an integer >= 0, got -1",
-         setup=spec_with("seeds: [0]", "seeds: [-1]")),
-    Case("spec-seeds-empty", STUDY_RUN, "bad.yaml: seeds: expected a non-empty list",
-         setup=spec_with("seeds: [0]", "seeds: []")),
-    Case("spec-languages-empty", STUDY_RUN, "bad.yaml: target_languages: expected a non-empty list",
-         setup=spec_with("target_languages: [de]", "target_languages: []")),
-    Case("spec-languages-comma", STUDY_RUN, "bad.yaml: target_languages: expected a non-empty list",
-         setup=spec_with("target_languages: [de]", "target_languages: ','")),
-    Case("spec-train-max-length-0", STUDY_RUN, "bad.yaml: train.max_length: expected an integer >= 8, got 0",
-         setup=spec_with("max_length: 64", "max_length: 0")),
-    Case("spec-train-max-train-examples-0", STUDY_RUN, "bad.yaml: train.max_train_examples: expected an integer >= 1",
-         setup=spec_with("max_train_examples: 32", "max_train_examples: 0")),
-    Case("spec-grid-axis-max-length", STUDY_RUN, "bad.yaml: grid[0].max_length[1]: expected an integer >= 8, got -5",
-         setup=spec_with("grid: [adamw]", "grid: [{objective: adamw, max_length: [64, -5]}]")),
+    Case(
+        "spec-evaluation-max-length-0",
+        STUDY_RUN,
+        "bad.yaml: evaluation.max_length: expected an integer >= 8, got 0",
+        setup=spec_with("max_examples: 8,", "max_examples: 8, max_length: 0,"),
+    ),
+    Case(
+        "spec-evaluation-max-examples-negative",
+        STUDY_RUN,
+        "bad.yaml: evaluation.max_examples: expected an integer >= 1, got -1",
+        setup=spec_with("max_examples: 8,", "max_examples: -1,"),
+    ),
+    Case(
+        "spec-evaluation-batch-size-0",
+        STUDY_RUN,
+        "bad.yaml: evaluation.batch_size: expected an integer >= 1",
+        setup=spec_with("batch_size: 8}\nmeasures", "batch_size: 0}\nmeasures"),
+    ),
+    Case(
+        "spec-measures-max-examples-0",
+        STUDY_RUN,
+        "bad.yaml: measures.data.max_examples: expected an integer >= 1",
+        setup=spec_with("max_examples: 16", "max_examples: 0"),
+    ),
+    Case(
+        "spec-seeds-negative",
+        STUDY_RUN,
+        "bad.yaml: seeds[0]: expected an integer >= 0, got -1",
+        setup=spec_with("seeds: [0]", "seeds: [-1]"),
+    ),
+    Case(
+        "spec-seeds-empty",
+        STUDY_RUN,
+        "bad.yaml: seeds: expected a non-empty list",
+        setup=spec_with("seeds: [0]", "seeds: []"),
+    ),
+    Case(
+        "spec-languages-empty",
+        STUDY_RUN,
+        "bad.yaml: target_languages: expected a non-empty list",
+        setup=spec_with("target_languages: [de]", "target_languages: []"),
+    ),
+    Case(
+        "spec-languages-comma",
+        STUDY_RUN,
+        "bad.yaml: target_languages: expected a non-empty list",
+        setup=spec_with("target_languages: [de]", "target_languages: ','"),
+    ),
+    Case(
+        "spec-train-max-length-0",
+        STUDY_RUN,
+        "bad.yaml: train.max_length: expected an integer >= 8, got 0",
+        setup=spec_with("max_length: 64", "max_length: 0"),
+    ),
+    Case(
+        "spec-train-max-train-examples-0",
+        STUDY_RUN,
+        "bad.yaml: train.max_train_examples: expected an integer >= 1",
+        setup=spec_with("max_train_examples: 32", "max_train_examples: 0"),
+    ),
+    Case(
+        "spec-grid-axis-max-length",
+        STUDY_RUN,
+        "bad.yaml: grid[0].max_length[1]: expected an integer >= 8, got -5",
+        setup=spec_with("grid: [adamw]", "grid: [{objective: adamw, max_length: [64, -5]}]"),
+    ),
     # train: the numbers TrainConfig checks
-    Case("train-batch-size-0", ("train", "--model", "{model}", "--batch-size", "0", "--out", "{tmp}/new-run"),
-         "batch"),  # TrainConfig names it `batch_size` or `--batch-size`
+    Case(
+        "train-batch-size-0", ("train", "--model", "{model}", "--batch-size", "0", "--out", "{tmp}/new-run"), "batch"
+    ),  # TrainConfig names it `batch_size` or `--batch-size`
     train_case("train-max-train-examples-0", "--max-train-examples", "0", "--max-train-examples", max_train_examples=0),
-    train_case("train-max-train-examples-negative", "--max-train-examples", "-2", "--max-train-examples",
-               max_train_examples=-2),
+    train_case(
+        "train-max-train-examples-negative", "--max-train-examples", "-2", "--max-train-examples", max_train_examples=-2
+    ),
     train_case("train-max-length-0", "--max-length", "0", "--max-length", max_length=0),
     train_case("train-seed-negative", "--seed", "-1", "--seed", seed=-1),
 ]
@@ -201,8 +297,9 @@ def _case_id(case) -> str:
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert_dir, tmp_path_factory) -> Path:
     """A tiny trained run with an evaluation report and measures already stored (what must not change)."""
-    config = TrainConfig(model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=32, lr=1e-3,
-                         save_every=0, seed=0)
+    config = TrainConfig(
+        model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=32, lr=1e-3, save_every=0, seed=0
+    )
     run = train(config, tmp_path_factory.mktemp("run") / "run", show_progress=False)
     assert main(["evaluate", str(run), "--languages", "en,de", "--max-examples", "8", "--mixed-precision", "no"]) == 0
     assert main(["measure", str(run), "--measures", "margin", "--max-examples", "8"]) == 0
@@ -212,13 +309,17 @@ def tiny_run(tiny_bert_dir, tmp_path_factory) -> Path:
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file under `folder`: its content hash and modification time."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to reach a server (a Hub lookup) fails the test instead of timing out."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args[1:]}")
 
@@ -227,8 +328,9 @@ def no_network(monkeypatch):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_bad_input_is_one_line_and_changes_nothing(case, tiny_run, tiny_bert_dir, tmp_path, capsys, monkeypatch,
-                                                   no_network):
+def test_bad_input_is_one_line_and_changes_nothing(
+    case, tiny_run, tiny_bert_dir, tmp_path, capsys, monkeypatch, no_network
+):
     folder = tmp_path / "case"
     folder.mkdir()
     if case.setup is not None:

@@ -11,16 +11,37 @@ from xlgm.errors import XlgmError
 from xlgm.runs import ResolvedTarget, looks_like_path, resolve_target
 
 
-@pytest.mark.parametrize("target", ["bert-base-multilingual-cased", "google/mt5-base", "xlm-roberta-base",
-                                    "intfloat/multilingual-e5-small", "embedded"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "bert-base-multilingual-cased",
+        "google/mt5-base",
+        "xlm-roberta-base",
+        "intfloat/multilingual-e5-small",
+        "embedded",
+    ],
+)
 def test_hub_ids_and_names_are_not_paths(target, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert not looks_like_path(target)
     assert resolve_target(target) == ResolvedTarget(target)
 
 
-@pytest.mark.parametrize("target", ["./run", "../run", "/no/such/run", "~/no-such-xlgm-run", ".", "a/b/c",
-                                    "runs/e5-adamw-typo/", "my run", "runs\\e5", "org/../name"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "./run",
+        "../run",
+        "/no/such/run",
+        "~/no-such-xlgm-run",
+        ".",
+        "a/b/c",
+        "runs/e5-adamw-typo/",
+        "my run",
+        "runs\\e5",
+        "org/../name",
+    ],
+)
 def test_path_like_targets(target):
     assert looks_like_path(target)
 
@@ -59,8 +80,11 @@ def test_a_mistyped_run_is_reported_at_once_without_the_network(tmp_path, monkey
     monkeypatch.setattr(load_module, "load_tokenizer", no_loading)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
-    for argv in (["evaluate", "runs/e5-adamw-typo"], ["measure", "runs/e5-adamw-typo"],
-                 ["evaluate", "./e5-adamw-typo", "--checkpoint", "last"]):
+    for argv in (
+        ["evaluate", "runs/e5-adamw-typo"],
+        ["measure", "runs/e5-adamw-typo"],
+        ["evaluate", "./e5-adamw-typo", "--checkpoint", "last"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err == f"xlgm: error: {argv[1]}: no such run or model folder\n"

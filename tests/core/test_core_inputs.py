@@ -15,16 +15,19 @@ from xlgm.core.files import write_json
 from xlgm.errors import XlgmError
 
 
-@pytest.mark.parametrize("name, good, bad, message", [
-    ("max_examples", [None, 1, 500], [0, -1, 2.5, True], "expected an integer >= 1"),
-    ("max_train_examples", [None, 1], [0, -3], "expected an integer >= 1"),
-    ("max_length", [8, 512], [0, -5, 7, None], "expected an integer >= 8"),
-    ("batch_size", [1, 64], [0, -1], "expected an integer >= 1"),
-    ("seed", [0, 7], [-1, None], "expected an integer >= 0"),
-    ("epochs", [0.5, 3], [0, -1.0], "expected a number > 0"),
-    ("warmup_ratio", [0, 0.5], [1, -0.1], "expected a number in [0, 1)"),
-    ("device", ["auto", "cpu", "cuda", "cuda:1", "mps"], ["gpu", "cuda:", "cuda:x", ""], "expected one of auto"),
-])
+@pytest.mark.parametrize(
+    "name, good, bad, message",
+    [
+        ("max_examples", [None, 1, 500], [0, -1, 2.5, True], "expected an integer >= 1"),
+        ("max_train_examples", [None, 1], [0, -3], "expected an integer >= 1"),
+        ("max_length", [8, 512], [0, -5, 7, None], "expected an integer >= 8"),
+        ("batch_size", [1, 64], [0, -1], "expected an integer >= 1"),
+        ("seed", [0, 7], [-1, None], "expected an integer >= 0"),
+        ("epochs", [0.5, 3], [0, -1.0], "expected a number > 0"),
+        ("warmup_ratio", [0, 0.5], [1, -0.1], "expected a number in [0, 1)"),
+        ("device", ["auto", "cpu", "cuda", "cuda:1", "mps"], ["gpu", "cuda:", "cuda:x", ""], "expected one of auto"),
+    ],
+)
 def test_field_rules(name, good, bad, message):
     for value in good:
         assert validation.check_field("--x", name, value) == value

@@ -53,7 +53,10 @@ def test_hub_failure_is_a_clear_error(monkeypatch):
 
 
 def test_label_out_of_range(monkeypatch):
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: datasets.Dataset.from_dict(
-        {"premise": ["p"], "hypothesis": ["h"], "label": [-1]}))
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda *a, **kw: datasets.Dataset.from_dict({"premise": ["p"], "hypothesis": ["h"], "label": [-1]}),
+    )
     with pytest.raises(XlgmError, match="row 0: label -1 out of range"):
         load_hub_split(XNLI, "test", "de")

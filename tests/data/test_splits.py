@@ -41,8 +41,8 @@ def _xnli_folder(tmp_path: Path) -> Path:
     dev_de = [(f"de {a}", f"de {b}", c) for a, b, c in dev]
     test_de = [(f"de {a}", f"de {b}", c) for a, b, c in test]
     test_de[9] = ("de Q1 premise.", "de Q4 hypothesis 0.", "entailment")  # Q4's German premise is Q1's
-    dev_de[4] = ("de Q2 premise.", "de D2 hypothesis 1.", "neutral")      # and so is one of D2's, Q2's
-    test_de[0] = test_de[7] = ("NS", "NS", "entailment")                  # not translated: marks no item
+    dev_de[4] = ("de Q2 premise.", "de D2 hypothesis 1.", "neutral")  # and so is one of D2's, Q2's
+    test_de[0] = test_de[7] = ("NS", "NS", "entailment")  # not translated: marks no item
     _write(tmp_path / "xnli", "dev-en.tsv", dev)
     _write(tmp_path / "xnli", "test-en.tsv", test)
     _write(tmp_path / "xnli", "dev-de.tsv", dev_de)
@@ -105,13 +105,30 @@ def test_a_folder_with_a_train_file_keeps_it(tmp_path):
 def test_pawsx_drops_rows_sharing_either_sentence(tmp_path):
     folder = tmp_path / "pawsx"
     _write(folder, "dev-en.tsv", [("S1", "S9", "1"), ("S8", "S7", "0")])
-    _write(folder, "test-en.tsv", [("S1", "S2", "1"), ("S3", "S4", "0"),   # evaluation rows (N = 2)
-                                   ("S4", "S5", "0"),                      # S4 is an evaluation sentence
-                                   ("S6", "S2", "1"),                      # S2 too, in the other field
-                                   ("S6", "S7", "0"),
-                                   ("S10", "S11", "1")])                   # in German, S3's translation
-    _write(folder, "test-de.tsv", [("T1", "T2", "1"), ("T3", "T4", "0"), ("T4", "T5", "0"), ("T6", "T2", "1"),
-                                   ("T6", "T7", "0"), ("T3", "T11", "1")])
+    _write(
+        folder,
+        "test-en.tsv",
+        [
+            ("S1", "S2", "1"),
+            ("S3", "S4", "0"),  # evaluation rows (N = 2)
+            ("S4", "S5", "0"),  # S4 is an evaluation sentence
+            ("S6", "S2", "1"),  # S2 too, in the other field
+            ("S6", "S7", "0"),
+            ("S10", "S11", "1"),
+        ],
+    )  # in German, S3's translation
+    _write(
+        folder,
+        "test-de.tsv",
+        [
+            ("T1", "T2", "1"),
+            ("T3", "T4", "0"),
+            ("T4", "T5", "0"),
+            ("T6", "T2", "1"),
+            ("T6", "T7", "0"),
+            ("T3", "T11", "1"),
+        ],
+    )
     rows = load_examples(PAWSX, "train-minus-test-2", "en", DataSource("local", str(tmp_path)))
     assert rows == [Example("S8", "S7", 0), Example("S6", "S7", 0)]
 
@@ -145,8 +162,8 @@ def test_bundled_train_shares_nothing_with_any_evaluation_row(task, size):
     dev = load_examples(task, "dev", "en")
     dev_rows = set(dev)
     from_dev = [r for r in train if r in dev_rows]
-    assert from_dev == train[:len(from_dev)] and len(from_dev) > 0.7 * len(dev)
-    assert not set(train[len(from_dev):]) & dev_rows
+    assert from_dev == train[: len(from_dev)] and len(from_dev) > 0.7 * len(dev)
+    assert not set(train[len(from_dev) :]) & dev_rows
     assert len(dev) == {"xnli": 2490, "pawsx": 2000}[task.name]  # the dev split itself is unchanged
     if task is XNLI:
         assert len(_premises(train)) * 3 == len(train)  # whole premises: three hypotheses each
@@ -175,15 +192,19 @@ def _check_by_row_index(task, shared_data: Path, train: list[Example], evaluatio
     of that language; the evaluation rows themselves are not among them."""
     source = DataSource("local", str(shared_data))
     shared_text = _premises if task is XNLI else _sentences
-    files = {name: {lang: load_examples(task, name, lang, source) for lang in task.languages}
-             for name in ("dev", "test")}
+    files = {
+        name: {lang: load_examples(task, name, lang, source) for lang in task.languages} for name in ("dev", "test")
+    }
     taken = {lang: shared_text(rows[i] for i in evaluation_indices) for lang, rows in files["test"].items()}
     expected = []
     for name in ("dev", "test"):
         length = len(files[name]["en"])
         assert all(len(rows) == length for rows in files[name].values())
-        expected += [files[name]["en"][i] for i in range(length)
-                     if all(not shared_text([rows[i]]) & taken[lang] for lang, rows in files[name].items())]
+        expected += [
+            files[name]["en"][i]
+            for i in range(length)
+            if all(not shared_text([rows[i]]) & taken[lang] for lang, rows in files[name].items())
+        ]
     assert train == expected
     test_at = _index_of(files["test"]["en"])
     assert not {test_at[r] for r in train if r in test_at} & evaluation_indices

@@ -21,14 +21,23 @@ def test_builtin_tasks_read_from_their_files():
     assert XNLI == Task(
         name="xnli",
         languages=("en", "ar", "bg", "de", "el", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"),
-        label_names=("entailment", "neutral", "contradiction"), text_fields=("premise", "hypothesis"),
-        tsv_labels=("entailment", "neutral", "contradiction"), hf_dataset="facebook/xnli",
-        hf_text_fields=("premise", "hypothesis"), group_fields=(0,))
+        label_names=("entailment", "neutral", "contradiction"),
+        text_fields=("premise", "hypothesis"),
+        tsv_labels=("entailment", "neutral", "contradiction"),
+        hf_dataset="facebook/xnli",
+        hf_text_fields=("premise", "hypothesis"),
+        group_fields=(0,),
+    )
     assert PAWSX == Task(
-        name="pawsx", languages=("en", "de", "es", "fr", "ja", "ko", "zh"),
-        label_names=("not_paraphrase", "paraphrase"), text_fields=("sentence1", "sentence2"),
-        tsv_labels=("0", "1"), hf_dataset="google-research-datasets/paws-x",
-        hf_text_fields=("sentence1", "sentence2"), group_fields=(0, 1))
+        name="pawsx",
+        languages=("en", "de", "es", "fr", "ja", "ko", "zh"),
+        label_names=("not_paraphrase", "paraphrase"),
+        text_fields=("sentence1", "sentence2"),
+        tsv_labels=("0", "1"),
+        hf_dataset="google-research-datasets/paws-x",
+        hf_text_fields=("sentence1", "sentence2"),
+        group_fields=(0, 1),
+    )
     assert get_task("XNLI") is XNLI and get_task("paws-x") is PAWSX
 
 
@@ -36,26 +45,39 @@ def test_task_file_defaults(tmp_path):
     path = tmp_path / "toy.yaml"
     path.write_text(TOY + "hub: {dataset: org/toy, configs: {xx: xx_XX}}\n")
     task = get_task(str(path))
-    assert task == Task(name="toy-unit", languages=("en", "xx"), label_names=("no", "yes"),
-                        text_fields=("claim", "evidence"), tsv_labels=("no", "yes"), hf_dataset="org/toy",
-                        hf_text_fields=("claim", "evidence"), group_fields=(0,), hf_configs=(("xx", "xx_XX"),))
+    assert task == Task(
+        name="toy-unit",
+        languages=("en", "xx"),
+        label_names=("no", "yes"),
+        text_fields=("claim", "evidence"),
+        tsv_labels=("no", "yes"),
+        hf_dataset="org/toy",
+        hf_text_fields=("claim", "evidence"),
+        group_fields=(0,),
+        hf_configs=(("xx", "xx_XX"),),
+    )
     assert (task.hf_config("xx"), task.hf_config("en"), task.target_languages) == ("xx_XX", "en", ("xx",))
     assert get_task("toy-unit") is task  # found by name once read
 
 
-@pytest.mark.parametrize("text, message", [
-    (TOY.replace("labels: [\"no\", \"yes\"]\n", ""), "labels: required key missing"),
-    (TOY + "colour: red\n", "colour: unknown key; expected one of: name, output"),
-    (TOY + "output: multiple_choice\n", "output: expected one of: classification; got 'multiple_choice'"),
-    (TOY + "metric: f1\n", "metric: expected one of: accuracy; got 'f1'"),
-    (TOY + "group_columns: [title]\n",
-     ("group_columns[0]: expected one of the text_columns (claim, evidence), got 'title'")),
-    (TOY + "tsv: {labels: [n]}\n", "tsv.labels: expected 2 entries, got 1"),
-    (TOY + "source_language: de\n", "source_language: expected one of: en, xx; got 'de'"),
-    (TOY.replace("[claim, evidence]", "[claim]"), "text_columns: expected 2 entries, got 1"),
-    (TOY + "hub: {configs: {fr: fr}}\n", "hub.configs.fr: unknown key; expected one of: en, xx"),
-    ("- a list\n", "expected a mapping, got ['a list']"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (TOY.replace('labels: ["no", "yes"]\n', ""), "labels: required key missing"),
+        (TOY + "colour: red\n", "colour: unknown key; expected one of: name, output"),
+        (TOY + "output: multiple_choice\n", "output: expected one of: classification; got 'multiple_choice'"),
+        (TOY + "metric: f1\n", "metric: expected one of: accuracy; got 'f1'"),
+        (
+            TOY + "group_columns: [title]\n",
+            ("group_columns[0]: expected one of the text_columns (claim, evidence), got 'title'"),
+        ),
+        (TOY + "tsv: {labels: [n]}\n", "tsv.labels: expected 2 entries, got 1"),
+        (TOY + "source_language: de\n", "source_language: expected one of: en, xx; got 'de'"),
+        (TOY.replace("[claim, evidence]", "[claim]"), "text_columns: expected 2 entries, got 1"),
+        (TOY + "hub: {configs: {fr: fr}}\n", "hub.configs.fr: unknown key; expected one of: en, xx"),
+        ("- a list\n", "expected a mapping, got ['a list']"),
+    ],
+)
 def test_malformed_task_file_names_file_and_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

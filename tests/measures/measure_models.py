@@ -21,8 +21,14 @@ NUM_LABELS = 3
 
 def make_tiny_bert(seed: int = 0, dropout: float = 0.2) -> BertForSequenceClassification:
     config = BertConfig(
-        vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, num_labels=NUM_LABELS, hidden_dropout_prob=dropout,
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=NUM_LABELS,
+        hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
     gen_state = torch.get_rng_state()
@@ -47,8 +53,15 @@ def make_bert_batches(seed: int = 0, sizes=(6, 4), lengths=(10, 7)) -> list[dict
         types = torch.zeros(size, length, dtype=torch.long)
         types[:, length // 2 :] = 1
         labels = torch.randint(0, NUM_LABELS, (size,), generator=gen)
-        batches.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels,
-                        "idx": torch.arange(start, start + size)})
+        batches.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "token_type_ids": types,
+                "labels": labels,
+                "idx": torch.arange(start, start + size),
+            }
+        )
         start += size
     return batches
 

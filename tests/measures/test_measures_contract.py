@@ -27,8 +27,15 @@ CHEAP = {
     "sharpness-avg": {"num_draws": 3},
     "sharpness-avg-pseudo": {"num_draws": 3},
 }
-SAMPLING = ["sharpness-diff", "pacbayes-flatness", "pacbayes-flatness-mag", "sharpness-avg", "hessian-trace",
-            "sharpness-diff-pseudo", "sharpness-avg-pseudo"]
+SAMPLING = [
+    "sharpness-diff",
+    "pacbayes-flatness",
+    "pacbayes-flatness-mag",
+    "sharpness-avg",
+    "hessian-trace",
+    "sharpness-diff-pseudo",
+    "sharpness-avg-pseudo",
+]
 
 
 def _inputs(name, model):
@@ -73,9 +80,20 @@ def _train_mode_model():
 def test_registry_lists_every_measure():
     names = list_measures()
     expected = {
-        "margin", "logit-margin", "sharpness-diff", "sharpness-alpha", "sharpness-alpha-mag", "pacbayes-flatness",
-        "pacbayes-flatness-mag", "sharpness-avg", "sharpness-worst", "hessian-top-eig", "hessian-trace",
-        "fisher-trace", "frobenius-distance", "spectral-norm",
+        "margin",
+        "logit-margin",
+        "sharpness-diff",
+        "sharpness-alpha",
+        "sharpness-alpha-mag",
+        "pacbayes-flatness",
+        "pacbayes-flatness-mag",
+        "sharpness-avg",
+        "sharpness-worst",
+        "hessian-top-eig",
+        "hessian-trace",
+        "fisher-trace",
+        "frobenius-distance",
+        "spectral-norm",
     }
     assert expected <= set(names)
     assert list_measures("group") == ["parameter-variance-across-seeds"]
@@ -154,8 +172,9 @@ def test_sampling_measures_report_spread_and_samples(name):
 
 
 def test_fisher_trace_estimated_reports_spread():
-    result = compute_measure("fisher-trace", make_tiny_bert(), make_bert_batches(),
-                             config={"method": "hutchinson", "num_matvecs": 4})
+    result = compute_measure(
+        "fisher-trace", make_tiny_bert(), make_bert_batches(), config={"method": "hutchinson", "num_matvecs": 4}
+    )
     assert result.details["estimated"] is True
     assert result.num_samples == 4 and result.spread is not None
 
@@ -206,7 +225,8 @@ def test_parameter_filters():
     layer = [n for n, _ in select_parameters(model, r"encoder\.layer\.1\.")]
     assert layer and all(".layer.1." in n for n in layer)
     assert len(select_parameters(model, lambda n: n.endswith("bias"))) == sum(
-        n.endswith("bias") for n, _ in model.named_parameters())
+        n.endswith("bias") for n, _ in model.named_parameters()
+    )
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
     default = [n for n, _ in select_parameters(model)]
     assert "bert.embeddings.word_embeddings.weight" not in default

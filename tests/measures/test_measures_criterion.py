@@ -60,8 +60,13 @@ def test_hessian_of_a_mean_squared_error_criterion_is_the_closed_form():
     top = compute_measure("hessian-top-eig", model, batches, criterion=mse_on_one_hot)
     assert top.value == pytest.approx(expected_top, rel=1e-4)
     # Hutch++ whose sketch spans all C*D = 15 directions is exact
-    trace = compute_measure("hessian-trace", model, batches, criterion=mse_on_one_hot,
-                            config={"method": "hutchpp", "num_matvecs": 3 * C * D})
+    trace = compute_measure(
+        "hessian-trace",
+        model,
+        batches,
+        criterion=mse_on_one_hot,
+        config={"method": "hutchpp", "num_matvecs": 3 * C * D},
+    )
     assert trace.value == pytest.approx(expected_trace, rel=1e-4)
     # cross-entropy's Hessian is another matrix: the criterion was used
     assert compute_measure("hessian-top-eig", model, batches).value != pytest.approx(expected_top, rel=1e-2)
@@ -69,8 +74,12 @@ def test_hessian_of_a_mean_squared_error_criterion_is_the_closed_form():
 
 def test_a_criterion_returning_a_vector_is_refused():
     with pytest.raises(XlgmError, match="scalar"):
-        compute_measure("sharpness-avg", PlainLinear(), _data(),
-                        criterion=lambda logits, labels: F.cross_entropy(logits, labels, reduction="none"))
+        compute_measure(
+            "sharpness-avg",
+            PlainLinear(),
+            _data(),
+            criterion=lambda logits, labels: F.cross_entropy(logits, labels, reduction="none"),
+        )
 
 
 def test_differing_label_and_labels_are_refused():

@@ -47,8 +47,9 @@ def test_lanczos_top_k_exact_on_a_known_spectrum():
 
 def test_lanczos_without_reorthogonalization_finds_the_top():
     spectrum = [10.0, 6.0, 5.5] + list(np.linspace(-2.0, 3.0, 97))
-    res = lanczos(MatrixOperator(_symmetric(spectrum, seed=3)), _gen(), k=1, max_iters=60, tol=1e-10,
-                  reorthogonalize=False)
+    res = lanczos(
+        MatrixOperator(_symmetric(spectrum, seed=3)), _gen(), k=1, max_iters=60, tol=1e-10, reorthogonalize=False
+    )
     assert res.reorthogonalized is False
     assert res.eigenvalues[0] == pytest.approx(10.0, rel=1e-8)
 
@@ -153,8 +154,9 @@ def test_hessian_and_fisher_traces_match_closed_form(linear_problem):
         exact = compute_measure("fisher-trace", model, batches, config={"fisher": kind})
         assert exact.value == pytest.approx(np.trace(matrix), rel=1e-10)
         assert exact.details["estimated"] is False and exact.spread is None
-        estimated = compute_measure("fisher-trace", model, batches,
-                                    config={"fisher": kind, "method": "hutchpp", "num_matvecs": 3 * size})
+        estimated = compute_measure(
+            "fisher-trace", model, batches, config={"fisher": kind, "method": "hutchpp", "num_matvecs": 3 * size}
+        )
         assert estimated.value == pytest.approx(np.trace(matrix), rel=1e-9)
         assert estimated.details["estimated"] is True
 
@@ -178,8 +180,9 @@ def _full_hessian(model, batches, names):
         override = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
         total = 0.0
         for batch in batches:
-            logits = torch.func.functional_call(model, override, args=(), kwargs={
-                k: v for k, v in batch.items() if k not in ("labels", "idx")}).logits
+            logits = torch.func.functional_call(
+                model, override, args=(), kwargs={k: v for k, v in batch.items() if k not in ("labels", "idx")}
+            ).logits
             total = total + torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
         return total / n_total
 

@@ -35,22 +35,34 @@ def test_bisection_stopped_inside_the_bracket_is_not_saturated():
     assert not search.converged and not search.saturated and search.final_bracket == (0.75, 0.875)
     assert search.health()["iteration_cap_reached"]
     converged = bisect_scale(lambda s: (s - 0.7, {}), 0.1, 0.0, 2.0, max_iters=30, tolerance=0.001)
-    assert converged.health() == {"converged": True, "residual": pytest.approx(abs(converged.deviation - 0.1)),
-                                  "tolerance": 0.001, "iteration_cap_reached": False, "saturated": False}
+    assert converged.health() == {
+        "converged": True,
+        "residual": pytest.approx(abs(converged.deviation - 0.1)),
+        "tolerance": 0.001,
+        "iteration_cap_reached": False,
+        "saturated": False,
+    }
 
 
 def test_pacbayes_with_too_few_steps_reports_saturation():
     # the demo's old setting (3 steps of [0, 2]) where the loss is sensitive: every step overshoots (deviations
     # 0.41, 0.12, 0.031 against 0.001) and the value is the bound 1/0.25²
     batches = two_param_batches()
-    result = compute_measure("pacbayes-flatness", TwoParamLogistic(), batches,
-                             config={"search_depth": 3, "num_draws": 2, "target_deviation": 0.001,
-                                     "tolerance": 0.0001})
+    result = compute_measure(
+        "pacbayes-flatness",
+        TwoParamLogistic(),
+        batches,
+        config={"search_depth": 3, "num_draws": 2, "target_deviation": 0.001, "tolerance": 0.0001},
+    )
     assert result.value == pytest.approx(16.0)
     assert result.health.saturated and result.health.converged is False and result.health.iteration_cap_reached
     assert "saturated at the search bound" in result.health.problems and not result.health.healthy
-    healthy = compute_measure("pacbayes-flatness", TwoParamLogistic(), batches,
-                              config={"search_depth": 25, "tolerance": 0.002, "num_draws": 4})
+    healthy = compute_measure(
+        "pacbayes-flatness",
+        TwoParamLogistic(),
+        batches,
+        config={"search_depth": 25, "tolerance": 0.002, "num_draws": 4},
+    )
     assert healthy.health.converged and not healthy.health.saturated and healthy.health.healthy
 
 
@@ -64,8 +76,7 @@ def test_lanczos_with_two_steps_is_not_converged_and_says_why():
     assert h.problems[0].startswith("not converged (residual")
     full = compute_measure("hessian-top-eig", model, batches, config={"max_iters": 15, "tol": 1e-8})
     assert full.health.converged and full.health.residual <= 1e-8 and full.health.healthy
-    power = compute_measure("hessian-top-eig", model, batches, config={"method": "power", "max_iters": 3,
-                                                                       "tol": 1e-12})
+    power = compute_measure("hessian-top-eig", model, batches, config={"method": "power", "max_iters": 3, "tol": 1e-12})
     assert power.health.converged is False and power.health.iteration_cap_reached
     history = power.details["history"]
     assert power.health.residual == pytest.approx(abs(history[-1] - history[-2]) / abs(history[-1]))
@@ -75,8 +86,14 @@ def test_measures_without_iterations_have_no_convergence_and_health_is_stored():
     result = compute_measure("margin", LinearSoftmax(), linear_batches())
     assert result.health == MeasureHealth() and result.health.healthy
     stored = json.loads(json.dumps(result.to_dict()))
-    assert stored["health"] == {"converged": None, "residual": None, "tolerance": None,
-                                "iteration_cap_reached": None, "saturated": None, "nonfinite": 0}
+    assert stored["health"] == {
+        "converged": None,
+        "residual": None,
+        "tolerance": None,
+        "iteration_cap_reached": None,
+        "saturated": None,
+        "nonfinite": 0,
+    }
 
 
 def test_nan_values_are_counted():
@@ -92,8 +109,16 @@ def test_every_registered_measure_declares_a_direction():
             assert spec.direction_reference, name
     # the directions the issue names
     assert get_measure("margin").expected_sign == 1
-    for name in ("sharpness-diff", "hessian-top-eig", "fisher-trace", "frobenius-distance", "spectral-norm",
-                 "pacbayes-flatness", "sharpness-alpha", "logit-margin"):
+    for name in (
+        "sharpness-diff",
+        "hessian-top-eig",
+        "fisher-trace",
+        "frobenius-distance",
+        "spectral-norm",
+        "pacbayes-flatness",
+        "sharpness-alpha",
+        "logit-margin",
+    ):
         assert get_measure(name).expected_sign == -1, name
     assert get_measure("pacbayes-flatness").direction.startswith("higher -> worse (Jiang et al. 2020")
 

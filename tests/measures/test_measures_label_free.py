@@ -17,9 +17,12 @@ from xlgm.recipes.evaluate import TextOutputs
 
 def outputs_from_probs(probs, labels=None, embeddings=None, language="xx") -> TextOutputs:
     p = np.asarray(probs, dtype=np.float64)
-    return TextOutputs(language, np.log(p).astype(np.float32),
-                       None if embeddings is None else np.asarray(embeddings, dtype=np.float32),
-                       None if labels is None else np.asarray(labels))
+    return TextOutputs(
+        language,
+        np.log(p).astype(np.float32),
+        None if embeddings is None else np.asarray(embeddings, dtype=np.float32),
+        None if labels is None else np.asarray(labels),
+    )
 
 
 def confident(c: float) -> list[float]:
@@ -29,9 +32,18 @@ def confident(c: float) -> list[float]:
 
 def test_outputs_measures_are_registered_apart_from_model_measures():
     outputs = list_measures("outputs")
-    assert {"confidence-margin", "prediction-entropy", "atc-accuracy", "doc-accuracy", "translation-agreement",
-            "checkpoint-agreement", "translation-gap", "linear-cka", "embedding-distance",
-            "retrieval-accuracy"} <= set(outputs)
+    assert {
+        "confidence-margin",
+        "prediction-entropy",
+        "atc-accuracy",
+        "doc-accuracy",
+        "translation-agreement",
+        "checkpoint-agreement",
+        "translation-gap",
+        "linear-cka",
+        "embedding-distance",
+        "retrieval-accuracy",
+    } <= set(outputs)
     assert not set(outputs) & set(list_measures("model"))
     with pytest.raises(XlgmError, match="not a measure of model outputs"):
         compute_output_measure("margin", outputs_from_probs([[0.5, 0.5]]))
@@ -169,17 +181,21 @@ def test_text_outputs_round_trip(tmp_path):
     np.testing.assert_array_equal(back.embeddings, out.embeddings)  # exact in float16 for these values
 
 
-@pytest.mark.parametrize("name, base, options", [
-    ("sharpness-diff-pseudo", "sharpness-diff", {"num_draws": 2}),
-    ("sharpness-avg-pseudo", "sharpness-avg", {"num_draws": 2}),
-])
+@pytest.mark.parametrize(
+    "name, base, options",
+    [
+        ("sharpness-diff-pseudo", "sharpness-diff", {"num_draws": 2}),
+        ("sharpness-avg-pseudo", "sharpness-avg", {"num_draws": 2}),
+    ],
+)
 def test_pseudo_label_sharpness_equals_sharpness_on_predicted_labels(name, base, options):
     model = make_tiny_bert()
     batches = make_bert_batches()
     model.eval()
     with torch.no_grad():
-        predicted = [{**b, "labels": model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1)}
-                     for b in batches]
+        predicted = [
+            {**b, "labels": model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1)} for b in batches
+        ]
     unlabelled = [{**b, "labels": torch.full_like(b["labels"], -1)} for b in batches]
     model.train()
     pseudo = compute_measure(name, model, unlabelled, options, seed=3)

@@ -11,8 +11,18 @@ from xlgm.errors import XlgmError
 from xlgm.measures import compute_group_measure, compute_measure, parameter_variance_across_seeds
 
 LOGITS = torch.tensor(
-    [[2.0, 0.5, -1.0], [0.1, 0.3, 0.2], [-1.0, 3.0, 0.0], [1.0, 1.0, 0.0], [0.0, -2.0, 2.5],
-     [0.3, 0.2, 0.1], [4.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.5, 2.0, -0.5], [-0.2, 0.4, 0.9]],
+    [
+        [2.0, 0.5, -1.0],
+        [0.1, 0.3, 0.2],
+        [-1.0, 3.0, 0.0],
+        [1.0, 1.0, 0.0],
+        [0.0, -2.0, 2.5],
+        [0.3, 0.2, 0.1],
+        [4.0, 0.0, 1.0],
+        [0.0, 0.0, 0.0],
+        [1.5, 2.0, -0.5],
+        [-0.2, 0.4, 0.9],
+    ],
     dtype=torch.float64,
 )
 LABELS = torch.tensor([0, 1, 1, 0, 2, 2, 0, 1, 1, 2])
@@ -86,8 +96,7 @@ def test_frobenius_distance_from_file(tmp_path):
 def test_spectral_norm_matches_numpy():
     model = make_tiny_bert()
     result = compute_measure("spectral-norm", model, make_bert_batches())
-    matrices = {n: p.detach().numpy() for n, p in model.named_parameters()
-                if p.dim() == 2 and "embeddings" not in n}
+    matrices = {n: p.detach().numpy() for n, p in model.named_parameters() if p.dim() == 2 and "embeddings" not in n}
     norms = {n: np.linalg.svd(w, compute_uv=False)[0] for n, w in matrices.items()}
     assert set(result.details["per_layer"]) == set(norms)
     for n, v in norms.items():

@@ -44,8 +44,9 @@ def test_sharpness_worst_matches_grid_maximum(norm, adaptive, rho):
     loss0 = float(two_param_loss(w0[None], x, y)[0])
     grid_max = float(grid_losses.max()) - loss0
     resolution = 2 * rho / 800 * float(c.max()) * 2.0  # grid spacing x a bound on the gradient norm
-    result = compute_measure("sharpness-worst", model, batches,
-                             config={"norm": norm, "adaptive": adaptive, "rho": rho, "steps": 60})
+    result = compute_measure(
+        "sharpness-worst", model, batches, config={"norm": norm, "adaptive": adaptive, "rho": rho, "steps": 60}
+    )
     assert result.details["loss_before"] == pytest.approx(loss0, abs=1e-12)
     assert grid_max - resolution <= result.value <= grid_max + resolution
     assert "delta_error" in result.details
@@ -111,8 +112,9 @@ def test_pacbayes_search(name):
 def test_pacbayes_deviation_on_error():
     model = TwoParamLogistic()
     batches, _, _ = _data()
-    result = compute_measure("pacbayes-flatness", model, batches,
-                             config={"deviation_of": "error", "num_draws": 6, "tolerance": 0.02})
+    result = compute_measure(
+        "pacbayes-flatness", model, batches, config={"deviation_of": "error", "num_draws": 6, "tolerance": 0.02}
+    )
     assert result.details["deviation_of"] == "error"
     assert result.details["iterations"] >= 1
 
@@ -124,8 +126,11 @@ def test_sharpness_avg_matches_hand_draws():
     gen = torch.Generator().manual_seed(seed)
     w0 = model.w.detach()
     loss0 = float(two_param_loss(w0[None], x, y)[0])
-    deltas = [float(two_param_loss((w0 + rho * w0.abs() * torch.randn(2, generator=gen, dtype=torch.float64))[None],
-                                   x, y)[0]) - loss0 for _ in range(draws)]
+    deltas = [
+        float(two_param_loss((w0 + rho * w0.abs() * torch.randn(2, generator=gen, dtype=torch.float64))[None], x, y)[0])
+        - loss0
+        for _ in range(draws)
+    ]
     result = compute_measure("sharpness-avg", model, batches, config={"rho": rho, "num_draws": draws}, seed=seed)
     assert result.value == pytest.approx(sum(deltas) / draws, abs=1e-12)
     assert result.spread == pytest.approx(torch.tensor(deltas, dtype=torch.float64).std().item(), abs=1e-12)
@@ -209,8 +214,17 @@ def default_mode_by_hand(model, batches, seed, draws=3, sigma=0.01, eta=0.05, al
     model.eval()
 
     def loss_fn():
-        return sum(F.cross_entropy(model(**{k: v for k, v in b.items() if k not in ("labels", "idx")}).logits,
-                                   b["labels"], reduction="sum") for b in batches) / n
+        return (
+            sum(
+                F.cross_entropy(
+                    model(**{k: v for k, v in b.items() if k not in ("labels", "idx")}).logits,
+                    b["labels"],
+                    reduction="sum",
+                )
+                for b in batches
+            )
+            / n
+        )
 
     with torch.no_grad():
         loss0 = loss_fn().item()

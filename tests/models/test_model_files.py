@@ -36,14 +36,17 @@ def test_safetensors_round_trip_and_atomic_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda data: data[: len(data) // 2], r"truncated \(1\d\d\d bytes; its header describes 2\d\d\d\)"),
-    (lambda data: data[:40], r"truncated \(40 bytes; its header alone needs"),
-    (lambda data: bytes(len(data)), r"zero-filled \(2\d\d\d bytes of zeros\)"),
-    (lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "not a safetensors file"),
-    (lambda data: b"", r"empty \(0 bytes\)"),
-    (lambda data: data[:8] + b"[" + data[9:], r"damaged header \(not JSON\)|not a safetensors file"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda data: data[: len(data) // 2], r"truncated \(1\d\d\d bytes; its header describes 2\d\d\d\)"),
+        (lambda data: data[:40], r"truncated \(40 bytes; its header alone needs"),
+        (lambda data: bytes(len(data)), r"zero-filled \(2\d\d\d bytes of zeros\)"),
+        (lambda data: b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n", "not a safetensors file"),
+        (lambda data: b"", r"empty \(0 bytes\)"),
+        (lambda data: data[:8] + b"[" + data[9:], r"damaged header \(not JSON\)|not a safetensors file"),
+    ],
+)
 def test_damaged_safetensors_is_one_line(tmp_path, damage, message):
     path, data = tensors_file(tmp_path)
     path.write_bytes(damage(data))
@@ -79,14 +82,17 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # and the temporary is gone
 
 
-@pytest.mark.parametrize("text,kwargs,message", [
-    ('{"model": "x",', {}, r":1: not valid JSON \(Expecting property name"),
-    ("[1, 2]", {"expect": dict}, "expected a JSON object, got a list"),
-    ('"text"', {"required": ("model",)}, "expected a JSON object, got a string"),
-    ('{"task": "xnli"}', {"required": ("model", "task", "run_id")}, "missing keys 'model', 'run_id'$"),
-    ('{"a": 1}', {"expect": list}, "expected a JSON list, got an object"),
-    (b"\xff\xfe{}", {}, r"not valid JSON \(not UTF-8 text\)"),
-])
+@pytest.mark.parametrize(
+    "text,kwargs,message",
+    [
+        ('{"model": "x",', {}, r":1: not valid JSON \(Expecting property name"),
+        ("[1, 2]", {"expect": dict}, "expected a JSON object, got a list"),
+        ('"text"', {"required": ("model",)}, "expected a JSON object, got a string"),
+        ('{"task": "xnli"}', {"required": ("model", "task", "run_id")}, "missing keys 'model', 'run_id'$"),
+        ('{"a": 1}', {"expect": list}, "expected a JSON list, got an object"),
+        (b"\xff\xfe{}", {}, r"not valid JSON \(not UTF-8 text\)"),
+    ],
+)
 def test_damaged_json_is_one_line(tmp_path, text, kwargs, message):
     path = tmp_path / "config.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
@@ -133,9 +139,19 @@ def evaluated_run(tiny_bert_dir, tmp_path_factory) -> Path:
     """A one-step run of the tiny BERT, evaluated and measured once, so it holds every file xlgm writes."""
     from xlgm.recipes.train import TrainConfig, train
 
-    run = train(TrainConfig(model=str(tiny_bert_dir), max_train_examples=16, batch_size=8, epochs=1, save_every=0,
-                            holdout_fraction=0.25, seed=0),
-                tmp_path_factory.mktemp("run") / "run", show_progress=False)
+    run = train(
+        TrainConfig(
+            model=str(tiny_bert_dir),
+            max_train_examples=16,
+            batch_size=8,
+            epochs=1,
+            save_every=0,
+            holdout_fraction=0.25,
+            seed=0,
+        ),
+        tmp_path_factory.mktemp("run") / "run",
+        show_progress=False,
+    )
     assert main(["evaluate", str(run), "--languages", "en", "--max-examples", "8"]) == 0
     assert main(["measure", str(run), "--measures", "margin", "--max-examples", "8"]) == 0
     return run
@@ -177,38 +193,77 @@ EVALUATE = ["evaluate", "{run}", "--languages", "en", "--max-examples", "8"]
 MEASURE = ["measure", "{run}", "--measures", "margin", "--max-examples", "8"]
 
 CASES = {
-    "checkpoint truncated": (damage_checkpoint(lambda d: d[: len(d) // 3]), EVALUATE,
-                             r"checkpoints/step-\d+/model\.safetensors: truncated \("),
-    "checkpoint zero-filled": (damage_checkpoint(lambda d: bytes(len(d))), EVALUATE,
-                               r"checkpoints/step-\d+/model\.safetensors: zero-filled \("),
-    "checkpoint not safetensors": (damage_checkpoint(lambda d: b"<html>404</html>" * 3), EVALUATE,
-                                   r"checkpoints/step-\d+/model\.safetensors: not a safetensors file$"),
-    "checkpoint missing": (lambda run, _: checkpoint_weights(run).unlink(), EVALUATE,
-                           r"checkpoints/step-\d+/model\.safetensors: file not found$|has no 'best' checkpoint"),
-    "checkpoint of another architecture": (other_architecture, EVALUATE,
-                                           r"model\.safetensors: checkpoint has hidden size 48, the model 32 "
-                                           r"\(tensor bert\.\S+: \[(\d+, )?48\], the model's \[(\d+, )?32\]\)$"),
-    "checkpoint with a foreign tensor": (foreign_tensor, EVALUATE,
-                                         r"model\.safetensors: tensor bert\.encoder\.layer\.7\.output\.dense\.weight "
-                                         r"is not a parameter of the model"),
-    "initial head truncated": (lambda run, _: (run / "init-head.safetensors").write_bytes(
-        (run / "init-head.safetensors").read_bytes()[:100]), EVALUATE, r"init-head\.safetensors: truncated \("),
+    "checkpoint truncated": (
+        damage_checkpoint(lambda d: d[: len(d) // 3]),
+        EVALUATE,
+        r"checkpoints/step-\d+/model\.safetensors: truncated \(",
+    ),
+    "checkpoint zero-filled": (
+        damage_checkpoint(lambda d: bytes(len(d))),
+        EVALUATE,
+        r"checkpoints/step-\d+/model\.safetensors: zero-filled \(",
+    ),
+    "checkpoint not safetensors": (
+        damage_checkpoint(lambda d: b"<html>404</html>" * 3),
+        EVALUATE,
+        r"checkpoints/step-\d+/model\.safetensors: not a safetensors file$",
+    ),
+    "checkpoint missing": (
+        lambda run, _: checkpoint_weights(run).unlink(),
+        EVALUATE,
+        r"checkpoints/step-\d+/model\.safetensors: file not found$|has no 'best' checkpoint",
+    ),
+    "checkpoint of another architecture": (
+        other_architecture,
+        EVALUATE,
+        r"model\.safetensors: checkpoint has hidden size 48, the model 32 "
+        r"\(tensor bert\.\S+: \[(\d+, )?48\], the model's \[(\d+, )?32\]\)$",
+    ),
+    "checkpoint with a foreign tensor": (
+        foreign_tensor,
+        EVALUATE,
+        r"model\.safetensors: tensor bert\.encoder\.layer\.7\.output\.dense\.weight "
+        r"is not a parameter of the model",
+    ),
+    "initial head truncated": (
+        lambda run, _: (run / "init-head.safetensors").write_bytes((run / "init-head.safetensors").read_bytes()[:100]),
+        EVALUATE,
+        r"init-head\.safetensors: truncated \(",
+    ),
     "config.json invalid": (write("config.json", b'{"model": '), EVALUATE, r"config\.json:1: not valid JSON \("),
     "config.json a list": (write("config.json", b"[]"), EVALUATE, r"config\.json: expected a JSON object, got a list$"),
-    "config.json without model": (write("config.json", b'{"task": "xnli", "run_id": "x"}'), EVALUATE,
-                                  r"config\.json: missing key 'model'$"),
+    "config.json without model": (
+        write("config.json", b'{"task": "xnli", "run_id": "x"}'),
+        EVALUATE,
+        r"config\.json: missing key 'model'$",
+    ),
     "checkpoints.json invalid": (write("checkpoints.json", b"{{"), EVALUATE, r"checkpoints\.json:1: not valid JSON"),
-    "checkpoints.json without checkpoints": (write("checkpoints.json", b'{"best": "step-1"}'), EVALUATE,
-                                             r"checkpoints\.json: missing key 'checkpoints'$"),
-    "results.sqlite garbage": (write("results.sqlite", b"garbage" * 200), EVALUATE,
-                               r"results\.sqlite: not a SQLite database$"),
-    "results.sqlite garbage (measure)": (write("results.sqlite", b"garbage" * 200), MEASURE,
-                                         r"results\.sqlite: not a SQLite database$"),
+    "checkpoints.json without checkpoints": (
+        write("checkpoints.json", b'{"best": "step-1"}'),
+        EVALUATE,
+        r"checkpoints\.json: missing key 'checkpoints'$",
+    ),
+    "results.sqlite garbage": (
+        write("results.sqlite", b"garbage" * 200),
+        EVALUATE,
+        r"results\.sqlite: not a SQLite database$",
+    ),
+    "results.sqlite garbage (measure)": (
+        write("results.sqlite", b"garbage" * 200),
+        MEASURE,
+        r"results\.sqlite: not a SQLite database$",
+    ),
     "measures.json invalid": (write("measures.json", b"[{"), MEASURE, r"measures\.json:1: not valid JSON"),
-    "measures.json not records": (write("measures.json", b"[1, 2]"), MEASURE,
-                                  r"measures\.json: entry 0 is not a measure record"),
-    "checkpoint truncated (measure)": (damage_checkpoint(lambda d: d[:-10]), MEASURE,
-                                       r"model\.safetensors: truncated \("),
+    "measures.json not records": (
+        write("measures.json", b"[1, 2]"),
+        MEASURE,
+        r"measures\.json: entry 0 is not a measure record",
+    ),
+    "checkpoint truncated (measure)": (
+        damage_checkpoint(lambda d: d[:-10]),
+        MEASURE,
+        r"model\.safetensors: truncated \(",
+    ),
 }
 
 

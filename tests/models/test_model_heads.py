@@ -42,8 +42,12 @@ def save_classifier(folder: Path, tiny_bert_dir: Path, id2label: dict[int, str] 
 
 
 def inputs(tokenizer):
-    return tokenizer(["A man plays a guitar.", "Nobody is here."], ["Someone plays music.", "The room is full."],
-                     return_tensors="pt", padding=True)
+    return tokenizer(
+        ["A man plays a guitar.", "Nobody is here."],
+        ["Someone plays music.", "The room is full."],
+        return_tensors="pt",
+        padding=True,
+    )
 
 
 def head_of(model) -> dict[str, torch.Tensor]:
@@ -74,16 +78,22 @@ def test_classifier_in_the_tasks_order_is_unchanged(tiny_bert_dir, tmp_path):
         assert torch.equal(p, params[name]), name
 
 
-@pytest.mark.parametrize("id2label,shown", [
-    ({0: "positive", 1: "negative", 2: "neutral"}, "positive, negative, neutral"),
-    (None, "LABEL_0, LABEL_1, LABEL_2"),
-    ({0: "entailment", 1: "not_entailment"}, "entailment, not_entailment"),
-])
+@pytest.mark.parametrize(
+    "id2label,shown",
+    [
+        ({0: "positive", 1: "negative", 2: "neutral"}, "positive, negative, neutral"),
+        (None, "LABEL_0, LABEL_1, LABEL_2"),
+        ({0: "entailment", 1: "not_entailment"}, "entailment, not_entailment"),
+    ],
+)
 def test_classifier_with_other_labels_is_refused(tiny_bert_dir, tmp_path, capsys, id2label, shown):
     folder = tmp_path / "classifier"
     save_classifier(folder, tiny_bert_dir, id2label)
-    with pytest.raises(XlgmError, match=f"its classification head's labels \\({shown}\\) are not the task's "
-                                        r"\(entailment, neutral, contradiction\); pass --random-head"):
+    with pytest.raises(
+        XlgmError,
+        match=f"its classification head's labels \\({shown}\\) are not the task's "
+        r"\(entailment, neutral, contradiction\); pass --random-head",
+    ):
         load_target(ResolvedTarget(str(folder)), XNLI.num_labels, XNLI.label_names)
     capsys.readouterr()  # (save_pretrained's own bar)
     assert main(["evaluate", str(folder), "--languages", "en", "--max-examples", "4"]) == 2
@@ -92,12 +102,30 @@ def test_classifier_with_other_labels_is_refused(tiny_bert_dir, tmp_path, capsys
 
 
 def test_base_model_without_head_is_refused(tiny_bert_dir, tmp_path, capsys):
-    with pytest.raises(XlgmError, match="has no trained classification head for the task's labels "
-                                        r"\(entailment, neutral, contradiction\).*--random-head"):
+    with pytest.raises(
+        XlgmError,
+        match="has no trained classification head for the task's labels "
+        r"\(entailment, neutral, contradiction\).*--random-head",
+    ):
         load_target(ResolvedTarget(str(tiny_bert_dir)), XNLI.num_labels, XNLI.label_names)
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(tiny_bert_dir), "--languages", "en", "--max-examples", "4",
-                 "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_bert_dir),
+                "--languages",
+                "en",
+                "--max-examples",
+                "4",
+                "--out",
+                str(out),
+                "--db",
+                str(tmp_path / "r.sqlite"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no trained classification head" in err
     assert not out.exists() and not (tmp_path / "r.sqlite").exists()
@@ -129,8 +157,24 @@ def test_cli_random_head_evaluates_and_says_so(tiny_bert_dir, tmp_path, capsys):
     reports = []
     for i in range(2):
         out = tmp_path / f"eval-{i}.json"
-        assert main(["evaluate", str(tiny_bert_dir), "--languages", "en,de", "--max-examples", "12", "--random-head",
-                     "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(tiny_bert_dir),
+                    "--languages",
+                    "en,de",
+                    "--max-examples",
+                    "12",
+                    "--random-head",
+                    "--out",
+                    str(out),
+                    "--db",
+                    str(tmp_path / "r.sqlite"),
+                ]
+            )
+            == 0
+        )
         reports.append(json.loads(out.read_text())["languages"])
         assert "a random classification head (seed 0)" in capsys.readouterr().err
     assert reports[0] == reports[1]  # a seeded head: the same accuracy on every run
@@ -158,8 +202,11 @@ def test_encoder_weights_missing_from_the_file_are_reported(tiny_bert_dir, tmp_p
     folder = tmp_path / "partial"
     shutil.copytree(tiny_bert_dir, folder)
     state = load_file(str(folder / "model.safetensors"))
-    save_file({k: v for k, v in state.items() if "pooler" not in k}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if "pooler" not in k},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     load_classifier(str(folder), 3, XNLI.label_names)
     err = capsys.readouterr().err
     assert f"xlgm: warning: {folder}: 2 parameter(s) of the model are not in its weights and start random" in err
@@ -189,8 +236,11 @@ def test_pickle_only_folder_is_refused_with_a_conversion_command(tiny_bert_dir, 
 
     with monkeypatch.context() as m:
         m.setattr(torch, "load", no_unpickling)
-        with pytest.raises(XlgmError, match=f"^{folder}: holds only pytorch_model.bin \\(pickle\\); convert it to "
-                                            "safetensors first, e.g. python -c ") as info:
+        with pytest.raises(
+            XlgmError,
+            match=f"^{folder}: holds only pytorch_model.bin \\(pickle\\); convert it to "
+            "safetensors first, e.g. python -c ",
+        ) as info:
             load_classifier(str(folder), 3, XNLI.label_names)
         assert main(["evaluate", str(folder), "--random-head", "--languages", "en", "--max-examples", "4"]) == 2
         err = capsys.readouterr().err
@@ -203,7 +253,7 @@ def test_pickle_only_folder_is_refused_with_a_conversion_command(tiny_bert_dir, 
     # the command in the message, run by a shell, converts the folder, which then loads the same weights
     command = str(info.value).split("e.g. ", 1)[1]
     assert command.startswith('python -c "') and command.endswith('"')
-    subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)}{command[len('python'):]}"], check=True, timeout=120)
+    subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)}{command[len('python') :]}"], check=True, timeout=120)
     model, _ = load_target(ResolvedTarget(str(folder)), 3, XNLI.label_names, random_head=0)
     params = dict(model.named_parameters())
     for name, tensor in state.items():

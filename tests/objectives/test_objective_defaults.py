@@ -62,8 +62,14 @@ def test_training_builds_mvr_with_its_task(tiny_bert_dir, tmp_path, monkeypatch,
 
     real = xlgm.objectives.build_objective
     monkeypatch.setattr(xlgm.objectives, "build_objective", spy)
-    config = TrainConfig(model=str(tiny_bert_dir), task=task, max_train_examples=16, batch_size=8,
-                         objective="mvr", objective_options={"rate": 0.1})
+    config = TrainConfig(
+        model=str(tiny_bert_dir),
+        task=task,
+        max_train_examples=16,
+        batch_size=8,
+        objective="mvr",
+        objective_options={"rate": 0.1},
+    )
     with pytest.raises(Built):
         train(config, tmp_path / "run", show_progress=False)
     assert built[0].lam == lam and built[0].config.rate == 0.1
@@ -84,8 +90,14 @@ def test_training_builds_fisher_weight_with_its_batch_size(tiny_bert_dir, tmp_pa
 
     real = xlgm.objectives.build_objective
     monkeypatch.setattr(xlgm.objectives, "build_objective", spy)
-    config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=16, batch_size=8, grad_accum=2,
-                         objective="fisher", objective_options={"weight": 0.004})
+    config = TrainConfig(
+        model=str(tiny_bert_dir),
+        max_train_examples=16,
+        batch_size=8,
+        grad_accum=2,
+        objective="fisher",
+        objective_options={"weight": 0.004},
+    )
     with pytest.raises(Built):
         train(config, tmp_path / "run", show_progress=False)
     assert built[0].lam == pytest.approx(0.004 / 8)  # B is the micro-batch per device, not batch x accumulation

@@ -170,7 +170,12 @@ class _ClashObjective(_SampleObjective):
 def test_flags_are_derived_from_field_metadata():
     spec = objective_spec(_SampleObjective)
     assert (spec.name, spec.config, spec.factory, spec.reference, spec.loop_facts) == (
-        "sample", _SampleConfig, _SampleObjective, "nobody, 2026", ("batch_size",))
+        "sample",
+        _SampleConfig,
+        _SampleObjective,
+        "nobody, 2026",
+        ("batch_size",),
+    )
     flags = objective_flags([OBJECTIVES["sam"], spec])
     rows = [(f.flag, f.dest, f.type, f.exclusive, f.targets) for f in flags.values()]
     assert rows == [

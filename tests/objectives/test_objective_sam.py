@@ -148,7 +148,7 @@ def _hand_sam_descent(model, batch, rho):
     """∇CE(w + rho g/|g|) by hand, with functional_call (parameters untouched)."""
     w = {n: p.detach() for n, p in model.named_parameters()}
     g = plain_grads(model, batch)
-    norm = torch.sqrt(sum((v ** 2).sum() for v in g.values()))
+    norm = torch.sqrt(sum((v**2).sum() for v in g.values()))
     perturbed = {n: (w[n] + rho * g[n] / (norm + 1e-12)).requires_grad_(True) for n in w}
     loss = ce_of(model, batch, perturbed)
     grads = torch.autograd.grad(loss, list(perturbed.values()))

@@ -168,14 +168,14 @@ def test_real_e5_tokenizer_is_reproduced_and_sampled():
     tok.enable_truncation(24)
     rng = random.Random(0)
     for a, b in itertools.product(texts, [None, "A second sentence."]):
-        (ids, types), = det.encode([(a, b)], rng)
+        ((ids, types),) = det.encode([(a, b)], rng)
         ref = tok.encode(a, b) if b else tok.encode(a)
         assert ids == ref.ids and types == ref.type_ids
     tok.no_truncation()
     det.set_max_length(None)
     det.set_rate(0.2)
     for text in texts:
-        (ids, _), = det.encode([(text, None)], rng)
+        ((ids, _),) = det.encode([(text, None)], rng)
         ref = tok.encode(text).ids
         assert ids != ref
         assert tok.decode(ids) == tok.decode(ref)

@@ -31,8 +31,18 @@ def test_mvr_trains_in_the_loop_on_mt5(tiny_mt5_dir, tmp_path):
     from xlgm.recipes.train import TrainConfig, train
 
     config = TrainConfig(
-        model=str(tiny_mt5_dir), task="xnli", epochs=1, batch_size=8, grad_accum=2, max_train_examples=40,
-        holdout_fraction=0.2, lr=1e-3, save_every=0, log_every=1, seed=0, objective="mvr",
+        model=str(tiny_mt5_dir),
+        task="xnli",
+        epochs=1,
+        batch_size=8,
+        grad_accum=2,
+        max_train_examples=40,
+        holdout_fraction=0.2,
+        lr=1e-3,
+        save_every=0,
+        log_every=1,
+        seed=0,
+        objective="mvr",
     )
     run_dir = train(config, tmp_path / "run", show_progress=False)
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]

@@ -45,8 +45,16 @@ class ModelOnMeta(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_bert_dir, tmp_path_factory):
-    config = TrainConfig(model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=32, lr=2e-3,
-                         save_every=0, seed=0, mixed_precision="no")
+    config = TrainConfig(
+        model=str(tiny_bert_dir),
+        epochs=1,
+        batch_size=16,
+        max_train_examples=32,
+        lr=2e-3,
+        save_every=0,
+        seed=0,
+        mixed_precision="no",
+    )
     return train(config, tmp_path_factory.mktemp("run") / "run", show_progress=False)
 
 
@@ -97,8 +105,27 @@ def test_evaluate_moves_the_model_to_the_device_and_reports_it(tiny_bert_dir, tm
     tokenizer = load_tokenizer(str(tiny_bert_dir))
     monkeypatch.setattr(load_module, "load_target", lambda target, *a, **k: (model, tokenizer))
     out = tmp_path / "report.json"
-    assert main(["evaluate", str(tiny_bert_dir), "--languages", "en", "--max-examples", "6", "--device", "cpu",
-                 "--mixed-precision", "no", "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_bert_dir),
+                "--languages",
+                "en",
+                "--max-examples",
+                "6",
+                "--device",
+                "cpu",
+                "--mixed-precision",
+                "no",
+                "--out",
+                str(out),
+                "--db",
+                str(tmp_path / "r.sqlite"),
+            ]
+        )
+        == 0
+    )
     assert model.moved_to == [torch.device("cpu")] and model.input_devices == {"meta"}
     report = json.loads(out.read_text())
     assert report["device"] == "meta" and report["precision"] == "no"
@@ -107,18 +134,28 @@ def test_evaluate_moves_the_model_to_the_device_and_reports_it(tiny_bert_dir, tm
 
 def test_evaluate_config_checks_its_fields():
     assert EvaluateConfig(languages=("en", "de"), max_examples=5).languages == ("en", "de")
-    for kwargs, message in [({"languages": ()}, "--languages"), ({"max_examples": 0}, "--max-examples"),
-                            ({"batch_size": 0}, "--batch-size"), ({"max_length": 4}, "--max-length"),
-                            ({"device": "gpu"}, "--device"), ({"mixed_precision": "fp8"}, "--mixed-precision"),
-                            ({"split": "holdout"}, "--split"), ({"task": "mnli"}, "--task")]:
+    for kwargs, message in [
+        ({"languages": ()}, "--languages"),
+        ({"max_examples": 0}, "--max-examples"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"max_length": 4}, "--max-length"),
+        ({"device": "gpu"}, "--device"),
+        ({"mixed_precision": "fp8"}, "--mixed-precision"),
+        ({"split": "holdout"}, "--split"),
+        ({"task": "mnli"}, "--task"),
+    ]:
         with pytest.raises(XlgmError, match=message):
             EvaluateConfig(**kwargs)
 
 
 def test_measure_config_checks_its_fields():
     assert MeasureConfig().mixed_precision == "no"  # measures stay float32 unless asked
-    for kwargs, message in [({"measures": ()}, "--measures"), ({"seed": -1}, "--seed"),
-                            ({"options": {"margin": {"nope": 1}}}, "nope"), ({"params": "("}, "--params"),
-                            ({"device": "cuda:x"}, "--device")]:
+    for kwargs, message in [
+        ({"measures": ()}, "--measures"),
+        ({"seed": -1}, "--seed"),
+        ({"options": {"margin": {"nope": 1}}}, "nope"),
+        ({"params": "("}, "--params"),
+        ({"device": "cuda:x"}, "--device"),
+    ]:
         with pytest.raises(XlgmError, match=message):
             MeasureConfig(**kwargs)

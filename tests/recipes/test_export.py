@@ -19,8 +19,9 @@ from xlgm.runs import RunDir, load_initial_into, resolve_target
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert_dir, tmp_path_factory):
-    config = TrainConfig(model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=48, lr=1e-3,
-                         save_every=1, seed=0)
+    config = TrainConfig(
+        model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=48, lr=1e-3, save_every=1, seed=0
+    )
     return train(config, tmp_path_factory.mktemp("run") / "run", show_progress=False)
 
 
@@ -34,8 +35,9 @@ def test_export_loads_with_auto_classes_and_gives_xlgm_logits(tiny_run, tiny_ber
     assert model.config.id2label == dict(enumerate(XNLI.label_names))
     assert model.config.label2id == {name: i for i, name in enumerate(XNLI.label_names)}
 
-    reference, reference_tokenizer = load_target(resolve_target(str(tiny_run), which), XNLI.num_labels,
-                                                 XNLI.label_names)
+    reference, reference_tokenizer = load_target(
+        resolve_target(str(tiny_run), which), XNLI.num_labels, XNLI.label_names
+    )
     rows = load_examples(XNLI, "test", "de", max_examples=12)
     texts = ([r.text_a for r in rows], [r.text_b for r in rows])
     batch = tokenizer(*texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
@@ -56,10 +58,24 @@ def test_evaluating_the_export_gives_the_runs_accuracy(tiny_run, tmp_path):
     out = tmp_path / "hf"
     assert main(["export", str(tiny_run), str(out)]) == 0
     common = ["--languages", "en,de", "--max-examples", "24", "--mixed-precision", "no"]
-    assert main(["evaluate", str(tiny_run), *common, "--out", str(tmp_path / "run.json"),
-                 "--db", str(tmp_path / "run.sqlite")]) == 0
-    assert main(["evaluate", str(out), *common, "--out", str(tmp_path / "hf.json"),
-                 "--db", str(tmp_path / "hf.sqlite")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tiny_run),
+                *common,
+                "--out",
+                str(tmp_path / "run.json"),
+                "--db",
+                str(tmp_path / "run.sqlite"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["evaluate", str(out), *common, "--out", str(tmp_path / "hf.json"), "--db", str(tmp_path / "hf.sqlite")])
+        == 0
+    )
     run_report = json.loads((tmp_path / "run.json").read_text())
     hf_report = json.loads((tmp_path / "hf.json").read_text())
     for lang in ("en", "de"):

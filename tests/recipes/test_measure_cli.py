@@ -13,14 +13,32 @@ from xlgm.recipes.train import TrainConfig, train
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_bert_dir, tmp_path_factory):
-    config = TrainConfig(model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=64, lr=1e-3,
-                         save_every=2, freeze="word", seed=0)
+    config = TrainConfig(
+        model=str(tiny_bert_dir),
+        epochs=1,
+        batch_size=16,
+        max_train_examples=64,
+        lr=1e-3,
+        save_every=2,
+        freeze="word",
+        seed=0,
+    )
     return train(config, tmp_path_factory.mktemp("run") / "run", show_progress=False)
 
 
 def test_measure_every_checkpoint_of_a_run(tiny_run, capsys):
-    code = main(["measure", str(tiny_run), "--measures", "margin,frobenius-distance,sharpness-diff",
-                 "--max-examples", "32", "--set", "sharpness-diff.num_draws=2"])
+    code = main(
+        [
+            "measure",
+            str(tiny_run),
+            "--measures",
+            "margin,frobenius-distance,sharpness-diff",
+            "--max-examples",
+            "32",
+            "--set",
+            "sharpness-diff.num_draws=2",
+        ]
+    )
     assert code == 0
     records = json.loads((tiny_run / "measures.json").read_text())
     checkpoints = {r["checkpoint_id"] for r in records}
@@ -40,8 +58,23 @@ def test_measure_every_checkpoint_of_a_run(tiny_run, capsys):
 
 def test_frozen_word_embeddings_are_not_measured(tiny_run):
     """The run froze word embeddings: distance from init counts only trained parameters."""
-    assert main(["measure", str(tiny_run), "--checkpoint", "last", "--measures", "frobenius-distance",
-                 "--max-examples", "16", "--out", str(tiny_run / "frob.json")]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                str(tiny_run),
+                "--checkpoint",
+                "last",
+                "--measures",
+                "frobenius-distance",
+                "--max-examples",
+                "16",
+                "--out",
+                str(tiny_run / "frob.json"),
+            ]
+        )
+        == 0
+    )
     (record,) = json.loads((tiny_run / "frob.json").read_text())
     names = json.dumps(record["details"])
     assert "word_embeddings" not in names and "classifier" in names

@@ -23,8 +23,20 @@ def single_thread():
 
 
 def _args(model, out, *extra) -> list[str]:
-    return ["train", "--model", str(model), "--max-train-examples", "24", "--batch-size", "8", "--device", "cpu",
-            "--out", str(out), *extra]
+    return [
+        "train",
+        "--model",
+        str(model),
+        "--max-train-examples",
+        "24",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _one_line_error(capsys) -> str:
@@ -43,8 +55,10 @@ def test_existing_run_is_refused_unless_resume_or_overwrite(tiny_bert_dir, tmp_p
 
     capsys.readouterr()
     assert main(_args(tiny_bert_dir, out, "--save-every", "1")) == 2  # the same config
-    assert _one_line_error(capsys) == (f"xlgm: error: {out}: already holds this run ({run_id}, finished); "
-                                       f"pass --resume to continue it or --overwrite to train it again")
+    assert _one_line_error(capsys) == (
+        f"xlgm: error: {out}: already holds this run ({run_id}, finished); "
+        f"pass --resume to continue it or --overwrite to train it again"
+    )
     assert main(_args(tiny_bert_dir, out, "--lr", "0.001")) == 2  # another config
     err = _one_line_error(capsys)
     assert f"holds run {run_id} of another config (lr 0.0001 there, 0.001 here" in err and "--overwrite" in err
@@ -109,14 +123,21 @@ def test_parts_of_a_run_without_config_are_replaced_only_with_overwrite(tmp_path
 
 def test_require_finished(tmp_path, capsys):
     run = RunDir(tmp_path)
-    (tmp_path / "checkpoints.json").write_text(json.dumps(
-        {"checkpoints": [{"name": "step-000004", "step": 4, "epoch": 0.5, "dev_accuracy": 0.5}],
-         "best": "step-000004", "last": None}))
+    (tmp_path / "checkpoints.json").write_text(
+        json.dumps(
+            {
+                "checkpoints": [{"name": "step-000004", "step": 4, "epoch": 0.5, "dev_accuracy": 0.5}],
+                "best": "step-000004",
+                "last": None,
+            }
+        )
+    )
     # A run written before state.json existed finished exactly when its index names a `last` checkpoint.
     with pytest.raises(XlgmError) as err:
         require_finished(tmp_path)
-    assert str(err.value) == (f"{tmp_path}: training did not finish (last checkpoint step-000004); "
-                              f"pass --allow-partial to use it anyway")
+    assert str(err.value) == (
+        f"{tmp_path}: training did not finish (last checkpoint step-000004); pass --allow-partial to use it anyway"
+    )
     run.write_state(finished=False)
     with pytest.raises(XlgmError, match="did not finish"):
         require_finished(tmp_path)
@@ -141,7 +162,11 @@ def test_device_and_precision_choices(tiny_bert_dir, tmp_path, capsys):
         assert not (tmp_path / "r").exists()
     # The device is not part of the run id; the precision is.
     assert TrainConfig().run_id != TrainConfig(mixed_precision="no").run_id
-    run = train(TrainConfig(model=str(tiny_bert_dir), max_train_examples=24, batch_size=8, mixed_precision="no"),
-                tmp_path / "cpu", show_progress=False, device="cpu")
+    run = train(
+        TrainConfig(model=str(tiny_bert_dir), max_train_examples=24, batch_size=8, mixed_precision="no"),
+        tmp_path / "cpu",
+        show_progress=False,
+        device="cpu",
+    )
     state = json.loads((run / "state.json").read_text())
     assert state["device"].startswith("cpu") and state["mixed_precision"] == "no" and state["processes"] == 1

@@ -38,8 +38,16 @@ class RecordingTracker(GeneralTracker):
 
 
 def test_a_tracker_hears_every_logged_number(tiny_bert_dir, tmp_path):
-    config = TrainConfig(model=str(tiny_bert_dir), epochs=1, batch_size=16, max_train_examples=48, lr=1e-3,
-                         save_every=1, log_every=1, seed=0)
+    config = TrainConfig(
+        model=str(tiny_bert_dir),
+        epochs=1,
+        batch_size=16,
+        max_train_examples=48,
+        lr=1e-3,
+        save_every=1,
+        log_every=1,
+        seed=0,
+    )
     tracker = RecordingTracker()
     run = train(config, tmp_path / "run", show_progress=False, report_to=[tracker])
     assert tracker.finished
@@ -68,8 +76,19 @@ def test_a_missing_tracker_package_is_one_line_before_training(name, tiny_bert_d
 
     monkeypatch.setattr(accelerate.utils, f"is_{name}_available", lambda: False)
     out = tmp_path / "run"
-    code = main(["train", "--model", str(tiny_bert_dir), "--max-train-examples", "16", "--out", str(out),
-                 "--report-to", f"none,{name}" if name != "wandb" else name])
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_bert_dir),
+            "--max-train-examples",
+            "16",
+            "--out",
+            str(out),
+            "--report-to",
+            f"none,{name}" if name != "wandb" else name,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert f"--report-to {name}: the {name} package is not installed (pip install 'xlgm[{name}]')" in err

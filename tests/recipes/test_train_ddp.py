@@ -55,16 +55,37 @@ def _log(run: Path) -> list[dict]:
 def test_two_processes_equal_one_with_twice_the_accumulation(tiny_bert_dir, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(driver), str(tiny_bert_dir), str(tmp_path / "ddp")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(driver),
+            str(tiny_bert_dir),
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     for objective in ("adamw", "sam"):
-        config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=ROWS, batch_size=BATCH, grad_accum=2,
-                             lr=LR, save_every=2, log_every=1, objective=objective)
+        config = TrainConfig(
+            model=str(tiny_bert_dir),
+            max_train_examples=ROWS,
+            batch_size=BATCH,
+            grad_accum=2,
+            lr=LR,
+            save_every=2,
+            log_every=1,
+            objective=objective,
+        )
         one = train(config, tmp_path / "one" / objective, show_progress=False, device="cpu")
         ddp = tmp_path / "ddp" / objective
         state = json.loads((ddp / "state.json").read_text())
@@ -98,12 +119,18 @@ class _Parent:
         return self.command
 
 
-@pytest.mark.parametrize("command, expected", [
-    (["python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "-m", "xlgm.cli", "train"], 2),
-    (["python", "-m", "accelerate.commands.launch", "--cpu", "--num_processes=3", "-m", "xlgm.cli", "train"], 3),
-    (["python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "1", "-m", "xlgm.cli", "train"], None),
-    (["python", "-m", "xlgm.cli", "train"], None),
-])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "-m", "xlgm.cli", "train"], 2),
+        (["python", "-m", "accelerate.commands.launch", "--cpu", "--num_processes=3", "-m", "xlgm.cli", "train"], 3),
+        (
+            ["python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "1", "-m", "xlgm.cli", "train"],
+            None,
+        ),
+        (["python", "-m", "xlgm.cli", "train"], None),
+    ],
+)
 def test_accelerate_launch_cpu_processes_are_found(monkeypatch, command, expected):
     """`accelerate launch --cpu --num_processes N` starts one process (accelerate starts several CPU processes
     only through mpirun); xlgm reads N from the launcher's command line and starts them itself."""

@@ -20,8 +20,17 @@ from xlgm.runs import RunDir, resolve_target
 
 
 def _config(model_dir, **kw) -> TrainConfig:
-    base = dict(model=str(model_dir), task="xnli", epochs=1, batch_size=16, max_train_examples=160,
-                lr=1e-3, save_every=4, log_every=2, seed=0)
+    base = dict(
+        model=str(model_dir),
+        task="xnli",
+        epochs=1,
+        batch_size=16,
+        max_train_examples=160,
+        lr=1e-3,
+        save_every=4,
+        log_every=2,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -112,11 +121,26 @@ def test_gradient_accumulation_matches_big_batch(tiny_bert_dir, tmp_path, monkey
 
     shutil.copytree(tiny_bert_dir, no_dropout)
     cfg.save_pretrained(no_dropout)
-    big = train(_config(no_dropout, max_train_examples=48, save_every=0, batch_size=16, holdout_fraction=0,
-                          mixed_precision="no"), tmp_path / "big",
-                show_progress=False)
-    small = train(_config(no_dropout, max_train_examples=48, save_every=0, batch_size=8, grad_accum=2,
-                          holdout_fraction=0, mixed_precision="no"), tmp_path / "small", show_progress=False)
+    big = train(
+        _config(
+            no_dropout, max_train_examples=48, save_every=0, batch_size=16, holdout_fraction=0, mixed_precision="no"
+        ),
+        tmp_path / "big",
+        show_progress=False,
+    )
+    small = train(
+        _config(
+            no_dropout,
+            max_train_examples=48,
+            save_every=0,
+            batch_size=8,
+            grad_accum=2,
+            holdout_fraction=0,
+            mixed_precision="no",
+        ),
+        tmp_path / "small",
+        show_progress=False,
+    )
     from safetensors.torch import load_file
 
     wa = load_file(str(big / "checkpoints" / "step-000003" / "model.safetensors"))
@@ -129,8 +153,9 @@ def test_gradient_accumulation_matches_big_batch(tiny_bert_dir, tmp_path, monkey
 
 
 def test_freeze_word_embeddings(tiny_bert_dir, tmp_path):
-    run_dir = train(_config(tiny_bert_dir, max_train_examples=32, save_every=0, freeze="word"), tmp_path / "r",
-                    show_progress=False)
+    run_dir = train(
+        _config(tiny_bert_dir, max_train_examples=32, save_every=0, freeze="word"), tmp_path / "r", show_progress=False
+    )
     from safetensors.torch import load_file
 
     saved = load_file(str(run_dir / "checkpoints" / "step-000002" / "model.safetensors"))
@@ -159,8 +184,22 @@ def test_mt5_trains_and_evaluates(tiny_mt5_dir, tmp_path):
 
 def test_cli_train_and_evaluate(tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", str(tiny_bert_dir), "--max-train-examples", "32", "--batch-size", "16",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_bert_dir),
+                "--max-train-examples",
+                "32",
+                "--batch-size",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(out), "--languages", "en,de,sw", "--max-examples", "24"]) == 0
     report = json.loads((out / "eval-test.json").read_text())
     assert set(report["languages"]) == {"en", "de", "sw"}

@@ -33,8 +33,25 @@ def single_thread():
 
 def _train_args(model: Path, out: Path) -> list[str]:
     # 144 training rows in micro-batches of 4: 36 steps, a checkpoint every 2 (each with a held-out evaluation)
-    return ["train", "--model", str(model), "--max-train-examples", "160", "--batch-size", "4", "--lr", "1e-3",
-            "--save-every", "2", "--log-every", "1", "--device", "cpu", "--out", str(out)]
+    return [
+        "train",
+        "--model",
+        str(model),
+        "--max-train-examples",
+        "160",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--save-every",
+        "2",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
 
 
 def _records(run: Path) -> list[dict]:
@@ -43,10 +60,10 @@ def _records(run: Path) -> list[dict]:
 
 
 def _kill_after_first_checkpoint(args: list[str], run: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "xlgm.cli", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xlgm.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while not (run / "checkpoints.json").exists():
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
@@ -72,8 +89,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert_dir, tmp_path
     capsys.readouterr()
     assert main(["evaluate", str(run), "--languages", "en", "--max-examples", "8"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"xlgm: error: {run}: training did not finish (last checkpoint {killed_at}); "
-                   f"pass --allow-partial to use it anyway")
+    assert err == (
+        f"xlgm: error: {run}: training did not finish (last checkpoint {killed_at}); "
+        f"pass --allow-partial to use it anyway"
+    )
     assert main(["measure", str(run), "--measures", "margin", "--max-examples", "8"]) == 2
     assert "training did not finish" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--languages", "en", "--max-examples", "8", "--allow-partial"]) == 0
@@ -83,8 +102,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert_dir, tmp_path
     assert "\n" not in err and f"unfinished, last checkpoint {killed_at}" in err and "--resume" in err
 
     assert main([*args, "--resume"]) == 0
-    config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=160, batch_size=4, lr=1e-3, save_every=2,
-                         log_every=1)
+    config = TrainConfig(
+        model=str(tiny_bert_dir), max_train_examples=160, batch_size=4, lr=1e-3, save_every=2, log_every=1
+    )
     reference = train(config, tmp_path / "uninterrupted", show_progress=False, device="cpu")
 
     index = json.loads((run / "checkpoints.json").read_text())

@@ -21,8 +21,7 @@ def tiny_study(tiny_spec_path, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("study") / "out"
     with one_thread():
-        result = run_study(load_spec(tiny_spec_path), out, show_progress=False,
-                           spec_text=tiny_spec_path.read_text())
+        result = run_study(load_spec(tiny_spec_path), out, show_progress=False, spec_text=tiny_spec_path.read_text())
     assert result.units_done == result.units_total == UNITS
     return out
 

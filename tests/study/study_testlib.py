@@ -44,16 +44,17 @@ def table_rows(db_path: Path) -> dict[str, list[tuple]]:
     with sqlite3.connect(db_path) as db:
         return {
             "runs": sorted(db.execute("SELECT run_id, config, status FROM runs")),
-            "checkpoints": sorted(db.execute(
-                "SELECT checkpoint_id, run_id, step, epoch, dev_accuracy, is_best, is_last FROM checkpoints")),
-            "evaluations": sorted(db.execute(
-                "SELECT checkpoint_id, task, language, split, data, num_examples, accuracy FROM evaluations")),
-            "measures": sorted(db.execute(
-                "SELECT checkpoint_id, measure, config_hash, data, value, num_samples FROM measures")),
+            "checkpoints": sorted(
+                db.execute("SELECT checkpoint_id, run_id, step, epoch, dev_accuracy, is_best, is_last FROM checkpoints")
+            ),
+            "evaluations": sorted(
+                db.execute("SELECT checkpoint_id, task, language, split, data, num_examples, accuracy FROM evaluations")
+            ),
+            "measures": sorted(
+                db.execute("SELECT checkpoint_id, measure, config_hash, data, value, num_samples FROM measures")
+            ),
             "work": sorted(db.execute("SELECT unit_id, kind, run_id, checkpoint_id, item FROM work")),
         }
-
-
 
 
 @contextlib.contextmanager

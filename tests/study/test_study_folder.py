@@ -42,8 +42,12 @@ def outputs(folder: Path) -> dict[str, bytes]:
     analyze_study(folder, echo=False)
     predict_study(load_spec(folder / "spec.yaml"), folder, echo=False, show_progress=False)
     report_study(folder, echo=False)
-    files = {str(p.relative_to(folder)): p.read_bytes()
-             for name in OUTPUT_FOLDERS for p in sorted((folder / name).rglob("*")) if p.is_file()}
+    files = {
+        str(p.relative_to(folder)): p.read_bytes()
+        for name in OUTPUT_FOLDERS
+        for p in sorted((folder / name).rglob("*"))
+        if p.is_file()
+    }
     for name in ("report/report.html", "report/report.md"):  # all but the line that says when it was made
         files[name] = b"\n".join(line for line in files[name].splitlines() if b"generated" not in line)
     return files
@@ -71,10 +75,15 @@ def original(tiny_study, tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
 def test_a_copied_study_with_the_original_deleted_gives_the_same_tables(original, tmp_path):
     folder, want = original
     paths = stored_paths(folder / "study.sqlite")
-    assert len(paths) == 2 + 4 and all(re.fullmatch(r"runs/[0-9a-f]{12}(/checkpoints/step-00000[24])?", p)
-                                       for p in paths)
-    assert {"analysis/correlations.csv", "prediction/label_free.csv", "prediction/summary.json",
-            "report/report.md"} <= set(want)
+    assert len(paths) == 2 + 4 and all(
+        re.fullmatch(r"runs/[0-9a-f]{12}(/checkpoints/step-00000[24])?", p) for p in paths
+    )
+    assert {
+        "analysis/correlations.csv",
+        "prediction/label_free.csv",
+        "prediction/summary.json",
+        "report/report.md",
+    } <= set(want)
     copy = copy_study(folder, tmp_path / "elsewhere" / "copy")
     shutil.rmtree(folder)
     got = outputs(copy)
@@ -115,19 +124,31 @@ def test_a_second_study_run_on_a_folder_is_refused(tiny_spec_path, tmp_path):
     writes nothing; once the holder is killed (-9) the lock is gone with it."""
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=env, stdout=subprocess.PIPE,
-                              text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        second = subprocess.run([sys.executable, "-m", "xlgm.study.cli", "run", str(tiny_spec_path), "--out",
-                                 str(out), "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "xlgm.study.cli", "run", str(tiny_spec_path), "--out", str(out), "--no-progress"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr
-        assert re.fullmatch(rf"xlgm: error: {re.escape(str(out))} is being run by pid {holder.pid} "
-                            r"\(started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\); wait for it or stop it", lines[0]), lines[0]
+        assert re.fullmatch(
+            rf"xlgm: error: {re.escape(str(out))} is being run by pid {holder.pid} "
+            r"\(started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\); wait for it or stop it",
+            lines[0],
+        ), lines[0]
         assert [p.name for p in out.iterdir()] == [".lock"]  # no spec.yaml, no study.sqlite
         assert holder.poll() is None
     finally:
@@ -164,11 +185,15 @@ def _zero(path: Path) -> None:
     path.write_bytes(bytes(path.stat().st_size))
 
 
-@pytest.mark.parametrize("damage, file", [
-    (_truncate, "checkpoints/step-000002/model.safetensors"),
-    (_zero, "checkpoints/step-000004/model.safetensors"),
-    (lambda p: p.write_text("{ not json"), "checkpoints.json"),
-], ids=["truncated-checkpoint", "zeroed-checkpoint", "garbage-index"])
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        (_truncate, "checkpoints/step-000002/model.safetensors"),
+        (_zero, "checkpoints/step-000004/model.safetensors"),
+        (lambda p: p.write_text("{ not json"), "checkpoints.json"),
+    ],
+    ids=["truncated-checkpoint", "zeroed-checkpoint", "garbage-index"],
+)
 def test_a_run_with_a_corrupt_file_is_moved_aside_and_redone(tiny_study, tiny_spec_path, tmp_path, damage, file):
     out = copy_study(tiny_study, tmp_path / "out")
     spec = load_spec(tiny_spec_path)
@@ -254,7 +279,7 @@ def test_a_damaged_study_database_is_refused_on_one_line(tiny_study, tiny_spec_p
     data = bytearray(db.read_bytes())
     page = 4096
     assert len(data) >= 4 * page
-    data[2 * page: len(data) - page] = bytes(len(data) - 3 * page)
+    data[2 * page : len(data) - page] = bytes(len(data) - 3 * page)
     db.write_bytes(bytes(data))
     assert main(["run", str(tiny_spec_path), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

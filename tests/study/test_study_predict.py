@@ -52,8 +52,11 @@ def test_the_study_keeps_each_evaluations_outputs(predict_study_dir):
     out = TextOutputs.load(files[0])
     assert out.logits.shape == (12, 3) and out.embeddings.shape == (8, 32)  # tiny BERT: hidden size 32
     with sqlite3.connect(predict_study_dir / "study.sqlite") as db:
-        accuracy = dict(db.execute("SELECT language, accuracy FROM evaluations WHERE checkpoint_id LIKE ?",
-                                   (f"%{files[0].parent.name}",)).fetchall())
+        accuracy = dict(
+            db.execute(
+                "SELECT language, accuracy FROM evaluations WHERE checkpoint_id LIKE ?", (f"%{files[0].parent.name}",)
+            ).fetchall()
+        )
     assert out.accuracy == pytest.approx(accuracy[out.language])  # the kept logits are the evaluated ones
 
 
@@ -71,10 +74,12 @@ def test_predict_writes_cross_validated_errors_and_measures(predict_study_dir, c
     assert m["predicted"] == pytest.approx(lolo["error"].mean())
     assert m["same_as_source"] == pytest.approx(lolo["error_source"].mean())
     assert {"disagreement", "atc-gap", "linear-cka", "retrieval-accuracy", "checkpoint-agreement"} <= set(
-        summary["features"])
+        summary["features"]
+    )
     with sqlite3.connect(predict_study_dir / "study.sqlite") as db:
-        stored = db.execute("SELECT COUNT(*) FROM measures WHERE data='sw-test-text' OR data='de-test-text'"
-                            ).fetchone()[0]
+        stored = db.execute(
+            "SELECT COUNT(*) FROM measures WHERE data='sw-test-text' OR data='de-test-text'"
+        ).fetchone()[0]
     assert stored >= RUNS * CHECKPOINTS * 10  # ten measures per checkpoint for de
 
 
@@ -112,8 +117,22 @@ def test_predict_new_text(predict_study_dir, tmp_path, capsys):
     bad.write_text("only one column\n", encoding="utf-8")
     assert xlgm_main(["predict", str(predict_study_dir), "--text", str(bad), "--language", "sw"]) == 2
     assert f"{bad}:1: expected 2 or 3 tab-separated columns" in capsys.readouterr().err
-    assert xlgm_main(["predict", str(predict_study_dir), "--text", str(text), "--language", "sw",
-                      "--parallel", "--checkpoints", "all"]) == 0
+    assert (
+        xlgm_main(
+            [
+                "predict",
+                str(predict_study_dir),
+                "--text",
+                str(text),
+                "--language",
+                "sw",
+                "--parallel",
+                "--checkpoints",
+                "all",
+            ]
+        )
+        == 0
+    )
 
 
 def test_predict_text_in_a_study_language_never_reads_its_labels(predict_study_dir, tmp_path):

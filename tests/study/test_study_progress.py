@@ -53,8 +53,7 @@ def test_the_study_bar_total_is_set_once_before_the_first_unit(tiny_spec_path, t
     assert bar.n == UNITS and result.units_planned == result.units_done == result.units_total == UNITS
 
 
-def test_a_wrong_expectation_closes_the_bar_at_the_real_total(tiny_spec_path, tmp_path, recording_bars,
-                                                              monkeypatch):
+def test_a_wrong_expectation_closes_the_bar_at_the_real_total(tiny_spec_path, tmp_path, recording_bars, monkeypatch):
     """Should training save other checkpoints than expected (here: one expected checkpoint too many per run),
     the total follows the real checkpoints when each run is trained, and the bar never moves backward."""
     import xlgm.study.runner as runner
@@ -73,8 +72,15 @@ def test_expected_checkpoints_are_those_training_saves(tiny_bert_dir, tmp_path):
     from xlgm.recipes.train import TrainConfig, train
 
     # 29 rows (32 less 3 held out) in micro-batches of 4: 8 a epoch, 2 a step: 4 steps an epoch, 1.5 epochs: 6.
-    config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=32, batch_size=4, grad_accum=2, epochs=1.5,
-                         save_every=2, log_every=100)
+    config = TrainConfig(
+        model=str(tiny_bert_dir),
+        max_train_examples=32,
+        batch_size=4,
+        grad_accum=2,
+        epochs=1.5,
+        save_every=2,
+        log_every=100,
+    )
     assert training_rows(config) == 29
     assert expected_checkpoint_steps(config, 29) == [2, 4, 6]
     run = train(config, tmp_path / "run", show_progress=False)
@@ -141,10 +147,13 @@ CASES = [
     ("hessian-trace", {"method": "hutchpp", "num_matvecs": 9}, 9, lambda d: 9),
     ("fisher-trace", {}, 10, lambda d: 10),
     ("fisher-trace", {"method": "hutchinson", "num_matvecs": 4}, 4, lambda d: 4),
-    ("pacbayes-flatness", {"search_depth": 4, "num_draws": 2, "tolerance": 1e-9}, 8,
-     lambda d: d["iterations"] * 2),
-    ("sharpness-alpha", {"search_depth": 3, "ascent_steps": 2, "num_restarts": 2, "tolerance": 1e-9}, 12,
-     lambda d: d["iterations"] * 2 * 2),
+    ("pacbayes-flatness", {"search_depth": 4, "num_draws": 2, "tolerance": 1e-9}, 8, lambda d: d["iterations"] * 2),
+    (
+        "sharpness-alpha",
+        {"search_depth": 3, "ascent_steps": 2, "num_restarts": 2, "tolerance": 1e-9},
+        12,
+        lambda d: d["iterations"] * 2 * 2,
+    ),
     ("sharpness-avg", {"num_draws": 3}, 3, lambda d: 3),
     ("sharpness-diff", {"num_draws": 2}, 2, lambda d: 2),
     ("sharpness-worst", {"steps": 4}, 4, lambda d: len(d["trace"])),

@@ -76,12 +76,16 @@ def test_report_renders_every_figure(tiny_study, capsys):
 
 def test_auto_axes_leave_out_what_another_axis_determines():
     nan = math.nan
-    runs = pd.DataFrame({"run_id": list("abcdefgh"),
-                         "objective": ["adamw"] * 2 + ["sam"] * 4 + ["fisher"] * 2,
-                         "seed": [0, 1] * 4,
-                         "rho": [nan, nan, 0.01, 0.01, 0.05, 0.05, nan, nan],
-                         "lam": [nan] * 6 + [0.1, 0.1],
-                         "lr": [2e-5] * 8})
+    runs = pd.DataFrame(
+        {
+            "run_id": list("abcdefgh"),
+            "objective": ["adamw"] * 2 + ["sam"] * 4 + ["fisher"] * 2,
+            "seed": [0, 1] * 4,
+            "rho": [nan, nan, 0.01, 0.01, 0.05, 0.05, nan, nan],
+            "lam": [nan] * 6 + [0.1, 0.1],
+            "lr": [2e-5] * 8,
+        }
+    )
     assert auto_axes(runs) == ["objective", "seed", "rho"]  # lam only restates fisher; lr does not vary
     assert auto_axes(runs[runs.objective != "sam"]) == ["objective", "seed"]
 
@@ -116,11 +120,23 @@ def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
     assert [r["measure"] for r in rows] == ["margin", "frobenius-distance"]  # verdict.csv's order, one per measure
     margin, frobenius = rows
     assert margin == {
-        "measure": "margin", "expected": "+ (higher: better transfer)", "reference": "Bassi et al. 2024",
-        "τ vs mean target acc [95% CI]": "+0.58 [+0.14, +0.90]", "p Holm (acc)": "0.009", "p BH (acc)": "0.005",
-        "verdict (acc)": "agrees", "τ vs mean gap [95% CI]": "-0.20 [-0.61, +0.33]", "p Holm (gap)": "1.000",
-        "p BH (gap)": "0.550", "verdict (gap)": "inconclusive", "Ψ (acc)": "+0.50", "CMI K": "0.173",
-        "runs / checkpoints": "2 / 4", "health": "healthy", "reason": "mean transfer gap: CI spans 0"}
+        "measure": "margin",
+        "expected": "+ (higher: better transfer)",
+        "reference": "Bassi et al. 2024",
+        "τ vs mean target acc [95% CI]": "+0.58 [+0.14, +0.90]",
+        "p Holm (acc)": "0.009",
+        "p BH (acc)": "0.005",
+        "verdict (acc)": "agrees",
+        "τ vs mean gap [95% CI]": "-0.20 [-0.61, +0.33]",
+        "p Holm (gap)": "1.000",
+        "p BH (gap)": "0.550",
+        "verdict (gap)": "inconclusive",
+        "Ψ (acc)": "+0.50",
+        "CMI K": "0.173",
+        "runs / checkpoints": "2 / 4",
+        "health": "healthy",
+        "reason": "mean transfer gap: CI spans 0",
+    }
     assert frobenius["τ vs mean target acc [95% CI]"] == "n/a" and frobenius["verdict (acc)"] == "excluded"
     assert frobenius["verdict (gap)"] == "excluded" and frobenius["health"] == "constant across units"
     assert frobenius["expected"] == "− (higher: worse transfer)"
@@ -129,13 +145,16 @@ def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
     first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))
     assert lines[first_table].startswith("| measure | expected | reference | τ vs mean target acc")
     assert first_table < lines.index("## About this study")
-    assert lines[first_table + 2].startswith("| margin | + (higher: better transfer) | Bassi et al. 2024 | "
-                                             "+0.58 [+0.14, +0.90] | 0.009 | 0.005 | agrees |")
+    assert lines[first_table + 2].startswith(
+        "| margin | + (higher: better transfer) | Bassi et al. 2024 | +0.58 [+0.14, +0.90] | 0.009 | 0.005 | agrees |"
+    )
     # the excluded measure is said to be greyed, health and CMI/Psi tables are there
     assert "Greyed: measures excluded from the findings (frobenius-distance: constant across units)" in page
     health = table_dicts(next(rows for css, rows in parsed.tables if css == "health"))
     assert [(h["measure"], h["healthy"], h["reason"]) for h in health] == [
-        ("margin", "yes", ""), ("frobenius-distance", "no", "constant across units")]
+        ("margin", "yes", ""),
+        ("frobenius-distance", "no", "constant across units"),
+    ]
     assert {"cmi", "granulated", "correlations", "top"} <= {css for css, _ in parsed.tables}
 
 
@@ -147,8 +166,7 @@ def test_missing_analysis_files_leave_not_computed_notes(study_parts, tiny_study
     parsed = parse_tables(page)
     assert "verdict" not in {css for css, _ in parsed.tables} and "health" not in {css for css, _ in parsed.tables}
     # the settings rebuilt from the study: spec, measure options, rows, versions, wall time
-    settings = {r["setting"]: r["value"] for css, rows in parsed.tables if css == "settings"
-                for r in table_dicts(rows)}
+    settings = {r["setting"]: r["value"] for css, rows in parsed.tables if css == "settings" for r in table_dicts(rows)}
     assert settings["eval rows en (test)"] == "8" and settings["eval rows de (test)"] == "8"
     assert settings["train rows"] == "29" and settings["held-out rows (checkpoint selection)"] == "3"
     assert settings["measure examples"] == "16 (en dev)" and settings["margin.seed"] == "0"
@@ -161,12 +179,20 @@ def test_settings_json_is_rendered(study_parts, tmp_path):
     page, markdown = render(study_parts, write_analysis(tmp_path))
     assert "settings.json not found" not in page
     parsed = parse_tables(page)
-    settings = {r["setting"]: r["value"] for css, rows in parsed.tables if css == "settings"
-                for r in table_dicts(rows)}
-    assert settings == {"margin": "(none)", "frobenius-distance.per_layer": "False", "train_rows": "29",
-                        "eval_rows.en": "8", "eval_rows.de": "8", "measure_examples": "16", "torch": "2.13.0",
-                        "transformers": "5.24.0", "training_seconds": "0.400", "evaluation_seconds": "0.100",
-                        "measure_seconds": "0.050"}
+    settings = {r["setting"]: r["value"] for css, rows in parsed.tables if css == "settings" for r in table_dicts(rows)}
+    assert settings == {
+        "margin": "(none)",
+        "frobenius-distance.per_layer": "False",
+        "train_rows": "29",
+        "eval_rows.en": "8",
+        "eval_rows.de": "8",
+        "measure_examples": "16",
+        "torch": "2.13.0",
+        "transformers": "5.24.0",
+        "training_seconds": "0.400",
+        "evaluation_seconds": "0.100",
+        "measure_seconds": "0.050",
+    }
     for title in ("measures", "data sizes", "versions", "wall time"):
         assert f"<h3>{title}</h3>" in page and f"### {title}" in markdown
     assert "<pre>name: tiny\ntask: xnli" in page
@@ -201,8 +227,9 @@ def test_chance_warning(study_parts):
     trained = chance_check(data, rows.assign(acc_en=0.9, mean_target=0.8), StudyRecords({"en": 500, "de": 500}))
     assert (trained.near_source, trained.near_target, trained.units, trained.warn) == (0, 0, 4, False)
     # 0.40 on 100 rows: [0.31, 0.50] includes 1/3; 0.45: [0.36, 0.55] does not
-    mixed = chance_check(data, rows.assign(acc_en=[0.40, 0.40, 0.40, 0.45], mean_target=0.45),
-                         StudyRecords({"en": 100, "de": 100}))
+    mixed = chance_check(
+        data, rows.assign(acc_en=[0.40, 0.40, 0.40, 0.45], mean_target=0.45), StudyRecords({"en": 100, "de": 100})
+    )
     assert (mixed.near_source, mixed.near_target, mixed.warn) == (3, 0, True)
 
 
@@ -212,7 +239,7 @@ SCRIPT = '<script>alert("x")</script>'
 def test_every_user_string_is_escaped(study_parts, tmp_path):
     settings = dict(SETTINGS, measures={"margin": {"label": SCRIPT}})
     verdict = [list(r) for r in VERDICT_ROWS]
-    verdict[0][13] = '<img src=x onerror=alert(1)>'  # reference
+    verdict[0][13] = "<img src=x onerror=alert(1)>"  # reference
     health = [list(r) for r in HEALTH_ROWS]
     health[1][7] = "<b>constant</b> | across"
     page, markdown = render(study_parts, write_analysis(tmp_path, verdict, health, settings), spec_name=SCRIPT)
@@ -234,8 +261,11 @@ def test_no_empty_header_rows(study_parts, tmp_path):
             for row in rows:
                 if row and all(tag == "th" for tag, _ in row):
                     assert all(text for _, text in row), (css, row)
-        header_rows = [line for i, line in enumerate(markdown.splitlines()[:-1])
-                       if line.startswith("| ") and markdown.splitlines()[i + 1].startswith("|---")]
+        header_rows = [
+            line
+            for i, line in enumerate(markdown.splitlines()[:-1])
+            if line.startswith("| ") and markdown.splitlines()[i + 1].startswith("|---")
+        ]
         assert header_rows
         for line in header_rows:
             assert all(cell.strip() for cell in line.strip("|").split(" | ")), line
@@ -246,10 +276,11 @@ def test_scatter_titles_explain_exclusion_and_undefined_tau(study_parts, tmp_pat
     corr = tables["correlations"]
     analysis = load_analysis_files(write_analysis(tmp_path))
     assert exclusions(analysis) == {"frobenius-distance": "constant across units"}
-    assert scatter_title("frobenius-distance", corr, analysis.verdict, "constant across units") == \
-        "frobenius-distance: excluded (constant across units)"
-    assert scatter_title("margin", corr, analysis.verdict) == \
-        "margin: τ = +0.58 [+0.14, +0.90], p Holm = 0.009; agrees"
+    assert (
+        scatter_title("frobenius-distance", corr, analysis.verdict, "constant across units")
+        == "frobenius-distance: excluded (constant across units)"
+    )
+    assert scatter_title("margin", corr, analysis.verdict) == "margin: τ = +0.58 [+0.14, +0.90], p Holm = 0.009; agrees"
     # without a verdict: the tiny study's accuracies are all 3/8, so tau is undefined, and the title says why
     assert scatter_title("margin", corr) == "margin: τ undefined: the mean target accuracy is constant across units"
 

@@ -22,16 +22,23 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 def counts(db_path: Path) -> dict[str, int]:
     with sqlite3.connect(db_path) as db:
-        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "checkpoints", "evaluations", "measures", "work", "study", "study_runs")}
+        return {
+            t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("runs", "checkpoints", "evaluations", "measures", "work", "study", "study_runs")
+        }
 
 
 def test_study_records_every_unit(tiny_study, tiny_spec_path):
     db_path = tiny_study / "study.sqlite"
-    assert counts(db_path) == {"runs": RUNS, "checkpoints": RUNS * CHECKPOINTS,
-                               "evaluations": RUNS * CHECKPOINTS * LANGUAGES,
-                               "measures": RUNS * CHECKPOINTS * MEASURES, "work": UNITS, "study": 1,
-                               "study_runs": RUNS}
+    assert counts(db_path) == {
+        "runs": RUNS,
+        "checkpoints": RUNS * CHECKPOINTS,
+        "evaluations": RUNS * CHECKPOINTS * LANGUAGES,
+        "measures": RUNS * CHECKPOINTS * MEASURES,
+        "work": UNITS,
+        "study": 1,
+        "study_runs": RUNS,
+    }
     spec = load_spec(tiny_spec_path)
     rows = table_rows(db_path)
     assert {r[0] for r in rows["runs"]} == {c.run_id for c in spec.run_configs()}
@@ -68,11 +75,20 @@ def test_resume_after_kill_9(tiny_study, tiny_spec_path, tmp_path):
     equal those of the uninterrupted study, with nothing duplicated or lost."""
     out = tmp_path / "out"
     db_path = out / "study.sqlite"
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "XLGM_STUDY_COMMIT_DELAY": "0.3", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xlgm.study.cli", "run", str(tiny_spec_path), "--out", str(out),
-                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "XLGM_STUDY_COMMIT_DELAY": "0.3",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xlgm.study.cli", "run", str(tiny_spec_path), "--out", str(out), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     evals = 0
     try:

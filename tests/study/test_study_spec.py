@@ -31,22 +31,25 @@ def spec_error(text: str) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize("change, message", [
-    (("rho: [0.02, 0.05]", "rho: abc"), "studies/x.yaml: grid[1].rho: expected a number, got 'abc'"),
-    (("rho: [0.02, 0.05]", "rho: [0.02, abc]"), "studies/x.yaml: grid[1].rho[1]: expected a number, got 'abc'"),
-    (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml: grid[1]: rho"),
-    (("rho: [0.02, 0.05]", "lam: 0.1"), "studies/x.yaml: grid[1].lam: neither an option of objective sam"),
-    (("objective: adamw", "objective: adam"), "studies/x.yaml: grid[0].objective: expected one of"),
-    (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml: train.seed: set by the spec's `seeds`"),
-    (("epochs: 1,", "epochs: 1, warmup: 3,"), "studies/x.yaml: train.warmup: unknown training option"),
-    (("epochs: 1,", "epochs: 0,"), "studies/x.yaml: train.epochs: expected a number > 0, got 0.0"),
-    (("[de, sw]", "[de, xx]"), "studies/x.yaml: target_languages[1]: unknown language 'xx'"),
-    (("seeds: [0, 1]", "seeds: [0, one]"), "studies/x.yaml: seeds[1]: expected an integer, got 'one'"),
-    (("{every: 5}", "{every: 5, steps: [2]}"), "studies/x.yaml: checkpoints: give `every` or `steps`, not both"),
-    (("[margin,", "[nope,"), "studies/x.yaml: measures.names[0]: unknown measure 'nope'"),
-    (("num_draws: 2", "draws: 2"), "studies/x.yaml: measures.names[1].sharpness-diff: unknown option(s) draws"),
-    (("name: t", "name: t\nfoo: 1"), "studies/x.yaml: foo: unknown field"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("rho: [0.02, 0.05]", "rho: abc"), "studies/x.yaml: grid[1].rho: expected a number, got 'abc'"),
+        (("rho: [0.02, 0.05]", "rho: [0.02, abc]"), "studies/x.yaml: grid[1].rho[1]: expected a number, got 'abc'"),
+        (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml: grid[1]: rho"),
+        (("rho: [0.02, 0.05]", "lam: 0.1"), "studies/x.yaml: grid[1].lam: neither an option of objective sam"),
+        (("objective: adamw", "objective: adam"), "studies/x.yaml: grid[0].objective: expected one of"),
+        (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml: train.seed: set by the spec's `seeds`"),
+        (("epochs: 1,", "epochs: 1, warmup: 3,"), "studies/x.yaml: train.warmup: unknown training option"),
+        (("epochs: 1,", "epochs: 0,"), "studies/x.yaml: train.epochs: expected a number > 0, got 0.0"),
+        (("[de, sw]", "[de, xx]"), "studies/x.yaml: target_languages[1]: unknown language 'xx'"),
+        (("seeds: [0, 1]", "seeds: [0, one]"), "studies/x.yaml: seeds[1]: expected an integer, got 'one'"),
+        (("{every: 5}", "{every: 5, steps: [2]}"), "studies/x.yaml: checkpoints: give `every` or `steps`, not both"),
+        (("[margin,", "[nope,"), "studies/x.yaml: measures.names[0]: unknown measure 'nope'"),
+        (("num_draws: 2", "draws: 2"), "studies/x.yaml: measures.names[1].sharpness-diff: unknown option(s) draws"),
+        (("name: t", "name: t\nfoo: 1"), "studies/x.yaml: foo: unknown field"),
+    ],
+)
 def test_errors_name_the_field(change, message):
     old, new = change
     assert old in BASE
@@ -65,7 +68,8 @@ def test_grid_expansion():
     assert len({c.run_id for c in configs}) == len(configs)
     sam = [c for c in configs if c.objective == "sam"]
     assert {(c.objective_options["rho"], c.lr, c.seed) for c in sam} == {
-        (rho, lr, seed) for rho in (0.02, 0.05) for lr in (1e-5, 2e-5) for seed in (0, 1)}
+        (rho, lr, seed) for rho in (0.02, 0.05) for lr in (1e-5, 2e-5) for seed in (0, 1)
+    }
     adamw = [c for c in configs if c.objective == "adamw"]
     assert all(c.lr == 5e-5 and c.objective_options == {} for c in adamw)
     assert all(c.save_every == 5 and c.max_train_examples == 64 and c.model == "some/model" for c in configs)
@@ -81,8 +85,12 @@ def test_grid_expansion():
 def test_study_id_is_stable():
     a, b = parse_text(BASE), parse_text(BASE)
     assert a == b and a.study_id == b.study_id and len(a.study_id) == 12
-    reordered = parse_text("# a comment\n" + BASE.replace("{epochs: 1, lr: 5.0e-5, max_train_examples: 64}",
-                                                          "{max_train_examples: 64, lr: 5e-5, epochs: 1.0}"))
+    reordered = parse_text(
+        "# a comment\n"
+        + BASE.replace(
+            "{epochs: 1, lr: 5.0e-5, max_train_examples: 64}", "{max_train_examples: 64, lr: 5e-5, epochs: 1.0}"
+        )
+    )
     assert reordered.study_id == a.study_id  # formatting, key order, 5e-5 vs 5.0e-5, 1 vs 1.0
     assert [c.run_id for c in reordered.run_configs()] == [c.run_id for c in a.run_configs()]
     assert parse_text(BASE.replace("seeds: [0, 1]", "seeds: [0, 2]")).study_id != a.study_id
@@ -108,13 +116,15 @@ def test_shipped_specs_validate():
     assert demo.model == "embedded" and demo.data.kind == "bundled" and len(demo.target_languages) == 14
     assert {c.objective for c in demo.run_configs()} == {"adamw", "sam", "fisher", "mvr"}
     assert {"margin", "sharpness-diff", "frobenius-distance", "fisher-trace", "pacbayes-flatness"} <= set(
-        demo.measures.names)
+        demo.measures.names
+    )
     check = specs["predict-embedded.yaml"]  # the demo's AdamW and SAM runs, every bundled test row
     assert check.evaluation.max_examples == 500 and check.prediction.enabled and check.prediction.parallel
     assert check.train_options == demo.train_options and len(check.target_languages) == 14
     assert check.checkpoints == demo.checkpoints
     assert [(c.objective, c.objective_options) for c in check.run_configs()] == [
-        (c.objective, c.objective_options) for c in demo.run_configs() if c.objective in ("adamw", "sam")]
+        (c.objective, c.objective_options) for c in demo.run_configs() if c.objective in ("adamw", "sam")
+    ]
     mbert = specs["xnli-mbert.yaml"]
     assert mbert.data.kind == "hf" and mbert.train_options["train_split"] == "train"
     assert mbert.seeds == (0, 1, 2)

@@ -21,8 +21,27 @@ group_columns: [claim]
 tsv:
   labels: ["0", "1"]
 """
-WORDS = ["the", "a", "man", "woman", "dog", "cat", "house", "car", "city", "river", "book", "water", "food", "good",
-         "bad", "big", "small", "old", "new"]
+WORDS = [
+    "the",
+    "a",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "house",
+    "car",
+    "city",
+    "river",
+    "book",
+    "water",
+    "food",
+    "good",
+    "bad",
+    "big",
+    "small",
+    "old",
+    "new",
+]
 
 
 def _rows(rng: random.Random, n: int) -> list[str]:
@@ -51,8 +70,26 @@ def write_toy(folder: Path) -> tuple[Path, Path]:
 def test_train_and_evaluate_a_task_file(tiny_bert_dir, tmp_path):
     task_file, data = write_toy(tmp_path)
     run = tmp_path / "run"
-    assert main(["train", "--model", str(tiny_bert_dir), "--task", str(task_file), "--data-dir", str(data),
-                 "--max-train-examples", "32", "--batch-size", "16", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(task_file),
+                "--data-dir",
+                str(data),
+                "--max-train-examples",
+                "32",
+                "--batch-size",
+                "16",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "config.json").read_text())["task"] == "toy"
     assert main(["evaluate", str(run), "--task", str(task_file), "--data-dir", str(data)]) == 0
     report = json.loads((run / "eval-test.json").read_text())
@@ -68,8 +105,26 @@ def test_a_run_keeps_its_task_file(tiny_bert_dir, tmp_path, monkeypatch):
 
     task_file, data = write_toy(tmp_path)
     run = tmp_path / "run"
-    assert main(["train", "--model", str(tiny_bert_dir), "--task", str(task_file), "--data-dir", str(data),
-                 "--max-train-examples", "16", "--batch-size", "16", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_bert_dir),
+                "--task",
+                str(task_file),
+                "--data-dir",
+                str(data),
+                "--max-train-examples",
+                "16",
+                "--batch-size",
+                "16",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert tasks.load_task_file(run / "task.yaml") == tasks.load_task_file(task_file)
     # A later process knows no file task until it reads the run's: evaluate and measure without --task.
     monkeypatch.setattr(tasks, "_FILE_TASKS", {})

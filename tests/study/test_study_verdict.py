@@ -24,7 +24,8 @@ def test_analyze_writes_the_verdict_health_and_settings(tiny_study, capsys):
     verdict = pd.read_csv(folder / "verdict.csv")
     assert list(verdict.columns) == VERDICT_COLUMNS
     assert verdict[["measure", "target"]].values.tolist() == [
-        [m, t] for m in MEASURES for t in ("mean_accuracy", "mean_gap")]
+        [m, t] for m in MEASURES for t in ("mean_accuracy", "mean_gap")
+    ]
     assert verdict["expected_sign"].tolist() == [1, -1, -1, 1]  # margin +, frobenius-distance -; gap: negated
     assert set(verdict["verdict"]) <= {"agrees", "disagrees", "inconclusive", "excluded"}
     assert (verdict["n_runs"] == RUNS).all() and (verdict["n_checkpoints"] == RUNS * CHECKPOINTS).all()

@@ -162,16 +162,33 @@ def conditional_mutual_information(
     rows = []
     for subset in subsets:
         if left.size == 0:
-            rows.append({"conditioning": subset, "size": len(subset), "cmi_bits": math.nan,
-                         "entropy_bits": math.nan, "normalized": math.nan, "n_cells": 0})
+            rows.append(
+                {
+                    "conditioning": subset,
+                    "size": len(subset),
+                    "cmi_bits": math.nan,
+                    "entropy_bits": math.nan,
+                    "normalized": math.nan,
+                    "n_cells": 0,
+                }
+            )
             continue
         cell, n_cells = _pair_cells([codes[a] for a in subset], left, right)
         info, entropy = _information(v_g, v_mu, cell, n_cells)
         normalized = min(info / entropy, 1.0) if entropy > 1e-12 else math.nan
-        rows.append({"conditioning": subset, "size": len(subset), "cmi_bits": info, "entropy_bits": entropy,
-                     "normalized": normalized, "n_cells": n_cells})
-    per_subset = pd.DataFrame(rows, columns=["conditioning", "size", "cmi_bits", "entropy_bits", "normalized",
-                                             "n_cells"])
+        rows.append(
+            {
+                "conditioning": subset,
+                "size": len(subset),
+                "cmi_bits": info,
+                "entropy_bits": entropy,
+                "normalized": normalized,
+                "n_cells": n_cells,
+            }
+        )
+    per_subset = pd.DataFrame(
+        rows, columns=["conditioning", "size", "cmi_bits", "entropy_bits", "normalized", "n_cells"]
+    )
     if tied:
         notes.append(f"{tied} pair(s) with a tie in the measure or the target left out")
     finite = per_subset[per_subset["normalized"].notna()]
@@ -187,6 +204,13 @@ def conditional_mutual_information(
     else:
         best = finite["normalized"].idxmin()
         k, argmin = float(finite.loc[best, "normalized"]), tuple(finite.loc[best, "conditioning"])
-    return CMIResult(k=k, argmin=argmin, per_subset=per_subset, n=n, n_pairs=int(left.size), n_pairs_tied=tied,
-                     n_pairs_same_config=same_config, note="; ".join(notes))
-
+    return CMIResult(
+        k=k,
+        argmin=argmin,
+        per_subset=per_subset,
+        n=n,
+        n_pairs=int(left.size),
+        n_pairs_tied=tied,
+        n_pairs_same_config=same_config,
+        note="; ".join(notes),
+    )

@@ -189,8 +189,11 @@ def bootstrap_statistics(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[st
 
     # Spearman: the mid-ranks of a resample of size N always average (N + 1) / 2.
     mean_rank = (total + 1.0) / 2.0
-    spearman = _r(np.einsum("bi,bi,bi->b", w, rx, ry) / total - mean_rank**2,
-                  rx_sq / total - mean_rank**2, ry_sq / total - mean_rank**2)
+    spearman = _r(
+        np.einsum("bi,bi,bi->b", w, rx, ry) / total - mean_rank**2,
+        rx_sq / total - mean_rank**2,
+        ry_sq / total - mean_rank**2,
+    )
 
     # Pearson from weighted moments, standardized first so that the sums are well conditioned.
     xs = (x - x.mean()) / (x.std() or 1.0)
@@ -219,9 +222,11 @@ def _point_estimates(x: np.ndarray, y: np.ndarray) -> dict[str, tuple[float, flo
         kt = stats.kendalltau(x, y)
         sp = stats.spearmanr(x, y)
         pe = stats.pearsonr(x, y)
-    return {"tau": (float(kt.statistic), float(kt.pvalue)),
-            "spearman": (float(sp.statistic), float(sp.pvalue)),
-            "pearson": (float(pe.statistic), float(pe.pvalue))}
+    return {
+        "tau": (float(kt.statistic), float(kt.pvalue)),
+        "spearman": (float(sp.statistic), float(sp.pvalue)),
+        "pearson": (float(pe.statistic), float(pe.pvalue)),
+    }
 
 
 def correlate(
@@ -298,8 +303,9 @@ def correlate(
         if unit == "checkpoint":
             p_method = "scipy (independent rows)"
         elif n_perm > 0:
-            test = permutation_test(xs, ys, run_labels, pos, n_perm=n_perm,
-                                    seed=None if isinstance(seed, np.random.Generator) else seed)
+            test = permutation_test(
+                xs, ys, run_labels, pos, n_perm=n_perm, seed=None if isinstance(seed, np.random.Generator) else seed
+            )
             for name in STATISTICS:
                 values[name][1] = test.p[name]
             p_method, p_min = test.method, test.p_min
@@ -316,6 +322,19 @@ def correlate(
                 notes.append(f"{undefined}/{n_boot} bootstrap resamples had a constant x or y and were left out")
     tau = values["tau"][0]
     return CorrelationResult(
-        *values["tau"], *values["spearman"], *values["pearson"], n=n, n_dropped=dropped, n_boot=int(n_boot),
-        confidence=float(confidence), n_runs=int(n_runs), n_checkpoints=n, unit=unit, p_method=p_method,
-        p_min=p_min, expected_sign=expected_sign, agrees=_agrees(tau, expected_sign), note="; ".join(notes))
+        *values["tau"],
+        *values["spearman"],
+        *values["pearson"],
+        n=n,
+        n_dropped=dropped,
+        n_boot=int(n_boot),
+        confidence=float(confidence),
+        n_runs=int(n_runs),
+        n_checkpoints=n,
+        unit=unit,
+        p_method=p_method,
+        p_min=p_min,
+        expected_sign=expected_sign,
+        agrees=_agrees(tau, expected_sign),
+        note="; ".join(notes),
+    )

@@ -58,7 +58,8 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> N
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise AnalysisInputError(
-            f"{what}: missing column(s) {_examples(missing, 20)}; has {_examples(list(frame.columns), 20)}")
+            f"{what}: missing column(s) {_examples(missing, 20)}; has {_examples(list(frame.columns), 20)}"
+        )
 
 
 def _flatten(config: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -94,7 +95,8 @@ def flatten_configs(runs: pd.DataFrame, config_column: str = "config") -> pd.Dat
             config = {}
         if not isinstance(config, Mapping):
             raise AnalysisInputError(
-                f"runs: config of run {run_id!r} must be a dict or a JSON object, got {type(config).__name__}")
+                f"runs: config of run {run_id!r} must be a dict or a JSON object, got {type(config).__name__}"
+            )
         flat.append(_flatten(config))
     paths = sorted({path for row in flat for path in row})
     leaf_count: dict[str, int] = {}
@@ -114,7 +116,8 @@ def _check_unique(frame: pd.DataFrame, keys: list[str], what: str, hint: str) ->
     if dup.any():
         examples = frame.loc[dup, keys].drop_duplicates().itertuples(index=False, name=None)
         raise AnalysisInputError(
-            f"{what}: {int(dup.sum())} rows share their ({', '.join(keys)}), e.g. {_examples(examples)}; {hint}")
+            f"{what}: {int(dup.sum())} rows share their ({', '.join(keys)}), e.g. {_examples(examples)}; {hint}"
+        )
 
 
 def build_frame(
@@ -150,10 +153,18 @@ def build_frame(
     """
     require_columns(evaluations, ["checkpoint_id", "language", "accuracy"], "evaluations")
     require_columns(measures, ["checkpoint_id", "measure", "value"], "measures")
-    _check_unique(evaluations, ["checkpoint_id", "language"], "evaluations",
-                  "filter to one task/split/data before building the frame")
-    _check_unique(measures, ["checkpoint_id", "measure"], "measures",
-                  "filter to one config_hash/data per measure before building the frame")
+    _check_unique(
+        evaluations,
+        ["checkpoint_id", "language"],
+        "evaluations",
+        "filter to one task/split/data before building the frame",
+    )
+    _check_unique(
+        measures,
+        ["checkpoint_id", "measure"],
+        "measures",
+        "filter to one config_hash/data per measure before building the frame",
+    )
 
     acc = evaluations.pivot(index="checkpoint_id", columns="language", values="accuracy")
     acc.columns = [acc_column(str(c)) for c in acc.columns]
@@ -171,7 +182,8 @@ def build_frame(
         if not sources:
             raise AnalysisInputError(
                 "build_frame: pass a checkpoints table (checkpoint_id, run_id, ...) or a run_id column in the "
-                "evaluations or measures table")
+                "evaluations or measures table"
+            )
         ckpt = pd.concat(sources).drop_duplicates()
         _check_unique(ckpt, ["checkpoint_id"], "evaluations/measures", "a checkpoint must belong to one run")
     else:
@@ -196,7 +208,8 @@ def build_frame(
     clash = sorted((set(left.columns) - {"checkpoint_id"}) & set(wide.columns))
     if clash:
         raise AnalysisInputError(
-            f"build_frame: measure/accuracy column(s) {_examples(clash)} collide with checkpoint or config columns")
+            f"build_frame: measure/accuracy column(s) {_examples(clash)} collide with checkpoint or config columns"
+        )
     out = left.merge(wide, on="checkpoint_id", how="inner")
     front = ["run_id", "checkpoint_id"]
     out = out[front + [c for c in out.columns if c not in front]]
@@ -211,8 +224,9 @@ def target_columns(languages: Sequence[str], source: str = "en") -> list[str]:
     ``gap_<l>`` for every non-source language, ``mean_gap``.
     """
     targets = [lang for lang in languages if lang != source]
-    return ([acc_column(lang) for lang in languages] + [MEAN_TARGET] + [gap_column(lang) for lang in targets]
-            + [MEAN_GAP])
+    return (
+        [acc_column(lang) for lang in languages] + [MEAN_TARGET] + [gap_column(lang) for lang in targets] + [MEAN_GAP]
+    )
 
 
 def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en") -> pd.DataFrame:
@@ -273,15 +287,20 @@ def select_unit(
         many = sorted(counts.index[counts > 1])
         if none or many:
             parts = ([f"no best checkpoint for run(s) {_examples(none)}"] if none else []) + (
-                [f"several best checkpoints for run(s) {_examples(many)}"] if many else [])
+                [f"several best checkpoints for run(s) {_examples(many)}"] if many else []
+            )
             raise AnalysisInputError("select_unit(run_reduce='best'): " + "; ".join(parts))
         return best.sort_values("run_id", kind="stable").reset_index(drop=True)
     if run_reduce == "mean":
         if value_columns is None:
             skip = {"step", "epoch", "is_best", "is_last"}
-            value_columns = [c for c in frame.columns
-                             if c not in skip and pd.api.types.is_numeric_dtype(frame[c])
-                             and not pd.api.types.is_bool_dtype(frame[c])]
+            value_columns = [
+                c
+                for c in frame.columns
+                if c not in skip
+                and pd.api.types.is_numeric_dtype(frame[c])
+                and not pd.api.types.is_bool_dtype(frame[c])
+            ]
         require_columns(frame, value_columns, "analysis frame (unit='run', run_reduce='mean')")
         grouped = frame.groupby("run_id", sort=True, dropna=False)
         means = grouped[list(value_columns)].mean()

@@ -137,8 +137,15 @@ def granulated_kendall(
             else:
                 taus.append(tau)
                 used_rows += idx.size
-        rows.append({"axis": axis, "psi": float(np.mean(taus)) if taus else math.nan, "n_groups": len(taus),
-                     "n_groups_skipped": skipped, "n_rows": used_rows})
+        rows.append(
+            {
+                "axis": axis,
+                "psi": float(np.mean(taus)) if taus else math.nan,
+                "n_groups": len(taus),
+                "n_groups_skipped": skipped,
+                "n_rows": used_rows,
+            }
+        )
     per_axis = pd.DataFrame(rows, columns=["axis", "psi", "n_groups", "n_groups_skipped", "n_rows"])
     defined = per_axis[per_axis["psi"].notna()]
     notes = []
@@ -148,6 +155,12 @@ def granulated_kendall(
     if undefined:
         notes.append(f"psi undefined (no group with a defined tau) for axis/axes {undefined}, left out of Psi")
     psi = float(defined["psi"].mean()) if len(defined) else math.nan
-    return GranulatedResult(psi=psi, per_axis=per_axis, n=int(keep.sum()), axes_used=tuple(defined["axis"]),
-                            variant=variant, note="; ".join(notes),
-                            psi_by_axis=dict(zip(per_axis["axis"], per_axis["psi"])))
+    return GranulatedResult(
+        psi=psi,
+        per_axis=per_axis,
+        n=int(keep.sum()),
+        axes_used=tuple(defined["axis"]),
+        variant=variant,
+        note="; ".join(notes),
+        psi_by_axis=dict(zip(per_axis["axis"], per_axis["psi"])),
+    )

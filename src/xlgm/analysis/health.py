@@ -63,8 +63,9 @@ def _health_of(measure: str, values: np.ndarray, healths: list[dict[str, Any] | 
     if n == 0:
         reasons.append("no values")
     if len(recorded) < n:
-        reasons.append(f"health not recorded at {n - len(recorded)} of {n} checkpoints (measured by an older "
-                       "xlgm: measure again)")
+        reasons.append(
+            f"health not recorded at {n - len(recorded)} of {n} checkpoints (measured by an older xlgm: measure again)"
+        )
     if not_converged:
         residuals = [h["residual"] for h in not_converged if h.get("residual") is not None]
         tolerances = [h["tolerance"] for h in not_converged if h.get("tolerance") is not None]
@@ -73,8 +74,9 @@ def _health_of(measure: str, values: np.ndarray, healths: list[dict[str, Any] | 
             detail.append("iteration cap reached" if capped == len(not_converged) else f"iteration cap at {capped}")
         if residuals and tolerances:
             detail.append(f"residual up to {max(residuals):.3g}, tolerance {max(tolerances):.3g}")
-        reasons.append(f"not converged at {len(not_converged)} of {n} checkpoints"
-                       + (f" ({'; '.join(detail)})" if detail else ""))
+        reasons.append(
+            f"not converged at {len(not_converged)} of {n} checkpoints" + (f" ({'; '.join(detail)})" if detail else "")
+        )
     elif capped:
         reasons.append(f"iteration cap reached at {capped} of {n} checkpoints")
     if saturated:
@@ -83,10 +85,16 @@ def _health_of(measure: str, values: np.ndarray, healths: list[dict[str, Any] | 
         reasons.append(f"constant across units ({finite[0]:.6g})")
     if n_nan:
         reasons.append(f"{n_nan} NaN/inf")
-    return {"measure": measure, "n_units": n,
-            "n_converged": sum(h.get("converged") is True for h in recorded) if iterative else pd.NA,
-            "n_saturated": saturated, "n_nan": n_nan, "constant": constant, "healthy": not reasons,
-            "reason": "; ".join(reasons)}
+    return {
+        "measure": measure,
+        "n_units": n,
+        "n_converged": sum(h.get("converged") is True for h in recorded) if iterative else pd.NA,
+        "n_saturated": saturated,
+        "n_nan": n_nan,
+        "constant": constant,
+        "healthy": not reasons,
+        "reason": "; ".join(reasons),
+    }
 
 
 def measure_health(rows: pd.DataFrame, measures: list[str] | None = None) -> pd.DataFrame:

@@ -16,8 +16,9 @@ from scipy.special import ndtri
 from xlgm.analysis.frame import AnalysisInputError
 
 
-def wilson_interval(correct: ArrayLike, n: ArrayLike, confidence: float = 0.95
-                    ) -> tuple[float | np.ndarray, float | np.ndarray]:
+def wilson_interval(
+    correct: ArrayLike, n: ArrayLike, confidence: float = 0.95
+) -> tuple[float | np.ndarray, float | np.ndarray]:
     """Two-sided Wilson score interval (low, high) of the proportion correct / n.
 
     Args:
@@ -53,4 +54,3 @@ def wilson_interval(correct: ArrayLike, n: ArrayLike, confidence: float = 0.95
     if low.ndim == 0:
         return float(low), float(high)
     return low, high
-

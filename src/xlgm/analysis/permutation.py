@@ -126,8 +126,8 @@ def _gather_pairs(pairs: np.ndarray, perms: np.ndarray) -> np.ndarray:
     out = np.empty(perms.shape[0])
     step = max(1, _CHUNK_ELEMENTS // max(r * r, 1))
     for start in range(0, perms.shape[0], step):
-        idx = rows[start:start + step]
-        out[start:start + step] = pairs[idx[:, :, None], idx[:, None, :]].sum(axis=(1, 2))
+        idx = rows[start : start + step]
+        out[start : start + step] = pairs[idx[:, :, None], idx[:, None, :]].sum(axis=(1, 2))
     return out
 
 
@@ -141,7 +141,8 @@ def _kendall_tensor(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarr
     both = (vx[:, None, :] & vy[None, :, :]).astype(float)
     num, den_x, den_y = (
         _gather_pairs(_pair_matrix(np.einsum(f"cak,dbl,{terms}->cdab", both, both, *ops, optimize=True)), perms)
-        for terms, ops in (("ckdl,akbl", (sx, sy)), ("ckdl", (np.abs(sx),)), ("akbl", (np.abs(sy),))))
+        for terms, ops in (("ckdl,akbl", (sx, sy)), ("ckdl", (np.abs(sx),)), ("akbl", (np.abs(sy),)))
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.clip(num / np.sqrt(den_x * den_y), -1.0, 1.0)
 
@@ -156,7 +157,7 @@ def _kendall_direct(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarr
     out = np.empty(perms.shape[0])
     step = max(1, _CHUNK_ELEMENTS // max(n * n, 1))
     for start in range(0, perms.shape[0], step):
-        xp = x[perms[start:start + step]].reshape(-1, n)
+        xp = x[perms[start : start + step]].reshape(-1, n)
         valid = (np.isfinite(xp) & vy).astype(float)
         pair = valid[:, :, None] * valid[:, None, :]
         with np.errstate(invalid="ignore"):
@@ -165,7 +166,7 @@ def _kendall_direct(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarr
         den_x = (pair * np.abs(sx)).sum(axis=(1, 2))
         den_y = (pair * np.abs(sy)).sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + step] = np.clip(num / np.sqrt(den_x * den_y), -1.0, 1.0)
+            out[start : start + step] = np.clip(num / np.sqrt(den_x * den_y), -1.0, 1.0)
     return out
 
 
@@ -182,9 +183,10 @@ def _complete_statistics(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> dic
     r, k = x.shape
     runs = np.arange(r)
     out = {}
-    for name, (a, b) in {"pearson": (x, y),
-                         "spearman": (stats.rankdata(x, axis=None).reshape(r, k),
-                                      stats.rankdata(y, axis=None).reshape(r, k))}.items():
+    for name, (a, b) in {
+        "pearson": (x, y),
+        "spearman": (stats.rankdata(x, axis=None).reshape(r, k), stats.rankdata(y, axis=None).reshape(r, k)),
+    }.items():
         cross = _centred_products(a, b)
         norm = math.sqrt(float(((a - a.mean()) ** 2).sum() * ((b - b.mean()) ** 2).sum()))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -193,14 +195,16 @@ def _complete_statistics(x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> dic
     sy = np.sign(y.reshape(-1)[:, None] - y.reshape(-1)[None, :]).reshape(r, k, r, k)
     norm = math.sqrt(float(np.abs(sx).sum() * np.abs(sy).sum()))
     with np.errstate(invalid="ignore", divide="ignore"):
-        tau = np.clip(_gather_pairs(_pair_matrix(np.einsum("ckdl,akbl->cdab", sx, sy, optimize=True)), perms)
-                      / norm, -1.0, 1.0)
+        tau = np.clip(
+            _gather_pairs(_pair_matrix(np.einsum("ckdl,akbl->cdab", sx, sy, optimize=True)), perms) / norm, -1.0, 1.0
+        )
     out["tau"] = tau
     return {name: out[name] for name in ("tau", "spearman", "pearson")}
 
 
-def permuted_statistics(x: np.ndarray, y: np.ndarray, perms: np.ndarray, *, method: str = "auto"
-                        ) -> dict[str, np.ndarray]:
+def permuted_statistics(
+    x: np.ndarray, y: np.ndarray, perms: np.ndarray, *, method: str = "auto"
+) -> dict[str, np.ndarray]:
     """Kendall tau-b, Spearman and Pearson for every permutation (rows of `perms`) of the runs of the grids
     x, y (R, K): row b pairs the measures of run perms[b, a] with the targets of run a. NaN where undefined.
 
@@ -239,8 +243,9 @@ class PermutationTest:
         return f"{kind} {self.n_perm} permutations of {self.n_runs} runs"
 
 
-def permutation_test(x, y, runs, positions=None, *, n_perm: int = 9999, seed: int | None = 0,
-                     method: str = "auto") -> PermutationTest:
+def permutation_test(
+    x, y, runs, positions=None, *, n_perm: int = 9999, seed: int | None = 0, method: str = "auto"
+) -> PermutationTest:
     """Run-level permutation p-values (module docstring) for finite paired rows x, y with their runs/positions."""
     grid = layout(runs, positions)
     gx, gy = grid.grid(np.asarray(x, dtype=float)), grid.grid(np.asarray(y, dtype=float))

@@ -141,22 +141,25 @@ class GapRegressor:
         from sklearn.linear_model import Ridge
 
         if within:
-            coef = Ridge(alpha=alpha, fit_intercept=False).fit(
-                x - _group_mean(x, checkpoints), y - _group_mean(y, checkpoints)).coef_
+            coef = (
+                Ridge(alpha=alpha, fit_intercept=False)
+                .fit(x - _group_mean(x, checkpoints), y - _group_mean(y, checkpoints))
+                .coef_
+            )
             return _Fit(coef, 0.0 if self.scaled else float(np.mean(y - x @ coef)), alpha)
         model = Ridge(alpha=alpha, fit_intercept=not self.scaled).fit(x, y)
         return _Fit(model.coef_, 0.0 if self.scaled else float(model.intercept_), alpha)
 
-    def _offsets(self, fit: _Fit, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray,
-                 wanted: np.ndarray) -> np.ndarray:
+    def _offsets(
+        self, fit: _Fit, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, wanted: np.ndarray
+    ) -> np.ndarray:
         """u_c for each checkpoint in `wanted`: the sum of its anchor rows' residuals over their number plus
         one (the source, residual 0); NaN for a checkpoint without anchors."""
         residual = pd.Series(y - fit.gap(x)).groupby(checkpoints)
         offset = residual.sum() / (residual.count() + 1)
         return pd.Series(wanted).map(offset).to_numpy(dtype=np.float64)
 
-    def _choose(self, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, groups: np.ndarray,
-                within: bool) -> _Fit:
+    def _choose(self, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, groups: np.ndarray, within: bool) -> _Fit:
         """The penalty with the least squared error in a grouped cross-validation inside these rows, each
         held-out group predicted the way the part is used (anchored on the other groups' rows, or not)."""
         names = pd.unique(groups)
@@ -170,8 +173,9 @@ class GapRegressor:
                     fit = self._solve(x[~held], y[~held], checkpoints[~held], alpha, within)
                     pred = fit.gap(x[held])
                     if within:
-                        pred = pred + np.nan_to_num(self._offsets(fit, x[~held], y[~held], checkpoints[~held],
-                                                                  checkpoints[held]))
+                        pred = pred + np.nan_to_num(
+                            self._offsets(fit, x[~held], y[~held], checkpoints[~held], checkpoints[held])
+                        )
                     sq += float(np.sum((pred - y[held]) ** 2))
                 errors.append(sq)
             alpha = alphas[int(np.argmin(errors))]  # ties: the first listed
@@ -206,8 +210,13 @@ class GapRegressor:
         gap = self.pooled.gap(x)
         if self.anchored is not None and anchors is not None and len(anchors):
             fit = self.anchored
-            offset = self._offsets(fit, self._design(anchors), self._gap(anchors),
-                                   anchors["checkpoint_id"].to_numpy(), frame["checkpoint_id"].to_numpy())
+            offset = self._offsets(
+                fit,
+                self._design(anchors),
+                self._gap(anchors),
+                anchors["checkpoint_id"].to_numpy(),
+                frame["checkpoint_id"].to_numpy(),
+            )
             has = ~np.isnan(offset)
             gap[has] = fit.gap(x[has]) + offset[has]
         return np.clip(frame["source_accuracy"].to_numpy(dtype=np.float64) + gap, 0.0, 1.0)
@@ -246,9 +255,14 @@ def other_languages_mean(frame: pd.DataFrame) -> np.ndarray:
 SCHEMES = {"leave-one-language-out": "language", "leave-one-run-out": "run_id"}
 
 
-def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "leave-one-language-out",
-                   alphas: Sequence[float] = DEFAULT_ALPHAS, scale_by_disagreement: bool = True,
-                   use_anchors: bool = True) -> pd.DataFrame:
+def cross_validate(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    scheme: str = "leave-one-language-out",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    scale_by_disagreement: bool = True,
+    use_anchors: bool = True,
+) -> pd.DataFrame:
     """One prediction per row, each from a model fitted, and anchored, without the row's group (its language
     or its run): the held-out rows are neither training rows, nor anchors, nor in the penalty's inner CV.
 
@@ -273,23 +287,43 @@ def cross_validate(frame: pd.DataFrame, features: Sequence[str], scheme: str = "
     out["predicted_source_anchor"] = pooled
     out["baseline_source"] = frame["source_accuracy"].to_numpy(dtype=np.float64)
     out["baseline_other_languages"] = other_languages_mean(frame)
-    for col, name in (("predicted", "error"), ("predicted_source_anchor", "error_source_anchor"),
-                      ("baseline_source", "error_source"),
-                      ("baseline_other_languages", "error_other_languages")):
+    for col, name in (
+        ("predicted", "error"),
+        ("predicted_source_anchor", "error_source_anchor"),
+        ("baseline_source", "error_source"),
+        ("baseline_other_languages", "error_other_languages"),
+    ):
         out[name] = (out[col] - out["accuracy"]).abs()
     return out.reset_index(drop=True)
 
 
 # The predictor's rivals: the errors cross_validate writes for each.
-BASELINES = {"same_as_source": "error_source", "other_languages": "error_other_languages",
-             "source_anchor_only": "error_source_anchor"}
+BASELINES = {
+    "same_as_source": "error_source",
+    "other_languages": "error_other_languages",
+    "source_anchor_only": "error_source_anchor",
+}
 ROUNDING = 1e-12  # MAE differences below this are floating-point noise, not a win
-BASELINE_COLUMNS = ["scheme", "baseline", "mae_predictor", "mae_baseline", "ratio", "difference", "ci_low", "ci_high",
-                    "share_better", "beats", "best_rival", "n_languages", "rows"]
+BASELINE_COLUMNS = [
+    "scheme",
+    "baseline",
+    "mae_predictor",
+    "mae_baseline",
+    "ratio",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "share_better",
+    "beats",
+    "best_rival",
+    "n_languages",
+    "rows",
+]
 
 
-def compare_with_baselines(cv: pd.DataFrame, *, n_boot: int = 2000, confidence: float = 0.95,
-                           seed: int = 0) -> pd.DataFrame:
+def compare_with_baselines(
+    cv: pd.DataFrame, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """The predictor against each rival, with a paired bootstrap over languages.
 
     For each baseline of `BASELINES` (rows where the baseline is undefined, e.g. "other languages" for a
@@ -326,35 +360,58 @@ def compare_with_baselines(cv: pd.DataFrame, *, n_boot: int = 2000, confidence: 
             if diff.size:
                 lo, hi = np.quantile(diff, [alpha, 1.0 - alpha])
                 share = float(np.mean(diff < -ROUNDING))
-        rows.append({"scheme": str(cv["scheme"].iloc[0]), "baseline": baseline, "mae_predictor": float(mae_pred),
-                     "mae_baseline": float(mae_base),
-                     "ratio": float(mae_pred / mae_base) if mae_base > 0 else np.nan,
-                     "difference": float(mae_pred - mae_base), "ci_low": float(lo), "ci_high": float(hi),
-                     "share_better": share, "beats": bool(np.isfinite(hi) and hi < -ROUNDING),
-                     "n_languages": int((count > 0).sum()), "rows": int(both.sum())})
+        rows.append(
+            {
+                "scheme": str(cv["scheme"].iloc[0]),
+                "baseline": baseline,
+                "mae_predictor": float(mae_pred),
+                "mae_baseline": float(mae_base),
+                "ratio": float(mae_pred / mae_base) if mae_base > 0 else np.nan,
+                "difference": float(mae_pred - mae_base),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "share_better": share,
+                "beats": bool(np.isfinite(hi) and hi < -ROUNDING),
+                "n_languages": int((count > 0).sum()),
+                "rows": int(both.sum()),
+            }
+        )
     table = pd.DataFrame(rows, columns=[c for c in BASELINE_COLUMNS if c != "best_rival"])
-    table.insert(BASELINE_COLUMNS.index("best_rival"), "best_rival",
-                 table["mae_baseline"] == table["mae_baseline"].min() if len(table) else [])
+    table.insert(
+        BASELINE_COLUMNS.index("best_rival"),
+        "best_rival",
+        table["mae_baseline"] == table["mae_baseline"].min() if len(table) else [],
+    )
     return table
 
 
 def summarize(cv: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """Mean absolute errors of the predictor and the baselines, overall and per language, and the predictor
     against each baseline and its best rival (`compare_with_baselines`)."""
+
     def maes(rows: pd.DataFrame) -> dict:
-        return {"predicted": float(rows["error"].mean()),
-                "predicted_source_anchor": float(rows["error_source_anchor"].mean()),
-                "same_as_source": float(rows["error_source"].mean()),
-                "other_languages": float(rows["error_other_languages"].mean()), "rows": int(len(rows))}
+        return {
+            "predicted": float(rows["error"].mean()),
+            "predicted_source_anchor": float(rows["error_source_anchor"].mean()),
+            "same_as_source": float(rows["error_source"].mean()),
+            "other_languages": float(rows["error_other_languages"].mean()),
+            "rows": int(len(rows)),
+        }
 
     overall = maes(cv)
     ratio = overall["predicted"] / overall["same_as_source"] if overall["same_as_source"] > 0 else float("nan")
     versus = compare_with_baselines(cv, n_boot=n_boot, seed=seed)
     best = versus[versus["best_rival"]].iloc[0] if versus["best_rival"].any() else None
-    return {"scheme": str(cv["scheme"].iloc[0]), "mae": overall, "ratio_to_same_as_source": ratio,
-            "best_rival": None if best is None else str(best["baseline"]),
-            "ratio_to_best_rival": float("nan") if best is None else float(best["ratio"]),
-            "beats_best_rival": bool(best is not None and best["beats"]),
-            "versus": {r["baseline"]: {k: r[k] for k in BASELINE_COLUMNS if k not in ("scheme", "baseline")}
-                       for r in versus.to_dict("records")},
-            "per_language": {lang: maes(rows) for lang, rows in cv.groupby("language", sort=False)}}
+    return {
+        "scheme": str(cv["scheme"].iloc[0]),
+        "mae": overall,
+        "ratio_to_same_as_source": ratio,
+        "best_rival": None if best is None else str(best["baseline"]),
+        "ratio_to_best_rival": float("nan") if best is None else float(best["ratio"]),
+        "beats_best_rival": bool(best is not None and best["beats"]),
+        "versus": {
+            r["baseline"]: {k: r[k] for k in BASELINE_COLUMNS if k not in ("scheme", "baseline")}
+            for r in versus.to_dict("records")
+        },
+        "per_language": {lang: maes(rows) for lang, rows in cv.groupby("language", sort=False)},
+    }

@@ -39,11 +39,32 @@ from xlgm.analysis.frame import (
 from xlgm.analysis.granulated import granulated_kendall
 
 CORRELATION_COLUMNS = [
-    "measure", "target", "target_kind", "language",
-    "tau", "tau_p", "tau_lo", "tau_hi",
-    "spearman", "spearman_p", "spearman_lo", "spearman_hi",
-    "pearson", "pearson_p", "pearson_lo", "pearson_hi",
-    "n", "n_dropped", "n_runs", "n_checkpoints", "unit", "p_method", "p_min", "expected_sign", "agrees", "note",
+    "measure",
+    "target",
+    "target_kind",
+    "language",
+    "tau",
+    "tau_p",
+    "tau_lo",
+    "tau_hi",
+    "spearman",
+    "spearman_p",
+    "spearman_lo",
+    "spearman_hi",
+    "pearson",
+    "pearson_p",
+    "pearson_lo",
+    "pearson_hi",
+    "n",
+    "n_dropped",
+    "n_runs",
+    "n_checkpoints",
+    "unit",
+    "p_method",
+    "p_min",
+    "expected_sign",
+    "agrees",
+    "note",
 ]
 
 
@@ -55,9 +76,9 @@ def describe_target(target: str) -> tuple[str, str | None]:
     if target == MEAN_GAP:
         return "mean_gap", None
     if target.startswith(ACC_PREFIX):
-        return "accuracy", target[len(ACC_PREFIX):]
+        return "accuracy", target[len(ACC_PREFIX) :]
     if target.startswith(GAP_PREFIX):
-        return "gap", target[len(GAP_PREFIX):]
+        return "gap", target[len(GAP_PREFIX) :]
     return "other", None
 
 
@@ -87,8 +108,9 @@ def prepare_frame(
     """Reduce `frame` to the unit of correlation (`select_unit`; for ``run_reduce="mean"`` the measures and
     accuracies are averaged) and add the targets (`add_targets`)."""
     require_columns(frame, list(measures), "analysis frame (measures)")
-    value_columns = list(measures) + [acc_column(lang) for lang in dict.fromkeys([source, *languages])
-                                      if acc_column(lang) in frame.columns]
+    value_columns = list(measures) + [
+        acc_column(lang) for lang in dict.fromkeys([source, *languages]) if acc_column(lang) in frame.columns
+    ]
     reduced = select_unit(frame, unit, run_reduce, value_columns=value_columns)
     return add_targets(reduced, languages, source)
 
@@ -145,18 +167,28 @@ def correlation_table(
     rows = []
     # whole runs are resampled and permuted (xlgm.analysis.correlation); checkpoints pair across runs by step
     runs = data["run_id"].to_numpy() if "run_id" in data.columns else None
-    positions = data["step"].to_numpy() if unit == "checkpoint" and runs is not None and "step" in data.columns \
-        else None
+    positions = (
+        data["step"].to_numpy() if unit == "checkpoint" and runs is not None and "step" in data.columns else None
+    )
     for measure in measures:
         x = pd.to_numeric(data[measure], errors="coerce").to_numpy(dtype=float)
         for target in targets:
             y = data[target].to_numpy(dtype=float)
-            result = correlate(x, y, n_boot=n_boot, confidence=confidence, seed=seed,
-                               expected_sign=expected_sign_for(target, expected_signs.get(measure)),
-                               runs=runs, positions=positions, n_perm=n_perm)
+            result = correlate(
+                x,
+                y,
+                n_boot=n_boot,
+                confidence=confidence,
+                seed=seed,
+                expected_sign=expected_sign_for(target, expected_signs.get(measure)),
+                runs=runs,
+                positions=positions,
+                n_perm=n_perm,
+            )
             kind, language = describe_target(target)
-            rows.append({"measure": measure, "target": target, "target_kind": kind, "language": language,
-                         **result.as_dict()})
+            rows.append(
+                {"measure": measure, "target": target, "target_kind": kind, "language": language, **result.as_dict()}
+            )
     table = pd.DataFrame(rows).reindex(columns=CORRELATION_COLUMNS)
     table["expected_sign"] = table["expected_sign"].astype("Int64")
     table["agrees"] = table["agrees"].astype("boolean")
@@ -200,8 +232,14 @@ def granulated_table(
         for target in _targets(targets, languages, source):
             result = granulated_kendall(data, measure, target, axes, variant=variant)
             kind, language = describe_target(target)
-            row = {"measure": measure, "target": target, "target_kind": kind, "language": language,
-                   "psi": result.psi, "n": result.n}
+            row = {
+                "measure": measure,
+                "target": target,
+                "target_kind": kind,
+                "language": language,
+                "psi": result.psi,
+                "n": result.n,
+            }
             for axis_row in result.per_axis.itertuples(index=False):
                 row[f"psi[{axis_row.axis}]"] = axis_row.psi
                 row[f"groups[{axis_row.axis}]"] = axis_row.n_groups
@@ -236,10 +274,18 @@ def cmi_table(
     _targets([target], languages, source)
     rows = []
     for measure in measures:
-        result = conditional_mutual_information(data, measure, target, axes, max_conditioning=max_conditioning,
-                                                pairs=pairs)
-        row = {"measure": measure, "target": target, "k": result.k, "argmin": result.argmin, "n": result.n,
-               "n_pairs": result.n_pairs, "n_pairs_tied": result.n_pairs_tied}
+        result = conditional_mutual_information(
+            data, measure, target, axes, max_conditioning=max_conditioning, pairs=pairs
+        )
+        row = {
+            "measure": measure,
+            "target": target,
+            "k": result.k,
+            "argmin": result.argmin,
+            "n": result.n,
+            "n_pairs": result.n_pairs,
+            "n_pairs_tied": result.n_pairs_tied,
+        }
         for subset, value in zip(result.per_subset["conditioning"], result.per_subset["normalized"]):
             row[f"cmi[{','.join(subset)}]"] = value
         row["note"] = result.note
@@ -265,8 +311,9 @@ def top_correlations(
     rows = table if targets is None else table[table["target"].isin(list(targets))]
     order = np.argsort(-np.nan_to_num(rows[by].abs().to_numpy(dtype=float), nan=-1.0), kind="stable")
     top = rows.iloc[order[: max(int(k), 0)]]
-    wanted = ["measure", "target", by, f"{by}_p", f"{by}_lo", f"{by}_hi",
-              "p_holm", "p_bh", "survives_holm", "survives_bh"] + [
-        s for s in ("tau", "spearman", "pearson") if s != by] + ["n", "n_runs", "n_checkpoints", "unit",
-                                                                 "expected_sign", "agrees"]
+    wanted = (
+        ["measure", "target", by, f"{by}_p", f"{by}_lo", f"{by}_hi", "p_holm", "p_bh", "survives_holm", "survives_bh"]
+        + [s for s in ("tau", "spearman", "pearson") if s != by]
+        + ["n", "n_runs", "n_checkpoints", "unit", "expected_sign", "agrees"]
+    )
     return top[[c for c in dict.fromkeys(wanted) if c in top.columns]].reset_index(drop=True)

@@ -34,8 +34,25 @@ import pandas as pd
 from xlgm.analysis.frame import MEAN_GAP, MEAN_TARGET
 from xlgm.analysis.multiple import benjamini_hochberg, holm
 
-VERDICT_COLUMNS = ["measure", "target", "tau", "ci_low", "ci_high", "p_raw", "p_holm", "p_bh", "n_runs",
-                   "n_checkpoints", "psi", "cmi_k", "expected_sign", "reference", "verdict", "health", "reason"]
+VERDICT_COLUMNS = [
+    "measure",
+    "target",
+    "tau",
+    "ci_low",
+    "ci_high",
+    "p_raw",
+    "p_holm",
+    "p_bh",
+    "n_runs",
+    "n_checkpoints",
+    "psi",
+    "cmi_k",
+    "expected_sign",
+    "reference",
+    "verdict",
+    "health",
+    "reason",
+]
 VERDICT_TARGETS = {"mean_accuracy": MEAN_TARGET, "mean_gap": MEAN_GAP}
 VERDICTS = ("agrees", "disagrees", "inconclusive", "excluded")
 
@@ -54,8 +71,9 @@ def _note(table: pd.DataFrame, measure: str, target: str) -> str:
     return str(row["note"].iloc[0]) if len(row) and isinstance(row["note"].iloc[0], str) else ""
 
 
-def _decide(tau: float, lo: float, hi: float, p_holm: float, p_min: float, expected: int | None,
-            alpha: float, note: str = "") -> tuple[str, str]:
+def _decide(
+    tau: float, lo: float, hi: float, p_holm: float, p_min: float, expected: int | None, alpha: float, note: str = ""
+) -> tuple[str, str]:
     if not math.isfinite(tau):
         return "inconclusive", "tau undefined" + (f": {note}" if note else "")
     reasons = []
@@ -66,8 +84,9 @@ def _decide(tau: float, lo: float, hi: float, p_holm: float, p_min: float, expec
     if not math.isfinite(p_holm):
         reasons.append("no p-value")
     elif p_holm > alpha:
-        floor = f"; the smallest p these runs allow is {p_min:.2g}" if math.isfinite(p_min) and p_min > alpha / 10 \
-            else ""
+        floor = (
+            f"; the smallest p these runs allow is {p_min:.2g}" if math.isfinite(p_min) and p_min > alpha / 10 else ""
+        )
         reasons.append(f"Holm-adjusted p {p_holm:.2g} > {alpha:g}{floor}")
     if reasons:
         return "inconclusive", "; ".join(reasons)
@@ -111,15 +130,25 @@ def verdict_table(
             expected = None if sign is None else (int(sign) if column == MEAN_TARGET else -int(sign))
             get = functools.partial(_lookup, correlations, measure, column)
             n_runs, n_ckpt = get("n_runs"), get("n_checkpoints")
-            rows.append({
-                "measure": measure, "target": label, "tau": get("tau"), "ci_low": get("tau_lo"),
-                "ci_high": get("tau_hi"), "p_raw": get("tau_p"), "p_min": get("p_min"),
-                "n_runs": int(n_runs) if math.isfinite(n_runs) else 0,
-                "n_checkpoints": int(n_ckpt) if math.isfinite(n_ckpt) else 0,
-                "psi": _lookup(granulated, measure, column, "psi"), "cmi_k": _lookup(cmi, measure, column, "k"),
-                "expected_sign": expected, "reference": citation, "note": _note(correlations, measure, column),
-                "health": "healthy" if healthy.get(measure, False) else (reason_of.get(measure) or "no health"),
-            })
+            rows.append(
+                {
+                    "measure": measure,
+                    "target": label,
+                    "tau": get("tau"),
+                    "ci_low": get("tau_lo"),
+                    "ci_high": get("tau_hi"),
+                    "p_raw": get("tau_p"),
+                    "p_min": get("p_min"),
+                    "n_runs": int(n_runs) if math.isfinite(n_runs) else 0,
+                    "n_checkpoints": int(n_ckpt) if math.isfinite(n_ckpt) else 0,
+                    "psi": _lookup(granulated, measure, column, "psi"),
+                    "cmi_k": _lookup(cmi, measure, column, "k"),
+                    "expected_sign": expected,
+                    "reference": citation,
+                    "note": _note(correlations, measure, column),
+                    "health": "healthy" if healthy.get(measure, False) else (reason_of.get(measure) or "no health"),
+                }
+            )
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
@@ -131,8 +160,16 @@ def verdict_table(
             verdicts.append("excluded")
             reasons.append(f"unhealthy measure: {row.health}")
             continue
-        verdict, reason = _decide(row.tau, row.ci_low, row.ci_high, row.p_holm, row.p_min,
-                                  None if pd.isna(row.expected_sign) else int(row.expected_sign), alpha, row.note)
+        verdict, reason = _decide(
+            row.tau,
+            row.ci_low,
+            row.ci_high,
+            row.p_holm,
+            row.p_min,
+            None if pd.isna(row.expected_sign) else int(row.expected_sign),
+            alpha,
+            row.note,
+        )
         verdicts.append(verdict)
         reasons.append(reason)
     table["verdict"] = verdicts

@@ -53,8 +53,9 @@ def _atomic_write(path: Path, write, fsync: bool) -> None:
         raise
 
 
-def write_json(path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = True,
-               fsync: bool = False) -> None:
+def write_json(
+    path: str | Path, obj: Any, *, indent: int | None = 2, sort_keys: bool = True, fsync: bool = False
+) -> None:
     """Write `obj` as JSON atomically (see the module docstring); `fsync` also survives a power cut."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n"
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync)
@@ -146,8 +147,7 @@ def safetensors_problem(path: str | Path) -> str | None:
     if not isinstance(header, dict):
         return "not a safetensors file"
     try:
-        end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"),
-                  default=0)
+        end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
     except (TypeError, KeyError, IndexError, ValueError):
         return "damaged header (a tensor without data offsets)"
     expected = 8 + header_len + end

@@ -69,11 +69,14 @@ def seed(field: str, value: object) -> int:
 
 def max_length(field: str, value: object, model_positions: int | None = None) -> int:
     """Tokens a row is truncated to: at least 8, at most the model's positions when known."""
-    require(_is_int(value) and value >= MIN_MAX_LENGTH,
-            f"{field}: expected an integer >= {MIN_MAX_LENGTH}, got {value!r}")
+    require(
+        _is_int(value) and value >= MIN_MAX_LENGTH, f"{field}: expected an integer >= {MIN_MAX_LENGTH}, got {value!r}"
+    )
     if model_positions is not None:
-        require(value <= model_positions,  # type: ignore[operator]
-                f"{field}: {value} is more than the model's {model_positions} positions")
+        require(
+            value <= model_positions,  # type: ignore[operator]
+            f"{field}: {value} is more than the model's {model_positions} positions",
+        )
     return value  # type: ignore[return-value]
 
 
@@ -89,20 +92,26 @@ def model_positions(model_config: Any) -> int | None:
 
 def device(field: str, value: object) -> str:
     """`auto`, `cpu`, `cuda`, `cuda:N` or `mps` (whether that device exists is resolve_device's question)."""
-    require(isinstance(value, str) and DEVICE_PATTERN.fullmatch(value) is not None,
-            f"{field}: expected one of auto, cpu, cuda, cuda:N, mps, got {value!r}")
+    require(
+        isinstance(value, str) and DEVICE_PATTERN.fullmatch(value) is not None,
+        f"{field}: expected one of auto, cpu, cuda, cuda:N, mps, got {value!r}",
+    )
     return value  # type: ignore[return-value]
 
 
 def positive_float(field: str, value: object) -> float:
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-            f"{field}: expected a number > 0, got {value!r}")
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+        f"{field}: expected a number > 0, got {value!r}",
+    )
     return float(value)  # type: ignore[arg-type]
 
 
 def non_negative_float(field: str, value: object) -> float:
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
-            f"{field}: expected a number >= 0, got {value!r}")
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+        f"{field}: expected a number >= 0, got {value!r}",
+    )
     return float(value)  # type: ignore[arg-type]
 
 
@@ -121,8 +130,10 @@ def one_of(field: str, value: T, choices: Iterable[T]) -> T:
 
 def non_empty_list(field: str, values: Sequence[T]) -> list[T]:
     items = [v for v in values if v not in ("", None)]
-    require(len(items) > 0 and len(items) == len(values), f"{field}: expected a non-empty list without blanks, "
-            f"got {list(values)!r}")
+    require(
+        len(items) > 0 and len(items) == len(values),
+        f"{field}: expected a non-empty list without blanks, got {list(values)!r}",
+    )
     return list(items)
 
 

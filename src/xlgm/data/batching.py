@@ -33,11 +33,11 @@ class TokenizedSet:
         return [len(f["input_ids"]) for f in self.features]
 
 
-def tokenize_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
-                      max_length: int = 128) -> TokenizedSet:
+def tokenize_examples(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int = 128
+) -> TokenizedSet:
     """Tokenize sentence pairs in one batched call of the fast tokenizer."""
-    enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples],
-                    truncation=True, max_length=max_length)
+    enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples], truncation=True, max_length=max_length)
     keys = list(enc.keys())
     features = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
     return TokenizedSet(features, [e.label for e in examples])
@@ -46,11 +46,12 @@ def tokenize_examples(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Exa
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Evaluation order: indices sorted by length, longest first (a too-big batch fails at once)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def bucketed_shuffled_batches(lengths: Sequence[int], batch_size: int, seed: int,
-                              pool_batches: int = 50) -> list[list[int]]:
+def bucketed_shuffled_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, pool_batches: int = 50
+) -> list[list[int]]:
     """Training order: shuffle, sort within pools of `pool_batches` batches by length, shuffle batches."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
@@ -58,8 +59,8 @@ def bucketed_shuffled_batches(lengths: Sequence[int], batch_size: int, seed: int
     pool = batch_size * pool_batches
     batches: list[list[int]] = []
     for start in range(0, len(order), pool):
-        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
 
@@ -80,8 +81,9 @@ class BatchCollator:
         return dict(batch)
 
 
-def iterate_batches(collator: BatchCollator, batches: Sequence[Sequence[int]],
-                    device: torch.device | str | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def iterate_batches(
+    collator: BatchCollator, batches: Sequence[Sequence[int]], device: torch.device | str | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
     for indices in batches:
         batch = collator(indices)
         yield {k: v.to(device) for k, v in batch.items()} if device is not None else batch

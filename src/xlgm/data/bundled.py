@@ -43,14 +43,19 @@ def build_subset(source_dir: Path, out_dir: Path, rows: int = BUNDLED_TEST_ROWS)
         english = task.source_language
         (folder / f"dev-{english}.tsv").write_bytes((source_dir / task.name / f"dev-{english}.tsv").read_bytes())
         tests = {lang: _lines(source_dir / task.name / f"test-{lang}.tsv") for lang in task.languages}
-        devs = {lang: _lines(path) for lang in task.languages
-                if (path := source_dir / task.name / f"dev-{lang}.tsv").is_file()}
+        devs = {
+            lang: _lines(path)
+            for lang in task.languages
+            if (path := source_dir / task.name / f"dev-{lang}.tsv").is_file()
+        }
         n = min(len(lines) for lines in tests.values())
         keep = sorted(random.Random(SUBSET_SEED).sample(range(n), rows))
         for lang, lines in tests.items():
             (folder / f"test-{lang}.tsv").write_bytes("".join(lines[i] for i in keep).encode("utf-8"))
-        pairs = {name: {lang: [_pair(line) for line in lines] for lang, lines in files.items()}
-                 for name, files in (("dev", devs), ("test", tests))}
+        pairs = {
+            name: {lang: [_pair(line) for line in lines] for lang, lines in files.items()}
+            for name, files in (("dev", devs), ("test", tests))
+        }
         evaluation = {lang: [pairs["test"][lang][i] for i in keep] for lang in tests}
         dev_at, test_at = disjoint_positions(task, [pairs["dev"], pairs["test"]], evaluation)
         train = [devs[english][i] for i in dev_at] + [tests[english][i] for i in test_at]

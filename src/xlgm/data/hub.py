@@ -20,8 +20,10 @@ def load_hub_split(task: Task, split: str, lang: str, cache_dir: str | None = No
     if split not in HUB_SPLITS:
         raise XlgmError(f"unknown split {split!r}; expected one of: {', '.join(HUB_SPLITS)}")
     if not task.hf_dataset:
-        raise XlgmError(f"task {task.name} names no Hugging Face dataset (`hub.dataset` in its task file); "
-                        "read it from a folder with --data-dir")
+        raise XlgmError(
+            f"task {task.name} names no Hugging Face dataset (`hub.dataset` in its task file); "
+            "read it from a folder with --data-dir"
+        )
     try:
         ds = datasets.load_dataset(task.hf_dataset, task.hf_config(lang), split=HUB_SPLITS[split], cache_dir=cache_dir)
     except Exception as err:  # network, missing cache: say which dataset and how to get it offline

@@ -47,12 +47,14 @@ class DataSource:
         return self.data_dir if self.kind == "local" else self.kind
 
 
-def load_examples(task: Task, split: str, lang: str, source: DataSource = DataSource(),
-                  max_examples: int | None = None) -> list[Example]:
+def load_examples(
+    task: Task, split: str, lang: str, source: DataSource = DataSource(), max_examples: int | None = None
+) -> list[Example]:
     """Labelled examples of one split and language, in file order (truncated to `max_examples`)."""
     if lang not in task.languages:
-        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; "
-                        f"expected one of: {' '.join(task.languages)}")
+        raise XlgmError(
+            f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}"
+        )
     check_split(split)
     exclude = excluded_test_rows(split)
     if exclude is not None:
@@ -66,9 +68,11 @@ def load_examples(task: Task, split: str, lang: str, source: DataSource = DataSo
         if split == "train" and not tsv_path(root, task, split, lang).is_file():
             if source.kind == "bundled":
                 raise XlgmError(f"the bundled train split is {task.source_language} only (asked for {lang})")
-            raise XlgmError(f"{source.data_dir} has no {task.name} train-{lang}.tsv; `train-minus-test-N` "
-                            f"builds a training split from {task.source_language} dev and the test rows that "
-                            "share nothing with test rows 1..N")
+            raise XlgmError(
+                f"{source.data_dir} has no {task.name} train-{lang}.tsv; `train-minus-test-N` "
+                f"builds a training split from {task.source_language} dev and the test rows that "
+                "share nothing with test rows 1..N"
+            )
         rows = read_split(root, task, split, lang)
     return rows[:max_examples] if max_examples else rows
 
@@ -77,16 +81,26 @@ def _train_minus_test(task: Task, split: str, lang: str, source: DataSource, exc
     """English dev + English test rows that share no premise (PAWS-X: sentence), in any language of the
     folder, with test rows 1..`exclude` (`xlgm.data.splits`)."""
     if source.kind != "local":
-        hint = ("the bundled `train` shares nothing with any bundled test row" if source.kind == "bundled"
-                else "the Hub has its own `train` split")
+        hint = (
+            "the bundled `train` shares nothing with any bundled test row"
+            if source.kind == "bundled"
+            else "the Hub has its own `train` split"
+        )
         raise XlgmError(f"the {split} split is built from a folder's dev and test files (--data-dir); {hint}")
     if lang != task.source_language:
-        raise XlgmError(f"the {split} split is {task.source_language} only (asked for {lang}): it is built from "
-                        f"{task.source_language} dev and test rows")
+        raise XlgmError(
+            f"the {split} split is {task.source_language} only (asked for {lang}): it is built from "
+            f"{task.source_language} dev and test rows"
+        )
     root = Path(source.data_dir)
-    files = {split_name: {code: read_split(root, task, split_name, code) for code in task.languages
-                          if code == lang or tsv_path(root, task, split_name, code).is_file()}
-             for split_name in ("dev", "test")}
+    files = {
+        split_name: {
+            code: read_split(root, task, split_name, code)
+            for code in task.languages
+            if code == lang or tsv_path(root, task, split_name, code).is_file()
+        }
+        for split_name in ("dev", "test")
+    }
     test = files["test"][lang]
     if exclude > len(test):
         raise XlgmError(f"{split}: {tsv_path(root, task, 'test', lang)} has only {len(test)} rows")

@@ -30,8 +30,9 @@ from xlgm.errors import XlgmError
 
 FILE_SPLITS = ("dev", "test", "train")
 TRAIN_MINUS_TEST = re.compile(r"train-minus-test-([1-9][0-9]*)")
-SPLIT_HELP = ("dev, test, train or train-minus-test-N (English dev + the test rows that share nothing with "
-              "test rows 1..N)")
+SPLIT_HELP = (
+    "dev, test, train or train-minus-test-N (English dev + the test rows that share nothing with test rows 1..N)"
+)
 NO_TRANSLATION = frozenset({"", "NS"})  # PAWS-X's mark for a sentence that was not translated
 
 
@@ -59,8 +60,9 @@ def _keys(task: Task, parallel: Mapping[str, Sequence[Example]], i: int) -> set[
     return {(lang, text) for lang, rows in parallel.items() for text in group_texts(task, rows[i])}
 
 
-def disjoint_positions(task: Task, pools: Sequence[Mapping[str, Sequence[Example]]],
-                       evaluation: Mapping[str, Sequence[Example]]) -> list[list[int]]:
+def disjoint_positions(
+    task: Task, pools: Sequence[Mapping[str, Sequence[Example]]], evaluation: Mapping[str, Sequence[Example]]
+) -> list[list[int]]:
     """For each pool (parallel files: language -> rows, e.g. dev and test), the row positions whose group
     texts occur in no evaluation row of the same language (`evaluation`: language -> its evaluation rows)."""
     taken = {(lang, text) for lang, rows in evaluation.items() for row in rows for text in group_texts(task, row)}
@@ -68,14 +70,17 @@ def disjoint_positions(task: Task, pools: Sequence[Mapping[str, Sequence[Example
     for pool in pools:
         lengths = {len(rows) for rows in pool.values()}
         if len(lengths) != 1:
-            raise XlgmError(f"parallel files of different lengths ({sorted(lengths)} rows): row i must be one "
-                            "item in every language")
+            raise XlgmError(
+                f"parallel files of different lengths ({sorted(lengths)} rows): row i must be one "
+                "item in every language"
+            )
         out.append([i for i in range(lengths.pop()) if not _keys(task, pool, i) & taken])
     return out
 
 
-def group_holdout(task: Task, rows: Sequence[Example], fraction: float, seed: int
-                  ) -> tuple[list[Example], list[Example]]:
+def group_holdout(
+    task: Task, rows: Sequence[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
     """(train, held out): about `fraction` of the rows held out for checkpoint selection, whole groups at a
     time, so no held-out premise (PAWS-X: sentence) also occurs in a training row. Rows linked through a
     shared text (a PAWS-X sentence in two pairs) form one group. Each side keeps the rows' order."""

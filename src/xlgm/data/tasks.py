@@ -93,8 +93,18 @@ class Task:
 class _TaskFile:
     """Reads one task file's mapping; every problem is one line naming the file and the key."""
 
-    KEYS = ("name", "output", "metric", "languages", "source_language", "labels", "text_columns",
-            "group_columns", "tsv", "hub")
+    KEYS = (
+        "name",
+        "output",
+        "metric",
+        "languages",
+        "source_language",
+        "labels",
+        "text_columns",
+        "group_columns",
+        "tsv",
+        "hub",
+    )
 
     def __init__(self, path: Path, raw: Any):
         self.path = path
@@ -149,18 +159,27 @@ class _TaskFile:
         groups = self.strings("group_columns", raw.get("group_columns", [columns[0]]))
         for i, column in enumerate(groups):
             if column not in columns:
-                raise self.fail(f"group_columns[{i}]", f"expected one of the text_columns ({', '.join(columns)}), "
-                                                       f"got {column!r}")
+                raise self.fail(
+                    f"group_columns[{i}]", f"expected one of the text_columns ({', '.join(columns)}), got {column!r}"
+                )
         tsv = self.mapping("tsv", raw.get("tsv", {}), ("labels",))
         tsv_labels = self.strings("tsv.labels", tsv.get("labels", list(labels)), length=len(labels))
         hub = self.mapping("hub", raw.get("hub", {}), ("dataset", "text_columns", "configs"))
         dataset = self.string("hub.dataset", hub["dataset"]) if "dataset" in hub else ""
         hub_columns = self.strings("hub.text_columns", hub.get("text_columns", list(columns)), length=2)
         configs = self.mapping("hub.configs", hub.get("configs", {}), languages)
-        return Task(name=name, languages=languages, label_names=labels, text_fields=(columns[0], columns[1]),
-                    tsv_labels=tsv_labels, hf_dataset=dataset, hf_text_fields=(hub_columns[0], hub_columns[1]),
-                    group_fields=tuple(columns.index(c) for c in groups), source_language=source,
-                    hf_configs=tuple((lang, self.string(f"hub.configs.{lang}", configs[lang])) for lang in configs))
+        return Task(
+            name=name,
+            languages=languages,
+            label_names=labels,
+            text_fields=(columns[0], columns[1]),
+            tsv_labels=tsv_labels,
+            hf_dataset=dataset,
+            hf_text_fields=(hub_columns[0], hub_columns[1]),
+            group_fields=tuple(columns.index(c) for c in groups),
+            source_language=source,
+            hf_configs=tuple((lang, self.string(f"hub.configs.{lang}", configs[lang])) for lang in configs),
+        )
 
 
 def load_task_file(path: str | Path) -> Task:
@@ -201,15 +220,16 @@ def get_task(ref: str) -> Task:
         task = load_task_file(ref)
         known = TASKS.get(task.name) or _FILE_TASKS.get(task.name)
         if known is not None and known != task:
-            raise XlgmError(f"{ref}: name: task {task.name!r} is already defined differently "
-                            f"({'built in' if task.name in TASKS else 'by another task file'})")
+            raise XlgmError(
+                f"{ref}: name: task {task.name!r} is already defined differently "
+                f"({'built in' if task.name in TASKS else 'by another task file'})"
+            )
         _FILE_TASKS[task.name] = task
         return task
     key = ref.lower().replace("-", "")
     found = TASKS.get(key) or _FILE_TASKS.get(ref)
     if found is None:
-        raise XlgmError(f"unknown task {ref!r}; expected one of: {', '.join(TASKS)} or a task file "
-                        f"(path/to/task.yaml)")
+        raise XlgmError(f"unknown task {ref!r}; expected one of: {', '.join(TASKS)} or a task file (path/to/task.yaml)")
     return found
 
 
@@ -232,13 +252,22 @@ def task_document(task: Task) -> dict[str, Any]:
     """The task as its task file writes it (`load_task_file` reads it back to an equal task)."""
     columns = list(task.text_fields)
     doc: dict[str, Any] = {
-        "name": task.name, "output": task.output, "metric": task.metric, "languages": list(task.languages),
-        "source_language": task.source_language, "labels": list(task.label_names), "text_columns": columns,
-        "group_columns": [columns[i] for i in task.group_fields], "tsv": {"labels": list(task.tsv_labels)},
+        "name": task.name,
+        "output": task.output,
+        "metric": task.metric,
+        "languages": list(task.languages),
+        "source_language": task.source_language,
+        "labels": list(task.label_names),
+        "text_columns": columns,
+        "group_columns": [columns[i] for i in task.group_fields],
+        "tsv": {"labels": list(task.tsv_labels)},
     }
     if task.hf_dataset:
-        doc["hub"] = {"dataset": task.hf_dataset, "text_columns": list(task.hf_text_fields),
-                      "configs": dict(task.hf_configs)}
+        doc["hub"] = {
+            "dataset": task.hf_dataset,
+            "text_columns": list(task.hf_text_fields),
+            "configs": dict(task.hf_configs),
+        }
     return doc
 
 

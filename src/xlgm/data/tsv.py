@@ -37,8 +37,11 @@ def read_tsv(path: str | Path, task: Task, *, labelled: bool = True) -> list[Exa
         raise DataFormatError(path, line_no, "UTF-8 text", f"byte {err.object[err.start]:#x}") from None
     # Lines end at "\n" only: sentences may hold U+2028 or a stray "\r", which are text, not line ends.
     lines = text.split("\n")
-    expected = ("3 tab-separated columns (text_a, text_b, label)" if labelled
-                else "2 or 3 tab-separated columns (text_a, text_b[, label])")
+    expected = (
+        "3 tab-separated columns (text_a, text_b, label)"
+        if labelled
+        else "2 or 3 tab-separated columns (text_a, text_b[, label])"
+    )
     if lines and lines[-1] == "":
         lines.pop()
     for line_no, raw in enumerate(lines, start=1):
@@ -65,6 +68,7 @@ def read_tsv(path: str | Path, task: Task, *, labelled: bool = True) -> list[Exa
 
 def read_split(data_dir: str | Path, task: Task, split: str, lang: str) -> list[Example]:
     if lang not in task.languages:
-        raise XlgmError(f"unknown language code {lang!r} for task {task.name}; "
-                        f"expected one of: {' '.join(task.languages)}")
+        raise XlgmError(
+            f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}"
+        )
     return read_tsv(tsv_path(data_dir, task, split, lang), task)

@@ -108,8 +108,11 @@ class MeasureHealth:
         """Short reasons not to trust the value ([] when healthy)."""
         out = []
         if self.converged is False:
-            detail = (f" (residual {self.residual:.3g} > tolerance {self.tolerance:.3g})"
-                      if self.residual is not None and self.tolerance is not None else "")
+            detail = (
+                f" (residual {self.residual:.3g} > tolerance {self.tolerance:.3g})"
+                if self.residual is not None and self.tolerance is not None
+                else ""
+            )
             out.append("not converged" + detail)
         if self.iteration_cap_reached:
             out.append("iteration cap reached")
@@ -280,18 +283,23 @@ class MeasureContext:
     # -- the loss helpers, counted -----------------------------------------------------------------------------
 
     def loss(self, batches: Sequence[dict[str, torch.Tensor]] | None = None) -> float:
-        return loss_lib.mean_loss(self.model, self.batches if batches is None else batches, meter=self.meter,
-                                  criterion=self.criterion)
+        return loss_lib.mean_loss(
+            self.model, self.batches if batches is None else batches, meter=self.meter, criterion=self.criterion
+        )
 
     def evaluate(self, batches: Sequence[dict[str, torch.Tensor]] | None = None) -> loss_lib.LossAndError:
-        return loss_lib.evaluate(self.model, self.batches if batches is None else batches, meter=self.meter,
-                                 criterion=self.criterion)
+        return loss_lib.evaluate(
+            self.model, self.batches if batches is None else batches, meter=self.meter, criterion=self.criterion
+        )
 
     def loss_and_grad(
         self, batches: Sequence[dict[str, torch.Tensor]] | None = None
     ) -> tuple[loss_lib.LossAndError, list[torch.Tensor]]:
         return loss_lib.loss_and_gradient(
-            self.model, self.batches if batches is None else batches, self.params, meter=self.meter,
+            self.model,
+            self.batches if batches is None else batches,
+            self.params,
+            meter=self.meter,
             criterion=self.criterion,
         )
 
@@ -361,8 +369,14 @@ KINDS = ("model", "group", "outputs")
 
 
 def register_measure(
-    name: str, *, reference: str, config_cls: type, kind: str = "model", inputs: Iterable[str] = (),
-    expected_sign: int | None = None, direction_reference: str = "",
+    name: str,
+    *,
+    reference: str,
+    config_cls: type,
+    kind: str = "model",
+    inputs: Iterable[str] = (),
+    expected_sign: int | None = None,
+    direction_reference: str = "",
 ) -> Callable[[Callable[..., MeasureResult]], Callable[..., MeasureResult]]:
     """Register `fn(ctx, config)` (kind="model"), `fn(state_dicts, config, param_filter)` (kind="group") or
     `fn(target, config, source, peers)` (kind="outputs"), with the sign of its expected correlation with
@@ -377,8 +391,9 @@ def register_measure(
     def decorate(fn: Callable[..., MeasureResult]) -> Callable[..., MeasureResult]:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"measure {name!r} is already registered")
-        _REGISTRY[name] = MeasureSpec(name, fn, reference, config_cls, kind, tuple(inputs), expected_sign,
-                                      direction_reference)
+        _REGISTRY[name] = MeasureSpec(
+            name, fn, reference, config_cls, kind, tuple(inputs), expected_sign, direction_reference
+        )
         return fn
 
     return decorate
@@ -542,8 +557,9 @@ def compute_group_measure(
     return spec.fn(list(state_dicts), resolve_config(spec, config), param_filter)
 
 
-def compute_output_measure(name: str, target: Any, config: Any = None, source: Any = None,
-                           peers: Sequence[Any] = ()) -> MeasureResult:
+def compute_output_measure(
+    name: str, target: Any, config: Any = None, source: Any = None, peers: Sequence[Any] = ()
+) -> MeasureResult:
     """Compute a label-free measure of `target` (a `TextOutputs`: a model's outputs on one language's text).
 
     source: the same model's outputs on source-language text (labelled where the measure needs labels, and

@@ -30,8 +30,9 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise XlgmError(f"{path}: the initial state must be a .safetensors file (a pickled torch.save file is "
-                        "never loaded)")
+        raise XlgmError(
+            f"{path}: the initial state must be a .safetensors file (a pickled torch.save file is never loaded)"
+        )
     return read_safetensors(path)
 
 
@@ -52,7 +53,8 @@ def _init_state(ctx: MeasureContext, config: FrobeniusDistanceConfig) -> Mapping
     "distance to initialization Σ ||W - W0||_F², measure (40); Nagarajan & Kolter (2019)",
     config_cls=FrobeniusDistanceConfig,
     inputs=("init_state",),
-    expected_sign=-1, direction_reference="Nagarajan & Kolter 2019; Jiang et al. 2020, (40): farther from init, worse"
+    expected_sign=-1,
+    direction_reference="Nagarajan & Kolter 2019; Jiang et al. 2020, (40): farther from init, worse",
 )
 def frobenius_distance(ctx: MeasureContext, config: FrobeniusDistanceConfig) -> MeasureResult:
     """Squared distance from initialization Σ_l ||W_l - W_l^0||_F² over the selected parameters.

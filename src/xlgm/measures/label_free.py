@@ -62,21 +62,34 @@ def _result(name: str, value: float, per_row: np.ndarray | None = None, **detail
     return MeasureResult(name, float(value), spread, n, clean)
 
 
-def _need_source(name: str, source: TextOutputs | None, labels: bool = False, parallel_to: TextOutputs | None = None,
-                 embeddings: bool = False) -> TextOutputs:
+def _need_source(
+    name: str,
+    source: TextOutputs | None,
+    labels: bool = False,
+    parallel_to: TextOutputs | None = None,
+    embeddings: bool = False,
+) -> TextOutputs:
     if source is None:
         raise XlgmError(f"{name} needs the model's outputs on source-language text (source=...)")
     if labels and source.accuracy is None:
         raise XlgmError(f"{name} needs labelled source rows (every source label known)")
     if parallel_to is not None and len(source.logits) != len(parallel_to.logits):
-        raise XlgmError(f"{name} needs parallel text: {len(parallel_to.logits)} target rows but "
-                        f"{len(source.logits)} source rows")
+        raise XlgmError(
+            f"{name} needs parallel text: {len(parallel_to.logits)} target rows but {len(source.logits)} source rows"
+        )
     if embeddings and source.embeddings is None:
         raise XlgmError(f"{name} needs sentence embeddings of the source text")
-    if (embeddings and parallel_to is not None and parallel_to.embeddings is not None
-            and source.embeddings is not None and len(source.embeddings) != len(parallel_to.embeddings)):
-        raise XlgmError(f"{name} needs parallel text: embeddings of {len(parallel_to.embeddings)} target rows but "
-                        f"{len(source.embeddings)} source rows")
+    if (
+        embeddings
+        and parallel_to is not None
+        and parallel_to.embeddings is not None
+        and source.embeddings is not None
+        and len(source.embeddings) != len(parallel_to.embeddings)
+    ):
+        raise XlgmError(
+            f"{name} needs parallel text: embeddings of {len(parallel_to.embeddings)} target rows but "
+            f"{len(source.embeddings)} source rows"
+        )
     return source
 
 
@@ -113,20 +126,31 @@ class NoConfig:
     pass
 
 
-@register_measure("confidence-margin", reference="Bassi et al. 2024, Sec. 3 (margin), with the model's own "
-                  "predictions as labels", config_cls=NoConfig, kind="outputs",
-                  expected_sign=1, direction_reference="Hendrycks & Gimpel 2017: more confident, more accurate")
+@register_measure(
+    "confidence-margin",
+    reference="Bassi et al. 2024, Sec. 3 (margin), with the model's own predictions as labels",
+    config_cls=NoConfig,
+    kind="outputs",
+    expected_sign=1,
+    direction_reference="Hendrycks & Gimpel 2017: more confident, more accurate",
+)
 def confidence_margin(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean of p(ŷ|x) - max_{j≠ŷ} p(j|x) over the rows, ŷ = argmax: the probability margin with pseudo-labels."""
     first, second = top_two(target.probabilities)
     margins = first - second
-    return _result("confidence-margin", margins.mean(), margins, min=float(margins.min()),
-                   mean_confidence=float(first.mean()))
+    return _result(
+        "confidence-margin", margins.mean(), margins, min=float(margins.min()), mean_confidence=float(first.mean())
+    )
 
 
-@register_measure("prediction-entropy", reference="Shannon entropy of the predictive distribution",
-                  config_cls=NoConfig, kind="outputs",
-                  expected_sign=-1, direction_reference="Hendrycks & Gimpel 2017: less certain, less accurate")
+@register_measure(
+    "prediction-entropy",
+    reference="Shannon entropy of the predictive distribution",
+    config_cls=NoConfig,
+    kind="outputs",
+    expected_sign=-1,
+    direction_reference="Hendrycks & Gimpel 2017: less certain, less accurate",
+)
 def prediction_entropy(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean of H(p(·|x)) = -Σ_j p_j log p_j (nats) over the rows; details also give it divided by log K."""
     p = target.probabilities
@@ -149,10 +173,16 @@ def _scores(outputs: TextOutputs, score: str) -> np.ndarray:
     return (p * np.log(np.clip(p, 1e-300, None))).sum(-1)
 
 
-@register_measure("atc-accuracy", reference="Garg et al. 2022, Leveraging Unlabeled Data to Predict "
-                  "Out-of-Distribution Performance, ICLR, Eq. 1 (ATC)", config_cls=AtcConfig, kind="outputs",
-                  inputs=("source",),
-                  expected_sign=1, direction_reference="Garg et al. 2022: an estimate of the accuracy")
+@register_measure(
+    "atc-accuracy",
+    reference="Garg et al. 2022, Leveraging Unlabeled Data to Predict "
+    "Out-of-Distribution Performance, ICLR, Eq. 1 (ATC)",
+    config_cls=AtcConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=1,
+    direction_reference="Garg et al. 2022: an estimate of the accuracy",
+)
 def atc_accuracy(target: TextOutputs, config: AtcConfig, source=None, peers=()) -> MeasureResult:
     """Predicted target accuracy: the share of target rows whose confidence score exceeds the threshold t at
     which the share of labelled source rows above t equals the source accuracy."""
@@ -163,23 +193,41 @@ def atc_accuracy(target: TextOutputs, config: AtcConfig, source=None, peers=()) 
     return _result("atc-accuracy", above.mean(), above, threshold=t, source_accuracy=float(correct.mean()))
 
 
-@register_measure("doc-accuracy", reference="Guillory et al. 2021, Predicting with Confidence on Unseen "
-                  "Distributions, ICCV, Sec. 3 (DoC)", config_cls=NoConfig, kind="outputs", inputs=("source",),
-                  expected_sign=1, direction_reference="Guillory et al. 2021: an estimate of the accuracy")
+@register_measure(
+    "doc-accuracy",
+    reference="Guillory et al. 2021, Predicting with Confidence on Unseen Distributions, ICCV, Sec. 3 (DoC)",
+    config_cls=NoConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=1,
+    direction_reference="Guillory et al. 2021: an estimate of the accuracy",
+)
 def doc_accuracy(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Predicted target accuracy: source accuracy - (mean max-probability on source - on target)."""
     src = _need_source("doc-accuracy", source, labels=True)
     conf_src = src.probabilities.max(-1)
     conf_tgt = target.probabilities.max(-1)
     acc = float((src.predictions == src.labels).mean())
-    return _result("doc-accuracy", acc - (conf_src.mean() - conf_tgt.mean()), conf_tgt, source_accuracy=acc,
-                   source_confidence=float(conf_src.mean()), target_confidence=float(conf_tgt.mean()))
+    return _result(
+        "doc-accuracy",
+        acc - (conf_src.mean() - conf_tgt.mean()),
+        conf_tgt,
+        source_accuracy=acc,
+        source_confidence=float(conf_src.mean()),
+        target_confidence=float(conf_tgt.mean()),
+    )
 
 
-@register_measure("translation-agreement", reference="cross-lingual consistency of predictions on parallel "
-                  "text; cf. Jiang et al. 2022, Assessing Generalization of SGD via Disagreement, ICLR",
-                  config_cls=NoConfig, kind="outputs", inputs=("source",),
-                  expected_sign=1, direction_reference="a prediction that survives translation keeps its correctness")
+@register_measure(
+    "translation-agreement",
+    reference="cross-lingual consistency of predictions on parallel "
+    "text; cf. Jiang et al. 2022, Assessing Generalization of SGD via Disagreement, ICLR",
+    config_cls=NoConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=1,
+    direction_reference="a prediction that survives translation keeps its correctness",
+)
 def translation_agreement(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Share of rows i whose prediction on the target text equals the prediction on source row i (its
     translation). No labels are used."""
@@ -188,10 +236,16 @@ def translation_agreement(target: TextOutputs, config: NoConfig, source=None, pe
     return _result("translation-agreement", same.mean(), same)
 
 
-@register_measure("translation-gap", reference="xlgm: expected accuracy change on parallel text under the source "
-                  "posterior (no paper; see the module docstring)", config_cls=NoConfig, kind="outputs",
-                  inputs=("source",),
-                  expected_sign=1, direction_reference="xlgm: an expected target-minus-source accuracy change")
+@register_measure(
+    "translation-gap",
+    reference="xlgm: expected accuracy change on parallel text under the source "
+    "posterior (no paper; see the module docstring)",
+    config_cls=NoConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=1,
+    direction_reference="xlgm: an expected target-minus-source accuracy change",
+)
 def translation_gap(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean over parallel rows i of p_src,i(ŷ_tgt,i) - p_src,i(ŷ_src,i): how much probability the model's
     source-language posterior gives the target prediction, minus its own prediction. If that posterior were
@@ -204,10 +258,16 @@ def translation_gap(target: TextOutputs, config: NoConfig, source=None, peers=()
     return _result("translation-gap", shift.mean(), shift)
 
 
-@register_measure("checkpoint-agreement", reference="Jiang et al. 2022, Assessing Generalization of SGD via "
-                  "Disagreement, ICLR; Baek et al. 2022, Agreement-on-the-Line, NeurIPS", config_cls=NoConfig,
-                  kind="outputs", inputs=("peers",),
-                  expected_sign=1, direction_reference="Jiang et al. 2022: agreement tracks accuracy")
+@register_measure(
+    "checkpoint-agreement",
+    reference="Jiang et al. 2022, Assessing Generalization of SGD via "
+    "Disagreement, ICLR; Baek et al. 2022, Agreement-on-the-Line, NeurIPS",
+    config_cls=NoConfig,
+    kind="outputs",
+    inputs=("peers",),
+    expected_sign=1,
+    direction_reference="Jiang et al. 2022: agreement tracks accuracy",
+)
 def checkpoint_agreement(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Mean over peers (other checkpoints or seeds, outputs on the same rows) of the share of rows on which
     the two predictions agree; the spread is over peers."""
@@ -232,21 +292,37 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)))
 
 
-@register_measure("linear-cka", reference="Kornblith et al. 2019, Similarity of Neural Network Representations "
-                  "Revisited, ICML, Eq. 5 (linear CKA)", config_cls=NoConfig, kind="outputs", inputs=("source",),
-                  expected_sign=1, direction_reference="Conneau et al. 2020: closer to the source, better transfer")
+@register_measure(
+    "linear-cka",
+    reference="Kornblith et al. 2019, Similarity of Neural Network Representations Revisited, ICML, Eq. 5 (linear CKA)",
+    config_cls=NoConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=1,
+    direction_reference="Conneau et al. 2020: closer to the source, better transfer",
+)
 def linear_cka_measure(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """Linear CKA between the sentence embeddings of source rows and their translations (1 = identical up to
     rotation and scale)."""
     src = _need_source("linear-cka", source, parallel_to=target, embeddings=True)
-    return _result("linear-cka", linear_cka(_need_embeddings("linear-cka", src),
-                                            _need_embeddings("linear-cka", target)), num_rows=len(target.logits))
+    return _result(
+        "linear-cka",
+        linear_cka(_need_embeddings("linear-cka", src), _need_embeddings("linear-cka", target)),
+        num_rows=len(target.logits),
+    )
 
 
-@register_measure("embedding-distance", reference="distance between language centroids of sentence embeddings "
-                  "(cf. Libovický et al. 2020, On the Language Neutrality of Pre-trained Multilingual "
-                  "Representations)", config_cls=NoConfig, kind="outputs", inputs=("source",),
-                  expected_sign=-1, direction_reference="Conneau et al. 2020: farther from the source, worse transfer")
+@register_measure(
+    "embedding-distance",
+    reference="distance between language centroids of sentence embeddings "
+    "(cf. Libovický et al. 2020, On the Language Neutrality of Pre-trained Multilingual "
+    "Representations)",
+    config_cls=NoConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=-1,
+    direction_reference="Conneau et al. 2020: farther from the source, worse transfer",
+)
 def embedding_distance(target: TextOutputs, config: NoConfig, source=None, peers=()) -> MeasureResult:
     """||mean(source embeddings) - mean(target embeddings)||_2 / RMS norm of the source embeddings; the text
     need not be parallel. Details: the unscaled distance and the cosine distance of the two means."""
@@ -254,7 +330,7 @@ def embedding_distance(target: TextOutputs, config: NoConfig, source=None, peers
     xs, xt = _need_embeddings("embedding-distance", src), _need_embeddings("embedding-distance", target)
     mu_s, mu_t = xs.mean(0), xt.mean(0)
     dist = float(np.linalg.norm(mu_s - mu_t))
-    scale = float(np.sqrt((xs ** 2).sum(-1).mean()))
+    scale = float(np.sqrt((xs**2).sum(-1).mean()))
     cosine = 1.0 - float(mu_s @ mu_t / (np.linalg.norm(mu_s) * np.linalg.norm(mu_t)))
     return _result("embedding-distance", dist / scale, distance=dist, source_rms_norm=scale, cosine_distance=cosine)
 
@@ -271,10 +347,16 @@ def retrieval_hits(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return ((q @ k.T).argmax(1) == np.arange(len(q))).astype(np.float64)
 
 
-@register_measure("retrieval-accuracy", reference="translation retrieval by nearest neighbour, XTREME "
-                  "Tatoeba protocol (Hu et al. 2020, ICML); centering after Libovický et al. 2020",
-                  config_cls=RetrievalConfig, kind="outputs", inputs=("source",),
-                  expected_sign=1, direction_reference="Hu et al. 2020 (XTREME): better aligned, better transfer")
+@register_measure(
+    "retrieval-accuracy",
+    reference="translation retrieval by nearest neighbour, XTREME "
+    "Tatoeba protocol (Hu et al. 2020, ICML); centering after Libovický et al. 2020",
+    config_cls=RetrievalConfig,
+    kind="outputs",
+    inputs=("source",),
+    expected_sign=1,
+    direction_reference="Hu et al. 2020 (XTREME): better aligned, better transfer",
+)
 def retrieval_accuracy(target: TextOutputs, config: RetrievalConfig, source=None, peers=()) -> MeasureResult:
     """Share of rows whose nearest neighbour (cosine) among the other language's rows is their translation,
     averaged over both directions (target->source, source->target)."""
@@ -283,8 +365,13 @@ def retrieval_accuracy(target: TextOutputs, config: RetrievalConfig, source=None
     if config.center:
         xs, xt = xs - xs.mean(0), xt - xt.mean(0)
     t2s, s2t = retrieval_hits(xt, xs), retrieval_hits(xs, xt)
-    return _result("retrieval-accuracy", (t2s.mean() + s2t.mean()) / 2, (t2s + s2t) / 2,
-                   target_to_source=float(t2s.mean()), source_to_target=float(s2t.mean()))
+    return _result(
+        "retrieval-accuracy",
+        (t2s.mean() + s2t.mean()) / 2,
+        (t2s + s2t) / 2,
+        target_to_source=float(t2s.mean()),
+        source_to_target=float(s2t.mean()),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,20 +394,26 @@ def _with_pseudo_labels(ctx: MeasureContext) -> MeasureContext:
     return dataclasses.replace(ctx, batches=pseudo_labelled(ctx))
 
 
-@register_measure("sharpness-diff-pseudo", reference="Bassi et al. 2024, Algorithm 1 (sharpness-diff) with the "
-                  "model's own predictions as labels", config_cls=sharpness_diff.SharpnessDiffConfig,
-                  expected_sign=-1, direction_reference="Bassi et al. 2024: sharper minima transfer worse")
+@register_measure(
+    "sharpness-diff-pseudo",
+    reference="Bassi et al. 2024, Algorithm 1 (sharpness-diff) with the model's own predictions as labels",
+    config_cls=sharpness_diff.SharpnessDiffConfig,
+    expected_sign=-1,
+    direction_reference="Bassi et al. 2024: sharper minima transfer worse",
+)
 def sharpness_diff_pseudo(ctx: MeasureContext, config) -> MeasureResult:
     """sharpness-diff on pseudo-labels: the loss is the cross-entropy against the model's own predictions at
     the measured weights, so the data needs no labels (e.g. target-language text)."""
     return sharpness_diff.sharpness_diff(_with_pseudo_labels(ctx), config)
 
 
-@register_measure("sharpness-avg-pseudo", reference="Andriushchenko et al. 2023, average-case sharpness, with "
-                  "the model's own predictions as labels", config_cls=sharpness_avg.SharpnessAvgConfig,
-                  expected_sign=-1, direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023")
+@register_measure(
+    "sharpness-avg-pseudo",
+    reference="Andriushchenko et al. 2023, average-case sharpness, with the model's own predictions as labels",
+    config_cls=sharpness_avg.SharpnessAvgConfig,
+    expected_sign=-1,
+    direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023",
+)
 def sharpness_avg_pseudo(ctx: MeasureContext, config) -> MeasureResult:
     """sharpness-avg on pseudo-labels (see sharpness-diff-pseudo)."""
     return sharpness_avg.sharpness_avg(_with_pseudo_labels(ctx), config)
-
-

@@ -98,8 +98,10 @@ def total_examples(batches: Sequence[Batch]) -> int:
 
 def take_rows(batch: Batch, rows: torch.Tensor) -> Batch:
     """The examples `rows` of a batch (every tensor indexed along its first dimension)."""
-    return {k: v.index_select(0, rows.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
-            for k, v in batch.items()}
+    return {
+        k: v.index_select(0, rows.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+        for k, v in batch.items()
+    }
 
 
 def subsample(batches: Sequence[Batch], fraction: float, generator: torch.Generator) -> list[Batch]:
@@ -137,8 +139,9 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor, criterion: Criterion
     return loss.reshape(()) * labels.shape[0]
 
 
-def logits_and_labels(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def logits_and_labels(
+    model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (N x C, at least float32) and labels (N), concatenated over batches, without gradients."""
     all_logits, all_labels = [], []
     with torch.inference_mode():
@@ -151,8 +154,9 @@ def logits_and_labels(model: nn.Module, batches: Sequence[Batch], meter: CostMet
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None,
-             criterion: Criterion | None = None) -> LossAndError:
+def evaluate(
+    model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None, criterion: Criterion | None = None
+) -> LossAndError:
     """Mean loss (cross-entropy, or `criterion`) and error rate over all examples (inference mode, float64
     accumulation)."""
     total_loss = torch.zeros((), dtype=torch.float64)
@@ -170,8 +174,9 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None
     return LossAndError(float(total_loss) / n, total_wrong / n, n)
 
 
-def mean_loss(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None,
-              criterion: Criterion | None = None) -> float:
+def mean_loss(
+    model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None, criterion: Criterion | None = None
+) -> float:
     return evaluate(model, batches, meter, criterion).loss
 
 
@@ -180,7 +185,10 @@ def error_rate(model: nn.Module, batches: Sequence[Batch], meter: CostMeter | No
 
 
 def loss_and_gradient(
-    model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor], meter: CostMeter | None = None,
+    model: nn.Module,
+    batches: Sequence[Batch],
+    params: Sequence[torch.Tensor],
+    meter: CostMeter | None = None,
     criterion: Criterion | None = None,
 ) -> tuple[LossAndError, list[torch.Tensor]]:
     """L(w), err(w) and the full-data gradient dL/dparams = sum_b (n_b/N) grad L_b (zeros where unused)."""
@@ -216,8 +224,7 @@ def sparse_embedding_gradients(model: nn.Module, params: Sequence[torch.Tensor])
     backward is not twice differentiable); the flag is put back on exit.
     """
     wanted = {id(p) for p in params}
-    switched = [m for m in model.modules()
-                if isinstance(m, nn.Embedding) and not m.sparse and id(m.weight) in wanted]
+    switched = [m for m in model.modules() if isinstance(m, nn.Embedding) and not m.sparse and id(m.weight) in wanted]
     for m in switched:
         m.sparse = True
     try:

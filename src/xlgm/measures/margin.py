@@ -37,7 +37,8 @@ class MarginConfig:
     "arXiv:2404.15928, §3 (margin); published code: github.com/sakshambassi/sharpness-measure "
     "(strikegen/margin/margin.py)",
     config_cls=MarginConfig,
-    expected_sign=1, direction_reference="Bassi et al. 2024; Jiang et al. 2020: a larger margin, better generalization"
+    expected_sign=1,
+    direction_reference="Bassi et al. 2024; Jiang et al. 2020: a larger margin, better generalization",
 )
 def margin(ctx: MeasureContext, config: MarginConfig) -> MeasureResult:
     """Average probability margin: mean_i [ p(y_i | x_i) - max_{j != y_i} p(j | x_i) ].
@@ -70,7 +71,8 @@ class LogitMarginConfig:
     reference="Jiang, Neyshabur, Mobahi, Krishnan & Bengio (2020), Fantastic Generalization Measures and Where "
     "to Find Them, ICLR; output-space measure 'inverse margin' 1/γ² (measure (22))",
     config_cls=LogitMarginConfig,
-    expected_sign=-1, direction_reference="Jiang et al. 2020, measure (22): 1/γ², larger = smaller margin, worse"
+    expected_sign=-1,
+    direction_reference="Jiang et al. 2020, measure (22): 1/γ², larger = smaller margin, worse",
 )
 def logit_margin(ctx: MeasureContext, config: LogitMarginConfig) -> MeasureResult:
     """Inverse squared logit margin 1/γ², γ = the 10th percentile over examples of f(x)_y - max_{j != y} f(x)_j.

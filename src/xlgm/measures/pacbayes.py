@@ -89,8 +89,9 @@ def _pacbayes(ctx: MeasureContext, config: PacBayesConfig, magnitude_aware: bool
         }
 
     ctx.expect(config.search_depth * config.num_draws)  # the bisection may stop early
-    search = bisect_scale(deviation, config.target_deviation, config.lower, config.upper,
-                          config.search_depth, config.tolerance)
+    search = bisect_scale(
+        deviation, config.target_deviation, config.lower, config.upper, config.search_depth, config.tolerance
+    )
     ctx.reset()
     final = search.steps[-1]
     sigma = search.scale
@@ -117,7 +118,8 @@ def _pacbayes(ctx: MeasureContext, config: PacBayesConfig, magnitude_aware: bool
     "pacbayes-flatness",
     reference=REFERENCE.format(what="PAC-Bayes flatness 1/σ'², measure (53)"),
     config_cls=PacBayesConfig,
-    expected_sign=-1, direction_reference="Jiang et al. 2020, (53): 1/σ'², larger = sharper, worse"
+    expected_sign=-1,
+    direction_reference="Jiang et al. 2020, (53): 1/σ'², larger = sharper, worse",
 )
 def pacbayes_flatness(ctx: MeasureContext, config: PacBayesConfig) -> MeasureResult:
     """PAC-Bayes flatness 1/σ'², σ' = max σ with E_{u~N(0,σ²I)} L(w+u) - L(w) <= 0.1 (Jiang et al. 2020, (53)).
@@ -132,7 +134,8 @@ def pacbayes_flatness(ctx: MeasureContext, config: PacBayesConfig) -> MeasureRes
     "pacbayes-flatness-mag",
     reference=REFERENCE.format(what="magnitude-aware PAC-Bayes flatness 1/σ'², measure (61)"),
     config_cls=PacBayesConfig,
-    expected_sign=-1, direction_reference="Jiang et al. 2020, (61): 1/σ'², larger = sharper, worse"
+    expected_sign=-1,
+    direction_reference="Jiang et al. 2020, (61): 1/σ'², larger = sharper, worse",
 )
 def pacbayes_flatness_mag(ctx: MeasureContext, config: PacBayesConfig) -> MeasureResult:
     """Magnitude-aware PAC-Bayes flatness 1/σ'², u_i ~ N(0, σ² w_i² + ε²) (Jiang et al. 2020, (61); ε = 1e-3).

@@ -87,10 +87,13 @@ class SearchResult:
 
     def health(self) -> dict[str, Any]:
         """The standard health keys of `xlgm.measures.base.MeasureHealth` for a measure's details."""
-        return {"converged": self.converged, "residual": abs(self.deviation - self.target),
-                "tolerance": self.tolerance,
-                "iteration_cap_reached": not self.converged and self.iterations >= self.max_iters,
-                "saturated": self.saturated}
+        return {
+            "converged": self.converged,
+            "residual": abs(self.deviation - self.target),
+            "tolerance": self.tolerance,
+            "iteration_cap_reached": not self.converged and self.iterations >= self.max_iters,
+            "saturated": self.saturated,
+        }
 
     def trace(self) -> list[dict[str, Any]]:
         return [
@@ -129,5 +132,4 @@ def bisect_scale(
         else:
             lo = scale
     hit_upper = bool(steps) and all(s.deviation < target - tolerance for s in steps)
-    return SearchResult(scale, dev, converged, steps, hit_upper, target, tolerance, max_iters, (lower, upper),
-                        (lo, hi))
+    return SearchResult(scale, dev, converged, steps, hit_upper, target, tolerance, max_iters, (lower, upper), (lo, hi))

@@ -57,10 +57,12 @@ def _selected_keys(state_dicts: Sequence[Mapping[str, torch.Tensor]], param_filt
     reference="Variance across seeds of fine-tuned weights (a group measure); cf. Mosbach, Andriushchenko & "
     "Klakow (2021), On the Stability of Fine-tuning BERT, ICLR, and the seed studies of Dodge et al. (2020)",
     config_cls=SeedVarianceConfig,
-    kind="group", expected_sign=None
+    kind="group",
+    expected_sign=None,
 )
-def _parameter_variance(state_dicts: list[Mapping[str, torch.Tensor]], config: SeedVarianceConfig,
-                        param_filter: ParamFilter) -> MeasureResult:
+def _parameter_variance(
+    state_dicts: list[Mapping[str, torch.Tensor]], config: SeedVarianceConfig, param_filter: ParamFilter
+) -> MeasureResult:
     """Mean per-coordinate variance (ddof=1) of the parameters across runs differing only in seed.
 
     value: the mean over coordinates; details: the total (sum over coordinates), the per-tensor mean
@@ -98,7 +100,8 @@ def _parameter_variance(state_dicts: list[Mapping[str, torch.Tensor]], config: S
     )
 
 
-def parameter_variance_across_seeds(state_dicts: Sequence[Mapping[str, torch.Tensor]],
-                                    param_filter: ParamFilter = None) -> MeasureResult:
+def parameter_variance_across_seeds(
+    state_dicts: Sequence[Mapping[str, torch.Tensor]], param_filter: ParamFilter = None
+) -> MeasureResult:
     """The variance of parameters across runs differing only in seed (see the module docstring)."""
     return _parameter_variance(list(state_dicts), SeedVarianceConfig(), param_filter)

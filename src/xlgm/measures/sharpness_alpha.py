@@ -56,8 +56,9 @@ class SharpnessAlphaConfig(SearchConfig):
         check_positive("step_fraction", self.step_fraction)
 
 
-def _box_ascent(ctx: MeasureContext, half: list[torch.Tensor], start: list[torch.Tensor], steps: int,
-                step_fraction: float) -> tuple[float, float]:
+def _box_ascent(
+    ctx: MeasureContext, half: list[torch.Tensor], start: list[torch.Tensor], steps: int, step_fraction: float
+) -> tuple[float, float]:
     """Projected sign-gradient ascent in the box |u| <= half from u = start; the max loss and max error seen."""
     u = start
     max_loss, max_err = float("-inf"), float("-inf")
@@ -95,12 +96,16 @@ def _sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig, magnitud
         ctx.reset()
         worst = max(per_restart, key=lambda d: d[config.deviation_of])
         dev = worst[config.deviation_of] - reference
-        return dev, {"delta_loss": worst["loss"] - base.loss, "delta_error": worst["error"] - base.error,
-                     "per_restart": [d[config.deviation_of] - reference for d in per_restart]}
+        return dev, {
+            "delta_loss": worst["loss"] - base.loss,
+            "delta_error": worst["error"] - base.error,
+            "per_restart": [d[config.deviation_of] - reference for d in per_restart],
+        }
 
     ctx.expect(config.search_depth * config.num_restarts * config.ascent_steps)  # the bisection may stop early
-    search = bisect_scale(deviation, config.target_deviation, config.lower, config.upper,
-                          config.search_depth, config.tolerance)
+    search = bisect_scale(
+        deviation, config.target_deviation, config.lower, config.upper, config.search_depth, config.tolerance
+    )
     ctx.reset()
     alpha = search.scale
     final = search.steps[-1].info
@@ -123,8 +128,13 @@ def _sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig, magnitud
     )
 
 
-@register_measure("sharpness-alpha", reference=REFERENCE.format(mag=""), config_cls=SharpnessAlphaConfig,
-    expected_sign=-1, direction_reference="Jiang et al. 2020, App. C: 1/α'², larger = sharper, worse")
+@register_measure(
+    "sharpness-alpha",
+    reference=REFERENCE.format(mag=""),
+    config_cls=SharpnessAlphaConfig,
+    expected_sign=-1,
+    direction_reference="Jiang et al. 2020, App. C: 1/α'², larger = sharper, worse",
+)
 def sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig) -> MeasureResult:
     """Worst-case sharpness 1/α'², α' = max α with max_{|u_i| <= α} L(w+u) - L(w) <= 0.1 (Jiang et al. 2020).
 
@@ -135,8 +145,11 @@ def sharpness_alpha(ctx: MeasureContext, config: SharpnessAlphaConfig) -> Measur
 
 
 @register_measure(
-    "sharpness-alpha-mag", reference=REFERENCE.format(mag=", magnitude-aware"), config_cls=SharpnessAlphaConfig,
-    expected_sign=-1, direction_reference="Jiang et al. 2020, App. C: 1/α'², larger = sharper, worse"
+    "sharpness-alpha-mag",
+    reference=REFERENCE.format(mag=", magnitude-aware"),
+    config_cls=SharpnessAlphaConfig,
+    expected_sign=-1,
+    direction_reference="Jiang et al. 2020, App. C: 1/α'², larger = sharper, worse",
 )
 def sharpness_alpha_mag(ctx: MeasureContext, config: SharpnessAlphaConfig) -> MeasureResult:
     """Magnitude-aware worst-case sharpness 1/α'², box |u_i| <= α|w_i| + ε (Jiang et al. 2020, ε = 1e-3).

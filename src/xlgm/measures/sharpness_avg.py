@@ -37,7 +37,8 @@ class SharpnessAvgConfig:
     reference="Andriushchenko, Croce, Müller, Hein & Flammarion (2023), A Modern Look at the Relationship "
     "between Sharpness and Generalization, ICML; average-case adaptive sharpness, eq. (2)",
     config_cls=SharpnessAvgConfig,
-    expected_sign=-1, direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023"
+    expected_sign=-1,
+    direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023",
 )
 def sharpness_avg(ctx: MeasureContext, config: SharpnessAvgConfig) -> MeasureResult:
     """Average-case sharpness E_δ L(w+δ) - L(w), δ ~ N(0, ρ² diag(c²)), c = |w| or 1 (Andriushchenko et al. 2023).

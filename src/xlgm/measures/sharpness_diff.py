@@ -141,8 +141,9 @@ def _paper_draw(ctx: MeasureContext, config: SharpnessDiffConfig) -> dict:
     }
 
 
-def _default_draw(ctx: MeasureContext, config: SharpnessDiffConfig, radius: float,
-                  noise_scale: list[torch.Tensor]) -> dict:
+def _default_draw(
+    ctx: MeasureContext, config: SharpnessDiffConfig, radius: float, noise_scale: list[torch.Tensor]
+) -> dict:
     """One draw of the corrected algorithm: relative noise, global projection, eval mode.
 
     noise_scale = σ |w0|; the arithmetic is in place, since every full-size pass counts on a large model.
@@ -177,7 +178,8 @@ def _default_draw(ctx: MeasureContext, config: SharpnessDiffConfig, radius: floa
     "arXiv:2404.15928, §3 (difference-based sharpness, steps 1-6); published code "
     "github.com/sakshambassi/sharpness-measure strikegen/sharpness/sharpness.py",
     config_cls=SharpnessDiffConfig,
-    expected_sign=-1, direction_reference="Bassi et al. 2024: sharper minima transfer worse"
+    expected_sign=-1,
+    direction_reference="Bassi et al. 2024: sharper minima transfer worse",
 )
 def sharpness_diff(ctx: MeasureContext, config: SharpnessDiffConfig) -> MeasureResult:
     """Difference-based sharpness L(proj(w0 + e + η∇L(w0 + e))) - L(w0), mean ± std over k draws.

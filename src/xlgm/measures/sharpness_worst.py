@@ -68,7 +68,8 @@ def _random_start(ctx: MeasureContext, rho: float, norm: str) -> list[torch.Tens
     reference="Andriushchenko, Croce, Müller, Hein & Flammarion (2023), A Modern Look at the Relationship "
     "between Sharpness and Generalization, ICML; worst-case adaptive sharpness, eq. (1)",
     config_cls=SharpnessWorstConfig,
-    expected_sign=-1, direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023"
+    expected_sign=-1,
+    direction_reference="Keskar et al. 2017; tested by Andriushchenko et al. 2023",
 )
 def sharpness_worst(ctx: MeasureContext, config: SharpnessWorstConfig) -> MeasureResult:
     """Worst-case sharpness max_{||δ/c||_p <= ρ} L(w+δ) - L(w), c = |w| or 1 (Andriushchenko et al. 2023).

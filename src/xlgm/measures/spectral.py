@@ -36,7 +36,8 @@ class SpectralNormConfig:
     reference="Bartlett, Foster & Telgarsky (2017); Neyshabur, Bhojanapalli & Srebro (2018); Jiang et al. (2020), "
     "Fantastic Generalization Measures, log product of squared spectral norms (measure (32)) and log sum (35)",
     config_cls=SpectralNormConfig,
-    expected_sign=-1, direction_reference="Bartlett et al. 2017; Jiang et al. 2020: larger norms, worse"
+    expected_sign=-1,
+    direction_reference="Bartlett et al. 2017; Jiang et al. 2020: larger norms, worse",
 )
 def spectral_norm(ctx: MeasureContext, config: SpectralNormConfig) -> MeasureResult:
     """Spectral norms ||W_l||_2 of the weight matrices: log product (default), product or sum.
@@ -61,5 +62,10 @@ def spectral_norm(ctx: MeasureContext, config: SpectralNormConfig) -> MeasureRes
         "product": math.exp(log_product) if log_product < 709 else float("inf"),
         "sum": sum(norms),
     }
-    return ctx.result(aggregates[config.aggregate], aggregate=config.aggregate, num_matrices=len(norms),
-                      per_layer=per_layer, **aggregates)
+    return ctx.result(
+        aggregates[config.aggregate],
+        aggregate=config.aggregate,
+        num_matrices=len(norms),
+        per_layer=per_layer,
+        **aggregates,
+    )

@@ -90,8 +90,10 @@ def _shape_mismatch(model: torch.nn.Module, mismatches: list[tuple[str, tuple, t
                 best = (named[0], named[1], dim_theirs, dim_ours, name, theirs, ours)
     if best is not None:
         _, size, theirs_dim, ours_dim, name, theirs, ours = best
-        return (f"checkpoint has {size} {theirs_dim}, the model {ours_dim} "
-                f"(tensor {name}: {list(theirs)}, the model's {list(ours)})")
+        return (
+            f"checkpoint has {size} {theirs_dim}, the model {ours_dim} "
+            f"(tensor {name}: {list(theirs)}, the model's {list(ours)})"
+        )
     name, theirs, ours = mismatches[0]
     return f"tensor {name} has shape {list(theirs)}, the model's parameter {list(ours)}"
 
@@ -104,9 +106,11 @@ def copy_tensors_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     unknown = sorted(k for k in state if k not in own)
     if unknown:
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        raise XlgmError(f"{source}: tensor{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:3])}{more} "
-                        f"{'are' if len(unknown) > 1 else 'is'} not a parameter of the model "
-                        f"({len(state)} in the file, {len(own)} in the model): a checkpoint of another architecture")
+        raise XlgmError(
+            f"{source}: tensor{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:3])}{more} "
+            f"{'are' if len(unknown) > 1 else 'is'} not a parameter of the model "
+            f"({len(state)} in the file, {len(own)} in the model): a checkpoint of another architecture"
+        )
     mismatches = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if v.shape != own[k].shape]
     if mismatches:
         raise XlgmError(f"{source}: {_shape_mismatch(model, mismatches)}")

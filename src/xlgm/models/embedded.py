@@ -136,8 +136,7 @@ def _package_dir(package: str, pip_name: str) -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise XlgmError(
-            f"the embedded default model needs the Python package '{package}' "
-            f"(install it with: pip install {pip_name})"
+            f"the embedded default model needs the Python package '{package}' (install it with: pip install {pip_name})"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -73,10 +73,12 @@ def conversion_command(weights: Path) -> str:
     restricted `weights_only` unpickler; run it only on a file you trust). Tensors are cloned so that
     tied weights, shared in the pickle, are saved as separate tensors, as safetensors requires."""
     out = weights.parent / "model.safetensors"
-    code = (f"import torch; from safetensors.torch import save_file; "
-            f"s = torch.load({str(weights)!r}, map_location='cpu', weights_only=True); "
-            f"save_file({{k: v.clone().contiguous() for k, v in s.items()}}, {str(out)!r}, "
-            f"metadata={{'format': 'pt'}})")
+    code = (
+        f"import torch; from safetensors.torch import save_file; "
+        f"s = torch.load({str(weights)!r}, map_location='cpu', weights_only=True); "
+        f"save_file({{k: v.clone().contiguous() for k, v in s.items()}}, {str(out)!r}, "
+        f"metadata={{'format': 'pt'}})"
+    )
     return f'python -c "{code}"'
 
 
@@ -85,11 +87,15 @@ def check_weights_folder(folder: Path) -> None:
     if any((folder / name).is_file() for name in SAFE_WEIGHTS):
         return
     if (folder / PICKLED_WEIGHTS[0]).is_file():
-        raise XlgmError(f"{folder}: holds only pytorch_model.bin (pickle); convert it to safetensors first, e.g. "
-                        f"{conversion_command(folder / PICKLED_WEIGHTS[0])}")
+        raise XlgmError(
+            f"{folder}: holds only pytorch_model.bin (pickle); convert it to safetensors first, e.g. "
+            f"{conversion_command(folder / PICKLED_WEIGHTS[0])}"
+        )
     if (folder / PICKLED_WEIGHTS[1]).is_file() or any(folder.glob("pytorch_model-*.bin")):
-        raise XlgmError(f"{folder}: holds only pickled weight shards (pytorch_model-*.bin); convert each to "
-                        f"safetensors first, as for one file: {conversion_command(folder / 'SHARD.bin')}")
+        raise XlgmError(
+            f"{folder}: holds only pickled weight shards (pytorch_model-*.bin); convert each to "
+            f"safetensors first, as for one file: {conversion_command(folder / 'SHARD.bin')}"
+        )
     raise XlgmError(f"{folder}: no model.safetensors in this folder (not a model folder?)")
 
 
@@ -145,8 +151,11 @@ def _head_parameter_names(model: PreTrainedModel) -> set[str]:
 
 def _head_modules(model: PreTrainedModel) -> list[tuple[str, torch.nn.Module]]:
     head = _head_parameter_names(model)
-    return [(name, module) for name, module in model.named_modules()
-            if any(f"{name}.{p}" in head for p, _ in module.named_parameters(recurse=False))]
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if any(f"{name}.{p}" in head for p, _ in module.named_parameters(recurse=False))
+    ]
 
 
 def _reinitialize(model: PreTrainedModel, modules: list[torch.nn.Module]) -> None:
@@ -165,8 +174,7 @@ def _reorder_head(model: PreTrainedModel, order: tuple[int, ...], source: str) -
     """Reorder the rows of the head's output layer (the one Linear with a row per label) to `order`."""
     if list(order) == list(range(len(order))):
         return
-    outputs = [m for _, m in _head_modules(model)
-               if isinstance(m, torch.nn.Linear) and m.out_features == len(order)]
+    outputs = [m for _, m in _head_modules(model) if isinstance(m, torch.nn.Linear) and m.out_features == len(order)]
     if len(outputs) != 1:
         raise XlgmError(f"{source}: cannot find the classification head's output layer to map its labels by name")
     layer = outputs[0]
@@ -181,8 +189,14 @@ def _describe(labels: tuple[str, ...]) -> str:
     return ", ".join(labels)
 
 
-def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, ...] | None = None,
-                    dtype: torch.dtype | None = None, return_new: bool = False, head: str = "auto"):
+def load_classifier(
+    name_or_path: str,
+    num_labels: int,
+    label_names: tuple[str, ...] | None = None,
+    dtype: torch.dtype | None = None,
+    return_new: bool = False,
+    head: str = "auto",
+):
     """A sequence classifier for a task with `num_labels` classes (named `label_names`, in their order).
 
     `head`: "auto" keeps a trained head whose labels are the task's (reordered by name) and gives any
@@ -198,11 +212,15 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
     if head == "keep" and match.kind != "match":
         names = _describe(tuple(label_names)) if label_names else f"{num_labels} labels"
         if match.kind == "none":
-            raise XlgmError(f"{name_or_path} has no trained classification head for the task's labels ({names}): "
-                            "its accuracy would be chance; train a run of it, or pass --random-head to evaluate "
-                            "it with a seeded random head")
-        raise XlgmError(f"{name_or_path}: its classification head's labels ({_describe(match.labels)}) are not the "
-                        f"task's ({names}); pass --random-head to replace its head by a seeded random one")
+            raise XlgmError(
+                f"{name_or_path} has no trained classification head for the task's labels ({names}): "
+                "its accuracy would be chance; train a run of it, or pass --random-head to evaluate "
+                "it with a seeded random head"
+            )
+        raise XlgmError(
+            f"{name_or_path}: its classification head's labels ({_describe(match.labels)}) are not the "
+            f"task's ({names}); pass --random-head to replace its head by a seeded random one"
+        )
     keep = match.kind == "match" and head != "fresh"
     if not keep:
         config.num_labels = num_labels
@@ -218,8 +236,14 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, use_safetensors=True,
-                                          ignore_mismatched_sizes=not keep, **kwargs)
+        model, info = cls.from_pretrained(
+            path,
+            config=config,
+            output_loading_info=True,
+            use_safetensors=True,
+            ignore_mismatched_sizes=not keep,
+            **kwargs,
+        )
     except (OSError, ValueError) as err:
         raise XlgmError(f"could not load model weights from {name_or_path!r}: {first_line(err)}") from err
     finally:
@@ -227,17 +251,22 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: tuple[str, 
         if bars:
             hf_logging.enable_progress_bar()
     head_names = _head_parameter_names(model)
-    missing = set(info.get("missing_keys") or ()) | {k[0] if isinstance(k, tuple) else k
-                                                     for k in info.get("mismatched_keys") or ()}
+    missing = set(info.get("missing_keys") or ()) | {
+        k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()
+    }
     body_missing = sorted(missing - head_names)
     if body_missing:
-        print(f"xlgm: warning: {name_or_path}: {len(body_missing)} parameter(s) of the model are not in its "
-              f"weights and start random: {', '.join(body_missing[:3])}{' ...' if len(body_missing) > 3 else ''}",
-              file=sys.stderr)
+        print(
+            f"xlgm: warning: {name_or_path}: {len(body_missing)} parameter(s) of the model are not in its "
+            f"weights and start random: {', '.join(body_missing[:3])}{' ...' if len(body_missing) > 3 else ''}",
+            file=sys.stderr,
+        )
     if keep:
         if missing & head_names:
-            raise XlgmError(f"{name_or_path}: its config names a classifier, but its weights hold no head "
-                            f"({', '.join(sorted(missing & head_names)[:2])} missing)")
+            raise XlgmError(
+                f"{name_or_path}: its config names a classifier, but its weights hold no head "
+                f"({', '.join(sorted(missing & head_names)[:2])} missing)"
+            )
         _reorder_head(model, match.order, name_or_path)
         if label_names:
             model.config.id2label = dict(enumerate(label_names))
@@ -257,8 +286,9 @@ def is_local_model(name_or_path: str) -> bool:
     return name_or_path == EMBEDDED or Path(name_or_path).exists()
 
 
-def load_target(target: ResolvedTarget, num_labels: int, label_names: tuple[str, ...] | None = None,
-                random_head: int | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_target(
+    target: ResolvedTarget, num_labels: int, label_names: tuple[str, ...] | None = None, random_head: int | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model a resolved TARGET names: for a run, the base weights, then the run's initial head, then
     the checkpoint; for a model, its own trained head for the task (see the module docstring) or, with
     `random_head=SEED`, a random head drawn from that seed (said on stderr)."""
@@ -274,8 +304,11 @@ def load_target(target: ResolvedTarget, num_labels: int, label_names: tuple[str,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = load_classifier(target.model, num_labels, label_names, head="fresh")
-        print(f"xlgm: {target.model}: a random classification head (seed {seed}), not a trained one: "
-              "its accuracy is chance level", file=sys.stderr)
+        print(
+            f"xlgm: {target.model}: a random classification head (seed {seed}), not a trained one: "
+            "its accuracy is chance level",
+            file=sys.stderr,
+        )
     else:
         model = load_classifier(target.model, num_labels, label_names, head="keep")
     model.eval()

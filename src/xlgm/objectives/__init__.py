@@ -75,7 +75,11 @@ LOOP_FACTS = ("task", "batch_size")
 # config_class with `option(...)` field metadata for its flags, reference, summary, loop_facts) and one
 # entry here; its name, flags and validation follow from the class.
 OBJECTIVE_CLASSES: tuple[type[Any], ...] = (
-    AdamWObjective, SAMObjective, ASAMObjective, FisherObjective, MVRObjective,
+    AdamWObjective,
+    SAMObjective,
+    ASAMObjective,
+    FisherObjective,
+    MVRObjective,
 )
 
 
@@ -121,8 +125,10 @@ def objective_flags(specs: Iterable[ObjectiveSpec]) -> dict[str, ObjectiveFlag]:
             if meta is None:
                 continue
             kind = _value_type(hints[f.name])
-            entry = found.setdefault(meta["flag"], {"flag": meta["flag"], "type": kind, "help": "",
-                                                    "exclusive": meta["exclusive"], "targets": {}})
+            entry = found.setdefault(
+                meta["flag"],
+                {"flag": meta["flag"], "type": kind, "help": "", "exclusive": meta["exclusive"], "targets": {}},
+            )
             if entry["type"] is not kind or entry["exclusive"] != meta["exclusive"]:
                 raise TypeError(f"{meta['flag']}: {spec.name}.{f.name} declares it unlike the objectives before it")
             entry["help"] = entry["help"] or meta["help"]
@@ -151,14 +157,13 @@ def build_config(name: str, **options: Any):
     unknown = sorted(k for k in options if k not in fields)
     if unknown:
         allowed = ", ".join(fields) if fields else "none"
-        raise XlgmError(
-            f"objective {spec.name} has no option {', '.join(unknown)}; its options are: {allowed}"
-        )
+        raise XlgmError(f"objective {spec.name} has no option {', '.join(unknown)}; its options are: {allowed}")
     return spec.config(**{k: v for k, v in options.items() if v is not None})
 
 
-def build_objective(name: str, /, *, task: str | None = None, batch_size: int | None = None,
-                    **options: Any) -> Objective:
+def build_objective(
+    name: str, /, *, task: str | None = None, batch_size: int | None = None, **options: Any
+) -> Objective:
     """An objective by registry name with its options (config field names), validated. `task` and
     `batch_size` (the micro-batch per device) are the training loop's facts, used by the objectives whose
     defaults depend on them and ignored by the others."""
@@ -179,6 +184,7 @@ def describe_objective(objective: Objective) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------------
 # CLI
+
 
 def add_objective_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add `--objective` and every objective's options (all default to None: the objective's default)."""
@@ -214,9 +220,7 @@ def objective_options(namespace: argparse.Namespace) -> tuple[str, dict[str, Any
             continue
         targets = option_flag.targets
         if name not in targets:
-            raise XlgmError(
-                f"{option_flag.flag} applies to --objective {'/'.join(targets)}, not to --objective {name}"
-            )
+            raise XlgmError(f"{option_flag.flag} applies to --objective {'/'.join(targets)}, not to --objective {name}")
         options[targets[name]] = value
     return name, options
 

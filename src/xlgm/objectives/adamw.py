@@ -34,9 +34,7 @@ class AdamWObjective:
     def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
         return None
 
-    def micro_step(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
-    ) -> dict[str, float]:
+    def micro_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         loss = cross_entropy(logits_of(model, batch), batch["labels"])
         ctx.backward(loss * ctx.loss_scale)
         value = loss.item()

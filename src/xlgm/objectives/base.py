@@ -92,8 +92,6 @@ class Objective(Protocol):
     def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
         """Called once before training; `train_rows` are the raw training examples (for MVR)."""
 
-    def micro_step(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
-    ) -> dict[str, float]:
+    def micro_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         """Accumulate this micro-batch's gradient into `.grad`; return scalars to log (at least `loss`)."""
         ...

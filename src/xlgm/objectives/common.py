@@ -90,4 +90,3 @@ def grad_scale(ctx: Any) -> float:
         return float(scaler.get_scale())
     except Exception:  # noqa: BLE001  # pragma: no cover - a scaler without the usual API
         return 1.0
-

@@ -86,9 +86,7 @@ def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def gradient_norm_penalty(
-    loss: torch.Tensor, params: Sequence[torch.Tensor], scale: float = 1.0
-) -> torch.Tensor:
+def gradient_norm_penalty(loss: torch.Tensor, params: Sequence[torch.Tensor], scale: float = 1.0) -> torch.Tensor:
     """‖∇_params loss‖², differentiable (create_graph=True); `scale` is the fp16 loss scale to undo."""
     target = loss * scale if scale != 1.0 else loss
     grads = torch.autograd.grad(target, params, create_graph=True, allow_unused=True)
@@ -107,24 +105,39 @@ DEFAULT_LAMBDA = 0.1
 @dataclass(frozen=True)
 class FisherConfig:
     # None: DEFAULT_LAMBDA, unless `weight` is given
-    lam: float | None = field(default=None, metadata=option(
-        "--fisher-lambda", "fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
-        "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the "
-        "micro-batch per device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 "
-        "is λ ≈ 3.1e-5 at 32", exclusive="fisher-weight"))
+    lam: float | None = field(
+        default=None,
+        metadata=option(
+            "--fisher-lambda",
+            "fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
+            "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the "
+            "micro-batch per device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 "
+            "is λ ≈ 3.1e-5 at 32",
+            exclusive="fisher-weight",
+        ),
+    )
     # None: the whole micro-batch
-    sub_batch: int | None = field(default=None, metadata=option(
-        "--fisher-sub-batch", "fisher: penalty on the first m examples (all)"))
+    sub_batch: int | None = field(
+        default=None, metadata=option("--fisher-sub-batch", "fisher: penalty on the first m examples (all)")
+    )
     every: int = field(default=1, metadata=option("--fisher-every", "fisher: penalty every k optimizer steps (1)"))
     # the authors' w; λ = w / B, B the micro-batch per device
-    weight: float | None = field(default=None, metadata=option(
-        "--fisher-weight", "fisher: the penalty weight in the authors' convention, w (their XNLI script's is "
-        "1e-3); λ = w / --batch-size. Not with --fisher-lambda", exclusive="fisher-weight"))
+    weight: float | None = field(
+        default=None,
+        metadata=option(
+            "--fisher-weight",
+            "fisher: the penalty weight in the authors' convention, w (their XNLI script's is "
+            "1e-3); λ = w / --batch-size. Not with --fisher-lambda",
+            exclusive="fisher-weight",
+        ),
+    )
 
     def __post_init__(self):
         if self.lam is not None and self.weight is not None:
-            raise XlgmError("give the Fisher penalty weight once: lam (--fisher-lambda) or weight "
-                            "(--fisher-weight, the authors' w = lam x batch size), not both")
+            raise XlgmError(
+                "give the Fisher penalty weight once: lam (--fisher-lambda) or weight "
+                "(--fisher-weight, the authors' w = lam x batch size), not both"
+            )
         if self.weight is None:
             lam = DEFAULT_LAMBDA if self.lam is None else self.lam
             object.__setattr__(self, "lam", check_nonnegative("lam (--fisher-lambda)", lam))
@@ -140,16 +153,19 @@ class FisherConfig:
         if self.weight is None:
             return self.lam  # type: ignore[return-value]
         if batch_size is None:
-            raise XlgmError("weight (--fisher-weight) is the authors' w = lam x batch size: the objective needs "
-                            "the micro-batch size per device to use it")
+            raise XlgmError(
+                "weight (--fisher-weight) is the authors' w = lam x batch size: the objective needs "
+                "the micro-batch size per device to use it"
+            )
         return self.weight / check_positive_int("batch size (--batch-size)", batch_size)
 
 
 class FisherObjective:
     name = "fisher"
     config_class = FisherConfig
-    reference = ("Jastrzebski et al., Catastrophic Fisher Explosion: Early Phase Fisher Matrix Impacts "
-                 "Generalization, ICML 2021")
+    reference = (
+        "Jastrzebski et al., Catastrophic Fisher Explosion: Early Phase Fisher Matrix Impacts Generalization, ICML 2021"
+    )
     summary = "CE + lambda * |grad CE(f(x), y_sampled)|^2"
     loop_facts = ("batch_size",)
 
@@ -163,9 +179,7 @@ class FisherObjective:
     def is_active(self, step: int) -> bool:
         return self.lam > 0 and step % self.config.every == 0
 
-    def micro_step(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
-    ) -> dict[str, float]:
+    def micro_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         labels = batch["labels"]
         if not self.is_active(ctx.step):
             loss = cross_entropy(logits_of(model, batch), labels)

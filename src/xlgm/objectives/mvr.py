@@ -86,18 +86,26 @@ DEFAULT_TASK = "xnli"
 
 def default_kl_weight(task: str) -> float:
     if task not in DEFAULT_KL_WEIGHT:
-        raise XlgmError(f"mvr has no default KL weight for task {task!r} (it has one for "
-                        f"{', '.join(DEFAULT_KL_WEIGHT)}); give lam (--mvr-lambda)")
+        raise XlgmError(
+            f"mvr has no default KL weight for task {task!r} (it has one for "
+            f"{', '.join(DEFAULT_KL_WEIGHT)}); give lam (--mvr-lambda)"
+        )
     return DEFAULT_KL_WEIGHT[task]
 
 
 @dataclass(frozen=True)
 class MVRConfig:
     # None: the task's default, DEFAULT_KL_WEIGHT
-    lam: float | None = field(default=None, metadata=option(
-        "--mvr-lambda", "mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)"))
-    rate: float = field(default=0.2, metadata=option(
-        "--mvr-rate", "mvr: WordPiece dropout rate / Unigram sampling alpha (0.2); 0 disables sampling"))
+    lam: float | None = field(
+        default=None,
+        metadata=option("--mvr-lambda", "mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)"),
+    )
+    rate: float = field(
+        default=0.2,
+        metadata=option(
+            "--mvr-rate", "mvr: WordPiece dropout rate / Unigram sampling alpha (0.2); 0 disables sampling"
+        ),
+    )
     max_length: int | None = None
     seed: int = 0
 
@@ -105,9 +113,7 @@ class MVRConfig:
         if self.lam is not None:
             object.__setattr__(self, "lam", check_nonnegative("lam (--mvr-lambda)", self.lam))
         object.__setattr__(self, "rate", check_rate("rate (--mvr-rate)", self.rate))
-        object.__setattr__(
-            self, "max_length", check_positive_int("max_length", self.max_length, allow_none=True)
-        )
+        object.__setattr__(self, "max_length", check_positive_int("max_length", self.max_length, allow_none=True))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise XlgmError(f"seed must be an integer, got {self.seed!r}")
 
@@ -181,9 +187,7 @@ class MVRObjective:
             padding_side=getattr(self._tokenizer, "padding_side", "right"),
         ) | {"labels": batch["labels"], "idx": batch["idx"]}
 
-    def micro_step(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
-    ) -> dict[str, float]:
+    def micro_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         labels = batch["labels"]
         if self.config.rate == 0:
             # The sampled view equals the deterministic one: 0.5 CE + 0.5 CE + λ·0 = CE.

@@ -148,11 +148,18 @@ def is_adaptive_parameter(name: str) -> bool:
 
 @dataclass(frozen=True)
 class SAMConfig:
-    rho: float = field(default=0.05,  # Foret et al.'s default neighbourhood size
-                       metadata=option("--rho", "sam/asam neighbourhood size (sam 0.05, asam 0.5)"))
-    shared_perturbation: bool = field(default=False, metadata=option(
-        "--sam-shared-perturbation", "sam/asam: one perturbation per optimizer step from the gradient of all "
-        "micro-batches (default: one per micro-batch)"))
+    rho: float = field(
+        default=0.05,  # Foret et al.'s default neighbourhood size
+        metadata=option("--rho", "sam/asam neighbourhood size (sam 0.05, asam 0.5)"),
+    )
+    shared_perturbation: bool = field(
+        default=False,
+        metadata=option(
+            "--sam-shared-perturbation",
+            "sam/asam: one perturbation per optimizer step from the gradient of all "
+            "micro-batches (default: one per micro-batch)",
+        ),
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "rho", check_nonnegative("rho (--rho)", self.rho))
@@ -248,9 +255,7 @@ class SAMObjective:
                     p.copy_(saved)
         return loss.item()
 
-    def micro_step(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext
-    ) -> dict[str, float]:
+    def micro_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         named = trainable_parameters(model)
         params = [p for _, p in named]
         if self.config.shared_perturbation and ctx.num_micro > 1:
@@ -309,8 +314,10 @@ class SAMObjective:
 class ASAMObjective(SAMObjective):
     name = "asam"
     config_class = ASAMConfig
-    reference = ("Kwon et al., ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep "
-                 "Neural Networks, ICML 2021")
+    reference = (
+        "Kwon et al., ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep "
+        "Neural Networks, ICML 2021"
+    )
     summary = "gradient at w + rho*T^2 g/|T g|, T = |w| + eta"
 
     def __init__(self, config: ASAMConfig | None = None):

@@ -416,9 +416,7 @@ class SubwordSampler:
                 pieces.extend(self.segmenter.segment(word, rng))
         return pieces
 
-    def encode(
-        self, pairs: Sequence[tuple[str, str | None]], rng: random.Random
-    ) -> list[tuple[list[int], list[int]]]:
+    def encode(self, pairs: Sequence[tuple[str, str | None]], rng: random.Random) -> list[tuple[list[int], list[int]]]:
         """(input_ids, token_type_ids) for each (text_a, text_b); text_b None or "" means a single text."""
         inputs: list[Any] = []
         for a, b in pairs:

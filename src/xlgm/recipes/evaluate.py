@@ -71,9 +71,17 @@ def _pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.T
 
 
 @torch.inference_mode()
-def predict_outputs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
-                    batch_size: int = 64, progress: tqdm | None = None, embeddings: bool = False,
-                    layer: int = -1, language: str = "", precision: str = "no") -> TextOutputs:
+def predict_outputs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TokenizedSet,
+    batch_size: int = 64,
+    progress: tqdm | None = None,
+    embeddings: bool = False,
+    layer: int = -1,
+    language: str = "",
+    precision: str = "no",
+) -> TextOutputs:
     """Logits (and, with `embeddings`, mean-pooled hidden states at `layer`) for every example, from one
     forward pass per length-sorted batch on the model's device, in the original order; float32 whatever
     the `precision` (a resolved one: no, fp16, bf16) of the forward pass. The model is left in the mode it
@@ -107,24 +115,45 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def predict_logits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TokenizedSet,
-                   batch_size: int = 64, progress: tqdm | None = None, precision: str = "no") -> np.ndarray:
+def predict_logits(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TokenizedSet,
+    batch_size: int = 64,
+    progress: tqdm | None = None,
+    precision: str = "no",
+) -> np.ndarray:
     """Logits for every example, in the original order (float32)."""
     return predict_outputs(model, tokenizer, data, batch_size, progress, precision=precision).logits
 
 
-def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
-             max_length: int = 128, batch_size: int = 64, precision: str = "no") -> float:
+def accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int = 128,
+    batch_size: int = 64,
+    precision: str = "no",
+) -> float:
     data = tokenize_examples(tokenizer, examples, max_length)
     logits = predict_logits(model, tokenizer, data, batch_size, precision=precision)
     return float((logits.argmax(-1) == np.asarray(data.labels)).mean())
 
 
-def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-                       languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",
-                       max_examples: int | None = None, max_length: int = 128, batch_size: int = 64,
-                       show_progress: bool = True, examples: dict[str, list[Example]] | None = None,
-                       precision: str = "no") -> dict:
+def evaluate_languages(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    languages: Sequence[str],
+    source: DataSource = DataSource(),
+    split: str = "test",
+    max_examples: int | None = None,
+    max_length: int = 128,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    examples: dict[str, list[Example]] | None = None,
+    precision: str = "no",
+) -> dict:
     """Accuracy per language, the mean over target languages and each language's gap to the source.
 
     `examples` (language -> rows) skips reading the files again when the caller already has them;
@@ -143,13 +172,26 @@ def evaluate_languages(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             results[lang] = {"accuracy": acc, "num_examples": len(rows)}
     seconds = time.perf_counter() - start
     summary = summarize(results, task.source_language)
-    return {"task": task.name, "split": split, "data": source.describe(), "languages": results,
-            **summary, "device": str(model_device(model)), "precision": precision, "seconds": seconds,
-            "examples_per_second": total / seconds if seconds else None}
+    return {
+        "task": task.name,
+        "split": split,
+        "data": source.describe(),
+        "languages": results,
+        **summary,
+        "device": str(model_device(model)),
+        "precision": precision,
+        "seconds": seconds,
+        "examples_per_second": total / seconds if seconds else None,
+    }
 
 
-def load_languages(task: Task, languages: Sequence[str], source: DataSource = DataSource(), split: str = "test",
-                   max_examples: int | None = None) -> dict[str, list[Example]]:
+def load_languages(
+    task: Task,
+    languages: Sequence[str],
+    source: DataSource = DataSource(),
+    split: str = "test",
+    max_examples: int | None = None,
+) -> dict[str, list[Example]]:
     """Every language's rows, read (and validated) up front: a bad file fails before any model work."""
     return {lang: load_examples(task, split, lang, source, max_examples) for lang in languages}
 

@@ -50,8 +50,10 @@ class MeasureData:
     max_length: int = 128
 
     def __post_init__(self) -> None:
-        validation.require(isinstance(self.language, str) and bool(self.language.strip()),
-                           f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}")
+        validation.require(
+            isinstance(self.language, str) and bool(self.language.strip()),
+            f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}",
+        )
         validation.one_of("--data split", self.split, SPLITS)
         validation.check_fields(self)  # max_examples, batch_size, max_length
 
@@ -90,8 +92,10 @@ class MeasureConfig:
         object.__setattr__(self, "measures", tuple(names))
         for name in names:
             spec = get_measure(name)  # an unknown name is a one-line error
-            v.require(spec.kind == "model", f"--measures: {name} is not a measure of one checkpoint "
-                                            f"(see `xlgm measure --list`)")
+            v.require(
+                spec.kind == "model",
+                f"--measures: {name} is not a measure of one checkpoint (see `xlgm measure --list`)",
+            )
         unknown = sorted(set(self.options) - set(names))
         v.require(not unknown, f"--set names measure(s) not requested: {', '.join(unknown)}")
         for name in names:  # bad options fail now, not after a model has loaded
@@ -126,8 +130,11 @@ def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def resolve_measures(spec: str | Sequence[str]) -> list[str]:
-    names = list_measures() if spec in ("all", ["all"]) else (
-        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    names = (
+        list_measures()
+        if spec in ("all", ["all"])
+        else ([s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    )
     for name in names:
         get_measure(name)  # raises a clear error for an unknown name
     return names
@@ -158,14 +165,17 @@ def measure_progress(name: str, show: bool = True) -> Iterator[Callable[[int, in
             bar.close()
 
 
-def build_batches(tokenizer, task: Task, data: MeasureData, source: DataSource,
-                  device: torch.device) -> list[dict[str, torch.Tensor]]:
+def build_batches(
+    tokenizer, task: Task, data: MeasureData, source: DataSource, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
     """The data's fixed length-sorted batches, on `device` (the model's)."""
     rows = load_examples(task, data.split, data.language, source, data.max_examples)
     tokenized = tokenize_examples(tokenizer, rows, data.max_length)
     collator = BatchCollator(tokenizer, tokenized)
-    return [{k: v.to(device) for k, v in collator(idx).items()}
-            for idx in length_sorted_batches(tokenized.lengths, data.batch_size)]
+    return [
+        {k: v.to(device) for k, v in collator(idx).items()}
+        for idx in length_sorted_batches(tokenized.lengths, data.batch_size)
+    ]
 
 
 def initial_state(target: ResolvedTarget, task: Task, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -185,20 +195,31 @@ def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
         run = RunDir(path)
         if not run.index["checkpoints"]:
             raise XlgmError(f"{path}: the run has no checkpoints yet")
-        return [ResolvedTarget(run.config["model"], path, run.checkpoint_dir(c["name"]))
-                for c in run.index["checkpoints"]]
+        return [
+            ResolvedTarget(run.config["model"], path, run.checkpoint_dir(c["name"])) for c in run.index["checkpoints"]
+        ]
     return [resolve_target(target, "best" if which == "all" else which)]
 
 
-def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, config: MeasureConfig,
-                        db: ResultsDB | None = None, show_progress: bool = True,
-                        random_head: int | None = None) -> list[dict]:
+def measure_checkpoints(
+    targets: Sequence[ResolvedTarget],
+    task: Task,
+    config: MeasureConfig,
+    db: ResultsDB | None = None,
+    show_progress: bool = True,
+    random_head: int | None = None,
+) -> list[dict]:
     """Compute every measure of `config` on every target; returns one record per (checkpoint, measure).
     `random_head` (a seed) allows a base model without a trained head (see models.load)."""
     from xlgm.recipes.train import freeze_parameters
 
-    measures, options, data, seed, param_filter = (config.measures, config.options, config.data, config.seed,
-                                                   config.params)
+    measures, options, data, seed, param_filter = (
+        config.measures,
+        config.options,
+        config.data,
+        config.seed,
+        config.params,
+    )
     device = resolve_device(config.device)
     precision = resolve_precision(config.mixed_precision, device)
     records: list[dict] = []
@@ -212,8 +233,7 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, config: M
         model.to(device)
         batches = build_batches(tokenizer, task, data, config.source, model_device(model))
         if bar is None:
-            bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure",
-                       disable=not show_progress)
+            bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
         checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
         for name in measures:
             bar.set_postfix_str(f"{target.label}: {name}")
@@ -227,16 +247,32 @@ def measure_checkpoints(targets: Sequence[ResolvedTarget], task: Task, config: M
                 inputs["init_state"] = init_cache[target.run_dir]
             start = time.perf_counter()
             with autocast(precision, device), measure_progress(name, show_progress) as steps:
-                result = compute_measure(name, model, batches, options.get(name), param_filter, seed,
-                                         progress=steps, **inputs)
+                result = compute_measure(
+                    name, model, batches, options.get(name), param_filter, seed, progress=steps, **inputs
+                )
             seconds = time.perf_counter() - start
-            record = {"checkpoint_id": checkpoint_id, "checkpoint": str(target.checkpoint or target.model),
-                      "data": data.key, "seed": seed, "seconds": seconds, **result.to_dict()}
+            record = {
+                "checkpoint_id": checkpoint_id,
+                "checkpoint": str(target.checkpoint or target.model),
+                "data": data.key,
+                "seed": seed,
+                "seconds": seconds,
+                **result.to_dict(),
+            }
             records.append(record)
             if db is not None:
                 measured_with = {"options": options.get(name) or {}, "param_filter": param_filter, "seed": seed}
-                db.add_measure(checkpoint_id, name, measured_with, data.key, result.value, result.spread,
-                               result.num_samples, seconds, result.to_dict())
+                db.add_measure(
+                    checkpoint_id,
+                    name,
+                    measured_with,
+                    data.key,
+                    result.value,
+                    result.spread,
+                    result.num_samples,
+                    seconds,
+                    result.to_dict(),
+                )
             bar.update(1)
         del model
     if bar is not None:

@@ -102,12 +102,16 @@ class TrainConfig:
         validation.one_of("--data", self.data, ("bundled", "local", "hf"))
         check_split(self.train_split)
         check_split(self.select_split)
-        holds_dev = self.train_split.startswith("train-minus-test") or (self.data, self.train_split) == ("bundled",
-                                                                                                         "train")
+        holds_dev = self.train_split.startswith("train-minus-test") or (self.data, self.train_split) == (
+            "bundled",
+            "train",
+        )
         if holds_dev and self.select_split == "dev":
-            raise XlgmError(f"--select-split dev: the {self.train_split} split holds the English dev rows, so "
-                            f"selecting on them selects on training rows; use --select-split {self.train_split} "
-                            "(a held-out part of it)")
+            raise XlgmError(
+                f"--select-split dev: the {self.train_split} split holds the English dev rows, so "
+                f"selecting on them selects on training rows; use --select-split {self.train_split} "
+                "(a held-out part of it)"
+            )
 
     @property
     def run_id(self) -> str:
@@ -153,8 +157,7 @@ def check_report_to(report_to: str | GeneralTracker | Sequence[str | GeneralTrac
     accelerate would only warn and drop it."""
     from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
-    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
-                 "mlflow": is_mlflow_available}
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
     items = [report_to] if isinstance(report_to, (str, GeneralTracker)) else list(report_to or ())
     trackers: list = []
     for item in items:
@@ -166,8 +169,9 @@ def check_report_to(report_to: str | GeneralTracker | Sequence[str | GeneralTrac
                 continue
             validation.one_of("--report-to", name, ("none", *TRACKERS))
             if not available[name]():
-                raise XlgmError(f"--report-to {name}: the {TRACKERS[name]} package is not installed "
-                                f"(pip install 'xlgm[{name}]')")
+                raise XlgmError(
+                    f"--report-to {name}: the {TRACKERS[name]} package is not installed (pip install 'xlgm[{name}]')"
+                )
             if name not in trackers:
                 trackers.append(name)
     return trackers
@@ -181,19 +185,27 @@ def _tracker_config(config: TrainConfig) -> dict:
 
 def _track(accelerator: Accelerator, record: dict) -> None:
     """A train_log.jsonl record's numbers, to the trackers (if any; on the main process)."""
-    values = {k: v for k, v in record.items()
-              if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    values = {
+        k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     if accelerator.trackers and values:
         accelerator.log(values, step=record["step"])
 
 
 # Variables a launcher sets in each of the processes it starts (torch.distributed.run, accelerate, mpirun).
-_LAUNCHED_PROCESS_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
-                               "MV2_COMM_WORLD_SIZE")
+_LAUNCHED_PROCESS_VARIABLES = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+)
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "auto", report_to: list | None = None,
-                     run_dir: Path | None = None) -> Accelerator:
+def make_accelerator(
+    device: str = "auto", mixed_precision: str = "auto", report_to: list | None = None, run_dir: Path | None = None
+) -> Accelerator:
     """An Accelerator on `device` (auto|cpu|cuda|cuda:N|mps) in `mixed_precision` (auto: resolve_precision),
     logging to the trackers `report_to` (checked ones, see `check_report_to`) under RUN/trackers.
 
@@ -205,8 +217,10 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "auto", report
     if launcher_cpu and wanted.type != "cpu":
         raise XlgmError(f"--device {device}: the launcher asked for the CPU (accelerate launch --cpu)")
     if processes > 1 and (wanted.index is not None or wanted.type == "mps"):
-        raise XlgmError(f"--device {device} names one device, but {processes} processes were launched; pass "
-                        f"--device cuda (each process takes the GPU of its LOCAL_RANK) or --device cpu")
+        raise XlgmError(
+            f"--device {device} names one device, but {processes} processes were launched; pass "
+            f"--device cuda (each process takes the GPU of its LOCAL_RANK) or --device cpu"
+        )
     precision = resolve_precision(mixed_precision, wanted)
     if precision == "fp16" and wanted.type != "cuda":
         raise XlgmError(f"--mixed-precision fp16 needs a CUDA GPU, not {wanted.type}; use bf16 or no")
@@ -245,16 +259,21 @@ def lost_cpu_processes() -> int | None:
         command = psutil.Process().parent().cmdline()
     except (psutil.Error, AttributeError):
         return None
-    starts = [i for i, part in enumerate(command)
-              if part == "launch" or Path(part).name in ("accelerate-launch", "accelerate.commands.launch")]
+    starts = [
+        i
+        for i, part in enumerate(command)
+        if part == "launch" or Path(part).name in ("accelerate-launch", "accelerate.commands.launch")
+    ]
     if not starts:
         return None
     try:
         with contextlib.redirect_stderr(open(os.devnull, "w")):
-            launch = launch_command_parser().parse_args(command[starts[0] + 1:])
+            launch = launch_command_parser().parse_args(command[starts[0] + 1 :])
     except SystemExit:
-        raise XlgmError("accelerate launch --cpu started one process and its command line could not be read; run "
-                        "python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ... instead") from None
+        raise XlgmError(
+            "accelerate launch --cpu started one process and its command line could not be read; run "
+            "python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ... instead"
+        ) from None
     if (launch.num_machines or 1) > 1:
         raise XlgmError("accelerate launch --cpu on several machines needs mpirun (--mpirun_hostfile)")
     return launch.num_processes if (launch.num_processes or 1) > 1 else None
@@ -262,11 +281,24 @@ def lost_cpu_processes() -> int | None:
 
 def relaunch_in_processes(processes: int, argv: list[str]) -> int:
     """Run `xlgm argv` in `processes` CPU processes with torch.distributed.run; its exit code."""
-    print(f"xlgm: accelerate launch --cpu starts one process; starting {processes} with torch.distributed.run",
-          file=sys.stderr)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ.get("MASTER_PORT", "29500"),
-               "-m", "xlgm.cli", *argv]
+    print(
+        f"xlgm: accelerate launch --cpu starts one process; starting {processes} with torch.distributed.run",
+        file=sys.stderr,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        os.environ["MASTER_ADDR"],
+        "--master_port",
+        os.environ.get("MASTER_PORT", "29500"),
+        "-m",
+        "xlgm.cli",
+        *argv,
+    ]
     return subprocess.call(command)
 
 
@@ -297,14 +329,15 @@ def training_state(optimizer, scheduler, scaler, generator: torch.Generator) -> 
         "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain},
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"python": random.getstate(),
-                "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(gauss)]},
+        "rng": {
+            "python": random.getstate(),
+            "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(gauss)],
+        },
     }
     return tensors, meta
 
 
-def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scaler,
-                           generator: torch.Generator) -> None:
+def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scaler, generator: torch.Generator) -> None:
     state: dict[int, dict] = {int(i): dict(v) for i, v in meta["optimizer"]["state"].items()}
     for key, value in tensors.items():
         kind, *rest = key.split("/")
@@ -318,16 +351,25 @@ def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scal
     generator.set_state(tensors["rng/objective"])
     cuda = sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k.rsplit("/", 1)[1]))
     if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][:torch.cuda.device_count()])
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
     version, internal, gauss = meta["rng"]["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, position, has_gauss, cached = meta["rng"]["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
 
 
-def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, db_path: str | Path | None = None,
-          objective=None, *, device: str = "auto", resume: bool = False, overwrite: bool = False,
-          report_to: str | Sequence[str | GeneralTracker] = ()) -> Path:
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    show_progress: bool = True,
+    db_path: str | Path | None = None,
+    objective=None,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    report_to: str | Sequence[str | GeneralTracker] = (),
+) -> Path:
     """Train and write the run directory; returns its path.
 
     A folder that already holds a run is refused unless `resume` (the same config: continue from its last
@@ -378,23 +420,32 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     data = tokenize_examples(tokenizer, train_rows, config.max_length)
     micro_per_epoch = math.ceil(len(data) / config.batch_size)
     if processes > 1 and micro_per_epoch < per_step:
-        raise XlgmError(f"{len(data)} training rows make {micro_per_epoch} micro-batches of {config.batch_size}, "
-                        f"fewer than one step of {processes} processes x --grad-accum {accumulation} needs")
+        raise XlgmError(
+            f"{len(data)} training rows make {micro_per_epoch} micro-batches of {config.batch_size}, "
+            f"fewer than one step of {processes} processes x --grad-accum {accumulation} needs"
+        )
     steps_per_epoch = max(1, micro_per_epoch // per_step)
     total_steps = max(1, int(round(steps_per_epoch * config.epochs)))
-    session = {"device": str(accelerator.device), "processes": processes,
-               "mixed_precision": accelerator.mixed_precision}
+    session = {
+        "device": str(accelerator.device),
+        "processes": processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
 
     start_step, resumed = 0, None
     if mode == "resume":
         recorded = run.state or {}
         for key in ("processes", "mixed_precision"):
             if key in recorded and recorded[key] != session[key]:
-                raise XlgmError(f"{run.path}: the run trained with {key} {recorded[key]}, this process has "
-                                f"{session[key]}; resume it with the same")
+                raise XlgmError(
+                    f"{run.path}: the run trained with {key} {recorded[key]}, this process has "
+                    f"{session[key]}; resume it with the same"
+                )
         if run.config.get("num_train") != len(train_rows):
-            raise XlgmError(f"{run.path}: the run trained on {run.config.get('num_train')} rows, the data now "
-                            f"gives {len(train_rows)}; the training data changed since")
+            raise XlgmError(
+                f"{run.path}: the run trained on {run.config.get('num_train')} rows, the data now "
+                f"gives {len(train_rows)}; the training data changed since"
+            )
         last = run.last_checkpoint
         if last is not None:
             if not run.has_training_state(last["name"]):
@@ -403,8 +454,9 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
             resumed = run.load_training_state(last["name"])
             start_step = resumed[1]["step"]
             if resumed[1]["total_steps"] != total_steps:
-                raise XlgmError(f"{run.path}: the run has {resumed[1]['total_steps']} steps, this config "
-                                f"{total_steps} here")
+                raise XlgmError(
+                    f"{run.path}: the run has {resumed[1]['total_steps']} steps, this config {total_steps} here"
+                )
 
     if main:
         if mode == "new":  # config.json last: a folder holds a run once its config is there
@@ -413,16 +465,27 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
             head = {n: p for n, p in model.named_parameters() if n in new_parameters}
             save_tensors(head, run.path / INIT_HEAD)
             write_json(run.path / INIT, {"model": config.model, "head": INIT_HEAD, "head_parameters": sorted(head)})
-            write_json(run.path / CONFIG, {**asdict(config), "run_id": config.run_id, "num_train": len(train_rows),
-                                            "num_select": len(select_rows), "frozen_parameters": frozen,
-                                            "versions": _versions()})
+            write_json(
+                run.path / CONFIG,
+                {
+                    **asdict(config),
+                    "run_id": config.run_id,
+                    "num_train": len(train_rows),
+                    "num_select": len(select_rows),
+                    "frozen_parameters": frozen,
+                    "versions": _versions(),
+                },
+            )
         else:
             run.rewind(start_step)
             run.write_state(resumed_at=[*(run.state or {}).get("resumed_at", []), start_step], **session)
 
     if trackers:
-        accelerator.init_trackers("xlgm", config=_tracker_config(config),
-                                  init_kwargs={"wandb": {"name": run.path.name}, "mlflow": {"run_name": run.path.name}})
+        accelerator.init_trackers(
+            "xlgm",
+            config=_tracker_config(config),
+            init_kwargs={"wandb": {"name": run.path.name}, "mlflow": {"run_name": run.path.name}},
+        )
     collator = BatchCollator(tokenizer, data)
     objective.setup(model, tokenizer, train_rows)
 
@@ -431,8 +494,10 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
     for _name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     # The scheduler is not prepared: accelerate's AcceleratedScheduler steps it once per process on each
     # optimizer step (split_batches=False), and the loop's steps are already global.
@@ -457,16 +522,29 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         epoch = step / steps_per_epoch
         if not main:
             return
-        dev_acc = accuracy(accelerator.unwrap_model(model), tokenizer, select_rows, config.max_length) \
-            if select_rows else None
+        dev_acc = (
+            accuracy(accelerator.unwrap_model(model), tokenizer, select_rows, config.max_length)
+            if select_rows
+            else None
+        )
         name = f"step-{step:06d}"
         previous = run.last_checkpoint
-        save_checkpoint(run, accelerator.unwrap_model(model), name,
-                        {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "run_id": config.run_id})
+        save_checkpoint(
+            run,
+            accelerator.unwrap_model(model),
+            name,
+            {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "run_id": config.run_id},
+        )
         tensors, meta = training_state(optimizer, scheduler, accelerator.scaler, generator)
-        meta.update(step=step, epoch=step // steps_per_epoch, total_steps=total_steps,
-                    steps_per_epoch=steps_per_epoch, processes=processes, running=running,
-                    elapsed_seconds=elapsed + time.perf_counter() - start)
+        meta.update(
+            step=step,
+            epoch=step // steps_per_epoch,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            processes=processes,
+            running=running,
+            elapsed_seconds=elapsed + time.perf_counter() - start,
+        )
         run.save_training_state(name, tensors, meta)
         record = {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "checkpoint": name}
         _log(log, record)
@@ -474,16 +552,28 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         # The index names the checkpoint only once all its files are written: resuming starts from it.
         index = run.record_checkpoint(name, step, epoch, dev_acc)
         for c in index["checkpoints"]:
-            db.add_checkpoint(f"{config.run_id}/{c['name']}", config.run_id, c["step"], c["epoch"],
-                              str(run.checkpoint_dir(c["name"])), c["dev_accuracy"],
-                              is_best=c["name"] == index["best"], is_last=c["name"] == index["last"])
+            db.add_checkpoint(
+                f"{config.run_id}/{c['name']}",
+                config.run_id,
+                c["step"],
+                c["epoch"],
+                str(run.checkpoint_dir(c["name"])),
+                c["dev_accuracy"],
+                is_best=c["name"] == index["best"],
+                is_last=c["name"] == index["last"],
+            )
         if previous is not None and previous["name"] != name:
             run.drop_training_state(previous["name"])
 
     step = start_step
     model.train()
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.objective}", unit="step",
-               disable=not (show_progress and main))
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=f"train {config.objective}",
+        unit="step",
+        disable=not (show_progress and main),
+    )
     schedule_epoch, batches = None, []
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
@@ -491,7 +581,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
             batches = bucketed_shuffled_batches(data.lengths, config.batch_size, seed=config.seed * 1000 + epoch)
             schedule_epoch = epoch
         first = position * per_step + accelerator.process_index * accumulation
-        group = batches[first:first + accumulation]
+        group = batches[first : first + accumulation]
         for i, indices in enumerate(group):
             torch_seed, objective_seed = micro_batch_seeds(config.seed, step * per_step + first % per_step + i)
             torch.manual_seed(torch_seed)
@@ -515,9 +605,14 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         if running.get("loss"):
             bar.set_postfix(loss=f"{np.mean(running['loss'][-20:]):.3f}")
         if step % config.log_every == 0 or step == total_steps:
-            record = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": grad_norm, "seconds": elapsed + time.perf_counter() - start,
-                      **_global_means(running, accelerator, batch_device)}
+            record = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "seconds": elapsed + time.perf_counter() - start,
+                **_global_means(running, accelerator, batch_device),
+            }
             _log(log, record)
             _track(accelerator, record)
             running = {}
@@ -537,6 +632,7 @@ def train(config: TrainConfig, run_dir: str | Path, show_progress: bool = True, 
         accelerator.end_training()
     _wait_for_everyone(accelerator)
     return run.path
+
 
 def _wait_for_everyone(accelerator: Accelerator) -> None:
     """A barrier. accelerate's hands gloo a GPU ordinal too (device_ids=[local rank]), which fails on a
@@ -572,5 +668,9 @@ def _versions() -> dict:
 
     import xlgm
 
-    return {"xlgm": xlgm.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__}
+    return {
+        "xlgm": xlgm.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }

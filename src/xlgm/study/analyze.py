@@ -78,8 +78,11 @@ def resolve_study(target: str | Path, out: str | Path | None = None) -> tuple[St
     spec = load_spec(path)
     folder = Path(out) if out else default_out(spec)
     if not (folder / DB_NAME).is_file():
-        raise XlgmError(f"{folder / DB_NAME}: no results yet; run `xlgm study run {path}"
-                        + (f" --out {out}`" if out else "`") + " first")
+        raise XlgmError(
+            f"{folder / DB_NAME}: no results yet; run `xlgm study run {path}"
+            + (f" --out {out}`" if out else "`")
+            + " first"
+        )
     return spec, folder
 
 
@@ -98,12 +101,19 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
         trained = [r for r in run_ids if train_unit_id(r) in done]
         rows = db.query(f"SELECT run_id, config FROM runs WHERE run_id IN ({_in(trained)})", tuple(trained))
         runs = pd.DataFrame(rows, columns=["run_id", "config"])
-        ckpts = pd.DataFrame(db.query(
-            "SELECT checkpoint_id, run_id, step, epoch, dev_accuracy, is_best, is_last FROM checkpoints "
-            f"WHERE run_id IN ({_in(trained)})", tuple(trained)),
-            columns=["checkpoint_id", "run_id", "step", "epoch", "dev_accuracy", "is_best", "is_last"])
-        planned = [u for r in run_ids for u in planned_units(
-            spec, r, ckpts[ckpts.run_id == r].to_dict("records") if r in trained else None)]
+        ckpts = pd.DataFrame(
+            db.query(
+                "SELECT checkpoint_id, run_id, step, epoch, dev_accuracy, is_best, is_last FROM checkpoints "
+                f"WHERE run_id IN ({_in(trained)})",
+                tuple(trained),
+            ),
+            columns=["checkpoint_id", "run_id", "step", "epoch", "dev_accuracy", "is_best", "is_last"],
+        )
+        planned = [
+            u
+            for r in run_ids
+            for u in planned_units(spec, r, ckpts[ckpts.run_id == r].to_dict("records") if r in trained else None)
+        ]
         units_done = sum(u in done for u in planned)
         if not ckpts.empty:
             ckpts["is_best"] = ckpts["is_best"].astype(bool)
@@ -113,18 +123,22 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
         else:
             measured = ckpts
         ids = list(measured["checkpoint_id"])
-        evals = pd.DataFrame(db.query(
-            f"SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=? "
-            f"AND language IN ({_in(list(spec.languages))}) AND checkpoint_id IN ({_in(ids)})",
-            (spec.task, spec.evaluation.split, eval_data_label(spec), *spec.languages, *ids)),
-            columns=["checkpoint_id", "language", "accuracy"])
+        evals = pd.DataFrame(
+            db.query(
+                f"SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=? "
+                f"AND language IN ({_in(list(spec.languages))}) AND checkpoint_id IN ({_in(ids)})",
+                (spec.task, spec.evaluation.split, eval_data_label(spec), *spec.languages, *ids),
+            ),
+            columns=["checkpoint_id", "language", "accuracy"],
+        )
         data_key = spec.measure_data().key
         rows = []
         for item in spec.measures.items:
             rows += db.query(
                 f"SELECT checkpoint_id, measure, value FROM measures WHERE measure=? AND config_hash=? AND data=? "
                 f"AND checkpoint_id IN ({_in(ids)})",
-                (item.name, config_hash(spec.measure_config(item)), data_key, *ids))
+                (item.name, config_hash(spec.measure_config(item)), data_key, *ids),
+            )
         meas = pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value"])
     if units_done < len(planned):
         notes.append(f"the study is not finished: {units_done} of {len(planned)} known units done")
@@ -140,8 +154,10 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
     axes = list(spec.analysis.axes) if spec.analysis.axes else auto_axes(flat)
     unknown = [a for a in axes if a not in frame.columns]
     if unknown:
-        raise XlgmError(f"{spec.source}: analysis.axes: unknown config field(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(c for c in flat.columns if c != 'run_id')}")
+        raise XlgmError(
+            f"{spec.source}: analysis.axes: unknown config field(s) {', '.join(unknown)}; "
+            f"known: {', '.join(c for c in flat.columns if c != 'run_id')}"
+        )
     configs = {r: json.loads(c) for r, c in zip(runs["run_id"], runs["config"])}
     return StudyData(spec, out, frame, flat, ckpts, measures, axes, units_done, len(planned), notes, configs)
 
@@ -188,7 +204,8 @@ def measure_rows(data: StudyData) -> pd.DataFrame:
             rows += db.query(
                 f"SELECT checkpoint_id, measure, value, details FROM measures WHERE measure=? AND config_hash=? "
                 f"AND data=? AND checkpoint_id IN ({_in(ids)})",
-                (item.name, config_hash(spec.measure_config(item)), spec.measure_data().key, *ids))
+                (item.name, config_hash(spec.measure_config(item)), spec.measure_data().key, *ids),
+            )
     return pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value", "details"])
 
 
@@ -206,16 +223,37 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     kw = dict(unit=a.unit, run_reduce=a.run_reduce)
     directions = measure_directions(data.measures)
     signs = {m: s for m, (s, _) in directions.items() if s is not None}
-    corr = correlation_table(frame, data.measures, data.languages, spec.source_language, data.axes,
-                             n_boot=a.n_boot, confidence=a.confidence, seed=a.seed, expected_signs=signs, **kw)
+    corr = correlation_table(
+        frame,
+        data.measures,
+        data.languages,
+        spec.source_language,
+        data.axes,
+        n_boot=a.n_boot,
+        confidence=a.confidence,
+        seed=a.seed,
+        expected_signs=signs,
+        **kw,
+    )
     corr = adjust_table(corr, "tau_p")  # one family: every (measure, target) of the table
     tables = {"correlations": corr}
     if data.axes:
-        tables["granulated"] = granulated_table(frame, data.measures, data.languages, spec.source_language,
-                                                data.axes, **kw)
-        cmi = {target: cmi_table(frame, data.measures, data.languages, spec.source_language, data.axes,
-                                 target=target, max_conditioning=a.max_conditioning, **kw)
-               for target in VERDICT_TARGETS.values()}
+        tables["granulated"] = granulated_table(
+            frame, data.measures, data.languages, spec.source_language, data.axes, **kw
+        )
+        cmi = {
+            target: cmi_table(
+                frame,
+                data.measures,
+                data.languages,
+                spec.source_language,
+                data.axes,
+                target=target,
+                max_conditioning=a.max_conditioning,
+                **kw,
+            )
+            for target in VERDICT_TARGETS.values()
+        }
         tables["cmi"] = cmi[MEAN_TARGET]
         verdict_cmi = pd.concat(cmi.values(), ignore_index=True)  # K vs the gap too, for the verdict
     else:
@@ -223,8 +261,9 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         tables["cmi"] = verdict_cmi = pd.DataFrame()
         data.notes.append("no hyperparameter axis varies: granulated Kendall and CMI left out")
     tables["health"] = measure_health(measure_rows(data), data.measures)
-    tables["verdict"] = verdict_table(corr, tables["health"], directions, granulated=tables["granulated"],
-                                      cmi=verdict_cmi, measures=data.measures)
+    tables["verdict"] = verdict_table(
+        corr, tables["health"], directions, granulated=tables["granulated"], cmi=verdict_cmi, measures=data.measures
+    )
     top = top_correlations(corr, a.top)
     healthy = dict(zip(tables["health"]["measure"], tables["health"]["healthy"].astype(bool)))
     top["healthy"] = [healthy.get(m, False) for m in top["measure"]]
@@ -243,8 +282,14 @@ def unit_frame(data: StudyData) -> pd.DataFrame:
     from xlgm.analysis.report_table import prepare_frame
 
     a = data.spec.analysis
-    return prepare_frame(_base_frame(data), data.measures, data.languages, data.spec.source_language,
-                         unit=a.unit, run_reduce=a.run_reduce)
+    return prepare_frame(
+        _base_frame(data),
+        data.measures,
+        data.languages,
+        data.spec.source_language,
+        unit=a.unit,
+        run_reduce=a.run_reduce,
+    )
 
 
 def _jsonable(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -261,11 +306,21 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     for name in ("top", "verdict", "health"):
         if name in tables:
             tables[name].to_csv(folder / f"{name}.csv", index=False)
-    summary = {"study_id": data.spec.study_id, "name": data.spec.name, "unit": data.spec.analysis.unit,
-               "run_reduce": data.spec.analysis.run_reduce, "axes": data.axes, "measures": data.measures,
-               "languages": data.languages, "source_language": data.spec.source_language,
-               "checkpoints": int(len(data.frame)), "runs": int(data.frame["run_id"].nunique()),
-               "units_done": data.units_done, "units_total": data.units_total, "notes": data.notes}
+    summary = {
+        "study_id": data.spec.study_id,
+        "name": data.spec.name,
+        "unit": data.spec.analysis.unit,
+        "run_reduce": data.spec.analysis.run_reduce,
+        "axes": data.axes,
+        "measures": data.measures,
+        "languages": data.languages,
+        "source_language": data.spec.source_language,
+        "checkpoints": int(len(data.frame)),
+        "runs": int(data.frame["run_id"].nunique()),
+        "units_done": data.units_done,
+        "units_total": data.units_total,
+        "notes": data.notes,
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (folder / "settings.json").write_text(json.dumps(study_settings(data), indent=1, default=str) + "\n")
     return folder
@@ -303,17 +358,23 @@ def study_settings(data: StudyData) -> dict[str, Any]:
         eval_rows = db.query(
             f"SELECT language, MIN(num_examples), MAX(num_examples) FROM evaluations WHERE task=? AND split=? AND "
             f"data=? AND checkpoint_id IN ({_in(ids)}) GROUP BY language",
-            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids))
-        work = db.query(f"SELECT kind, COUNT(*), SUM(seconds) FROM work WHERE run_id IN ({_in(run_ids)}) "
-                        "GROUP BY kind", tuple(run_ids))
+            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids),
+        )
+        work = db.query(
+            f"SELECT kind, COUNT(*), SUM(seconds) FROM work WHERE run_id IN ({_in(run_ids)}) GROUP BY kind",
+            tuple(run_ids),
+        )
     train = spec.train_options
     return {
         "spec": yaml.safe_load(spec.to_yaml()),
         "measures": measures,
-        "data": {"train_split": train.get("train_split"), "train_max_examples": train.get("max_train_examples"),
-                 "eval_split": spec.evaluation.split,
-                 "eval_rows": {lang: lo if lo == hi else [lo, hi] for lang, lo, hi in eval_rows},
-                 "measure_data": dataclasses.asdict(spec.measure_data())},
+        "data": {
+            "train_split": train.get("train_split"),
+            "train_max_examples": train.get("max_train_examples"),
+            "eval_split": spec.evaluation.split,
+            "eval_rows": {lang: lo if lo == hi else [lo, hi] for lang, lo, hi in eval_rows},
+            "measure_data": dataclasses.asdict(spec.measure_data()),
+        },
         "versions": versions,
         "wall_seconds": {kind: {"units": int(count), "seconds": float(total or 0.0)} for kind, count, total in work},
     }
@@ -328,16 +389,20 @@ def _num(v: Any, fmt: str, width: int = 0) -> str:
 def format_verdict(verdict: pd.DataFrame) -> str:
     """The verdict as a fixed-width table for the terminal."""
     width = max([len("measure")] + [len(str(m)) for m in verdict["measure"]])
-    head = (f"{'measure':<{width}}  {'target':<14}{'tau':>6} {'95% CI':>15} {'p':>7} {'p_holm':>7}{'runs':>5}"
-            f"{'ckpts':>6}{'psi':>7}{'K':>6}{'exp':>5}  {'verdict':<13}health / reason")
+    head = (
+        f"{'measure':<{width}}  {'target':<14}{'tau':>6} {'95% CI':>15} {'p':>7} {'p_holm':>7}{'runs':>5}"
+        f"{'ckpts':>6}{'psi':>7}{'K':>6}{'exp':>5}  {'verdict':<13}health / reason"
+    )
     lines = [head]
     for r in verdict.itertuples(index=False):
         ci = f"[{_num(r.ci_low, '+.2f')}, {_num(r.ci_high, '+.2f')}]" if pd.notna(r.ci_low) else ""
         expected = "" if pd.isna(r.expected_sign) else ("+" if int(r.expected_sign) > 0 else "-")
         why = r.reason if r.verdict in ("excluded", "inconclusive", "disagrees") else r.health
-        lines.append(f"{r.measure:<{width}}  {r.target:<14}{_num(r.tau, '+.2f', 6)} {ci:>15} "
-                     f"{_num(r.p_raw, '.2g', 7)} {_num(r.p_holm, '.2g', 7)}{int(r.n_runs):>5}{int(r.n_checkpoints):>6}"
-                     f"{_num(r.psi, '+.2f', 7)}{_num(r.cmi_k, '.2f', 6)}{expected:>5}  {r.verdict:<13}{why}")
+        lines.append(
+            f"{r.measure:<{width}}  {r.target:<14}{_num(r.tau, '+.2f', 6)} {ci:>15} "
+            f"{_num(r.p_raw, '.2g', 7)} {_num(r.p_holm, '.2g', 7)}{int(r.n_runs):>5}{int(r.n_checkpoints):>6}"
+            f"{_num(r.psi, '+.2f', 7)}{_num(r.cmi_k, '.2f', 6)}{expected:>5}  {r.verdict:<13}{why}"
+        )
     return "\n".join(lines)
 
 
@@ -346,17 +411,24 @@ def format_top(top: pd.DataFrame) -> str:
     is healthy (an unhealthy one is listed, marked, and kept out of the verdict)."""
     width = max([len("measure")] + [len(str(m)) for m in top.get("measure", [])])
     has_adjusted = "p_holm" in top.columns
-    lines = [f"{'measure':<{width}}  {'target':<12}{'tau':>7} {'95% CI':>16} {'p':>8}"
-             + (f"{'p_holm':>9}{'p_bh':>9}" if has_adjusted else "")
-             + f"{'spearman':>10}{'pearson':>9}{'runs':>5}{'n':>5}" + ("  survives" if has_adjusted else "")]
+    lines = [
+        f"{'measure':<{width}}  {'target':<12}{'tau':>7} {'95% CI':>16} {'p':>8}"
+        + (f"{'p_holm':>9}{'p_bh':>9}" if has_adjusted else "")
+        + f"{'spearman':>10}{'pearson':>9}{'runs':>5}{'n':>5}"
+        + ("  survives" if has_adjusted else "")
+    ]
     for r in top.to_dict("records"):
         ci = f"[{_num(r['tau_lo'], '+.2f') or 'nan'}, {_num(r['tau_hi'], '+.2f') or 'nan'}]"
-        line = (f"{r['measure']:<{width}}  {r['target']:<12}{_num(r['tau'], '+.3f', 7)} {ci:>16} "
-                f"{_num(r['tau_p'], '.2g', 8)}")
+        line = (
+            f"{r['measure']:<{width}}  {r['target']:<12}{_num(r['tau'], '+.3f', 7)} {ci:>16} "
+            f"{_num(r['tau_p'], '.2g', 8)}"
+        )
         if has_adjusted:
             line += f"{_num(r['p_holm'], '.2g', 9)}{_num(r['p_bh'], '.2g', 9)}"
-        line += (f"{_num(r['spearman'], '+.3f', 10)}{_num(r['pearson'], '+.3f', 9)}"
-                 f"{int(r.get('n_runs', r['n'])):>5}{int(r['n']):>5}")
+        line += (
+            f"{_num(r['spearman'], '+.3f', 10)}{_num(r['pearson'], '+.3f', 9)}"
+            f"{int(r.get('n_runs', r['n'])):>5}{int(r['n']):>5}"
+        )
         if has_adjusted:
             marks = [name for name in ("holm", "bh") if r.get(f"survives_{name}")]
             line += "  " + (", ".join(marks) if marks else "-")
@@ -366,8 +438,9 @@ def format_top(top: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def analyze_study(target: str | Path, out: str | Path | None = None, echo: bool = True
-                  ) -> tuple[StudyData, dict[str, pd.DataFrame]]:
+def analyze_study(
+    target: str | Path, out: str | Path | None = None, echo: bool = True
+) -> tuple[StudyData, dict[str, pd.DataFrame]]:
     spec, folder = resolve_study(target, out)
     data = load_study(spec, folder)
     tables = analysis_tables(data)
@@ -375,24 +448,31 @@ def analyze_study(target: str | Path, out: str | Path | None = None, echo: bool 
     if echo:
         a = data.spec.analysis
         unit = a.unit + (f" ({a.run_reduce} checkpoint)" if a.unit == "run" else "")
-        print(f"study {spec.name} ({spec.study_id}): {data.frame['run_id'].nunique()} runs, {len(data.frame)} "
-              f"checkpoints; unit {unit}; axes {', '.join(data.axes) or '(none)'}")
+        print(
+            f"study {spec.name} ({spec.study_id}): {data.frame['run_id'].nunique()} runs, {len(data.frame)} "
+            f"checkpoints; unit {unit}; axes {', '.join(data.axes) or '(none)'}"
+        )
         for note in data.notes:
             print(f"note: {note}")
-        print(f"verdict: tau vs mean target accuracy and mean transfer gap, {a.confidence:.0%} CI resampling whole "
-              "runs, p from permuting runs, Holm-adjusted over this table; exp = the expected sign")
+        print(
+            f"verdict: tau vs mean target accuracy and mean transfer gap, {a.confidence:.0%} CI resampling whole "
+            "runs, p from permuting runs, Holm-adjusted over this table; exp = the expected sign"
+        )
         print(format_verdict(tables["verdict"]))
         counts = tables["verdict"]["verdict"].value_counts()
-        print("  " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "inconclusive",
-                                                                     "excluded")))
+        print("  " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "inconclusive", "excluded")))
         print()
         n_tests = int(tables["correlations"]["tau_p"].notna().sum())
-        print(f"strongest correlations (of {n_tests} tests; p_holm / p_bh adjusted over all of them; survives: "
-              "adjusted p <= 0.05)")
+        print(
+            f"strongest correlations (of {n_tests} tests; p_holm / p_bh adjusted over all of them; survives: "
+            "adjusted p <= 0.05)"
+        )
         print(format_top(tables["top"]))
         if not tables["cmi"].empty:
             cmi = tables["cmi"][["measure", "k"]].sort_values("k", ascending=False, na_position="last")
-            print("CMI K vs mean target accuracy: " + ", ".join(
-                f"{m} {num:.3f}" if not np.isnan(num) else f"{m} nan" for m, num in zip(cmi.measure, cmi.k)))
+            print(
+                "CMI K vs mean target accuracy: "
+                + ", ".join(f"{m} {num:.3f}" if not np.isnan(num) else f"{m} nan" for m, num in zip(cmi.measure, cmi.k))
+            )
         print(f"tables: {written}")
     return data, tables

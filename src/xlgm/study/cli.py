@@ -15,29 +15,44 @@ from xlgm.errors import OneLineParser, XlgmError, exit_status
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("study", help="run a grid of fine-tuning runs from a YAML spec, analyse it, report it",
-                              description="Studies: train every grid point of a spec, evaluate and measure its "
-                                          "checkpoints (resumable), correlate measures with cross-lingual accuracy.")
+    p = subparsers.add_parser(
+        "study",
+        help="run a grid of fine-tuning runs from a YAML spec, analyse it, report it",
+        description="Studies: train every grid point of a spec, evaluate and measure its "
+        "checkpoints (resumable), correlate measures with cross-lingual accuracy.",
+    )
     p.set_defaults(handler=cmd_study)
     sub = p.add_subparsers(dest="study_command", required=True)
 
     r = sub.add_parser("run", help="train, evaluate and measure every grid point (finished work is skipped)")
     r.add_argument("spec", help="the study spec (YAML), e.g. studies/demo.yaml")
     r.add_argument("--out", help="study folder (default: runs/study-NAME)")
-    r.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="local: one run after the other here; ray: one Ray task per run (default: local)")
+    r.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="local: one run after the other here; ray: one Ray task per run (default: local)",
+    )
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     r.add_argument("--cpus-per-task", type=int, help="Ray: CPUs per task without GPUs (default: CPUs / runs)")
-    r.add_argument("--device", default="auto",
-                   help="auto (a GPU when there is one), cpu, cuda or cuda:N: where training, evaluation and "
-                        "measures run; with --executor ray every task uses its own GPU unless this is cpu "
-                        "(default: auto)")
+    r.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU when there is one), cpu, cuda or cuda:N: where training, evaluation and "
+        "measures run; with --executor ray every task uses its own GPU unless this is cpu "
+        "(default: auto)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--analyze", action="store_true",
-                   help="analyse, predict (`xlgm predict`) and write the report when the runs are done")
+    r.add_argument(
+        "--analyze",
+        action="store_true",
+        help="analyse, predict (`xlgm predict`) and write the report when the runs are done",
+    )
 
-    for name, text in (("analyze", "correlate measures with accuracy; tables into OUT/analysis/"),
-                       ("report", "an HTML + markdown report with figures into OUT/report/")):
+    for name, text in (
+        ("analyze", "correlate measures with accuracy; tables into OUT/analysis/"),
+        ("report", "an HTML + markdown report with figures into OUT/report/"),
+    ):
         a = sub.add_parser(name, help=text)
         a.add_argument("target", help="the study folder, or its spec (then --out or the default folder)")
         a.add_argument("--out", help="the study folder when TARGET is a spec")
@@ -65,10 +80,20 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     spec = load_spec(args.spec)
     text = Path(args.spec).read_text(encoding="utf-8")
-    result = run_study(spec, args.out, args.executor, args.address, args.cpus_per_task,
-                       show_progress=not args.no_progress, spec_text=text, device=args.device)
-    print(f"study {spec.name} ({result.study_id}): {result.runs} runs, {result.units_done} of {result.units_total} "
-          f"units done ({result.units_now} now); results: {result.out / 'study.sqlite'}")
+    result = run_study(
+        spec,
+        args.out,
+        args.executor,
+        args.address,
+        args.cpus_per_task,
+        show_progress=not args.no_progress,
+        spec_text=text,
+        device=args.device,
+    )
+    print(
+        f"study {spec.name} ({result.study_id}): {result.runs} runs, {result.units_done} of {result.units_total} "
+        f"units done ({result.units_now} now); results: {result.out / 'study.sqlite'}"
+    )
     if args.analyze:
         from xlgm.study.predict import predict_study
         from xlgm.study.report import report_study

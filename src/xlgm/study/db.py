@@ -131,10 +131,12 @@ class StudyDB(ResultsDB):
             self.conn.execute(
                 "INSERT INTO study (study_id, name, spec, text, created) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(study_id) DO UPDATE SET name=excluded.name, spec=excluded.spec, text=excluded.text",
-                (study_id, name, json.dumps(spec, sort_keys=True, default=str), text, time.time()))
+                (study_id, name, json.dumps(spec, sort_keys=True, default=str), text, time.time()),
+            )
             self.conn.execute("DELETE FROM study_runs WHERE study_id=?", (study_id,))
-            self.conn.executemany("INSERT INTO study_runs VALUES (?, ?, ?)",
-                                  [(study_id, r, i) for i, r in enumerate(run_ids)])
+            self.conn.executemany(
+                "INSERT INTO study_runs VALUES (?, ?, ?)", [(study_id, r, i) for i, r in enumerate(run_ids)]
+            )
 
     # -- paths -------------------------------------------------------------------------------------------------
 
@@ -174,8 +176,11 @@ class StudyDB(ResultsDB):
             for run_id, stored in self.conn.execute("SELECT run_id, path FROM checkpoints WHERE path IS NOT NULL"):
                 parts = Path(stored).parts
                 if Path(stored).is_absolute():
-                    roots.update(Path(*parts[:i]) for i in range(1, len(parts) - 1)
-                                 if parts[i] == RUNS_FOLDER and parts[i + 1] == run_id)
+                    roots.update(
+                        Path(*parts[:i])
+                        for i in range(1, len(parts) - 1)
+                        if parts[i] == RUNS_FOLDER and parts[i + 1] == run_id
+                    )
             self._old_roots = sorted(roots, key=lambda p: -len(p.parts))  # the deepest first
         return self._old_roots
 
@@ -212,16 +217,40 @@ class StudyDB(ResultsDB):
                 self.add_run(unit["run_id"], unit["config"], unit["run_dir"], status="trained")
                 self.conn.execute("DELETE FROM checkpoints WHERE run_id=?", (unit["run_id"],))
                 for c in unit["checkpoints"]:
-                    self.add_checkpoint(c["checkpoint_id"], unit["run_id"], c["step"], c["epoch"], c["path"],
-                                        c["dev_accuracy"], c["is_best"], c["is_last"])
+                    self.add_checkpoint(
+                        c["checkpoint_id"],
+                        unit["run_id"],
+                        c["step"],
+                        c["epoch"],
+                        c["path"],
+                        c["dev_accuracy"],
+                        c["is_best"],
+                        c["is_last"],
+                    )
                 checkpoint_id, item = None, None
             elif kind == "eval":
-                self.add_evaluation(unit["checkpoint_id"], unit["task"], unit["language"], unit["split"],
-                                    unit["data"], unit["num_examples"], unit["accuracy"])
+                self.add_evaluation(
+                    unit["checkpoint_id"],
+                    unit["task"],
+                    unit["language"],
+                    unit["split"],
+                    unit["data"],
+                    unit["num_examples"],
+                    unit["accuracy"],
+                )
                 checkpoint_id, item = unit["checkpoint_id"], unit["language"]
             elif kind == "measure":
-                self.add_measure(unit["checkpoint_id"], unit["measure"], unit["config"], unit["data"], unit["value"],
-                                 unit["spread"], unit["num_samples"], unit["seconds"], unit["details"])
+                self.add_measure(
+                    unit["checkpoint_id"],
+                    unit["measure"],
+                    unit["config"],
+                    unit["data"],
+                    unit["value"],
+                    unit["spread"],
+                    unit["num_samples"],
+                    unit["seconds"],
+                    unit["details"],
+                )
                 checkpoint_id, item = unit["checkpoint_id"], unit["measure"]
             else:
                 raise ValueError(f"unknown unit kind {kind!r}")
@@ -229,7 +258,8 @@ class StudyDB(ResultsDB):
                 "INSERT INTO work (unit_id, kind, run_id, checkpoint_id, item, seconds, finished) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(unit_id) DO UPDATE SET seconds=excluded.seconds, "
                 "finished=excluded.finished",
-                (unit["unit_id"], kind, unit["run_id"], checkpoint_id, item, unit.get("seconds"), time.time()))
+                (unit["unit_id"], kind, unit["run_id"], checkpoint_id, item, unit.get("seconds"), time.time()),
+            )
 
     def forget_units(self, unit_ids: Iterable[str]) -> None:
         """Take the done-marks off units (their result rows stay until the units are done again)."""
@@ -240,9 +270,13 @@ class StudyDB(ResultsDB):
         """Move every row of a run (the run, its checkpoints, their evaluations and measures, its units) out of
         the database into a JSON file at `path`; returns the number of rows moved."""
         like = run_id + "/%"
-        tables = {"runs": ("run_id=?", run_id), "checkpoints": ("run_id=?", run_id),
-                  "evaluations": ("checkpoint_id LIKE ?", like), "measures": ("checkpoint_id LIKE ?", like),
-                  "work": ("run_id=?", run_id)}
+        tables = {
+            "runs": ("run_id=?", run_id),
+            "checkpoints": ("run_id=?", run_id),
+            "evaluations": ("checkpoint_id LIKE ?", like),
+            "measures": ("checkpoint_id LIKE ?", like),
+            "work": ("run_id=?", run_id),
+        }
         dump: dict[str, list[dict[str, Any]]] = {}
         for table, (where, value) in tables.items():
             cursor = self.conn.execute(f"SELECT * FROM {table} WHERE {where}", (value,))
@@ -260,6 +294,8 @@ class StudyDB(ResultsDB):
     def checkpoints_of(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT checkpoint_id, step, epoch, path, dev_accuracy, is_best, is_last FROM checkpoints "
-            "WHERE run_id=? ORDER BY step", (run_id,)).fetchall()
+            "WHERE run_id=? ORDER BY step",
+            (run_id,),
+        ).fetchall()
         keys = ("checkpoint_id", "step", "epoch", "path", "dev_accuracy", "is_best", "is_last")
         return [dict(zip(keys, row)) for row in rows]

@@ -45,8 +45,10 @@ def study_lock(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     path = out / LOCK_NAME
     if fcntl is None:  # pragma: no cover - Windows
-        print(f"xlgm: warning: {out} is not locked (no fcntl on this platform): run one `study run` on it at a "
-              "time", file=sys.stderr)
+        print(
+            f"xlgm: warning: {out} is not locked (no fcntl on this platform): run one `study run` on it at a time",
+            file=sys.stderr,
+        )
         yield path
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -57,8 +57,9 @@ def unlabelled(outputs: TextOutputs) -> TextOutputs:
     return replace(outputs, labels=None)
 
 
-def label_free_measures(target: TextOutputs, source: TextOutputs, peers: Sequence[TextOutputs] = (),
-                        parallel: bool = True) -> dict[str, float]:
+def label_free_measures(
+    target: TextOutputs, source: TextOutputs, peers: Sequence[TextOutputs] = (), parallel: bool = True
+) -> dict[str, float]:
     """Every label-free measure the inputs allow, for one checkpoint and target language."""
     target = unlabelled(target)
     names = list(OUTPUT_MEASURES)
@@ -73,9 +74,11 @@ def label_free_measures(target: TextOutputs, source: TextOutputs, peers: Sequenc
 
 
 def source_measures(source: TextOutputs) -> dict[str, float]:
-    return {"source_accuracy": source.accuracy,
-            "source_confidence-margin": compute_output_measure("confidence-margin", source).value,
-            "source_prediction-entropy": compute_output_measure("prediction-entropy", source).value}
+    return {
+        "source_accuracy": source.accuracy,
+        "source_confidence-margin": compute_output_measure("confidence-margin", source).value,
+        "source_prediction-entropy": compute_output_measure("prediction-entropy", source).value,
+    }
 
 
 def _study_checkpoints(spec: StudySpec, db: StudyDB) -> pd.DataFrame:
@@ -83,16 +86,18 @@ def _study_checkpoints(spec: StudySpec, db: StudyDB) -> pd.DataFrame:
     done = db.done_units()
     trained = [r for r in run_ids if train_unit_id(r) in done]
     marks = ",".join("?" * len(trained))
-    rows = db.query("SELECT c.checkpoint_id, c.run_id, c.step, c.is_last, r.run_dir FROM checkpoints c "
-                    f"JOIN runs r ON r.run_id = c.run_id WHERE c.run_id IN ({marks})", tuple(trained))
+    rows = db.query(
+        "SELECT c.checkpoint_id, c.run_id, c.step, c.is_last, r.run_dir FROM checkpoints c "
+        f"JOIN runs r ON r.run_id = c.run_id WHERE c.run_id IN ({marks})",
+        tuple(trained),
+    )
     frame = pd.DataFrame(rows, columns=["checkpoint_id", "run_id", "step", "is_last", "run_dir"])
     frame["run_dir"] = [str(db.resolve_path(r)) for r in frame["run_dir"]]  # stored relative to the study folder
     keep = [spec.checkpoints.selects(int(s), bool(last)) for s, last in zip(frame.step, frame.is_last)]
     return frame[keep].reset_index(drop=True)
 
 
-def load_outputs(spec: StudySpec, checkpoints: pd.DataFrame, languages: Sequence[str]
-                 ) -> dict[tuple[str, str], Path]:
+def load_outputs(spec: StudySpec, checkpoints: pd.DataFrame, languages: Sequence[str]) -> dict[tuple[str, str], Path]:
     """(checkpoint_id, language) -> its outputs file, for those that exist."""
     found = {}
     for row in checkpoints.itertuples():
@@ -109,8 +114,10 @@ def _read_outputs(path: Path) -> TextOutputs:
         return TextOutputs.load(path)
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
         what = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise XlgmError(f"{path}: not readable kept outputs ({what}); run `xlgm study run` on the study again "
-                        "to redo its evaluation") from None
+        raise XlgmError(
+            f"{path}: not readable kept outputs ({what}); run `xlgm study run` on the study again "
+            "to redo its evaluation"
+        ) from None
 
 
 def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> pd.DataFrame:
@@ -121,15 +128,20 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
     src_lang = spec.source_language
     with StudyDB(out / DB_NAME) as db:
         ckpts = _study_checkpoints(spec, db)
-        evals = pd.DataFrame(db.query(
-            "SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=?",
-            (spec.task, spec.evaluation.split, eval_data_label(spec))),
-        columns=["checkpoint_id", "language", "accuracy"])
+        evals = pd.DataFrame(
+            db.query(
+                "SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=?",
+                (spec.task, spec.evaluation.split, eval_data_label(spec)),
+            ),
+            columns=["checkpoint_id", "language", "accuracy"],
+        )
     files = load_outputs(spec, ckpts, spec.languages)
     usable = [c for c in ckpts.checkpoint_id if (c, src_lang) in files]
     if not usable:
-        raise XlgmError(f"{out}: no kept outputs of the source language {src_lang} yet; run the study "
-                        "(with prediction.enabled) first")
+        raise XlgmError(
+            f"{out}: no kept outputs of the source language {src_lang} yet; run the study "
+            "(with prediction.enabled) first"
+        )
     # Every kept output is read once (embeddings: at most prediction.embedding_rows rows each); peers get
     # copies without embeddings, since agreement needs predictions only.
     logits = {key: _read_outputs(path) for key, path in files.items() if key[0] in usable}
@@ -142,8 +154,11 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
         for lang in targets:
             if (cid, lang) not in logits:
                 continue
-            peers = [replace(logits[(other, lang)], embeddings=None) for other in usable
-                     if other != cid and (other, lang) in logits]
+            peers = [
+                replace(logits[(other, lang)], embeddings=None)
+                for other in usable
+                if other != cid and (other, lang) in logits
+            ]
             values = label_free_measures(logits[(cid, lang)], source, peers, spec.prediction.parallel)
             rows.append({"checkpoint_id": cid, "run_id": run_of[cid], "language": lang, **src_side, **values})
     frame = pd.DataFrame(rows)
@@ -200,24 +215,30 @@ def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: 
 
 
 def format_summary(results: dict[str, Any]) -> str:
-    lines = [f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows)",
-             f"{'scheme':<24}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'other langs':>13}"
-             f"{'ratio to best rival':>21}"]
+    lines = [
+        f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows)",
+        f"{'scheme':<24}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'other langs':>13}"
+        f"{'ratio to best rival':>21}",
+    ]
     for scheme, s in results["schemes"].items():
         if "skipped" in s:
             lines.append(f"{scheme:<24} skipped: {s['skipped']}")
             continue
         m = s["mae"]
-        lines.append(f"{scheme:<24}{m['predicted']:8.4f}{m['predicted_source_anchor']:16.4f}"
-                     f"{m['same_as_source']:12.4f}{m['other_languages']:13.4f}"
-                     f"{s['ratio_to_best_rival']:8.2f} ({s['best_rival']})")
+        lines.append(
+            f"{scheme:<24}{m['predicted']:8.4f}{m['predicted_source_anchor']:16.4f}"
+            f"{m['same_as_source']:12.4f}{m['other_languages']:13.4f}"
+            f"{s['ratio_to_best_rival']:8.2f} ({s['best_rival']})"
+        )
     lines.append("against each rival (MAE difference, predictor - rival, 95% interval resampling languages):")
     for scheme, s in results["schemes"].items():
         for name, v in s.get("versus", {}).items():
             verdict = "beats it" if v["beats"] else "does not beat it"
             best = " (best rival)" if v["best_rival"] else ""
-            lines.append(f"  {scheme:<24}{name + best:<32}{v['difference']:+8.4f} [{v['ci_low']:+.4f}, "
-                         f"{v['ci_high']:+.4f}]  ratio {v['ratio']:.2f}, {verdict}")
+            lines.append(
+                f"  {scheme:<24}{name + best:<32}{v['difference']:+8.4f} [{v['ci_low']:+.4f}, "
+                f"{v['ci_high']:+.4f}]  ratio {v['ratio']:.2f}, {verdict}"
+            )
     return "\n".join(lines)
 
 
@@ -226,9 +247,18 @@ def format_summary(results: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: str, parallel: bool = False,
-                 which: str = "last", batch_size: int = 64, show_progress: bool = True,
-                 device=None, precision: str = "no") -> pd.DataFrame:
+def predict_text(
+    spec: StudySpec,
+    out: Path,
+    text_file: str | Path,
+    language: str,
+    parallel: bool = False,
+    which: str = "last",
+    batch_size: int = 64,
+    show_progress: bool = True,
+    device=None,
+    precision: str = "no",
+) -> pd.DataFrame:
     """Predicted accuracy of the study's checkpoints (`which`: last per run, or all) on unlabelled text.
 
     With `parallel`, row i of the file must be the translation of row i of the study's source evaluation
@@ -255,26 +285,42 @@ def predict_text(spec: StudySpec, out: Path, text_file: str | Path, language: st
     files = load_outputs(spec, ckpts, [spec.source_language])
     device = device if device is not None else resolve_device("auto")
     found = []
-    for row in tqdm(list(ckpts.itertuples()), desc=f"predict {language}", unit="checkpoint",
-                    disable=not show_progress):
+    for row in tqdm(list(ckpts.itertuples()), desc=f"predict {language}", unit="checkpoint", disable=not show_progress):
         if (row.checkpoint_id, spec.source_language) not in files:
             continue
         source = _read_outputs(files[(row.checkpoint_id, spec.source_language)])
         if parallel and len(rows) != len(source.logits):
-            raise XlgmError(f"{text_file}: --parallel needs one row per source evaluation row ({len(source.logits)}), "
-                            f"got {len(rows)}")
+            raise XlgmError(
+                f"{text_file}: --parallel needs one row per source evaluation row ({len(source.logits)}), "
+                f"got {len(rows)}"
+            )
         config = configs[row.run_id]
         name = row.checkpoint_id.split("/", 1)[1]
         model, tokenizer = _load(config, Path(row.run_dir), Path(row.run_dir) / "checkpoints" / name, task, device)
         data = tokenize_examples(tokenizer, rows, spec.eval_max_length())
         embed = spec.prediction.embedding_rows > 0
-        target = predict_outputs(model, tokenizer, data, batch_size, embeddings=embed,
-                                 layer=spec.prediction.embedding_layer, language=language, precision=precision)
+        target = predict_outputs(
+            model,
+            tokenizer,
+            data,
+            batch_size,
+            embeddings=embed,
+            layer=spec.prediction.embedding_layer,
+            language=language,
+            precision=precision,
+        )
         if embed:
-            target = replace(target, embeddings=target.embeddings[:spec.prediction.embedding_rows])
+            target = replace(target, embeddings=target.embeddings[: spec.prediction.embedding_rows])
         values = label_free_measures(target, source, (), parallel)
-        found.append({"checkpoint_id": row.checkpoint_id, "run_id": row.run_id, "language": language,
-                      **source_measures(source), **values})
+        found.append(
+            {
+                "checkpoint_id": row.checkpoint_id,
+                "run_id": row.run_id,
+                "language": language,
+                **source_measures(source),
+                **values,
+            }
+        )
         del model
     if not found:
         raise XlgmError(f"{out}: no checkpoint with kept source outputs to compare the text with")

@@ -44,8 +44,11 @@ PNG_PREFIX = '<img src="data:image/png;base64,'
 ANALYSIS_DIR = "analysis"
 # verdict.csv's targets, as `xlgm study analyze` names them, and the analysis frame's columns for them
 VERDICT_TARGETS = {"mean_accuracy": "mean_target", "mean_gap": "mean_gap"}
-TARGET_NAMES = {"mean_target": "mean target accuracy", "mean_accuracy": "mean target accuracy",
-                "mean_gap": "mean transfer gap"}
+TARGET_NAMES = {
+    "mean_target": "mean target accuracy",
+    "mean_accuracy": "mean target accuracy",
+    "mean_gap": "mean transfer gap",
+}
 
 
 def target_name(target: Any) -> str:
@@ -55,10 +58,21 @@ def target_name(target: Any) -> str:
         return TARGET_NAMES[text]
     for prefix, name in (("acc_", "accuracy"), ("gap_", "gap")):
         if text.startswith(prefix):
-            return f"{name} {text[len(prefix):]}"
+            return f"{name} {text[len(prefix) :]}"
     return text
-REPORT_LIBRARIES = ("xlgm", "torch", "transformers", "accelerate", "numpy", "scipy", "pandas", "scikit-learn",
-                    "matplotlib")
+
+
+REPORT_LIBRARIES = (
+    "xlgm",
+    "torch",
+    "transformers",
+    "accelerate",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "matplotlib",
+)
 GREY = "#9a9a9a"
 
 
@@ -192,8 +206,10 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise XlgmError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0] if str(exc) else 'empty'}); "
-                        "run `xlgm study analyze` again") from None
+        raise XlgmError(
+            f"{path}: not a readable CSV table ({str(exc).splitlines()[0] if str(exc) else 'empty'}); "
+            "run `xlgm study analyze` again"
+        ) from None
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise XlgmError(f"{path}: missing column(s) {', '.join(missing)}; run `xlgm study analyze` again")
@@ -215,9 +231,12 @@ def load_analysis_files(folder: Path) -> AnalysisFiles:
     health = _read_csv(analysis / "health.csv", HEALTH_REQUIRED)
     if health is not None:
         health["healthy"] = health["healthy"].map(_truthy)
-    return AnalysisFiles(verdict=_read_csv(analysis / "verdict.csv", VERDICT_REQUIRED), health=health,
-                         settings=settings, correlations=_read_csv(analysis / "correlations.csv",
-                                                                   ("measure", "target", "tau")))
+    return AnalysisFiles(
+        verdict=_read_csv(analysis / "verdict.csv", VERDICT_REQUIRED),
+        health=health,
+        settings=settings,
+        correlations=_read_csv(analysis / "correlations.csv", ("measure", "target", "tau")),
+    )
 
 
 def _truthy(value: Any) -> bool:
@@ -247,11 +266,17 @@ def read_study_records(data: StudyData) -> StudyRecords:
         rows = db.query(
             f"SELECT language, MAX(num_examples) FROM evaluations WHERE task=? AND split=? AND data=? "
             f"AND checkpoint_id IN ({','.join('?' * len(ids))}) GROUP BY language",
-            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids))
-        work = db.query(f"SELECT kind, SUM(seconds) FROM work WHERE run_id IN ({','.join('?' * len(runs))}) "
-                        "GROUP BY kind", tuple(runs))
-    return StudyRecords({str(lang): int(n) for lang, n in rows if n},
-                        {str(kind): float(s or 0.0) for kind, s in work}, run_records(data))
+            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids),
+        )
+        work = db.query(
+            f"SELECT kind, SUM(seconds) FROM work WHERE run_id IN ({','.join('?' * len(runs))}) GROUP BY kind",
+            tuple(runs),
+        )
+    return StudyRecords(
+        {str(lang): int(n) for lang, n in rows if n},
+        {str(kind): float(s or 0.0) for kind, s in work},
+        run_records(data),
+    )
 
 
 def run_records(data: StudyData) -> dict[str, dict]:
@@ -323,8 +348,9 @@ def verdict_table(verdict: pd.DataFrame) -> pd.DataFrame:
         row = {"measure": measure, "expected": _expected_text(sign), "reference": _fmt(first.get("reference"))}
         for key, target in (("acc", acc), ("gap", gap)):
             name = "mean target acc" if key == "acc" else "mean gap"
-            row[f"τ vs {name} [95% CI]"] = "" if target is None else _coefficient(
-                target.get("tau"), target.get("ci_low"), target.get("ci_high"))
+            row[f"τ vs {name} [95% CI]"] = (
+                "" if target is None else _coefficient(target.get("tau"), target.get("ci_low"), target.get("ci_high"))
+            )
             row[f"p Holm ({key})"] = _pvalue(col(target, "p_holm"))
             row[f"p BH ({key})"] = _pvalue(col(target, "p_bh"))
             row[f"verdict ({key})"] = _fmt(col(target, "verdict"))
@@ -347,15 +373,26 @@ def exclusions(analysis: AnalysisFiles) -> dict[str, str]:
     if analysis.verdict is not None:
         for measure, group in analysis.verdict.groupby("measure", sort=False):
             if str(measure) not in out and (group["verdict"].astype(str) == "excluded").all():
-                why = [_fmt(v) for v in list(group.get("reason", [])) + list(group.get("health", []))
-                       if _fmt(v) and _fmt(v) != "healthy"]
+                why = [
+                    _fmt(v)
+                    for v in list(group.get("reason", [])) + list(group.get("health", []))
+                    if _fmt(v) and _fmt(v) != "healthy"
+                ]
                 out[str(measure)] = why[0] if why else "excluded by the analysis"
     return out
 
 
 def health_table(health: pd.DataFrame) -> pd.DataFrame:
-    names = {"measure": "measure", "n_units": "units", "n_converged": "converged", "n_saturated": "saturated",
-             "n_nan": "NaN/inf", "constant": "constant", "healthy": "healthy", "reason": "reason"}
+    names = {
+        "measure": "measure",
+        "n_units": "units",
+        "n_converged": "converged",
+        "n_saturated": "saturated",
+        "n_nan": "NaN/inf",
+        "constant": "constant",
+        "healthy": "healthy",
+        "reason": "reason",
+    }
     table = health[[c for c in names if c in health.columns]].rename(columns=names).copy()
     for column in ("healthy", "constant"):
         if column in table.columns:
@@ -375,9 +412,12 @@ def correlation_detail(corr: pd.DataFrame, targets: tuple[str, ...] = ("mean_tar
     rows = corr if not targets else corr[corr["target"].isin(targets)]
     out = []
     for _, r in rows.iterrows():
-        row = {"measure": r["measure"], "target": target_name(r["target"]),
-               "τ [95% CI]": _coefficient(r.get("tau"), r.get("tau_lo"), r.get("tau_hi")),
-               "p": _pvalue(r.get("tau_p"))}
+        row = {
+            "measure": r["measure"],
+            "target": target_name(r["target"]),
+            "τ [95% CI]": _coefficient(r.get("tau"), r.get("tau_lo"), r.get("tau_hi")),
+            "p": _pvalue(r.get("tau_p")),
+        }
         if "p_holm" in r.index:
             row["p Holm"] = _pvalue(r.get("p_holm"))
             row["p BH"] = _pvalue(r.get("p_bh"))
@@ -403,8 +443,7 @@ def granulated_detail(granulated: pd.DataFrame) -> pd.DataFrame:
     rows = granulated[granulated["target"].isin(["mean_target", "mean_gap"])]
     out = []
     for _, r in rows.iterrows():
-        row = {"measure": r["measure"], "target": target_name(r["target"]),
-               "Ψ": _signed(r.get("psi"))}
+        row = {"measure": r["measure"], "target": target_name(r["target"]), "Ψ": _signed(r.get("psi"))}
         for column in rows.columns:
             if column.startswith("psi["):
                 axis = column[4:-1]
@@ -424,13 +463,23 @@ def cmi_detail(cmi: pd.DataFrame) -> pd.DataFrame:
         argmin = r.get("argmin")
         if isinstance(argmin, (tuple, list)):
             argmin = "{" + ", ".join(map(str, argmin)) + "}"
-        row = {"measure": r["measure"], "target": target_name(r["target"]),
-               "K": _fmt(_number(r.get("k"))), "argmin S": _fmt(argmin)}
+        row = {
+            "measure": r["measure"],
+            "target": target_name(r["target"]),
+            "K": _fmt(_number(r.get("k"))),
+            "argmin S": _fmt(argmin),
+        }
         for column in cmi.columns:
             if column.startswith("cmi["):
                 row["Î(" + (column[4:-1] or "∅") + ")"] = _fmt(_number(r[column]))
-        row.update({"n": _fmt(r.get("n")), "pairs": _fmt(r.get("n_pairs")), "tied pairs": _fmt(r.get("n_pairs_tied")),
-                    "note": _fmt(r.get("note"))})
+        row.update(
+            {
+                "n": _fmt(r.get("n")),
+                "pairs": _fmt(r.get("n_pairs")),
+                "tied pairs": _fmt(r.get("n_pairs_tied")),
+                "note": _fmt(r.get("note")),
+            }
+        )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -444,6 +493,7 @@ def hyperparameters(data: StudyData, run_id: str, row: pd.Series | dict) -> str:
     """The run's objective options and any other varying axis (objective and seed left out): `rho=0.05`."""
     config = data.configs.get(run_id, {})
     options = dict(config.get("objective_options") or {})
+
     def short(v: Any) -> str:
         return format(float(v), "g") if isinstance(v, (float, np.floating)) else _fmt(v)
 
@@ -478,21 +528,27 @@ def run_table(data: StudyData, per_run: pd.DataFrame, records: StudyRecords | No
     rows = []
     for _, r in per_run.iterrows():
         held_out = records.run_configs.get(r["run_id"], {}).get("num_select")
-        row = {"run": r["run_id"], "objective": r.get("objective"),
-               "hyperparameters": hyperparameters(data, r["run_id"], r),
-               "seed": r.get("seed"), "step": r.get("step"),
-               "best held-out acc": _interval_text(best_dev.get(r["run_id"], np.nan) if len(best_dev) else np.nan,
-                                                   int(held_out) if held_out else None),
-               "mean target acc": _interval_text(r.get("mean_target"), target_rows),
-               f"{spec.source_language} acc": _interval_text(r.get(acc_column(spec.source_language)), source_rows)}
+        row = {
+            "run": r["run_id"],
+            "objective": r.get("objective"),
+            "hyperparameters": hyperparameters(data, r["run_id"], r),
+            "seed": r.get("seed"),
+            "step": r.get("step"),
+            "best held-out acc": _interval_text(
+                best_dev.get(r["run_id"], np.nan) if len(best_dev) else np.nan, int(held_out) if held_out else None
+            ),
+            "mean target acc": _interval_text(r.get("mean_target"), target_rows),
+            f"{spec.source_language} acc": _interval_text(r.get(acc_column(spec.source_language)), source_rows),
+        }
         for m in data.measures:
             row[m] = r.get(m)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def accuracy_table(data: StudyData, per_run: pd.DataFrame, labels: dict[str, str],
-                   records: StudyRecords) -> pd.DataFrame:
+def accuracy_table(
+    data: StudyData, per_run: pd.DataFrame, labels: dict[str, str], records: StudyRecords
+) -> pd.DataFrame:
     """Run x language accuracies with 95% Wilson intervals."""
     rows = []
     for _, r in per_run.iterrows():
@@ -526,10 +582,12 @@ class ChanceCheck:
         return self.units > 0 and self.near_source > self.units / 2
 
     def message(self, source: str) -> str:
-        return (f"The models barely left chance: the {source} accuracy's 95% interval includes chance "
-                f"(1/{round(1 / self.chance)} = {self.chance:.3f}) at {self.near_source} of {self.units} units, "
-                f"the mean target accuracy's at {self.near_target}. These correlations compare training progress, "
-                "not generalization.")
+        return (
+            f"The models barely left chance: the {source} accuracy's 95% interval includes chance "
+            f"(1/{round(1 / self.chance)} = {self.chance:.3f}) at {self.near_source} of {self.units} units, "
+            f"the mean target accuracy's at {self.near_target}. These correlations compare training progress, "
+            "not generalization."
+        )
 
 
 def chance_check(data: StudyData, rows: pd.DataFrame, records: StudyRecords) -> ChanceCheck | None:
@@ -547,8 +605,12 @@ def chance_check(data: StudyData, rows: pd.DataFrame, records: StudyRecords) -> 
         low, high = wilson_interval(acc * n, n)
         return int(((low <= chance) & (chance <= high)).sum())
 
-    return ChanceCheck(chance, near(rows[acc_column(data.spec.source_language)], source_rows),
-                       near(rows["mean_target"], _target_rows(data, records)), int(len(rows)))
+    return ChanceCheck(
+        chance,
+        near(rows[acc_column(data.spec.source_language)], source_rows),
+        near(rows["mean_target"], _target_rows(data, records)),
+        int(len(rows)),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -581,7 +643,8 @@ def settings_from_study(data: StudyData, records: StudyRecords) -> dict[str, Any
         "train rows": ", ".join(map(str, train_rows)) or "unknown",
         "held-out rows (checkpoint selection)": ", ".join(map(str, held_out)) or "unknown",
         **{f"eval rows {lang} ({spec.evaluation.split})": n for lang, n in records.eval_rows.items()},
-        "measure examples": f"{d.max_examples} ({d.language} {d.split})"}
+        "measure examples": f"{d.max_examples} ({d.language} {d.split})",
+    }
     recorded: dict[str, set] = {}
     for config in configs:
         for name, version in (config.get("versions") or {}).items():
@@ -591,10 +654,16 @@ def settings_from_study(data: StudyData, records: StudyRecords) -> dict[str, Any
     seconds = {kind: _seconds_text(s) for kind, s in sorted(records.seconds.items())}
     if records.seconds:
         seconds["total"] = _seconds_text(sum(records.seconds.values()))
-    return {"spec": spec.to_yaml(),
-            "measures": {item.name: dict(item.options_dict, seed=spec.measures.seed,
-                                         params=spec.measures.params or "all") for item in spec.measures.items},
-            "data sizes": sizes, "library versions": versions, "wall time": seconds}
+    return {
+        "spec": spec.to_yaml(),
+        "measures": {
+            item.name: dict(item.options_dict, seed=spec.measures.seed, params=spec.measures.params or "all")
+            for item in spec.measures.items
+        },
+        "data sizes": sizes,
+        "library versions": versions,
+        "wall time": seconds,
+    }
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -606,8 +675,7 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
             out += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
         return out
     if isinstance(value, (list, tuple)):
-        text = ", ".join(json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else _fmt(v)
-                         for v in value)
+        text = ", ".join(json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else _fmt(v) for v in value)
         return [(prefix, text or "(none)")]
     return [(prefix, _fmt(value) if not isinstance(value, str) else value)]
 
@@ -648,15 +716,21 @@ def accuracy_heatmap(data: StudyData, per_run: pd.DataFrame, labels: dict[str, s
     if values.size <= 600:
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if v < np.nanmean(values) else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v < np.nanmean(values) else "black",
+                )
     fig.colorbar(image, ax=ax, label="accuracy")
     ax.set_title(f"Accuracy per run and language ({_mpl(data.spec.evaluation.split)})", fontsize=10)
     return Figure("accuracy-heatmap", "Accuracy: run x language", _png(fig))
 
 
-def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str, str],
-                       records: StudyRecords) -> Figure:
+def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str, str], records: StudyRecords) -> Figure:
     """Each run's accuracy per language with its 95% Wilson interval, and the chance level."""
     langs = data.languages
     chance = 1.0 / _num_labels(data)
@@ -672,9 +746,17 @@ def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str,
         low, high = np.full_like(acc, np.nan), np.full_like(acc, np.nan)
         if ok.any():
             low[ok], high[ok] = wilson_interval(acc[ok] * rows[ok], rows[ok])
-        ax.errorbar(x[ok], acc[ok], yerr=[acc[ok] - low[ok], high[ok] - acc[ok]], fmt=MARKERS[i % len(MARKERS)],
-                    markersize=4, capsize=2, linewidth=1, color=colours[i],
-                    label=_mpl(labels.get(r["run_id"], r["run_id"])))
+        ax.errorbar(
+            x[ok],
+            acc[ok],
+            yerr=[acc[ok] - low[ok], high[ok] - acc[ok]],
+            fmt=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            capsize=2,
+            linewidth=1,
+            color=colours[i],
+            label=_mpl(labels.get(r["run_id"], r["run_id"])),
+        )
     ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance (1/{_num_labels(data)})")
     ax.set_xticks(range(len(langs)), [_mpl(lang) for lang in langs])
     ax.set_ylabel("accuracy (95% Wilson interval)")
@@ -690,9 +772,15 @@ def _undefined_reason(note: Any, measure: str) -> str:
     return text or "undefined"
 
 
-def measure_scatter(data: StudyData, rows: pd.DataFrame, measure: str, corr: pd.DataFrame,
-                    verdict: pd.DataFrame | None = None, excluded: str | None = None,
-                    target_rows: int | None = None) -> Figure:
+def measure_scatter(
+    data: StudyData,
+    rows: pd.DataFrame,
+    measure: str,
+    corr: pd.DataFrame,
+    verdict: pd.DataFrame | None = None,
+    excluded: str | None = None,
+    target_rows: int | None = None,
+) -> Figure:
     """The measure against the mean target accuracy per unit, with 95% intervals of the accuracy and chance.
 
     The title gives tau with its CI and Holm-adjusted p from verdict.csv, else the raw tau and p; an undefined tau
@@ -714,8 +802,18 @@ def measure_scatter(data: StudyData, rows: pd.DataFrame, measure: str, corr: pd.
     for i, name in enumerate(names):
         mask = (groups == name).to_numpy()
         colour = GREY if excluded else colours[i]
-        ax.errorbar(x[mask], y[mask], yerr=None if yerr is None else yerr[:, mask], fmt=MARKERS[i % len(MARKERS)],
-                    markersize=4, capsize=2, linewidth=0.8, alpha=0.85, color=colour, label=_mpl(name))
+        ax.errorbar(
+            x[mask],
+            y[mask],
+            yerr=None if yerr is None else yerr[:, mask],
+            fmt=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            capsize=2,
+            linewidth=0.8,
+            alpha=0.85,
+            color=colour,
+            label=_mpl(name),
+        )
     ok = np.isfinite(x) & np.isfinite(y)
     if not excluded and ok.sum() >= 2 and np.unique(x[ok]).size >= 2 and np.unique(y[ok]).size >= 2:
         slope, intercept = np.polyfit(x[ok], y[ok], 1)
@@ -730,8 +828,9 @@ def measure_scatter(data: StudyData, rows: pd.DataFrame, measure: str, corr: pd.
     return Figure(f"scatter-{measure}", f"{measure} vs mean target accuracy", _png(fig))
 
 
-def scatter_title(measure: str, corr: pd.DataFrame, verdict: pd.DataFrame | None = None,
-                  excluded: str | None = None) -> str:
+def scatter_title(
+    measure: str, corr: pd.DataFrame, verdict: pd.DataFrame | None = None, excluded: str | None = None
+) -> str:
     """A scatter's title: excluded with its reason; tau with its CI, Holm p and verdict (verdict.csv); else the raw
     tau and p; an undefined tau with the reason."""
     if excluded:
@@ -742,8 +841,10 @@ def scatter_title(measure: str, corr: pd.DataFrame, verdict: pd.DataFrame | None
             r = rows.iloc[0]
             if _is_missing(r.get("tau")):
                 return f"{measure}: τ undefined ({_fmt(r.get('reason')) or _fmt(r.get('health')) or 'no value'})"
-            return (f"{measure}: τ = {_coefficient(r.get('tau'), r.get('ci_low'), r.get('ci_high'))}, "
-                    f"p Holm = {_pvalue(r.get('p_holm'))}; {_fmt(r.get('verdict'))}")
+            return (
+                f"{measure}: τ = {_coefficient(r.get('tau'), r.get('ci_low'), r.get('ci_high'))}, "
+                f"p Holm = {_pvalue(r.get('p_holm'))}; {_fmt(r.get('verdict'))}"
+            )
     rows = corr[(corr["measure"] == measure) & (corr["target"] == "mean_target")]
     if not len(rows):
         return f"{measure}: τ not computed"
@@ -759,8 +860,7 @@ def tau_heatmap(data: StudyData, corr: pd.DataFrame, excluded: dict[str, str] | 
     excluded = excluded or {}
     targets = [acc_column(lang) for lang in data.languages] + ["mean_target"]
     names = [_mpl(lang) for lang in data.languages] + ["mean"]
-    table = corr.pivot(index="measure", columns="target", values="tau").reindex(index=data.measures,
-                                                                             columns=targets)
+    table = corr.pivot(index="measure", columns="target", values="tau").reindex(index=data.measures, columns=targets)
     values = table.to_numpy(dtype=float)
     fig = _figure(max(6.0, 0.55 * len(targets) + 3.5), max(2.4, 0.4 * len(data.measures) + 1.4))
     ax = fig.add_subplot()
@@ -775,8 +875,16 @@ def tau_heatmap(data: StudyData, corr: pd.DataFrame, excluded: dict[str, str] | 
     wrap = max(18, 7 * len(targets))
 
     def row_text(i: int, text: str) -> None:
-        ax.text(middle, i, _mpl("\n".join(textwrap.wrap(text, wrap))), ha="center", va="center", fontsize=7,
-                color="#555555", clip_on=True)
+        ax.text(
+            middle,
+            i,
+            _mpl("\n".join(textwrap.wrap(text, wrap))),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="#555555",
+            clip_on=True,
+        )
 
     for i, measure in enumerate(data.measures):
         if measure in excluded:
@@ -817,16 +925,42 @@ def training_curves(data: StudyData, labels: dict[str, str]) -> Figure:
     colours = _colours(len(series))
     for i, (run_id, points) in enumerate(series):
         steps, losses = zip(*points)
-        ax.plot(steps, losses, marker="." if len(points) < 30 else None, linewidth=1, color=colours[i],
-                label=_mpl(labels.get(run_id, run_id)))
+        ax.plot(
+            steps,
+            losses,
+            marker="." if len(points) < 30 else None,
+            linewidth=1,
+            color=colours[i],
+            label=_mpl(labels.get(run_id, run_id)),
+        )
         if len(series) > 20:  # more runs than a legend can tell apart: label the line ends
-            ax.annotate(_mpl(labels.get(run_id, run_id)), (steps[-1], losses[-1]), fontsize=5, color=colours[i],
-                        xytext=(2, 0), textcoords="offset points", va="center")
+            ax.annotate(
+                _mpl(labels.get(run_id, run_id)),
+                (steps[-1], losses[-1]),
+                fontsize=5,
+                color=colours[i],
+                xytext=(2, 0),
+                textcoords="offset points",
+                va="center",
+            )
     num_labels = _num_labels(data)
-    ax.axhline(math.log(num_labels), color="black", linestyle="--", linewidth=1,
-               label=f"chance (uniform prediction): ln {num_labels} = {math.log(num_labels):.3f}")
-    ax.annotate("chance (uniform prediction)", (1.0, math.log(num_labels)), xycoords=("axes fraction", "data"),
-                xytext=(-3, 3), textcoords="offset points", ha="right", va="bottom", fontsize=7)
+    ax.axhline(
+        math.log(num_labels),
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"chance (uniform prediction): ln {num_labels} = {math.log(num_labels):.3f}",
+    )
+    ax.annotate(
+        "chance (uniform prediction)",
+        (1.0, math.log(num_labels)),
+        xycoords=("axes fraction", "data"),
+        xytext=(-3, 3),
+        textcoords="offset points",
+        ha="right",
+        va="bottom",
+        fontsize=7,
+    )
     if not series:
         ax.text(0.5, 0.75, "no training log", ha="center", va="center", transform=ax.transAxes)
     if len(series) <= 20:
@@ -847,8 +981,10 @@ def _html_table(table: pd.DataFrame, css: str = "") -> str:
     if isinstance(table.columns, pd.MultiIndex):
         raise ValueError("_html_table: flatten the columns first")
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>\n"
-                   for row in table.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>\n"
+        for row in table.itertuples(index=False)
+    )
     return f'<table class="{html.escape(css)}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>'
 
 
@@ -867,8 +1003,10 @@ def _md_table(table: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
         return _md_text(_fmt(v)).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
-             "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines = [
+        "| " + " | ".join(cell(c) for c in table.columns) + " |",
+        "|" + "|".join("---" for _ in table.columns) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -962,10 +1100,18 @@ def prediction_section(folder: Path, eval_rows: dict[str, int] | None = None) ->
     if cv.empty:
         return None
     eval_rows = eval_rows or {}
-    errors = (cv.groupby("language", sort=False)
-              .agg(actual=("accuracy", "mean"), predicted=("predicted", "mean"), mae=("error", "mean"),
-                   mae_same_as_source=("error_source", "mean"), mae_other_languages=("error_other_languages", "mean"),
-                   rows=("error", "size")).reset_index())
+    errors = (
+        cv.groupby("language", sort=False)
+        .agg(
+            actual=("accuracy", "mean"),
+            predicted=("predicted", "mean"),
+            mae=("error", "mean"),
+            mae_same_as_source=("error_source", "mean"),
+            mae_other_languages=("error_other_languages", "mean"),
+            rows=("error", "size"),
+        )
+        .reset_index()
+    )
     # the languages' accuracies are means over checkpoints on the same rows: the interval of one language's rows
     errors["actual"] = [_interval_text(a, eval_rows.get(lang)) for lang, a in zip(errors["language"], errors["actual"])]
     half = []
@@ -992,14 +1138,23 @@ def prediction_section(folder: Path, eval_rows: dict[str, int] | None = None) ->
             xerr = [acc - low, high - acc]
         if xerr is not None:  # light: with a point per checkpoint, dark bars would hide the points
             ax.errorbar(acc, rows["predicted"], xerr=xerr, fmt="none", elinewidth=0.5, alpha=0.15, color=colours[i])
-        ax.scatter(acc, rows["predicted"], s=18, marker=MARKERS[i % len(MARKERS)], alpha=0.85, color=colours[i],
-                   label=_mpl(lang))
+        ax.scatter(
+            acc,
+            rows["predicted"],
+            s=18,
+            marker=MARKERS[i % len(MARKERS)],
+            alpha=0.85,
+            color=colours[i],
+            label=_mpl(lang),
+        )
     lo = float(min(cv["accuracy"].min(), cv["predicted"].min())) - 0.02
     hi = float(max(cv["accuracy"].max(), cv["predicted"].max())) + 0.02
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
     mae = summary.get("schemes", {}).get("leave-one-language-out", {}).get("mae", {})
-    ax.set_title(f"Leave-one-language-out: MAE {_fmt(mae.get('predicted'))} "
-                 f"(same as source {_fmt(mae.get('same_as_source'))})", fontsize=9)
+    ax.set_title(
+        f"Leave-one-language-out: MAE {_fmt(mae.get('predicted'))} (same as source {_fmt(mae.get('same_as_source'))})",
+        fontsize=9,
+    )
     ax.set_xlabel("actual accuracy (95% interval)")
     ax.set_ylabel("predicted from unlabelled text")
     ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -1014,18 +1169,38 @@ def _prediction_tables(section: PredictionSection) -> tuple[str, pd.DataFrame]:
             rows.append((scheme, "", "", "", "", "", r["skipped"]))
         else:
             m = r.get("mae", {})
-            rows.append((scheme, m.get("predicted"), m.get("predicted_source_anchor", math.nan),
-                         m.get("same_as_source"), m.get("other_languages"), r.get("ratio_to_same_as_source"),
-                         m.get("rows")))
-    table = pd.DataFrame(rows, columns=["scheme", "MAE", "MAE source anchor only", "MAE same as source",
-                                        "MAE other languages", "ratio", "rows"])
-    intro = ("Accuracy per (checkpoint, language) predicted from unlabelled target text: a ridge regression on "
-             f"label-free measures ({', '.join(s.get('features', []))}) of the gap to the source accuracy, plus "
-             "the checkpoint's offset estimated from its other labelled languages where the scheme leaves any "
-             "(leave-one-run-out leaves none: the source alone anchors). Each language's predictions come from "
-             "a model fitted and anchored without that language's rows. 'Source anchor only' is the same "
-             "model without the offsets; ratio = MAE / MAE same as source. An error below the 95% half-width of "
-             "one accuracy is within the sampling noise of the labelled target itself.")
+            rows.append(
+                (
+                    scheme,
+                    m.get("predicted"),
+                    m.get("predicted_source_anchor", math.nan),
+                    m.get("same_as_source"),
+                    m.get("other_languages"),
+                    r.get("ratio_to_same_as_source"),
+                    m.get("rows"),
+                )
+            )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "scheme",
+            "MAE",
+            "MAE source anchor only",
+            "MAE same as source",
+            "MAE other languages",
+            "ratio",
+            "rows",
+        ],
+    )
+    intro = (
+        "Accuracy per (checkpoint, language) predicted from unlabelled target text: a ridge regression on "
+        f"label-free measures ({', '.join(s.get('features', []))}) of the gap to the source accuracy, plus "
+        "the checkpoint's offset estimated from its other labelled languages where the scheme leaves any "
+        "(leave-one-run-out leaves none: the source alone anchors). Each language's predictions come from "
+        "a model fitted and anchored without that language's rows. 'Source anchor only' is the same "
+        "model without the offsets; ratio = MAE / MAE same as source. An error below the 95% half-width of "
+        "one accuracy is within the sampling noise of the labelled target itself."
+    )
     return intro, table
 
 
@@ -1034,16 +1209,22 @@ def _prediction_tables(section: PredictionSection) -> tuple[str, pd.DataFrame]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-RECONCILE = ("How the three criteria differ: Kendall τ ranks all units together; granulated Ψ averages τ within "
-             "groups of units that differ in one hyperparameter only; CMI K (Jiang et al. 2020) is the smallest "
-             "conditional mutual information between the measure's and the accuracy's pair orderings over the "
-             "conditioning sets of hyperparameters. A measure can rank units well (high |τ|) yet have K near 0: "
-             "its ranking then follows the hyperparameters it was conditioned on, not generalization within them.")
+RECONCILE = (
+    "How the three criteria differ: Kendall τ ranks all units together; granulated Ψ averages τ within "
+    "groups of units that differ in one hyperparameter only; CMI K (Jiang et al. 2020) is the smallest "
+    "conditional mutual information between the measure's and the accuracy's pair orderings over the "
+    "conditioning sets of hyperparameters. A measure can rank units well (high |τ|) yet have K near 0: "
+    "its ranking then follows the hyperparameters it was conditioned on, not generalization within them."
+)
 
 
-def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
-                 prediction: PredictionSection | None = None, analysis: AnalysisFiles | None = None,
-                 records: StudyRecords | None = None) -> tuple[str, str, list[Figure]]:
+def build_report(
+    data: StudyData,
+    tables: dict[str, pd.DataFrame],
+    prediction: PredictionSection | None = None,
+    analysis: AnalysisFiles | None = None,
+    records: StudyRecords | None = None,
+) -> tuple[str, str, list[Figure]]:
     """(html, markdown, figures) of a study."""
     spec = data.spec
     analysis = analysis or AnalysisFiles()
@@ -1056,27 +1237,37 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
     target_rows = _target_rows(data, records)
     heatmap = accuracy_heatmap(data, per_run, labels)
     intervals = accuracy_intervals(data, per_run, labels, records) if records.eval_rows else None
-    scatters = [measure_scatter(data, rows, m, corr, analysis.verdict, excluded.get(m), target_rows)
-                for m in data.measures]
+    scatters = [
+        measure_scatter(data, rows, m, corr, analysis.verdict, excluded.get(m), target_rows) for m in data.measures
+    ]
     tau = tau_heatmap(data, corr, excluded)
     curves = training_curves(data, labels)
     figures = [heatmap] + ([intervals] if intervals else []) + scatters + [tau, curves]
-    unit = spec.analysis.unit + (f", {spec.analysis.run_reduce} checkpoint of each run" if spec.analysis.unit == "run"
-                                 else "")
-    facts = [("study", f"{spec.name} ({spec.study_id})"), ("task", spec.task), ("model", spec.model),
-             ("source language", spec.source_language), ("target languages", " ".join(spec.target_languages)),
-             ("runs", str(per_run["run_id"].nunique())), ("checkpoints", str(len(data.frame))),
-             ("unit of correlation", unit), ("axes", ", ".join(data.axes) or "(none)"),
-             ("units done", f"{data.units_done} of {data.units_total}"),
-             ("chance accuracy", f"1/{_num_labels(data)} = {1 / _num_labels(data):.3f}"),
-             ("evaluation rows a language", ", ".join(sorted({str(n) for n in records.eval_rows.values()}))
-              or "unknown"),
-             ("generated", time.strftime("%Y-%m-%d %H:%M:%S"))]
+    unit = spec.analysis.unit + (
+        f", {spec.analysis.run_reduce} checkpoint of each run" if spec.analysis.unit == "run" else ""
+    )
+    facts = [
+        ("study", f"{spec.name} ({spec.study_id})"),
+        ("task", spec.task),
+        ("model", spec.model),
+        ("source language", spec.source_language),
+        ("target languages", " ".join(spec.target_languages)),
+        ("runs", str(per_run["run_id"].nunique())),
+        ("checkpoints", str(len(data.frame))),
+        ("unit of correlation", unit),
+        ("axes", ", ".join(data.axes) or "(none)"),
+        ("units done", f"{data.units_done} of {data.units_total}"),
+        ("chance accuracy", f"1/{_num_labels(data)} = {1 / _num_labels(data):.3f}"),
+        ("evaluation rows a language", ", ".join(sorted({str(n) for n in records.eval_rows.values()})) or "unknown"),
+        ("generated", time.strftime("%Y-%m-%d %H:%M:%S")),
+    ]
 
     def img(fig: Figure) -> str:
         data64 = base64.b64encode(fig.png).decode("ascii")
-        return (f'<figure>{PNG_PREFIX}{data64}" alt="{html.escape(fig.title)}">'
-                f"<figcaption>{html.escape(fig.title)}</figcaption></figure>")
+        return (
+            f'<figure>{PNG_PREFIX}{data64}" alt="{html.escape(fig.title)}">'
+            f"<figcaption>{html.escape(fig.title)}</figcaption></figure>"
+        )
 
     page = _Page()
     page.heading(f"Study {spec.name}", 1)
@@ -1088,28 +1279,35 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
 
     page.heading("Verdict")
     if analysis.verdict is not None and not analysis.verdict.empty:
-        page.paragraph("One row per measure: Kendall τ against the mean target accuracy (acc) and the mean transfer "
-                       "gap (gap, source minus target accuracy) with its 95% confidence interval and adjusted "
-                       "p-values (Holm: family-wise error; BH: false discovery rate), granulated Ψ, CMI K, the "
-                       "direction the literature expects, and the verdict: agrees or disagrees with that direction, "
-                       "inconclusive when the interval spans 0 or the adjusted p exceeds 0.05, excluded when the "
-                       "measure is unhealthy.")
+        page.paragraph(
+            "One row per measure: Kendall τ against the mean target accuracy (acc) and the mean transfer "
+            "gap (gap, source minus target accuracy) with its 95% confidence interval and adjusted "
+            "p-values (Holm: family-wise error; BH: false discovery rate), granulated Ψ, CMI K, the "
+            "direction the literature expects, and the verdict: agrees or disagrees with that direction, "
+            "inconclusive when the interval spans 0 or the adjusted p exceeds 0.05, excluded when the "
+            "measure is unhealthy."
+        )
         page.table(verdict_table(analysis.verdict), "verdict")
         absent = [m for m in data.measures if m not in set(analysis.verdict["measure"].astype(str))]
         if absent:
             page.paragraph(f"Not in the verdict: {', '.join(absent)}.", "note")
     else:
-        page.paragraph("Verdict not computed: OUT/analysis/verdict.csv was not written by this analysis. The tables "
-                       "below are not corrected for multiple testing and do not check measure health.", "note")
+        page.paragraph(
+            "Verdict not computed: OUT/analysis/verdict.csv was not written by this analysis. The tables "
+            "below are not corrected for multiple testing and do not check measure health.",
+            "note",
+        )
 
     page.heading("About this study")
     page.facts(facts)
 
     page.heading("Accuracy per run and language")
     if records.eval_rows:
-        page.paragraph("Accuracies carry 95% Wilson intervals from the number of evaluated rows; a mean target "
-                       "accuracy's interval uses one language's rows (the target sets are translations of the same "
-                       "rows, so their errors are not independent). The dashed line is chance.")
+        page.paragraph(
+            "Accuracies carry 95% Wilson intervals from the number of evaluated rows; a mean target "
+            "accuracy's interval uses one language's rows (the target sets are translations of the same "
+            "rows, so their errors are not independent). The dashed line is chance."
+        )
     else:
         page.paragraph("Accuracy intervals not computed: the number of evaluated rows is unknown.", "note")
     page.figures([heatmap] + ([intervals] if intervals else []), img)
@@ -1120,8 +1318,12 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
 
     page.heading("Measures vs mean target accuracy")
     if excluded:
-        page.paragraph("Greyed: measures excluded from the findings (" +
-                       "; ".join(f"{m}: {why}" for m, why in excluded.items()) + ").", "note")
+        page.paragraph(
+            "Greyed: measures excluded from the findings ("
+            + "; ".join(f"{m}: {why}" for m, why in excluded.items())
+            + ").",
+            "note",
+        )
     page.figures(scatters, img)
 
     page.heading("Correlation with each language")
@@ -1130,18 +1332,25 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
     page.heading("Correlations with the mean targets")
     adjusted = "p_holm" in corr.columns
     if not adjusted:
-        page.paragraph("Adjusted p-values not computed (no p_holm/p_bh in OUT/analysis/correlations.csv): the "
-                       "p-values below are raw, one per test, uncorrected for the number of tests.", "note")
+        page.paragraph(
+            "Adjusted p-values not computed (no p_holm/p_bh in OUT/analysis/correlations.csv): the "
+            "p-values below are raw, one per test, uncorrected for the number of tests.",
+            "note",
+        )
     page.table(correlation_detail(corr), "correlations")
 
     page.heading("Strongest correlations")
     from xlgm.analysis.report_table import top_correlations
 
     top = top_correlations(corr, spec.analysis.top)
-    page.paragraph(f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
-                    + ("✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false "
-                       "discovery rate)." if adjusted else
-                       "Uncorrected: with this many tests, some of the largest |τ| are expected by chance."))
+    page.paragraph(
+        f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
+        + (
+            "✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false discovery rate)."
+            if adjusted
+            else "Uncorrected: with this many tests, some of the largest |τ| are expected by chance."
+        )
+    )
     page.table(correlation_detail(_with_notes(top, corr), targets=()), "top")
 
     page.heading("Granulated Kendall Ψ and CMI K")
@@ -1161,20 +1370,24 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
     if analysis.health is not None:
         page.table(health_table(analysis.health), "health")
     else:
-        page.paragraph("Measure health not computed: OUT/analysis/health.csv was not written by this analysis.",
-                       "note")
+        page.paragraph("Measure health not computed: OUT/analysis/health.csv was not written by this analysis.", "note")
 
     page.heading("Training curves")
-    page.paragraph(f"The dashed line is the loss of a uniform prediction, ln {_num_labels(data)} = "
-                   f"{math.log(_num_labels(data)):.3f}: a loss near it means the model barely left chance.")
+    page.paragraph(
+        f"The dashed line is the loss of a uniform prediction, ln {_num_labels(data)} = "
+        f"{math.log(_num_labels(data)):.3f}: a loss near it means the model barely left chance."
+    )
     page.figures([curves], img)
 
     page.heading("Settings")
     if analysis.settings is not None:
         settings = analysis.settings
     else:
-        page.paragraph("OUT/analysis/settings.json not found: the settings below are rebuilt from the study's "
-                       "spec, its runs' recorded configs and study.sqlite.", "note")
+        page.paragraph(
+            "OUT/analysis/settings.json not found: the settings below are rebuilt from the study's "
+            "spec, its runs' recorded configs and study.sqlite.",
+            "note",
+        )
         settings = settings_from_study(data, records)
     spec_text, sections = settings_sections(settings)
     if spec_text is not None:
@@ -1192,8 +1405,10 @@ def build_report(data: StudyData, tables: dict[str, pd.DataFrame],
         page.figures([prediction.figure], img)
         page.table(prediction.errors, "prediction-errors")
 
-    head = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>xlgm study {html.escape(spec.name)}</title>"
-            f"<style>{CSS}</style></head><body>")
+    head = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>xlgm study {html.escape(spec.name)}</title>"
+        f"<style>{CSS}</style></head><body>"
+    )
     return "\n".join([head, *page.html, "</body></html>"]), "\n".join(page.md), figures
 
 
@@ -1210,8 +1425,9 @@ def report_study(target: str | Path, out: str | Path | None = None, echo: bool =
     tables = analysis_tables(data)
     write_tables(data, tables)
     records = read_study_records(data)
-    page, markdown, figures = build_report(data, tables, prediction_section(folder, records.eval_rows),
-                                           load_analysis_files(folder), records)
+    page, markdown, figures = build_report(
+        data, tables, prediction_section(folder, records.eval_rows), load_analysis_files(folder), records
+    )
     report_dir = folder / "report"
     (report_dir / "figures").mkdir(parents=True, exist_ok=True)
     for fig in figures:

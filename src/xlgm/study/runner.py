@@ -78,8 +78,12 @@ def train_unit_id(run_id: str) -> str:
 
 def eval_key(spec: StudySpec) -> str:
     """What identifies an evaluation setting (and, when outputs are kept, how they are kept)."""
-    setting: dict[str, Any] = {"task": spec.task, "split": spec.evaluation.split, "data": eval_data_label(spec),
-                               "max_length": spec.eval_max_length()}
+    setting: dict[str, Any] = {
+        "task": spec.task,
+        "split": spec.evaluation.split,
+        "data": eval_data_label(spec),
+        "max_length": spec.eval_max_length(),
+    }
     if spec.evaluation.mixed_precision != "no":  # fp32 evaluations keep the keys they always had
         setting["mixed_precision"] = spec.evaluation.mixed_precision
     if spec.prediction.enabled:  # a study that starts keeping outputs evaluates again to get them
@@ -130,8 +134,9 @@ def expected_checkpoint_steps(config, num_train: int) -> list[int]:
 def expected_checkpoints(config, num_train: int) -> list[dict[str, Any]]:
     """The checkpoint rows a run will have (id, step, is_last), before it is trained."""
     steps = expected_checkpoint_steps(config, num_train)
-    return [{"checkpoint_id": f"{config.run_id}/{checkpoint_name(s)}", "step": s, "is_last": s == steps[-1]}
-            for s in steps]
+    return [
+        {"checkpoint_id": f"{config.run_id}/{checkpoint_name(s)}", "step": s, "is_last": s == steps[-1]} for s in steps
+    ]
 
 
 def training_rows(config, cache: dict | None = None) -> int:
@@ -140,8 +145,16 @@ def training_rows(config, cache: dict | None = None) -> int:
     from xlgm.data.tasks import get_task
     from xlgm.recipes.train import split_train_select
 
-    key = (config.task, config.data, config.data_dir, config.train_split, config.select_split,
-           config.source_language, config.max_train_examples, config.holdout_fraction)
+    key = (
+        config.task,
+        config.data,
+        config.data_dir,
+        config.train_split,
+        config.select_split,
+        config.source_language,
+        config.max_train_examples,
+        config.holdout_fraction,
+    )
     if cache is not None and key in cache:
         return cache[key]
     task = get_task(config.task)
@@ -259,8 +272,9 @@ def outputs_problem(path: Path) -> str | None:
     return None
 
 
-def repair(spec: StudySpec, out: Path, db: StudyDB, configs, quarantine: Quarantine,
-           say: Callable[[str], None]) -> list[str]:
+def repair(
+    spec: StudySpec, out: Path, db: StudyDB, configs, quarantine: Quarantine, say: Callable[[str], None]
+) -> list[str]:
     """Check the files of the spec's finished units; move what is unfinished or corrupt aside and take the
     done-marks off the units that must be redone. Returns what was found (one line each)."""
     found: list[str] = []
@@ -283,8 +297,10 @@ def repair(spec: StudySpec, out: Path, db: StudyDB, configs, quarantine: Quarant
         if problem:
             where = f"moved to {quarantine.move(run_dir)}" if run_dir.exists() else "nothing to move"
             rows = db.set_aside_run(run_id, quarantine.rows_file(run_id))
-            report(f"{problem}; run {run_id} {where} (its {rows} database rows to {quarantine.rows_file(run_id)}), "
-                   "the run is done again")
+            report(
+                f"{problem}; run {run_id} {where} (its {rows} database rows to {quarantine.rows_file(run_id)}), "
+                "the run is done again"
+            )
             continue
         if not spec.prediction.enabled:
             continue
@@ -331,10 +347,19 @@ def _checkpoint_rows(task: RunTask) -> list[dict[str, Any]]:
 
     run_id = task.config.run_id
     index = RunDir(task.run_dir).index
-    return [{"checkpoint_id": f"{run_id}/{c['name']}", "name": c["name"], "step": c["step"], "epoch": c["epoch"],
-             "path": f"{task.stored_run_dir}/checkpoints/{c['name']}", "dev_accuracy": c["dev_accuracy"],
-             "is_best": c["name"] == index["best"], "is_last": c["name"] == index["last"]}
-            for c in index["checkpoints"]]
+    return [
+        {
+            "checkpoint_id": f"{run_id}/{c['name']}",
+            "name": c["name"],
+            "step": c["step"],
+            "epoch": c["epoch"],
+            "path": f"{task.stored_run_dir}/checkpoints/{c['name']}",
+            "dev_accuracy": c["dev_accuracy"],
+            "is_best": c["name"] == index["best"],
+            "is_last": c["name"] == index["last"],
+        }
+        for c in index["checkpoints"]
+    ]
 
 
 def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
@@ -357,16 +382,28 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
                 resumed = True
             except XlgmError as err:
                 dest = Quarantine(Path(task.out)).move(run_dir)
-                print(f"xlgm: note: {run_dir} could not be resumed ({err}); moved to {dest}, trained again",
-                      file=sys.stderr)
+                print(
+                    f"xlgm: note: {run_dir} could not be resumed ({err}); moved to {dest}, trained again",
+                    file=sys.stderr,
+                )
         if not resumed:
             train(config, run_dir, show_progress=task.show_progress, device=str(device))
-        emit({"kind": "train", "unit_id": train_unit_id(run_id), "run_id": run_id, "config": asdict(config),
-              "run_dir": task.stored_run_dir, "checkpoints": _checkpoint_rows(task),
-              "seconds": time.perf_counter() - start})
+        emit(
+            {
+                "kind": "train",
+                "unit_id": train_unit_id(run_id),
+                "run_id": run_id,
+                "config": asdict(config),
+                "run_dir": task.stored_run_dir,
+                "checkpoints": _checkpoint_rows(task),
+                "seconds": time.perf_counter() - start,
+            }
+        )
     elif not run_dir.is_dir():  # the driver's check redoes such runs; a folder removed since is an error
-        raise XlgmError(f"{run_dir}: the study records run {run_id} as trained but its directory is gone; "
-                        "run the study again to train it again")
+        raise XlgmError(
+            f"{run_dir}: the study records run {run_id} as trained but its directory is gone; "
+            "run the study again to train it again"
+        )
 
     task_def = get_task(spec.task)
     init_cache: dict[str, dict] = {}
@@ -383,8 +420,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
         if languages:
             _evaluate(task, model, tokenizer, task_def, source, ckpt, languages, device, emit)
         if measures:
-            _measure(task, model, tokenizer, task_def, source, ckpt, checkpoint, measures, device, init_cache,
-                     emit)
+            _measure(task, model, tokenizer, task_def, source, ckpt, checkpoint, measures, device, init_cache, emit)
         del model
 
 
@@ -399,8 +435,9 @@ def _load(config, run_dir: Path, checkpoint: Path, task_def, device):
     return model.to(device), tokenizer
 
 
-def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], device,
-              emit) -> None:
+def _evaluate(
+    task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], device, emit
+) -> None:
     """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
     kept on disk (before the unit is marked done) for the label-free measures."""
     from dataclasses import replace
@@ -417,27 +454,53 @@ def _evaluate(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, lan
     embed = keep and pred.embedding_rows > 0
     precision = resolve_precision(ev.mixed_precision, device)
     rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
-    with tqdm(total=sum(len(r) for r in rows.values()), desc=f"evaluate {checkpoint_id}", unit="ex", leave=False,
-              disable=not task.show_progress) as bar:
+    with tqdm(
+        total=sum(len(r) for r in rows.values()),
+        desc=f"evaluate {checkpoint_id}",
+        unit="ex",
+        leave=False,
+        disable=not task.show_progress,
+    ) as bar:
         for lang in languages:
             bar.set_postfix_str(lang)
             start = time.perf_counter()
             data = tokenize_examples(tokenizer, rows[lang], spec.eval_max_length())
-            outputs = predict_outputs(model, tokenizer, data, ev.batch_size, bar, embeddings=embed,
-                                      layer=pred.embedding_layer, language=lang, precision=precision)
+            outputs = predict_outputs(
+                model,
+                tokenizer,
+                data,
+                ev.batch_size,
+                bar,
+                embeddings=embed,
+                layer=pred.embedding_layer,
+                language=lang,
+                precision=precision,
+            )
             accuracy = outputs.accuracy if len(data) else float("nan")
             if keep:
                 if embed:
-                    outputs = replace(outputs, embeddings=outputs.embeddings[:pred.embedding_rows])
+                    outputs = replace(outputs, embeddings=outputs.embeddings[: pred.embedding_rows])
                 outputs.save(outputs_path(spec, task.run_dir, ckpt["name"], lang))
-            emit({"kind": "eval", "unit_id": eval_unit_id(spec, checkpoint_id, lang), "run_id": task.config.run_id,
-                  "checkpoint_id": checkpoint_id, "task": spec.task, "language": lang, "split": ev.split,
-                  "data": eval_data_label(spec), "num_examples": len(rows[lang]), "accuracy": accuracy,
-                  "seconds": time.perf_counter() - start})
+            emit(
+                {
+                    "kind": "eval",
+                    "unit_id": eval_unit_id(spec, checkpoint_id, lang),
+                    "run_id": task.config.run_id,
+                    "checkpoint_id": checkpoint_id,
+                    "task": spec.task,
+                    "language": lang,
+                    "split": ev.split,
+                    "data": eval_data_label(spec),
+                    "num_examples": len(rows[lang]),
+                    "accuracy": accuracy,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
 
 
-def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, checkpoint: Path, measures, device,
-             init_cache, emit) -> None:
+def _measure(
+    task: RunTask, model, tokenizer, task_def, source, ckpt: dict, checkpoint: Path, measures, device, init_cache, emit
+) -> None:
     from xlgm.measures.base import compute_measure, get_measure
     from xlgm.recipes.measure import build_batches, initial_state, measure_progress
     from xlgm.runs import ResolvedTarget
@@ -446,8 +509,13 @@ def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, chec
     data = spec.measure_data()
     batches = build_batches(tokenizer, task_def, data, source, device)
     run_id = task.config.run_id
-    with tqdm(total=len(measures), desc=f"measure {ckpt['checkpoint_id']}", unit="measure", leave=False,
-              disable=not task.show_progress) as bar:
+    with tqdm(
+        total=len(measures),
+        desc=f"measure {ckpt['checkpoint_id']}",
+        unit="measure",
+        leave=False,
+        disable=not task.show_progress,
+    ) as bar:
         for item in measures:
             bar.set_postfix_str(item.name)
             inputs = {}
@@ -459,14 +527,33 @@ def _measure(task: RunTask, model, tokenizer, task_def, source, ckpt: dict, chec
                 inputs["init_state"] = init_cache[run_id]
             start = time.perf_counter()
             with measure_progress(item.name, task.show_progress) as steps:
-                result = compute_measure(item.name, model, batches, item.options_dict, spec.measures.params,
-                                         spec.measures.seed, progress=steps, **inputs)
+                result = compute_measure(
+                    item.name,
+                    model,
+                    batches,
+                    item.options_dict,
+                    spec.measures.params,
+                    spec.measures.seed,
+                    progress=steps,
+                    **inputs,
+                )
             record = result.to_dict()
-            emit({"kind": "measure", "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], item), "run_id": run_id,
-                  "checkpoint_id": ckpt["checkpoint_id"], "measure": item.name, "config": spec.measure_config(item),
-                  "data": data.key, "value": record["value"], "spread": record["spread"],
-                  "num_samples": record["num_samples"], "seconds": time.perf_counter() - start,
-                  "details": record})
+            emit(
+                {
+                    "kind": "measure",
+                    "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], item),
+                    "run_id": run_id,
+                    "checkpoint_id": ckpt["checkpoint_id"],
+                    "measure": item.name,
+                    "config": spec.measure_config(item),
+                    "data": data.key,
+                    "value": record["value"],
+                    "spread": record["spread"],
+                    "num_samples": record["num_samples"],
+                    "seconds": time.perf_counter() - start,
+                    "details": record,
+                }
+            )
             bar.update(1)
 
 
@@ -531,8 +618,15 @@ class _Progress:
         units = [u for us in plans.values() for u in us]
         self.total = self.planned = len(units)
         self.totals = [self.total]  # every total the bar showed, in order
-        self.bar = tqdm(total=self.total, initial=sum(u in self.done for u in units), desc=f"study {spec.name}",
-                        unit="unit", disable=not show, position=0, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.total,
+            initial=sum(u in self.done for u in units),
+            desc=f"study {spec.name}",
+            unit="unit",
+            disable=not show,
+            position=0,
+            dynamic_ncols=True,
+        )
         self.now = 0
 
     def _set_total(self, total: int) -> None:
@@ -586,9 +680,16 @@ def check_device(device: str, executor: str) -> str:
     return device
 
 
-def run_study(spec: StudySpec, out: str | Path | None = None, executor: str = "local", address: str | None = None,
-              cpus_per_task: int | None = None, show_progress: bool = True, spec_text: str | None = None,
-              device: str = "auto") -> StudyResult:
+def run_study(
+    spec: StudySpec,
+    out: str | Path | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    cpus_per_task: int | None = None,
+    show_progress: bool = True,
+    spec_text: str | None = None,
+    device: str = "auto",
+) -> StudyResult:
     """Run (or resume) a study; returns what was done. See the module docstring."""
     if executor not in EXECUTORS:
         raise XlgmError(f"unknown executor {executor!r}; expected one of: {', '.join(EXECUTORS)}")
@@ -602,8 +703,10 @@ def run_study(spec: StudySpec, out: str | Path | None = None, executor: str = "l
         # OUT/spec.yaml: the validated spec with every default and an absolute data folder, so that `analyze OUT`
         # and `report OUT` read exactly this study; the YAML as written is kept in the study table.
         tmp = out / (SPEC_NAME + ".tmp")
-        tmp.write_text(f"# {spec.name} ({spec.study_id}), written by `xlgm study run` from {spec.source}\n"
-                       + spec.to_yaml(), encoding="utf-8")
+        tmp.write_text(
+            f"# {spec.name} ({spec.study_id}), written by `xlgm study run` from {spec.source}\n" + spec.to_yaml(),
+            encoding="utf-8",
+        )
         os.replace(tmp, out / SPEC_NAME)
         _check_data(spec)
         db.record_study(spec.study_id, spec.name, spec.to_dict(), spec_text, [c.run_id for c in configs])
@@ -611,8 +714,11 @@ def run_study(spec: StudySpec, out: str | Path | None = None, executor: str = "l
         repairs = repair(spec, out, db, configs, Quarantine(out), _say)
         done = db.done_units()
         progress = _Progress(spec, db, unit_plans(spec, db, configs, done), done, show_progress)
-        todo = [RunTask(spec, c, str(out), frozenset(u for u in done if c.run_id in u), show_progress, device)
-                for c in configs if not set(progress.plans[c.run_id]) <= done]
+        todo = [
+            RunTask(spec, c, str(out), frozenset(u for u in done if c.run_id in u), show_progress, device)
+            for c in configs
+            if not set(progress.plans[c.run_id]) <= done
+        ]
         try:
             if executor == "local":
                 for task in todo:
@@ -639,12 +745,12 @@ def _check_data(spec: StudySpec) -> None:
     source = DataSource(spec.data.kind, spec.data.dir)
     for lang in spec.languages:
         load_examples(task, spec.evaluation.split, lang, source, spec.evaluation.max_examples)
-    load_examples(task, spec.measures.data.split, spec.measures.data.language, source,
-                  spec.measures.data.max_examples)
+    load_examples(task, spec.measures.data.split, spec.measures.data.language, source, spec.measures.data.max_examples)
 
 
-def _run_ray(tasks: list[RunTask], progress: _Progress, address: str | None, cpus_per_task: int | None,
-             device: str = "auto") -> None:
+def _run_ray(
+    tasks: list[RunTask], progress: _Progress, address: str | None, cpus_per_task: int | None, device: str = "auto"
+) -> None:
     try:
         import ray
     except ImportError:
@@ -661,8 +767,9 @@ def _run_ray(tasks: list[RunTask], progress: _Progress, address: str | None, cpu
             ray.shutdown()
 
 
-def _submit_and_collect(ray, tasks: list[RunTask], progress: _Progress, cpus_per_task: int | None,
-                        device: str = "auto") -> None:
+def _submit_and_collect(
+    ray, tasks: list[RunTask], progress: _Progress, cpus_per_task: int | None, device: str = "auto"
+) -> None:
     resources = ray.cluster_resources()
     if device != "cpu" and resources.get("GPU", 0) >= 1:
         options = {"num_gpus": 1, "num_cpus": cpus_per_task or 1}
@@ -687,5 +794,7 @@ def _submit_and_collect(ray, tasks: list[RunTask], progress: _Progress, cpus_per
                 progress.commit(unit)
     if failures:
         detail = "; ".join(f"run {run_id}: {str(err).strip().splitlines()[-1]}" for run_id, err in failures)
-        raise XlgmError(f"{len(failures)} of {len(tasks)} Ray task(s) failed ({detail}); the others are recorded, "
-                        "run the study again to retry")
+        raise XlgmError(
+            f"{len(failures)} of {len(tasks)} Ray task(s) failed ({detail}); the others are recorded, "
+            "run the study again to retry"
+        )

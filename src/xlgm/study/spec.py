@@ -52,12 +52,34 @@ from xlgm.core.devices import PRECISION_CHOICES
 from xlgm.errors import XlgmError
 from xlgm.results import config_hash
 
-TOP_KEYS = ("name", "task", "model", "source_language", "target_languages", "data", "train", "grid", "seeds",
-            "checkpoints", "evaluation", "measures", "analysis", "prediction")
+TOP_KEYS = (
+    "name",
+    "task",
+    "model",
+    "source_language",
+    "target_languages",
+    "data",
+    "train",
+    "grid",
+    "seeds",
+    "checkpoints",
+    "evaluation",
+    "measures",
+    "analysis",
+    "prediction",
+)
 # TrainConfig fields the spec sets elsewhere (top level, grid entry, seeds, checkpoints).
-NOT_IN_TRAIN = {"model": "model", "task": "task", "source_language": "source_language", "data": "data",
-                "data_dir": "data", "objective": "grid[].objective", "objective_options": "grid[]",
-                "seed": "seeds", "save_every": "checkpoints.every"}
+NOT_IN_TRAIN = {
+    "model": "model",
+    "task": "task",
+    "source_language": "source_language",
+    "data": "data",
+    "data_dir": "data",
+    "objective": "grid[].objective",
+    "objective_options": "grid[]",
+    "seed": "seeds",
+    "save_every": "checkpoints.every",
+}
 UNITS = ("checkpoint", "run")
 RUN_REDUCE = ("last", "best", "mean")
 SPLITS = ("dev", "test", "train")
@@ -230,10 +252,18 @@ class StudySpec:
             for objective_options, overrides in entry.points():
                 for seed in self.seeds:
                     kwargs = {**self.train_options, **overrides}
-                    config = TrainConfig(model=self.model, task=self.task, source_language=self.source_language,
-                                         data=self.data.kind, data_dir=self.data.dir, seed=seed,
-                                         save_every=self.checkpoints.save_every, objective=entry.objective,
-                                         objective_options=objective_options, **kwargs)
+                    config = TrainConfig(
+                        model=self.model,
+                        task=self.task,
+                        source_language=self.source_language,
+                        data=self.data.kind,
+                        data_dir=self.data.dir,
+                        seed=seed,
+                        save_every=self.checkpoints.save_every,
+                        objective=entry.objective,
+                        objective_options=objective_options,
+                        **kwargs,
+                    )
                     if config.run_id not in seen:
                         seen.add(config.run_id)
                         configs.append(config)
@@ -254,20 +284,31 @@ class StudySpec:
             grid.append(item)
         a = self.analysis
         doc = {
-            "name": self.name, "task": self.task_file or self.task, "model": self.model,
+            "name": self.name,
+            "task": self.task_file or self.task,
+            "model": self.model,
             "source_language": self.source_language,
             "target_languages": list(self.target_languages),
             "data": self.data.dir if self.data.kind == "local" else self.data.kind,
-            "train": dict(self.train), "grid": grid, "seeds": list(self.seeds),
-            "checkpoints": {"steps": list(self.checkpoints.steps)} if self.checkpoints.steps
+            "train": dict(self.train),
+            "grid": grid,
+            "seeds": list(self.seeds),
+            "checkpoints": {"steps": list(self.checkpoints.steps)}
+            if self.checkpoints.steps
             else {"every": self.checkpoints.every},
             "evaluation": dataclasses.asdict(self.evaluation),
-            "measures": {"names": [{m.name: m.options_dict} if m.options else m.name for m in self.measures.items],
-                         "data": dataclasses.asdict(self.measures.data), "params": self.measures.params,
-                         "seed": self.measures.seed},
+            "measures": {
+                "names": [{m.name: m.options_dict} if m.options else m.name for m in self.measures.items],
+                "data": dataclasses.asdict(self.measures.data),
+                "params": self.measures.params,
+                "seed": self.measures.seed,
+            },
             "analysis": {**dataclasses.asdict(a), "axes": list(a.axes) if a.axes else "auto"},
-            "prediction": {**dataclasses.asdict(self.prediction), "alphas": list(self.prediction.alphas),
-                           "features": list(self.prediction.features) if self.prediction.features else "auto"},
+            "prediction": {
+                **dataclasses.asdict(self.prediction),
+                "alphas": list(self.prediction.alphas),
+                "features": list(self.prediction.features) if self.prediction.features else "auto",
+            },
         }
         return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
@@ -279,8 +320,9 @@ class StudySpec:
         from xlgm.recipes.measure import MeasureData
 
         d = self.measures.data
-        return MeasureData(d.language, d.split, d.max_examples, d.batch_size,
-                           d.max_length or self.train_options.get("max_length", 128))
+        return MeasureData(
+            d.language, d.split, d.max_examples, d.batch_size, d.max_length or self.train_options.get("max_length", 128)
+        )
 
     def measure_config(self, item: MeasureItem) -> dict[str, Any]:
         """What identifies a measurement besides its name and data (as `xlgm measure` records it)."""
@@ -395,8 +437,9 @@ class _Parser:
             if not isinstance(key, str):
                 raise self.fail(where, f"expected string keys, got {key!r}")
             if allowed is not None and key not in allowed:
-                raise self.fail(f"{where}.{key}" if where else key,
-                                f"unknown field; expected one of: {', '.join(allowed)}")
+                raise self.fail(
+                    f"{where}.{key}" if where else key, f"unknown field; expected one of: {', '.join(allowed)}"
+                )
         return dict(value)
 
     def values(self, where: str, value: Any) -> list:
@@ -418,8 +461,9 @@ class _Parser:
         name = self.string("name", top["name"])
         task, task_file = self.task(top.get("task", "xnli"))
         model = self.string("model", top.get("model", "embedded"))
-        source_language = self.string("source_language", top.get("source_language", task.source_language),
-                                      choices=task.languages)
+        source_language = self.string(
+            "source_language", top.get("source_language", task.source_language), choices=task.languages
+        )
         targets = self.languages("target_languages", top.get("target_languages", "all"), task, source_language)
         data = self.data(top.get("data", "bundled"))
         train = self.train(top.get("train"), model)
@@ -430,11 +474,24 @@ class _Parser:
         measures = self.measures(top.get("measures"), task, source_language)
         analysis = self.analysis(top.get("analysis"))
         prediction = self.prediction(top.get("prediction"))
-        spec = StudySpec(name=name, task=task.name, model=model, source_language=source_language,
-                         target_languages=tuple(targets), data=data, train=tuple(sorted(train.items())),
-                         grid=tuple(grid), seeds=tuple(seeds), checkpoints=checkpoints, evaluation=evaluation,
-                         measures=measures, analysis=analysis, prediction=prediction, source=self.source,
-                         task_file=task_file)
+        spec = StudySpec(
+            name=name,
+            task=task.name,
+            model=model,
+            source_language=source_language,
+            target_languages=tuple(targets),
+            data=data,
+            train=tuple(sorted(train.items())),
+            grid=tuple(grid),
+            seeds=tuple(seeds),
+            checkpoints=checkpoints,
+            evaluation=evaluation,
+            measures=measures,
+            analysis=analysis,
+            prediction=prediction,
+            source=self.source,
+            task_file=task_file,
+        )
         self.check_runs(spec)
         return spec
 
@@ -450,8 +507,10 @@ class _Parser:
             codes = [self.string(f"{where}[{i}]", c).strip() for i, c in enumerate(codes)]
             for i, code in enumerate(codes):
                 if code not in task.languages:
-                    raise self.fail(f"{where}[{i}]", f"unknown language {code!r} for {task.name}; expected one "
-                                                     f"of: {' '.join(task.languages)}")
+                    raise self.fail(
+                        f"{where}[{i}]",
+                        f"unknown language {code!r} for {task.name}; expected one of: {' '.join(task.languages)}",
+                    )
         targets = [c for c in dict.fromkeys(codes) if c != source_language]
         if not targets:
             raise self.fail(where, f"no target language besides the source language {source_language!r}")
@@ -485,8 +544,9 @@ class _Parser:
         if not path.is_absolute() and self.base_dir is not None:
             path = (self.base_dir / path).resolve()
         if not path.is_dir():
-            raise self.fail("data", f"expected bundled, hf or a folder in XTREME's layout; {str(path)!r} is "
-                                    "not a folder")
+            raise self.fail(
+                "data", f"expected bundled, hf or a folder in XTREME's layout; {str(path)!r} is not a folder"
+            )
         return DataSpec("local", str(path))
 
     def _train_fields(self) -> dict[str, str]:
@@ -544,35 +604,45 @@ class _Parser:
             for key in sorted(m):
                 values = self.values(f"{where}.{key}", m[key])
                 if key in option_types:
-                    checked = tuple(self.typed(f"{where}.{key}" + (f"[{j}]" if isinstance(m[key], list) else ""),
-                                               v, option_types[key]) for j, v in enumerate(values))
+                    checked = tuple(
+                        self.typed(
+                            f"{where}.{key}" + (f"[{j}]" if isinstance(m[key], list) else ""), v, option_types[key]
+                        )
+                        for j, v in enumerate(values)
+                    )
                     objective_axes.append((key, checked))
                 elif key in train_fields and key not in NOT_IN_TRAIN:
-                    labels = [f"{where}.{key}" + (f"[{j}]" if isinstance(m[key], list) else "") for j in
-                              range(len(values))]
-                    checked = tuple(self.check(label, key, self.typed(label, v, train_fields[key]))
-                                    for label, v in zip(labels, values))
+                    labels = [
+                        f"{where}.{key}" + (f"[{j}]" if isinstance(m[key], list) else "") for j in range(len(values))
+                    ]
+                    checked = tuple(
+                        self.check(label, key, self.typed(label, v, train_fields[key]))
+                        for label, v in zip(labels, values)
+                    )
                     train_axes.append((key, checked))
                 elif key in NOT_IN_TRAIN:
                     raise self.fail(f"{where}.{key}", f"set by the spec's `{NOT_IN_TRAIN[key]}`, not in a grid entry")
                 else:
                     options = ", ".join(config_fields(objective)) or "none"
-                    raise self.fail(f"{where}.{key}", f"neither an option of objective {objective} ({options}) "
-                                                      "nor a training option")
+                    raise self.fail(
+                        f"{where}.{key}",
+                        f"neither an option of objective {objective} ({options}) nor a training option",
+                    )
             entries.append(GridEntry(objective, tuple(objective_axes), tuple(train_axes)))
         return entries
 
     def evaluation(self, value: Any) -> EvaluationSpec:
-        m = self.mapping("evaluation", value, ("split", "max_examples", "batch_size", "max_length",
-                                               "mixed_precision"))
+        m = self.mapping("evaluation", value, ("split", "max_examples", "batch_size", "max_length", "mixed_precision"))
         d = EvaluationSpec()
         return EvaluationSpec(
             split=self.string("evaluation.split", m.get("split", d.split), choices=SPLITS),
             max_examples=self.shared("evaluation", "max_examples", m.get("max_examples"), allow_none=True),
             batch_size=self.shared("evaluation", "batch_size", m.get("batch_size", d.batch_size)),
             max_length=self.shared("evaluation", "max_length", m.get("max_length"), allow_none=True),
-            mixed_precision=self.string("evaluation.mixed_precision", m.get("mixed_precision", d.mixed_precision),
-                                        choices=PRECISION_CHOICES))
+            mixed_precision=self.string(
+                "evaluation.mixed_precision", m.get("mixed_precision", d.mixed_precision), choices=PRECISION_CHOICES
+            ),
+        )
 
     def measures(self, value: Any, task, source_language: str) -> MeasuresSpec:
         from xlgm.measures.base import get_measure, resolve_config
@@ -593,7 +663,7 @@ class _Parser:
             if isinstance(raw, Mapping):
                 if len(raw) != 1:
                     raise self.fail(where, f"expected NAME or {{NAME: {{option: value}}}}, got {raw!r}")
-                (name, options), = raw.items()
+                ((name, options),) = raw.items()
                 options = self.mapping(f"{where}.{name}", options)
             else:
                 name, options = self.string(where, raw), {}
@@ -611,15 +681,17 @@ class _Parser:
                 raise self.fail(where, f"measure {name} is listed twice")
             seen.add(name)
             items.append(MeasureItem(name, tuple(sorted(options.items()))))
-        dm = self.mapping("measures.data", m.get("data"), ("language", "split", "max_examples", "batch_size",
-                                                           "max_length"))
+        dm = self.mapping(
+            "measures.data", m.get("data"), ("language", "split", "max_examples", "batch_size", "max_length")
+        )
         d = MeasureDataSpec(language=source_language)
         data = MeasureDataSpec(
             language=self.string("measures.data.language", dm.get("language", d.language), choices=task.languages),
             split=self.string("measures.data.split", dm.get("split", d.split), choices=SPLITS),
             max_examples=self.shared("measures.data", "max_examples", dm.get("max_examples", d.max_examples)),
             batch_size=self.shared("measures.data", "batch_size", dm.get("batch_size", d.batch_size)),
-            max_length=self.shared("measures.data", "max_length", dm.get("max_length"), allow_none=True))
+            max_length=self.shared("measures.data", "max_length", dm.get("max_length"), allow_none=True),
+        )
         params = self.string("measures.params", m.get("params"), allow_none=True)
         if params is not None:
             import re
@@ -632,8 +704,9 @@ class _Parser:
         return MeasuresSpec(tuple(items), data, params, seed)
 
     def analysis(self, value: Any) -> AnalysisSpec:
-        m = self.mapping("analysis", value, ("unit", "run_reduce", "n_boot", "confidence", "seed", "axes", "top",
-                                             "max_conditioning"))
+        m = self.mapping(
+            "analysis", value, ("unit", "run_reduce", "n_boot", "confidence", "seed", "axes", "top", "max_conditioning")
+        )
         d = AnalysisSpec()
         axes = m.get("axes", "auto")
         if axes in ("auto", None):
@@ -653,14 +726,17 @@ class _Parser:
             seed=self.shared("analysis", "seed", m.get("seed", d.seed)),
             axes=axes,
             top=self.integer("analysis.top", m.get("top", d.top), minimum=1),
-            max_conditioning=self.integer("analysis.max_conditioning", m.get("max_conditioning", d.max_conditioning),
-                                          minimum=0))
+            max_conditioning=self.integer(
+                "analysis.max_conditioning", m.get("max_conditioning", d.max_conditioning), minimum=0
+            ),
+        )
 
     def prediction(self, value: Any) -> PredictionSpec:
         from xlgm.analysis.predict import FEATURES
 
-        m = self.mapping("prediction", value, ("enabled", "parallel", "embedding_layer", "embedding_rows",
-                                               "features", "alphas"))
+        m = self.mapping(
+            "prediction", value, ("enabled", "parallel", "embedding_layer", "embedding_rows", "features", "alphas")
+        )
         d = PredictionSpec()
         features = m.get("features", "auto")
         if features in ("auto", None):
@@ -668,8 +744,9 @@ class _Parser:
         else:
             if not isinstance(features, list) or not features:
                 raise self.fail("prediction.features", f"expected `auto` or a list of feature names, got {features!r}")
-            features = tuple(self.string(f"prediction.features[{i}]", f, choices=tuple(FEATURES))
-                             for i, f in enumerate(features))
+            features = tuple(
+                self.string(f"prediction.features[{i}]", f, choices=tuple(FEATURES)) for i, f in enumerate(features)
+            )
         alphas = m.get("alphas", list(d.alphas))
         if not isinstance(alphas, list) or not alphas:
             raise self.fail("prediction.alphas", f"expected a list of positive numbers, got {alphas!r}")
@@ -677,10 +754,12 @@ class _Parser:
             enabled=self.boolean("prediction.enabled", m.get("enabled", d.enabled)),
             parallel=self.boolean("prediction.parallel", m.get("parallel", d.parallel)),
             embedding_layer=self.integer("prediction.embedding_layer", m.get("embedding_layer", d.embedding_layer)),
-            embedding_rows=self.integer("prediction.embedding_rows", m.get("embedding_rows", d.embedding_rows),
-                                        minimum=0),
+            embedding_rows=self.integer(
+                "prediction.embedding_rows", m.get("embedding_rows", d.embedding_rows), minimum=0
+            ),
             features=features,
-            alphas=tuple(float(self.number(f"prediction.alphas[{i}]", a, positive=True)) for i, a in enumerate(alphas)))
+            alphas=tuple(float(self.number(f"prediction.alphas[{i}]", a, positive=True)) for i, a in enumerate(alphas)),
+        )
 
     def check_runs(self, spec: StudySpec) -> None:
         """Build every TrainConfig and objective config now, so a bad value fails before any training."""
@@ -695,10 +774,17 @@ class _Parser:
                 try:
                     from xlgm.recipes.train import TrainConfig
 
-                    TrainConfig(model=spec.model, task=spec.task, source_language=spec.source_language,
-                                data=spec.data.kind, data_dir=spec.data.dir, **{**spec.train_options, **overrides},
-                                save_every=spec.checkpoints.save_every, objective=entry.objective,
-                                objective_options=options)
+                    TrainConfig(
+                        model=spec.model,
+                        task=spec.task,
+                        source_language=spec.source_language,
+                        data=spec.data.kind,
+                        data_dir=spec.data.dir,
+                        **{**spec.train_options, **overrides},
+                        save_every=spec.checkpoints.save_every,
+                        objective=entry.objective,
+                        objective_options=options,
+                    )
                 except XlgmError as err:
                     where = f"grid[{i}]" if set(overrides) else "train"
                     raise self.fail(where, str(err)) from None

@@ -67,8 +67,7 @@ def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
     return dot64(a, b)
 
 
-def power_iteration(op, generator: torch.Generator, k: int = 1, max_iters: int = 100, tol: float = 1e-4
-                    ) -> EigenResult:
+def power_iteration(op, generator: torch.Generator, k: int = 1, max_iters: int = 100, tol: float = 1e-4) -> EigenResult:
     """The k dominant eigenvalues by power iteration with deflation."""
     eigenvalues: list[float] = []
     vectors: list[torch.Tensor] = []
@@ -106,9 +105,16 @@ def power_iteration(op, generator: torch.Generator, k: int = 1, max_iters: int =
     return EigenResult(eigenvalues, op.applications - start, iterations, all_converged, residuals, history, vectors)
 
 
-def lanczos(op, generator: torch.Generator, k: int = 1, max_iters: int = 60, tol: float = 1e-3,
-            return_vectors: bool = False, reorthogonalize: bool | None = None,
-            memory_limit: int = 2 * 1024**3) -> EigenResult:
+def lanczos(
+    op,
+    generator: torch.Generator,
+    k: int = 1,
+    max_iters: int = 60,
+    tol: float = 1e-3,
+    return_vectors: bool = False,
+    reorthogonalize: bool | None = None,
+    memory_limit: int = 2 * 1024**3,
+) -> EigenResult:
     """The k largest eigenvalues by Lanczos (full reorthogonalization when it fits in memory_limit bytes)."""
     m = min(max_iters, op.size)
     k = min(k, op.size)
@@ -144,8 +150,9 @@ def lanczos(op, generator: torch.Generator, k: int = 1, max_iters: int = 60, tol
         history.append(float(theta[order[0]]))
         residuals = [float(beta * abs(s[-1, i])) for i in order]
         scale = max(abs(float(theta[order[0]])), 1e-30)
-        converged = len(order) >= k and all(r <= tol * max(abs(float(theta[i])), 1e-30)
-                                            for r, i in zip(residuals, order))
+        converged = len(order) >= k and all(
+            r <= tol * max(abs(float(theta[i])), 1e-30) for r, i in zip(residuals, order)
+        )
         if converged or beta <= 1e-10 * scale:  # converged, or an invariant subspace: the Ritz values are exact
             converged = True
             break
@@ -161,8 +168,16 @@ def lanczos(op, generator: torch.Generator, k: int = 1, max_iters: int = 60, tol
     if return_vectors:
         stacked = torch.stack(basis[: len(alphas)], dim=1)
         vectors = [stacked @ torch.as_tensor(s[:, i], dtype=stacked.dtype, device=stacked.device) for i in order]
-    return EigenResult([float(theta[i]) for i in order], op.applications - start, len(alphas), converged,
-                       residuals, history, vectors, reorthogonalized=reorthogonalize)
+    return EigenResult(
+        [float(theta[i]) for i in order],
+        op.applications - start,
+        len(alphas),
+        converged,
+        residuals,
+        history,
+        vectors,
+        reorthogonalized=reorthogonalize,
+    )
 
 
 def hutchinson(op, generator: torch.Generator, num_samples: int) -> TraceEstimate:
@@ -196,5 +211,4 @@ def hutchpp(op, generator: torch.Generator, num_matvecs: int) -> TraceEstimate:
         residual, spread = mean_and_spread(samples)
     else:
         residual, spread = 0.0, None
-    return TraceEstimate(deterministic + residual, spread, n_probe, op.applications - start, samples,
-                         deterministic)
+    return TraceEstimate(deterministic + residual, spread, n_probe, op.applications - start, samples, deterministic)

@@ -50,7 +50,8 @@ class HessianTopEigConfig:
     "as sharpness); Lanczos (1950) / power iteration, as in pytorch-hessian-eigenthings and PyHessian "
     "(Yao et al. 2020)",
     config_cls=HessianTopEigConfig,
-    expected_sign=-1, direction_reference="Keskar et al. 2017: sharp minima (large λ_max) generalize worse"
+    expected_sign=-1,
+    direction_reference="Keskar et al. 2017: sharp minima (large λ_max) generalize worse",
 )
 def hessian_top_eig(ctx: MeasureContext, config: HessianTopEigConfig) -> MeasureResult:
     """Top eigenvalue λ_max of the Hessian ∇²L(w) of the mean cross-entropy (k largest in details).
@@ -92,8 +93,12 @@ def _eigen_health(res, config: HessianTopEigConfig) -> dict:
     elif config.method == "power" and config.k == 1 and len(res.history) >= 2:
         residual = abs(res.history[-1] - res.history[-2]) / max(abs(res.history[-1]), 1e-30)
     cap = config.max_iters * (config.k if config.method == "power" else 1)
-    return {"converged": res.converged, "residual": residual, "tolerance": config.tol,
-            "iteration_cap_reached": (not res.converged) and res.iterations >= cap}
+    return {
+        "converged": res.converged,
+        "residual": residual,
+        "tolerance": config.tol,
+        "iteration_cap_reached": (not res.converged) and res.iterations >= cap,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,7 +134,8 @@ def _trace(op, ctx: MeasureContext, method: str, num_matvecs: int):
     reference="Hutchinson (1989) trace estimator / Hutch++ (Meyer, Musco, Musco & Woodruff 2021, SOSA); Hessian "
     "trace as flatness: PyHessian (Yao et al. 2020)",
     config_cls=HessianTraceConfig,
-    expected_sign=-1, direction_reference="Hochreiter & Schmidhuber 1997 flat minima; Yao et al. 2020"
+    expected_sign=-1,
+    direction_reference="Hochreiter & Schmidhuber 1997 flat minima; Yao et al. 2020",
 )
 def hessian_trace(ctx: MeasureContext, config: HessianTraceConfig) -> MeasureResult:
     """Trace of the Hessian tr ∇²L(w), estimated with Rademacher probes (Hutchinson or Hutch++).
@@ -191,8 +197,9 @@ def _exact_fisher_trace(ctx: MeasureContext, kind: str) -> list[float]:
                 ctx.meter.backward(1)
             else:
                 probs = log_probs.detach().exp()
-                values.append(sum(float(probs[c]) * _per_example_sq_norm(ctx, log_probs[c])
-                                  for c in range(log_probs.shape[0])))
+                values.append(
+                    sum(float(probs[c]) * _per_example_sq_norm(ctx, log_probs[c]) for c in range(log_probs.shape[0]))
+                )
                 ctx.meter.backward(log_probs.shape[0])
         ctx.advance()
     return values
@@ -203,7 +210,8 @@ def _exact_fisher_trace(ctx: MeasureContext, kind: str) -> list[float]:
     reference="Fisher information trace as a flatness/generalization measure: Jastrzębski et al. (2021), "
     "Catastrophic Fisher explosion, ICML (Tr F); Kunstner et al. (2019) on empirical vs true Fisher",
     config_cls=FisherTraceConfig,
-    expected_sign=-1, direction_reference="Jastrzębski et al. 2021: a large Fisher trace, worse generalization"
+    expected_sign=-1,
+    direction_reference="Jastrzębski et al. 2021: a large Fisher trace, worse generalization",
 )
 def fisher_trace(ctx: MeasureContext, config: FisherTraceConfig) -> MeasureResult:
     """Trace of the Fisher information of the mean cross-entropy: exact (default) or estimated.
@@ -217,9 +225,16 @@ def fisher_trace(ctx: MeasureContext, config: FisherTraceConfig) -> MeasureResul
     if config.method == "exact":
         per_example = _exact_fisher_trace(ctx, config.fisher)
         value, per_example_std = mean_and_spread(per_example)
-        return ctx.result(value, fisher=config.fisher, method="exact", estimated=False,
-                          per_example_std=per_example_std)
+        return ctx.result(value, fisher=config.fisher, method="exact", estimated=False, per_example_std=per_example_std)
     op = _reporting(FisherOperator(ctx.model, ctx.batches, ctx.params, kind=config.fisher, meter=ctx.meter), ctx)
     est = _trace(op, ctx, config.method, config.num_matvecs)
-    return ctx.result(est.value, spread=est.spread, num_samples=est.num_samples, fisher=config.fisher,
-                      method=config.method, estimated=True, fvps=est.applications, samples=est.samples)
+    return ctx.result(
+        est.value,
+        spread=est.spread,
+        num_samples=est.num_samples,
+        fisher=config.fisher,
+        method=config.method,
+        estimated=True,
+        fvps=est.applications,
+        samples=est.samples,
+    )

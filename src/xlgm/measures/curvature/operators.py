@@ -89,8 +89,9 @@ class MatrixOperator(LinearOperator):
 class _ModelOperator(LinearOperator):
     """Shared plumbing: the model, the batches, the parameters, the vector <-> tensor-list conversions."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor],
-                 meter: CostMeter | None = None):
+    def __init__(
+        self, model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor], meter: CostMeter | None = None
+    ):
         super().__init__()
         if not params:
             raise XlgmError("a curvature operator needs at least one parameter")
@@ -126,8 +127,14 @@ def _dot(tensors: Sequence[torch.Tensor | None], vs: Sequence[torch.Tensor]) -> 
 class HessianOperator(_ModelOperator):
     """H v for the mean loss over the batches (cross-entropy, or `criterion`), by double backward."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor],
-                 meter: CostMeter | None = None, criterion: Criterion | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        params: Sequence[torch.Tensor],
+        meter: CostMeter | None = None,
+        criterion: Criterion | None = None,
+    ):
         super().__init__(model, batches, params, meter)
         self.criterion = criterion
 
@@ -151,8 +158,14 @@ FISHER_KINDS = ("true", "empirical")
 class FisherOperator(_ModelOperator):
     """F v = (1/N) Σ_i J_iᵀ M_i J_i v: the true Fisher (= GGN for softmax CE) or the empirical Fisher."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], params: Sequence[torch.Tensor],
-                 kind: str = "true", meter: CostMeter | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Batch],
+        params: Sequence[torch.Tensor],
+        kind: str = "true",
+        meter: CostMeter | None = None,
+    ):
         if kind not in FISHER_KINDS:
             raise XlgmError(f"Fisher kind must be one of {', '.join(FISHER_KINDS)}, got {kind!r}")
         super().__init__(model, batches, params, meter)
