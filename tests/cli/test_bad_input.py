@@ -8,7 +8,10 @@ into the case's folder first. To add a case, append one to CASES.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from xlgm.cli import main
 from xlgm.data.tasks import XNLI
 from xlgm.errors import XlgmError
 from xlgm.recipes.train import TrainConfig, train
+from xlgm.study.lock import study_lock
 
 SPEC = """\
 name: bad
@@ -40,6 +44,7 @@ class Case:
     expect: str  # a fragment of the one error line
     setup: Callable[[Path], None] | None = None  # writes into the case's folder before the command runs
     chdir: bool = False  # run from the case's folder (for relative TARGETs)
+    run_setup: Callable[[Path, Path], None] | None = None  # (folder, the tiny run): for cases on a copy of it
 
 
 def spec_with(old: str, new: str) -> Callable[[Path], None]:
@@ -82,6 +87,43 @@ def train_case(name: str, flag: str, value: str, expect: str, **config) -> objec
     return pytest.param(
         Case(name, ("train", "--model", "{model}", flag, value, "--out", "{tmp}/new-run"), expect), id=name
     )
+
+
+def copy_of_run(change: Callable[[Path], None]) -> Callable[[Path, Path], None]:
+    """A run_setup: the tiny run copied to `{tmp}/run`, then `change`d there (the original stays as it is)."""
+
+    def setup(folder: Path, run: Path) -> None:
+        shutil.copytree(run, folder / "run")
+        change(folder / "run")
+
+    return setup
+
+
+def unfinished(run: Path) -> None:
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "finished": False}))
+
+
+def truncated_checkpoint(run: Path) -> None:
+    index = json.loads((run / "checkpoints.json").read_text())
+    weights = run / "checkpoints" / index["best"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+
+
+def pickle_only_model(folder: Path, run: Path) -> None:
+    model = folder / "pickled"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    (model / "pytorch_model.bin").write_bytes(b"a pickle that must never be opened")
+
+
+HELD_LOCKS = contextlib.ExitStack()  # locks a case holds as if another `study run` were working
+
+
+def held_study_lock(folder: Path) -> None:
+    spec_with("seeds: [0]", "seeds: [0]")(folder)
+    (folder / "study").mkdir()
+    HELD_LOCKS.enter_context(study_lock(folder / "study"))
 
 
 EVALUATE = ("evaluate", "{run}")
@@ -287,6 +329,61 @@ CASES = [
     ),
     train_case("train-max-length-0", "--max-length", "0", "--max-length", max_length=0),
     train_case("train-seed-negative", "--seed", "-1", "--seed", seed=-1),
+    # item 4: run folders are never overwritten or used half-trained without saying so
+    Case("train-into-existing-run", ("train", "--model", "{model}", "--out", "{run}"), "pass --overwrite"),
+    Case(
+        "evaluate-unfinished-run",
+        ("evaluate", "{tmp}/run"),
+        "training did not finish",
+        run_setup=copy_of_run(unfinished),
+    ),
+    Case(
+        "measure-unfinished-run",
+        ("measure", "{tmp}/run", "--measures", "margin"),
+        "training did not finish",
+        run_setup=copy_of_run(unfinished),
+    ),
+    # item 6: one `study run` per folder
+    Case(
+        "study-run-while-another-runs",
+        ("study", "run", "{tmp}/bad.yaml", "--out", "{tmp}/study"),
+        "is being run by pid",
+        setup=held_study_lock,
+    ),
+    # item 8: a damaged checkpoint is one line
+    Case(
+        "evaluate-truncated-checkpoint",
+        ("evaluate", "{tmp}/run"),
+        "model.safetensors: truncated",
+        run_setup=copy_of_run(truncated_checkpoint),
+    ),
+    # item 9: no silent random head
+    Case("evaluate-base-model-without-head", ("evaluate", "{model}"), "has no trained classification head"),
+    # item 10: nothing unpickled
+    Case(
+        "evaluate-pickle-only-model",
+        ("evaluate", "{tmp}/pickled"),
+        "holds only pytorch_model.bin (pickle)",
+        run_setup=pickle_only_model,
+    ),
+    # item 11: the Fisher weight in one convention at a time
+    Case(
+        "train-fisher-lambda-and-weight",
+        (
+            "train",
+            "--model",
+            "{model}",
+            "--objective",
+            "fisher",
+            "--fisher-lambda",
+            "0.1",
+            "--fisher-weight",
+            "0.001",
+            "--out",
+            "{tmp}/new-run",
+        ),
+        "not allowed with argument",
+    ),
 ]
 
 
@@ -329,12 +426,15 @@ def no_network(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_bad_input_is_one_line_and_changes_nothing(
-    case, tiny_run, tiny_bert_dir, tmp_path, capsys, monkeypatch, no_network
+    case, tiny_run, tiny_bert_dir, tmp_path, capsys, monkeypatch, no_network, request
 ):
     folder = tmp_path / "case"
     folder.mkdir()
+    request.addfinalizer(HELD_LOCKS.close)
     if case.setup is not None:
         case.setup(folder)
+    if case.run_setup is not None:
+        case.run_setup(folder, tiny_run)
     if case.chdir:
         monkeypatch.chdir(folder)
     argv = [arg.format(run=tiny_run, tmp=folder, model=tiny_bert_dir) for arg in case.argv]
