@@ -61,6 +61,11 @@ def write_json(
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync)
 
 
+def write_text(path: str | Path, text: str, *, fsync: bool = False) -> None:
+    """Write `text` (UTF-8) atomically (see the module docstring)."""
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync)
+
+
 def read_json(path: str | Path, *, expect: type | None = None, required: Iterable[str] = ()) -> Any:
     """The JSON value in `path`. `expect` (dict or list) is the type it must have; `required` are keys a
     dict must hold. Any problem is one line naming the file."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xlgm.core.files import write_text
 from xlgm.core.types import Example as Example  # re-exported: the type of a loaded row
 from xlgm.errors import XlgmError
 
@@ -277,7 +278,7 @@ def write_run_task(task: Task, run_dir: str | Path) -> None:
 
     if TASKS.get(task.name) != task:
         text = yaml.safe_dump(task_document(task), sort_keys=False, allow_unicode=True)
-        (Path(run_dir) / RUN_TASK_FILE).write_text(text, encoding="utf-8")
+        write_text(Path(run_dir) / RUN_TASK_FILE, text)
 
 
 def read_run_task(run_dir: str | Path | None) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xlgm.core.files import write_json
 from xlgm.errors import XlgmError
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
@@ -302,7 +303,7 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     data.frame.to_csv(folder / "frame.csv", index=False)
     for name in ("correlations", "granulated", "cmi"):
         tables[name].to_csv(folder / f"{name}.csv", index=False)
-        (folder / f"{name}.json").write_text(json.dumps(_jsonable(tables[name]), indent=1) + "\n")
+        write_json(folder / f"{name}.json", _jsonable(tables[name]), indent=1, sort_keys=False)
     for name in ("top", "verdict", "health"):
         if name in tables:
             tables[name].to_csv(folder / f"{name}.csv", index=False)
@@ -321,8 +322,8 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
         "units_total": data.units_total,
         "notes": data.notes,
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    (folder / "settings.json").write_text(json.dumps(study_settings(data), indent=1, default=str) + "\n")
+    write_json(folder / "summary.json", summary, indent=1, sort_keys=False)
+    write_json(folder / "settings.json", study_settings(data), indent=1, sort_keys=False)
     return folder
 
 

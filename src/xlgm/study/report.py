@@ -37,6 +37,7 @@ import pandas as pd
 
 from xlgm.analysis import acc_column
 from xlgm.analysis.intervals import wilson_interval
+from xlgm.core.files import write_text
 from xlgm.errors import XlgmError
 from xlgm.study.analyze import StudyData, analysis_tables, load_study, resolve_study, unit_frame, write_tables
 
@@ -1432,8 +1433,8 @@ def report_study(target: str | Path, out: str | Path | None = None, echo: bool =
     (report_dir / "figures").mkdir(parents=True, exist_ok=True)
     for fig in figures:
         (report_dir / "figures" / f"{fig.key}.png").write_bytes(fig.png)
-    (report_dir / "report.html").write_text(page, encoding="utf-8")
-    (report_dir / "report.md").write_text(markdown, encoding="utf-8")
+    write_text(report_dir / "report.html", page)
+    write_text(report_dir / "report.md", markdown)
     if echo:
         print(f"report: {report_dir / 'report.html'} ({len(figures)} figures); markdown: {report_dir / 'report.md'}")
     return report_dir / "report.html"
