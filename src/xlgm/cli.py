@@ -55,6 +55,19 @@ def _task(text: str) -> str:
 TASK_HELP = "a task name (xnli, pawsx) or a task file, path/to/task.yaml"
 
 
+def _add_random_head_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--random-head",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="SEED",
+        help="for a base model without a trained head for the task: use a random head drawn from SEED "
+        "(default 0) instead of refusing; its accuracy is chance",
+    )
+
+
 def _train_parser(sub) -> None:
     from xlgm.data import splits
     from xlgm.objectives import add_objective_arguments
@@ -154,16 +167,7 @@ def _evaluate_parser(sub) -> None:
         "autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
         "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)",
     )
-    p.add_argument(
-        "--random-head",
-        type=int,
-        nargs="?",
-        const=0,
-        default=None,
-        metavar="SEED",
-        help="for a base model without a trained head for the task: use a random head drawn from SEED "
-        "(default 0) instead of refusing; its accuracy is chance",
-    )
+    _add_random_head_argument(p)
     p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
@@ -207,16 +211,7 @@ def _measure_parser(sub) -> None:
         metavar="MEASURE.OPTION=VALUE",
         help="a measure option, e.g. --set sharpness-diff.num_draws=5 (repeatable; options: `xlgm measure --list`)",
     )
-    p.add_argument(
-        "--random-head",
-        type=int,
-        nargs="?",
-        const=0,
-        default=None,
-        metavar="SEED",
-        help="for a base model without a trained head for the task: use a random head drawn from SEED "
-        "(default 0) instead of refusing; its accuracy is chance",
-    )
+    _add_random_head_argument(p)
     _add_device_arguments(
         p,
         d.mixed_precision,
