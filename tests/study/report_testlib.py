@@ -9,26 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-VERDICT_COLUMNS = [
-    "measure",
-    "target",
-    "tau",
-    "ci_low",
-    "ci_high",
-    "p_raw",
-    "p_holm",
-    "p_bh",
-    "n_runs",
-    "n_checkpoints",
-    "psi",
-    "cmi_k",
-    "expected_sign",
-    "reference",
-    "verdict",
-    "health",
-    "reason",
-]
-HEALTH_COLUMNS = ["measure", "n_units", "n_converged", "n_saturated", "n_nan", "constant", "healthy", "reason"]
+from xlgm.analysis.health import HEALTH_COLUMNS
+from xlgm.analysis.verdict import VERDICT_COLUMNS
 
 # margin agrees vs accuracy and is inconclusive vs the gap; frobenius-distance is excluded (constant)
 VERDICT_ROWS = [

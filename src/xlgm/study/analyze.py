@@ -330,6 +330,25 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
 LIBRARIES = ("xlgm", "torch", "transformers", "tokenizers", "numpy", "scipy", "pandas", "scikit-learn", "accelerate")
 
 
+def evaluated_rows_and_work(data: StudyData) -> tuple[list[tuple], list[tuple]]:
+    """For the study's checkpoints and runs: (language, fewest rows, most rows) of their evaluations, and
+    (kind, units, seconds) of their work."""
+    spec = data.spec
+    run_ids = [str(r) for r in data.frame["run_id"].unique()]
+    ids = [str(c) for c in data.frame["checkpoint_id"]]
+    with StudyDB(data.out / DB_NAME) as db:
+        eval_rows = db.query(
+            f"SELECT language, MIN(num_examples), MAX(num_examples) FROM evaluations WHERE task=? AND split=? AND "
+            f"data=? AND checkpoint_id IN ({_in(ids)}) GROUP BY language",
+            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids),
+        )
+        work = db.query(
+            f"SELECT kind, COUNT(*), SUM(seconds) FROM work WHERE run_id IN ({_in(run_ids)}) GROUP BY kind",
+            tuple(run_ids),
+        )
+    return eval_rows, work
+
+
 def study_settings(data: StudyData) -> dict[str, Any]:
     """What the results were made with: the spec, every measure's options (as given and with the defaults
     filled in), data sizes, library versions and the wall time of each kind of work (seconds summed over the
@@ -353,18 +372,7 @@ def study_settings(data: StudyData) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    run_ids = list(data.frame["run_id"].unique())
-    ids = list(data.frame["checkpoint_id"])
-    with StudyDB(data.out / DB_NAME) as db:
-        eval_rows = db.query(
-            f"SELECT language, MIN(num_examples), MAX(num_examples) FROM evaluations WHERE task=? AND split=? AND "
-            f"data=? AND checkpoint_id IN ({_in(ids)}) GROUP BY language",
-            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids),
-        )
-        work = db.query(
-            f"SELECT kind, COUNT(*), SUM(seconds) FROM work WHERE run_id IN ({_in(run_ids)}) GROUP BY kind",
-            tuple(run_ids),
-        )
+    eval_rows, work = evaluated_rows_and_work(data)
     train = spec.train_options
     return {
         "spec": yaml.safe_load(spec.to_yaml()),

@@ -39,7 +39,15 @@ from xlgm.analysis import acc_column
 from xlgm.analysis.intervals import wilson_interval
 from xlgm.core.files import write_text
 from xlgm.errors import XlgmError
-from xlgm.study.analyze import StudyData, analysis_tables, load_study, resolve_study, unit_frame, write_tables
+from xlgm.study.analyze import (
+    StudyData,
+    analysis_tables,
+    evaluated_rows_and_work,
+    load_study,
+    resolve_study,
+    unit_frame,
+    write_tables,
+)
 
 PNG_PREFIX = '<img src="data:image/png;base64,'
 ANALYSIS_DIR = "analysis"
@@ -257,25 +265,10 @@ class StudyRecords:
 
 def read_study_records(data: StudyData) -> StudyRecords:
     """Rows evaluated per language and the work's wall time per kind, for the study's checkpoints and runs."""
-    from xlgm.study.db import StudyDB
-    from xlgm.study.runner import DB_NAME, eval_data_label
-
-    spec = data.spec
-    ids = [str(c) for c in data.frame["checkpoint_id"]]
-    runs = [str(r) for r in data.runs["run_id"]]
-    with StudyDB(data.out / DB_NAME) as db:
-        rows = db.query(
-            f"SELECT language, MAX(num_examples) FROM evaluations WHERE task=? AND split=? AND data=? "
-            f"AND checkpoint_id IN ({','.join('?' * len(ids))}) GROUP BY language",
-            (spec.task, spec.evaluation.split, eval_data_label(spec), *ids),
-        )
-        work = db.query(
-            f"SELECT kind, SUM(seconds) FROM work WHERE run_id IN ({','.join('?' * len(runs))}) GROUP BY kind",
-            tuple(runs),
-        )
+    rows, work = evaluated_rows_and_work(data)
     return StudyRecords(
-        {str(lang): int(n) for lang, n in rows if n},
-        {str(kind): float(s or 0.0) for kind, s in work},
+        {str(lang): int(most) for lang, _, most in rows if most},
+        {str(kind): float(seconds or 0.0) for kind, _, seconds in work},
         run_records(data),
     )
 
