@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PIP_QUIET = 2>&1 | { grep -v -e '^WARNING: Location' -e '^\[notice\]' || test $$? -eq 1; }
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo cpu-study test test-fast lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/xlgm demo
+
+# The converged CPU study (studies/xnli-e5-cpu.yaml): about 2 hours on 2 cores; rerun to resume.
+cpu-study: setup
+	time $(VENV)/bin/xlgm study run studies/xnli-e5-cpu.yaml --analyze
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -123,6 +123,12 @@ def _train_parser(sub) -> None:
         help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)",
     )
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: last only)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop once N checkpoints in a row have not beaten the best held-out accuracy (0: train every epoch)",
+    )
     p.add_argument("--log-every", type=int, default=d.log_every, help="a train_log.jsonl record every N steps")
     p.add_argument("--out", help="run directory (default: runs/TASK-OBJECTIVE-RUNID)")
     p.add_argument(
@@ -341,6 +347,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         mixed_precision=args.mixed_precision,
         freeze=freeze,
         save_every=args.save_every,
+        patience=args.patience,
         log_every=args.log_every,
         objective=name,
         objective_options=options,

@@ -78,8 +78,17 @@ def test_grid_expansion():
     # checkpoints by steps: saved every gcd, the listed steps and the last measured
     steps = parse_text(BASE.replace("{every: 5}", "{steps: [40, 10, 20]}"))
     assert steps.checkpoints.save_every == 10
-    assert steps.checkpoints.selects(20, False) and not steps.checkpoints.selects(30, False)
-    assert steps.checkpoints.selects(35, True)
+    assert steps.checkpoints.selects(["a"] * 4, [10, 20, 30, 35]) == [True, True, False, True]  # 35: the last
+    # each run's newest N: with early stopping the runs end at different steps
+    newest = parse_text(BASE.replace("{every: 5}", "{every: 5, last: 2}"))
+    assert newest.checkpoints.save_every == 5 and newest.study_id != spec.study_id
+    runs, at = ["a", "a", "b", "a", "b", "b"], [5, 10, 5, 15, 10, 15]
+    assert newest.checkpoints.selects(runs, at) == [False, True, False, True, True, True]
+    assert newest.checkpoints.selects(["a", "a", "a"], [5, 10, 15]) == [False, True, True]
+    assert spec.checkpoints.selects(runs, at) == [True] * 6
+    assert parse_text(newest.to_yaml()) == newest
+    with pytest.raises(SpecError, match=r"checkpoints\.last"):
+        parse_text(BASE.replace("{every: 5}", "{steps: [10], last: 2}"))
 
 
 def test_study_id_is_stable():

@@ -158,6 +158,7 @@ FIELD_RULES: dict[str, Callable[[str, Any], Any]] = {
     "holdout_fraction": fraction,
     "max_grad_norm": non_negative_float,  # 0 disables clipping
     "save_every": non_negative_int,  # 0: the last checkpoint only
+    "patience": non_negative_int,  # 0: no early stopping
     "log_every": positive_int,
     "device": device,
 }

@@ -219,3 +219,21 @@ def sharpness_diff(ctx: MeasureContext, config: SharpnessDiffConfig) -> MeasureR
         deltas=deltas,
         draws=draws,
     )
+
+
+@dataclass(frozen=True)
+class SharpnessDiffPaperConfig(SharpnessDiffConfig):
+    mode: str = "paper"
+
+
+@register_measure(
+    "sharpness-diff-paper",
+    reference="Bassi et al. 2024, §3, as their published code computes it (sharpness-diff with mode='paper': "
+    "σ 0.1 absolute, per-tensor projection, dropout in the perturbed loss)",
+    config_cls=SharpnessDiffPaperConfig,
+    expected_sign=-1,
+    direction_reference="Bassi et al. 2024: sharper minima transfer worse",
+)
+def sharpness_diff_paper(ctx: MeasureContext, config: SharpnessDiffPaperConfig) -> MeasureResult:
+    """sharpness-diff in the published code's mode, under its own name, so a study can list both modes."""
+    return sharpness_diff(ctx, config)

@@ -66,6 +66,9 @@ FREEZE_CHOICES = ("none", "word", "embeddings")
 # Held-out rows for checkpoint selection are drawn with a fixed seed, not the run's, so every run of a
 # study selects on the same rows.
 HOLDOUT_SEED = 1234
+# Options added after run ids were first published, with the value that leaves training as it was: left out
+# of the hash at that value.
+RUN_ID_NEUTRAL = {"patience": 0}
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: see xlgm.core.devices.resolve_precision)
     freeze: str = "none"  # none | word (word embeddings) | embeddings (all embedding parameters)
     save_every: int = 0  # steps between checkpoints; 0 = only the last
+    # Early stopping: stop once this many checkpoints in a row have not beaten the best held-out accuracy so
+    # far (0: train every epoch). The learning-rate schedule still spans `epochs`.
+    patience: int = 0
     log_every: int = 10
     objective: str = "adamw"
     objective_options: dict = field(default_factory=dict)
@@ -106,6 +112,10 @@ class TrainConfig:
             "bundled",
             "train",
         )
+        if self.patience and not self.save_every:
+            raise XlgmError("--patience counts checkpoints: give --save-every N too")
+        if self.patience and self.holdout_fraction == 0 and self.select_split == self.train_split:
+            raise XlgmError("--patience needs held-out rows: --holdout-fraction 0 leaves none")
         if holds_dev and self.select_split == "dev":
             raise XlgmError(
                 f"--select-split dev: the {self.train_split} split holds the English dev rows, so "
@@ -115,7 +125,11 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
-        return config_hash(self)
+        fields = asdict(self)
+        for name, neutral in RUN_ID_NEUTRAL.items():  # runs that do not use a later option keep their ids
+            if fields[name] == neutral:
+                del fields[name]
+        return config_hash(fields)
 
     @property
     def source(self) -> DataSource:
@@ -135,6 +149,19 @@ def freeze_parameters(model: torch.nn.Module, what: str) -> int:
         p.requires_grad_(False)
         frozen += p.numel()
     return frozen
+
+
+def checkpoints_without_gain(index: dict) -> int:
+    """How many checkpoints in a row, at the end of a run's index, have not beaten the best held-out accuracy
+    before them (ties do not count as a gain)."""
+    best, since = None, 0
+    for c in index["checkpoints"]:
+        acc = c["dev_accuracy"]
+        if acc is not None and (best is None or acc > best):
+            best, since = acc, 0
+        else:
+            since += 1
+    return since
 
 
 def split_train_select(config: TrainConfig, task: Task, rows: list[Example], select_rows: list[Example] | None):
@@ -565,7 +592,12 @@ def train(
         if previous is not None and previous["name"] != name:
             run.drop_training_state(previous["name"])
 
+    def stops_early() -> bool:
+        return bool(config.patience) and checkpoints_without_gain(run.index) >= config.patience
+
     step = start_step
+    saved = start_step if resumed is not None else None  # the step of the newest checkpoint on disk
+    stopped = stops_early() if resumed is not None else False  # killed after the stop was decided
     model.train()
     bar = tqdm(
         total=total_steps,
@@ -575,7 +607,7 @@ def train(
         disable=not (show_progress and main),
     )
     schedule_epoch, batches = None, []
-    while step < total_steps:
+    while step < total_steps and not stopped:
         epoch, position = divmod(step, steps_per_epoch)
         if epoch != schedule_epoch:
             batches = bucketed_shuffled_batches(data.lengths, config.batch_size, seed=config.seed * 1000 + epoch)
@@ -618,20 +650,37 @@ def train(
             running = {}
         if config.save_every and step % config.save_every == 0 and step < total_steps:
             evaluate_and_save(step)
+            saved = step
+            stopped = _broadcast_flag(accelerator, stops_early() if main else False, batch_device)
             model.train()
     bar.close()
-    if resumed is None or step > start_step:  # a run resumed from its final checkpoint has it already
+    if saved != step:  # a run resumed from its final checkpoint has it already
         evaluate_and_save(step)
     if main:
         db.set_run_status(config.run_id, "trained")
         db.close()
         log.close()
-        run.write_state(finished=True)
+        if stopped:
+            print(
+                f"{run.path}: stopped early at step {step} of {total_steps}: {config.patience} checkpoint(s) "
+                "without a better held-out accuracy",
+                file=sys.stderr,
+            )
+        run.write_state(finished=True, stopped_early=step if stopped else None)
         run.drop_training_state(run.last_checkpoint["name"])  # a finished run is not resumed
     if trackers:
         accelerator.end_training()
     _wait_for_everyone(accelerator)
     return run.path
+
+
+def _broadcast_flag(accelerator: Accelerator, flag: bool, device: torch.device) -> bool:
+    """The main process's decision, on every process (only it evaluates the held-out rows)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _wait_for_everyone(accelerator: Accelerator) -> None:

@@ -119,7 +119,7 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
         if not ckpts.empty:
             ckpts["is_best"] = ckpts["is_best"].astype(bool)
             ckpts["is_last"] = ckpts["is_last"].astype(bool)
-            keep = [spec.checkpoints.selects(int(s), bool(last)) for s, last in zip(ckpts.step, ckpts.is_last)]
+            keep = spec.checkpoints.selects(list(ckpts.run_id), list(ckpts.step))
             measured = ckpts[keep]
         else:
             measured = ckpts

@@ -93,7 +93,7 @@ def _study_checkpoints(spec: StudySpec, db: StudyDB) -> pd.DataFrame:
     )
     frame = pd.DataFrame(rows, columns=["checkpoint_id", "run_id", "step", "is_last", "run_dir"])
     frame["run_dir"] = [str(db.resolve_path(r)) for r in frame["run_dir"]]  # stored relative to the study folder
-    keep = [spec.checkpoints.selects(int(s), bool(last)) for s, last in zip(frame.step, frame.is_last)]
+    keep = spec.checkpoints.selects(list(frame.run_id), list(frame.step))
     return frame[keep].reset_index(drop=True)
 
 

@@ -108,10 +108,16 @@ def measure_unit_id(spec: StudySpec, checkpoint_id: str, item) -> str:
 def planned_units(spec: StudySpec, run_id: str, checkpoints: Sequence[dict] | None) -> list[str]:
     """Every unit of one run; before its training the checkpoints are unknown and only the training unit is."""
     units = [train_unit_id(run_id)]
-    for c in checkpoints or []:
-        if spec.checkpoints.selects(c["step"], bool(c["is_last"])):
+    checkpoints = list(checkpoints or [])
+    chosen = spec.checkpoints.selects([run_id] * len(checkpoints), [c["step"] for c in checkpoints])
+    # Before training the best checkpoint is unknown: the plan takes the last, and follows the real one after.
+    best = [bool(c.get("is_best", c.get("is_last"))) for c in checkpoints]
+    for c, keep, is_best in zip(checkpoints, chosen, best):
+        if keep:
             units += [eval_unit_id(spec, c["checkpoint_id"], lang) for lang in spec.languages]
-            units += [measure_unit_id(spec, c["checkpoint_id"], item) for item in spec.measures.items]
+            units += [
+                measure_unit_id(spec, c["checkpoint_id"], item) for item in spec.measures.items if item.applies(is_best)
+            ]
     return units
 
 
@@ -291,7 +297,9 @@ def repair(
             if run_dir.exists():  # `run_point` resumes it from its last checkpoint, or sets it aside
                 report(f"{run_dir}: its training did not finish; it resumes from its last checkpoint")
             continue
-        checkpoints = [c for c in db.checkpoints_of(run_id) if spec.checkpoints.selects(c["step"], bool(c["is_last"]))]
+        recorded = db.checkpoints_of(run_id)
+        chosen = spec.checkpoints.selects([run_id] * len(recorded), [c["step"] for c in recorded])
+        checkpoints = [c for c, keep in zip(recorded, chosen) if keep]
         names = [c["checkpoint_id"].split("/", 1)[1] for c in checkpoints]
         problem = run_problem(run_dir, names)
         if problem:
@@ -407,12 +415,15 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
 
     task_def = get_task(spec.task)
     init_cache: dict[str, dict] = {}
-    for ckpt in _checkpoint_rows(task):
-        if not spec.checkpoints.selects(ckpt["step"], ckpt["is_last"]):
+    rows = _checkpoint_rows(task)
+    for ckpt, keep in zip(rows, spec.checkpoints.selects([run_id] * len(rows), [c["step"] for c in rows])):
+        if not keep:
             continue
         cid = ckpt["checkpoint_id"]
         languages = [lang for lang in spec.languages if eval_unit_id(spec, cid, lang) not in done]
-        measures = [m for m in spec.measures.items if measure_unit_id(spec, cid, m) not in done]
+        measures = [
+            m for m in spec.measures.items if m.applies(ckpt["is_best"]) and measure_unit_id(spec, cid, m) not in done
+        ]
         if not languages and not measures:
             continue
         checkpoint = run_dir / "checkpoints" / ckpt["name"]

@@ -81,6 +81,7 @@ NOT_IN_TRAIN = {
     "save_every": "checkpoints.every",
 }
 UNITS = ("checkpoint", "run")
+MEASURE_AT = ("all", "best")
 RUN_REDUCE = ("last", "best", "mean")
 SPLITS = ("dev", "test", "train")
 
@@ -125,6 +126,8 @@ class GridEntry:
 class CheckpointSpec:
     every: int = 0  # 0: only the last checkpoint
     steps: tuple[int, ...] = ()  # measure exactly these steps (and the last one)
+    last: int = 0  # with `every`: measure each run's newest N checkpoints only (0: all); with early stopping
+    # (train.patience) the best one and those after it
 
     @property
     def save_every(self) -> int:
@@ -132,8 +135,18 @@ class CheckpointSpec:
             return reduce(math.gcd, self.steps)
         return self.every
 
-    def selects(self, step: int, is_last: bool) -> bool:
-        return is_last or not self.steps or step in self.steps
+    def selects(self, run_ids: Sequence[str], steps: Sequence[int]) -> list[bool]:
+        """Which of these checkpoints (of one run or several) the study evaluates and measures: every one, the
+        named steps and each run's last, or each run's newest `last`."""
+        by_run: dict[str, list[int]] = {}
+        for run_id, step in zip(run_ids, steps):
+            by_run.setdefault(run_id, []).append(int(step))
+        newest = {r: set(sorted(s)[-(self.last or 1) :]) for r, s in by_run.items()}
+        if self.steps:
+            return [int(s) in self.steps or int(s) in newest[r] for r, s in zip(run_ids, steps)]
+        if self.last:
+            return [int(s) in newest[r] for r, s in zip(run_ids, steps)]
+        return [True] * len(steps)
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,10 @@ class EvaluationSpec:
 class MeasureItem:
     name: str
     options: tuple[tuple[str, Any], ...] = ()
+    at: str = "all"  # which of the measured checkpoints: all, or only each run's best (for costly measures)
+
+    def applies(self, is_best: bool) -> bool:
+        return self.at == "all" or is_best
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -237,6 +254,12 @@ class StudySpec:
         out = dataclasses.asdict(self)
         out.pop("source")
         out.pop("task_file")
+        # options added later, left out at their neutral value: specs without them keep their study ids
+        if not self.checkpoints.last:
+            del out["checkpoints"]["last"]
+        for item in out["measures"]["items"]:
+            if item["at"] == "all":
+                del item["at"]
         return out
 
     @property
@@ -295,10 +318,18 @@ class StudySpec:
             "seeds": list(self.seeds),
             "checkpoints": {"steps": list(self.checkpoints.steps)}
             if self.checkpoints.steps
-            else {"every": self.checkpoints.every},
+            else {
+                "every": self.checkpoints.every,
+                **({"last": self.checkpoints.last} if self.checkpoints.last else {}),
+            },
             "evaluation": dataclasses.asdict(self.evaluation),
             "measures": {
-                "names": [{m.name: m.options_dict} if m.options else m.name for m in self.measures.items],
+                "names": [
+                    {m.name: {**m.options_dict, **({"at": m.at} if m.at != "all" else {})}}
+                    if m.options or m.at != "all"
+                    else m.name
+                    for m in self.measures.items
+                ],
                 "data": dataclasses.asdict(self.measures.data),
                 "params": self.measures.params,
                 "seed": self.measures.seed,
@@ -575,16 +606,21 @@ class _Parser:
         return list(dict.fromkeys(seeds))
 
     def checkpoints(self, value: Any) -> CheckpointSpec:
-        m = self.mapping("checkpoints", value, ("every", "steps"))
+        m = self.mapping("checkpoints", value, ("every", "steps", "last"))
         if "every" in m and "steps" in m:
             raise self.fail("checkpoints", "give `every` or `steps`, not both")
+        if "last" in m and "steps" in m:
+            raise self.fail("checkpoints.last", "`last` goes with `every`; `steps` names the measured steps")
         if "steps" in m:
             raw = m["steps"]
             if not isinstance(raw, list) or not raw:
                 raise self.fail("checkpoints.steps", f"expected a non-empty list of steps, got {raw!r}")
             steps = sorted({self.integer(f"checkpoints.steps[{i}]", s, minimum=1) for i, s in enumerate(raw)})
             return CheckpointSpec(steps=tuple(steps))
-        return CheckpointSpec(every=self.integer("checkpoints.every", m.get("every", 0), minimum=0))
+        return CheckpointSpec(
+            every=self.integer("checkpoints.every", m.get("every", 0), minimum=0),
+            last=self.integer("checkpoints.last", m.get("last", 0), minimum=0),
+        )
 
     def grid(self, value: Any) -> list[GridEntry]:
         from xlgm.objectives import OBJECTIVES, config_fields
@@ -664,9 +700,10 @@ class _Parser:
                 if len(raw) != 1:
                     raise self.fail(where, f"expected NAME or {{NAME: {{option: value}}}}, got {raw!r}")
                 ((name, options),) = raw.items()
-                options = self.mapping(f"{where}.{name}", options)
+                options = dict(self.mapping(f"{where}.{name}", options))
             else:
                 name, options = self.string(where, raw), {}
+            at = self.string(f"{where}.{name}.at", options.pop("at", "all"), choices=MEASURE_AT)
             try:
                 spec = get_measure(name)
             except XlgmError as err:
@@ -680,7 +717,7 @@ class _Parser:
             if name in seen:
                 raise self.fail(where, f"measure {name} is listed twice")
             seen.add(name)
-            items.append(MeasureItem(name, tuple(sorted(options.items()))))
+            items.append(MeasureItem(name, tuple(sorted(options.items())), at))
         dm = self.mapping(
             "measures.data", m.get("data"), ("language", "split", "max_examples", "batch_size", "max_length")
         )
