@@ -15,6 +15,8 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
     cmi.{csv,json}            Jiang et al.'s conditional-mutual-information criterion K vs the mean target accuracy
     top.csv                   the strongest correlations by |tau|, with their adjusted p, whether they survive and
                               whether the measure is healthy
+    groups.csv                group measures (parameter-variance-across-seeds) of each group of seeds, with the
+                              group's mean accuracy; group_correlations.csv: Kendall tau over the groups, exact p
     summary.json              study id, unit, axes, measures, languages, rows, completeness
     settings.json             the spec, every measure's options, data sizes, library versions, wall times
 
@@ -269,7 +271,60 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     healthy = dict(zip(tables["health"]["measure"], tables["health"]["healthy"].astype(bool)))
     top["healthy"] = [healthy.get(m, False) for m in top["measure"]]
     tables["top"] = top
+    tables["groups"], tables["group_correlations"] = group_tables(data)
     return tables
+
+
+def group_tables(data: StudyData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(groups, group_correlations): each group measure of each group of seeds with the group's mean accuracy
+    (its runs' best checkpoints), and per group measure Kendall tau over the groups with its exact p-value.
+    Groups are few (one per configuration), so tau here is rarely more than inconclusive."""
+    from scipy.stats import kendalltau
+
+    with StudyDB(data.out / DB_NAME) as db:
+        rows = db.query("SELECT group_id, measure, run_ids, checkpoint_ids, value FROM group_measures")
+    best = data.frame[data.frame["is_best"].fillna(False).astype(bool)].set_index("checkpoint_id")
+    source = f"acc_{data.spec.source_language}"
+    records = []
+    for group, measure, run_ids, checkpoint_ids, value in rows:
+        runs, checkpoints = json.loads(run_ids), json.loads(checkpoint_ids)
+        if not set(runs) <= set(data.configs) or not set(checkpoints) <= set(best.index):
+            continue  # another spec's group, or a run of it not analysed
+        config = data.configs[runs[0]]
+        options = " ".join(f"{k}={v}" for k, v in sorted(config.get("objective_options", {}).items()))
+        records.append(
+            {
+                "measure": measure,
+                "group_id": group,
+                "group": f"{config['objective']} {options}".strip(),
+                "runs": len(runs),
+                "value": value,
+                "mean_target": float(best.loc[checkpoints, "mean_target"].mean()),
+                "source_accuracy": float(best.loc[checkpoints, source].mean()),
+                "run_ids": " ".join(runs),
+            }
+        )
+    groups = pd.DataFrame(
+        records,
+        columns=["measure", "group_id", "group", "runs", "value", "mean_target", "source_accuracy", "run_ids"],
+    )
+    summary = []
+    for measure, part in groups.groupby("measure", sort=True):
+        n = len(part)
+        tau, p = kendalltau(part["value"], part["mean_target"]) if n >= 3 else (math.nan, math.nan)
+        decided = n >= 4 and math.isfinite(p) and p < 0.05
+        summary.append(
+            {
+                "measure": measure,
+                "groups": n,
+                "tau": tau,
+                "p": p,
+                "finding": ("higher with higher accuracy" if tau > 0 else "higher with lower accuracy")
+                if decided
+                else "inconclusive",
+            }
+        )
+    return groups, pd.DataFrame(summary, columns=["measure", "groups", "tau", "p", "finding"])
 
 
 def _base_frame(data: StudyData) -> pd.DataFrame:
@@ -304,8 +359,8 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     for name in ("correlations", "granulated", "cmi"):
         tables[name].to_csv(folder / f"{name}.csv", index=False)
         write_json(folder / f"{name}.json", _jsonable(tables[name]), indent=1, sort_keys=False)
-    for name in ("top", "verdict", "health"):
-        if name in tables:
+    for name in ("top", "verdict", "health", "groups", "group_correlations"):
+        if name in tables and (name not in ("groups", "group_correlations") or not tables[name].empty):
             tables[name].to_csv(folder / f"{name}.csv", index=False)
     summary = {
         "study_id": data.spec.study_id,

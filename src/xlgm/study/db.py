@@ -2,7 +2,9 @@
 
     study       study_id, name, spec (canonical JSON), text (the YAML as written), created
     study_runs  study_id, run_id, position: which runs a study's grid expands to
-    work        unit_id, kind (train | eval | measure), run_id, checkpoint_id, item, seconds, finished
+    work        unit_id, kind (train | eval | measure | group), run_id, checkpoint_id, item, seconds, finished
+    group_measures  group_id, measure, run_ids, checkpoint_ids (JSON lists), value, details, seconds, created:
+                measures of a group of runs that differ only in their seed (parameter-variance-across-seeds)
 
 Paths (runs.run_dir, checkpoints.path) are stored relative to the study folder and resolved against the folder
 the file is read from, so a study folder can be moved or copied. Files written by older versions hold absolute
@@ -10,7 +12,7 @@ paths: those under the folder the study then lived in (recognised by the `ROOT/r
 onto the current folder, so a copy never reads the original's files.
 
 A *unit* is the smallest piece of work that is done or not: a run's training, one (checkpoint, language)
-evaluation, one (checkpoint, measure) measurement. `commit_unit` writes a unit's result rows and its `work` row
+evaluation, one (checkpoint, measure) measurement, one (group of seeds, group measure) measurement. `commit_unit` writes a unit's result rows and its `work` row
 in ONE transaction, so after a crash (kill -9 included) a unit is either fully recorded or not at all. Unit ids
 are content keys (run id, checkpoint id, evaluation settings, measure config hash), so a finished unit stays
 finished when the spec changes in ways that do not touch it.
@@ -43,6 +45,17 @@ CREATE TABLE IF NOT EXISTS study_runs (
     run_id TEXT NOT NULL,
     position INTEGER NOT NULL,
     PRIMARY KEY (study_id, run_id)
+);
+CREATE TABLE IF NOT EXISTS group_measures (
+    group_id TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    run_ids TEXT NOT NULL,
+    checkpoint_ids TEXT NOT NULL,
+    value REAL,
+    details TEXT,
+    seconds REAL,
+    created REAL NOT NULL,
+    PRIMARY KEY (group_id, measure)
 );
 CREATE TABLE IF NOT EXISTS work (
     unit_id TEXT PRIMARY KEY,
@@ -252,6 +265,22 @@ class StudyDB(ResultsDB):
                     unit["details"],
                 )
                 checkpoint_id, item = unit["checkpoint_id"], unit["measure"]
+            elif kind == "group":
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO group_measures (group_id, measure, run_ids, checkpoint_ids, value, "
+                    "details, seconds, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        unit["run_id"],
+                        unit["measure"],
+                        json.dumps(unit["run_ids"]),
+                        json.dumps(unit["checkpoint_ids"]),
+                        unit["value"],
+                        json.dumps(unit["details"], default=str),
+                        unit["seconds"],
+                        time.time(),
+                    ),
+                )
+                checkpoint_id, item = None, unit["measure"]
             else:
                 raise ValueError(f"unknown unit kind {kind!r}")
             self.conn.execute(
@@ -289,6 +318,12 @@ class StudyDB(ResultsDB):
         with self.transaction():
             for table, (where, value) in tables.items():
                 self.conn.execute(f"DELETE FROM {table} WHERE {where}", (value,))
+            # a group measure of this run's seeds is redone with the run
+            groups = self.conn.execute(
+                "SELECT group_id FROM group_measures WHERE run_ids LIKE ?", (f'%"{run_id}"%',)
+            ).fetchall()
+            for (group,) in groups:
+                self.conn.execute("DELETE FROM work WHERE kind='group' AND run_id=?", (group,))
         return sum(len(rows) for rows in dump.values())
 
     def checkpoints_of(self, run_id: str) -> list[dict[str, Any]]:

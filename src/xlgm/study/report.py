@@ -1360,6 +1360,20 @@ def build_report(
     else:
         page.table(cmi, "cmi")
 
+    groups = tables.get("groups")
+    if groups is not None and not groups.empty:
+        page.heading("Groups of seeds")
+        page.paragraph(
+            "Measures of a group of runs that differ only in their seed, at each run's best checkpoint, beside "
+            "the group's mean accuracy; Kendall τ over the groups with its exact p-value. With one group per "
+            "configuration there are few points: a finding needs at least 4 groups and p < 0.05."
+        )
+        shown = groups.drop(columns=["group_id", "run_ids"]).rename(
+            columns={"mean_target": "mean target acc", "source_accuracy": f"{spec.source_language} acc"}
+        )
+        page.table(shown, "groups")
+        page.table(tables["group_correlations"], "group-correlations")
+
     page.heading("Measure health")
     if analysis.health is not None:
         page.table(health_table(analysis.health), "health")

@@ -121,6 +121,70 @@ def planned_units(spec: StudySpec, run_id: str, checkpoints: Sequence[dict] | No
     return units
 
 
+# The plans' key of the study's group units (measures of runs that differ only in their seed).
+GROUPS = "(groups)"
+
+
+def seed_group_id(config) -> str:
+    """The id shared by runs whose configs differ only in their seed."""
+    fields = asdict(config)
+    fields.pop("seed")
+    return config_hash(fields)
+
+
+def seed_groups(configs) -> dict[str, list]:
+    """group id -> its configs, for every group of at least 2 seeds, in spec order."""
+    groups: dict[str, list] = {}
+    for config in configs:
+        groups.setdefault(seed_group_id(config), []).append(config)
+    return {g: members for g, members in groups.items() if len(members) >= 2}
+
+
+def group_measure_names() -> list[str]:
+    from xlgm.measures.base import list_measures
+
+    return list_measures("group")
+
+
+def group_unit_id(group: str, measure: str) -> str:
+    return f"group/{group}/{measure}"
+
+
+def planned_group_units(configs) -> list[str]:
+    return [group_unit_id(g, m) for g in seed_groups(configs) for m in group_measure_names()]
+
+
+def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str], emit) -> None:
+    """The group measures of every group of seeds whose runs are all trained, at each run's best checkpoint
+    (the model the study picks from the run); the same trained parameters the checkpoints hold."""
+    from xlgm.core.files import read_safetensors
+    from xlgm.measures.base import compute_group_measure
+    from xlgm.runs import WEIGHTS
+
+    for group, members in seed_groups(configs).items():
+        todo = [m for m in group_measure_names() if group_unit_id(group, m) not in done]
+        if not todo or any(train_unit_id(c.run_id) not in done for c in members):
+            continue
+        best = [next(c for c in db.checkpoints_of(m.run_id) if c["is_best"]) for m in members]
+        states = [read_safetensors(db.resolve_path(c["path"]) / WEIGHTS) for c in best]
+        for name in todo:
+            start = time.perf_counter()
+            result = compute_group_measure(name, states, param_filter=spec.measures.params).to_dict()
+            emit(
+                {
+                    "kind": "group",
+                    "unit_id": group_unit_id(group, name),
+                    "run_id": group,
+                    "measure": name,
+                    "run_ids": [m.run_id for m in members],
+                    "checkpoint_ids": [c["checkpoint_id"] for c in best],
+                    "value": result["value"],
+                    "details": result,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+
+
 def checkpoint_name(step: int) -> str:
     """The folder `train` saves the checkpoint of `step` in (RUN/checkpoints/NAME)."""
     return f"step-{step:06d}"
@@ -676,6 +740,7 @@ def unit_plans(spec: StudySpec, db: StudyDB, configs, done: set[str]) -> dict[st
         else:
             checkpoints = expected_checkpoints(config, training_rows(config, sizes))
         plans[config.run_id] = planned_units(spec, config.run_id, checkpoints)
+    plans[GROUPS] = planned_group_units(configs)
     return plans
 
 
@@ -736,6 +801,7 @@ def run_study(
                     run_point(task, progress.commit)
             else:
                 _run_ray(todo, progress, address, cpus_per_task, device)
+            run_groups(spec, out, db, configs, progress.done, progress.commit)
         finally:
             finished, total = progress.close()
     return StudyResult(spec.study_id, out, len(configs), finished, total, progress.now, progress.planned, repairs)
