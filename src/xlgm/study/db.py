@@ -12,8 +12,9 @@ paths: those under the folder the study then lived in (recognised by the `ROOT/r
 onto the current folder, so a copy never reads the original's files.
 
 A *unit* is the smallest piece of work that is done or not: a run's training, one (checkpoint, language)
-evaluation, one (checkpoint, measure) measurement, one (group of seeds, group measure) measurement. `commit_unit` writes a unit's result rows and its `work` row
-in ONE transaction, so after a crash (kill -9 included) a unit is either fully recorded or not at all. Unit ids
+evaluation, one (checkpoint, measure) measurement, one (group of seeds, group measure) measurement.
+`commit_unit` writes a unit's result rows and its `work` row in ONE transaction, so after a crash (kill -9
+included) a unit is either fully recorded or not at all. Unit ids
 are content keys (run id, checkpoint id, evaluation settings, measure config hash), so a finished unit stays
 finished when the spec changes in ways that do not touch it.
 """
