@@ -57,6 +57,20 @@ def test_the_set_example_is_accepted_by_its_measure():
     assert resolve_config(get_measure("sharpness-diff"), options["sharpness-diff"]).num_draws == 5
 
 
+def test_set_reads_numbers_yaml_leaves_as_text():
+    """YAML 1.1 reads `1e-4` (no dot) as a string: the option's field type makes it a number."""
+    from xlgm.errors import XlgmError
+    from xlgm.measures.base import resolve_config
+
+    options = parse_measure_options(["sharpness-alpha.upper=1e-4", "sharpness-alpha.search_depth=14"])
+    assert options["sharpness-alpha"]["upper"] == "1e-4"
+    config = resolve_config(get_measure("sharpness-alpha"), options["sharpness-alpha"])
+    assert config.upper == 1e-4 and config.search_depth == 14
+    assert resolve_config(get_measure("sharpness-diff"), {"sigma": "1e-3", "mode": "paper"}).sigma == 1e-3
+    with pytest.raises(XlgmError, match="option upper of measure sharpness-alpha: expected a number, got 'high'"):
+        resolve_config(get_measure("sharpness-alpha"), {"upper": "high"})
+
+
 def test_measure_list_shows_options_with_defaults(capsys):
     assert main(["measure", "--list"]) == 0
     out = capsys.readouterr().out

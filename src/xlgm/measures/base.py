@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -449,10 +450,24 @@ def resolve_config(spec: MeasureSpec, config: Any) -> Any:
                 f"unknown option(s) {', '.join(unknown)} for measure {spec.name}; "
                 f"known: {', '.join(sorted(known)) or '(none)'}"
             )
-        return spec.config_cls(**config)
+        return spec.config_cls(**{k: _numeric_option(spec, k, v) for k, v in config.items()})
     raise XlgmError(
         f"config for measure {spec.name} must be a {spec.config_cls.__name__} or a dict, got {type(config).__name__}"
     )
+
+
+def _numeric_option(spec: MeasureSpec, name: str, value: Any) -> Any:
+    """A number written as text (YAML 1.1 reads `1e-4` as a string) becomes the number its field expects; text
+    that is not a number is an error naming the option."""
+    hint = typing.get_type_hints(spec.config_cls).get(name)
+    kinds = set(typing.get_args(hint)) or {hint}
+    if not isinstance(value, str) or not kinds & {int, float}:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise XlgmError(f"option {name} of measure {spec.name}: expected a number, got {value!r}") from None
+    return int(number) if float not in kinds and number.is_integer() else number
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
