@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 import numbers
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
