@@ -150,7 +150,7 @@ def test_fisher_weight_and_lambda_are_exclusive():
         build_config("fisher", lam=0.1, weight=0.001)
     with pytest.raises(XlgmError, match="needs the micro-batch size"):
         build_objective("fisher", weight=0.001)  # w means nothing without B
-    with pytest.raises(XlgmError, match="weight \\(--fisher-weight\\) must be >= 0"):
+    with pytest.raises(XlgmError, match="weight \\(--fisher-weight\\): expected a number >= 0"):
         build_config("fisher", weight=-1.0)
     assert build_config("fisher", weight=0.001).lam is None  # a spec's `weight` validates without a batch size
     assert FisherObjective(FisherConfig()).lam == 0.1  # the library default, unchanged

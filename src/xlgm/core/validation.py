@@ -8,6 +8,7 @@ the same meaning are checked by the same code.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -113,6 +114,41 @@ def non_negative_float(field: str, value: object) -> float:
         f"{field}: expected a number >= 0, got {value!r}",
     )
     return float(value)  # type: ignore[arg-type]
+
+
+def finite_number(field: str, value: object) -> float:
+    """An int or float that is not NaN or infinite (objective options: ρ, λ, η, rates)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    require(ok, f"{field}: expected a finite number, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def non_negative_number(field: str, value: object) -> float:
+    number = finite_number(field, value)
+    require(number >= 0, f"{field}: expected a number >= 0, got {number:g}")
+    return number
+
+
+def rate(field: str, value: object) -> float:
+    """A probability-like rate in [0, 1)."""
+    number = finite_number(field, value)
+    require(0.0 <= number < 1.0, f"{field}: expected a number in [0, 1), got {number:g}")
+    return number
+
+
+def count(field: str, value: object, *, allow_none: bool = False) -> int | None:
+    """An integer >= 1 (a sub-batch size, every-k-steps); a float with an integral value counts as that integer;
+    None where `allow_none` (meaning 'all' or unset)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return positive_int(field, value)
+
+
+def boolean(field: str, value: object) -> bool:
+    require(isinstance(value, bool), f"{field}: expected true or false, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def fraction(field: str, value: object, *, closed_right: bool = False) -> float:

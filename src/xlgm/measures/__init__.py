@@ -25,6 +25,9 @@ mode it was in, whatever happens. Each module holds one idea:
                      DoC, agreement, CKA, embedding distance, retrieval) and pseudo-label sharpness
 """
 
+import sys
+
+from xlgm.core.modules import import_submodules
 from xlgm.measures.base import (
     MeasureContext,
     MeasureResult,
@@ -38,22 +41,10 @@ from xlgm.measures.base import (
 )
 from xlgm.measures.guard import preserved
 from xlgm.measures.params import select_parameters
-
-# Importing the measure modules registers them.
-from xlgm.measures import (  # noqa: F401  isort: skip
-    margin,
-    sharpness_diff,
-    sharpness_alpha,
-    pacbayes,
-    sharpness_avg,
-    sharpness_worst,
-    distance,
-    spectral,
-    seed_variance,
-    label_free,
-)
-from xlgm.measures.curvature import measures as _curvature_measures  # noqa: F401
 from xlgm.measures.seed_variance import parameter_variance_across_seeds
+
+# Importing the package's modules registers their measures: a new measure is one module.
+import_submodules(sys.modules[__name__])
 
 __all__ = [
     "MeasureContext",

@@ -470,18 +470,6 @@ def _numeric_option(spec: MeasureSpec, name: str, value: Any) -> Any:
     return int(number) if float not in kinds and number.is_integer() else number
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Config validation helper: raise XlgmError unless value > 0 (or >= 0)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or (isinstance(value, float) and math.isnan(value)):
-        raise XlgmError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise XlgmError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Computing a measure
 # ---------------------------------------------------------------------------------------------------------

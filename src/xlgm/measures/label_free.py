@@ -43,10 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xlgm.core import validation
 from xlgm.core.types import TextOutputs
 from xlgm.errors import XlgmError
 from xlgm.measures import sharpness_avg, sharpness_diff
-from xlgm.measures.base import MeasureContext, MeasureResult, check_choice, register_measure
+from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.loss import batch_size, logits_of
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class AtcConfig:
     score: str = "max-probability"  # or "negative-entropy" (Garg et al. report both)
 
     def __post_init__(self) -> None:
-        check_choice("score", self.score, ("max-probability", "negative-entropy"))
+        validation.one_of("score", self.score, ("max-probability", "negative-entropy"))
 
 
 def _scores(outputs: TextOutputs, score: str) -> np.ndarray:

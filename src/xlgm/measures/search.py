@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
-from xlgm.measures.base import check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,14 @@ class SearchConfig:
     magnitude_eps: float = 1e-3  # ε of the magnitude-aware variants (the -mag measures only)
 
     def __post_init__(self) -> None:
-        check_positive("target_deviation", self.target_deviation)
-        check_choice("deviation_of", self.deviation_of, ("loss", "error"))
+        validation.positive_float("target_deviation", self.target_deviation)
+        validation.one_of("deviation_of", self.deviation_of, ("loss", "error"))
         if not self.upper > self.lower >= 0:
             raise XlgmError(f"need 0 <= lower < upper, got [{self.lower}, {self.upper}]")
         if self.search_depth < 1:
             raise XlgmError(f"search_depth must be >= 1, got {self.search_depth}")
-        check_positive("tolerance", self.tolerance)
-        check_positive("magnitude_eps", self.magnitude_eps, allow_zero=True)
+        validation.positive_float("tolerance", self.tolerance)
+        validation.non_negative_float("magnitude_eps", self.magnitude_eps)
 
 
 @dataclass(frozen=True)

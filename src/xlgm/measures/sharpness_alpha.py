@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
 from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
     MeasureResult,
-    check_positive,
     mean_and_spread,
     register_measure,
 )
@@ -53,7 +53,7 @@ class SharpnessAlphaConfig(SearchConfig):
         for name in ("ascent_steps", "num_restarts"):
             if getattr(self, name) < 1:
                 raise XlgmError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_positive("step_fraction", self.step_fraction)
+        validation.positive_float("step_fraction", self.step_fraction)
 
 
 def _box_ascent(

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
-from xlgm.measures.base import MeasureContext, MeasureResult, check_positive, mean_and_spread, register_measure
+from xlgm.measures.base import MeasureContext, MeasureResult, mean_and_spread, register_measure
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class SharpnessAvgConfig:
     num_draws: int = 8
 
     def __post_init__(self) -> None:
-        check_positive("rho", self.rho)
+        validation.positive_float("rho", self.rho)
         if self.num_draws < 1:
             raise XlgmError(f"num_draws must be >= 1, got {self.num_draws}")
 

@@ -55,13 +55,12 @@ from dataclasses import dataclass
 
 import torch
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
 from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
     MeasureResult,
-    check_choice,
-    check_positive,
     mean_and_spread,
     register_measure,
 )
@@ -82,11 +81,11 @@ class SharpnessDiffConfig:
     ascent_fraction: float | None = None  # share of examples for the ascent gradient; None: 1.0 / 0.25
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
+        validation.one_of("mode", self.mode, MODES)
         if self.sigma is not None:
-            check_positive("sigma", self.sigma, allow_zero=True)
-        check_positive("step_size", self.step_size, allow_zero=True)
-        check_positive("alpha", self.alpha)
+            validation.non_negative_float("sigma", self.sigma)
+        validation.non_negative_float("step_size", self.step_size)
+        validation.positive_float("alpha", self.alpha)
         if self.num_draws < 1:
             raise XlgmError(f"num_draws must be >= 1, got {self.num_draws}")
         if self.ascent_fraction is not None and not 0.0 < self.ascent_fraction <= 1.0:

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
 from xlgm.measures import params as P
-from xlgm.measures.base import MeasureContext, MeasureResult, check_choice, check_positive, register_measure
+from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class SharpnessWorstConfig:
     random_start: bool = False  # start uniformly in the l∞ ball / on the l2 sphere instead of at v = 0
 
     def __post_init__(self) -> None:
-        check_positive("rho", self.rho)
-        check_choice("norm", self.norm, ("linf", "l2"))
+        validation.positive_float("rho", self.rho)
+        validation.one_of("norm", self.norm, ("linf", "l2"))
         if self.steps < 1:
             raise XlgmError(f"steps must be >= 1, got {self.steps}")
-        check_positive("initial_step", self.initial_step)
+        validation.positive_float("initial_step", self.initial_step)
 
 
 def _project(v: list[torch.Tensor], rho: float, norm: str) -> list[torch.Tensor]:

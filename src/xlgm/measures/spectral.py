@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
-from xlgm.measures.base import MeasureContext, MeasureResult, check_choice, register_measure
+from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
 
 AGGREGATES = ("log_product", "product", "sum")
@@ -28,7 +29,7 @@ class SpectralNormConfig:
     include_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("aggregate", self.aggregate, AGGREGATES)
+        validation.one_of("aggregate", self.aggregate, AGGREGATES)
 
 
 @register_measure(

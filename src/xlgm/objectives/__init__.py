@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from xlgm.core.modules import classes_defined_in, import_submodules
 from xlgm.errors import XlgmError
 from xlgm.objectives.adamw import AdamWConfig, AdamWObjective
 from xlgm.objectives.base import NON_MODEL_KEYS, OPTION_KEY, Objective, StepContext, model_inputs, option
@@ -71,15 +73,13 @@ class ObjectiveSpec:
 # What the training loop tells an objective besides its options (see the module docstring).
 LOOP_FACTS = ("task", "batch_size")
 
-# Every objective, in the order `--help` lists them. A new objective is a module with its class (name,
-# config_class with `option(...)` field metadata for its flags, reference, summary, loop_facts) and one
-# entry here; its name, flags and validation follow from the class.
-OBJECTIVE_CLASSES: tuple[type[Any], ...] = (
-    AdamWObjective,
-    SAMObjective,
-    ASAMObjective,
-    FisherObjective,
-    MVRObjective,
+# Every objective class of this package's modules, in module and definition order (the order `--help` lists
+# them). A new objective is one module with its class (name, config_class with `option(...)` field metadata
+# for its flags, reference, summary, loop_facts, micro_step): its name, flags and validation follow from it.
+OBJECTIVE_CLASSES: tuple[type[Any], ...] = tuple(
+    classes_defined_in(
+        import_submodules(sys.modules[__name__]), "name", "config_class", "reference", "summary", "micro_step"
+    )
 )
 
 

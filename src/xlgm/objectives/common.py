@@ -1,12 +1,10 @@
-"""Helpers shared by the objectives: argument validation (written once), the loss, and mixed precision.
-
-Every objective's options are checked here, so a bad `--rho` and a bad `--fisher-every` fail the same way:
-an `XlgmError` naming the option, the value and what was expected.
-"""
+"""Helpers shared by the objectives: the loss and mixed precision. Their options are checked by
+`xlgm.core.validation` (finite_number, non_negative_number, rate, count, boolean), the validators of every
+other option too, so a bad `--rho` and a bad `--batch-size` fail the same way: one line naming the option, the
+value and what was expected."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -15,56 +13,6 @@ import torch
 from xlgm.core.tensors import cross_entropy as cross_entropy
 from xlgm.core.tensors import logits_of as logits_of
 from xlgm.core.tensors import upcast as upcast
-from xlgm.errors import XlgmError
-
-# ----------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _as_number(option: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise XlgmError(f"{option} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise XlgmError(f"{option} must be a finite number, got {value}")
-    return value
-
-
-def check_nonnegative(option: str, value: Any) -> float:
-    """ρ, λ, η: a finite number >= 0."""
-    value = _as_number(option, value)
-    if value < 0:
-        raise XlgmError(f"{option} must be >= 0, got {value:g}")
-    return value
-
-
-def check_rate(option: str, value: Any) -> float:
-    """A probability-like rate in [0, 1)."""
-    value = _as_number(option, value)
-    if not 0.0 <= value < 1.0:
-        raise XlgmError(f"{option} must be in [0, 1), got {value:g}")
-    return value
-
-
-def check_positive_int(option: str, value: Any, *, allow_none: bool = False) -> int | None:
-    """A count >= 1 (sub-batch size, every-k-steps); None where `allow_none` (meaning 'all' / unset)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise XlgmError(f"{option} must be an integer >= 1, got {value!r}")
-    if value < 1:
-        raise XlgmError(f"{option} must be an integer >= 1, got {value}")
-    return value
-
-
-def check_bool(option: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise XlgmError(f"{option} must be true or false, got {value!r}")
-    return value
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Loss and model plumbing

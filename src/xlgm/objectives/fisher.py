@@ -56,11 +56,10 @@ from typing import Any
 
 import torch
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
 from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
-    check_nonnegative,
-    check_positive_int,
     cross_entropy,
     grad_scale,
     logits_of,
@@ -140,13 +139,13 @@ class FisherConfig:
             )
         if self.weight is None:
             lam = DEFAULT_LAMBDA if self.lam is None else self.lam
-            object.__setattr__(self, "lam", check_nonnegative("lam (--fisher-lambda)", lam))
+            object.__setattr__(self, "lam", validation.non_negative_number("lam (--fisher-lambda)", lam))
         else:
-            object.__setattr__(self, "weight", check_nonnegative("weight (--fisher-weight)", self.weight))
+            object.__setattr__(self, "weight", validation.non_negative_number("weight (--fisher-weight)", self.weight))
         object.__setattr__(
-            self, "sub_batch", check_positive_int("sub_batch (--fisher-sub-batch)", self.sub_batch, allow_none=True)
+            self, "sub_batch", validation.count("sub_batch (--fisher-sub-batch)", self.sub_batch, allow_none=True)
         )
-        object.__setattr__(self, "every", check_positive_int("every (--fisher-every)", self.every))
+        object.__setattr__(self, "every", validation.count("every (--fisher-every)", self.every))
 
     def penalty_weight(self, batch_size: int | None) -> float:
         """λ, the weight on ‖∇CE(ŷ)‖² of the mean loss: `lam`, or the authors' w over the micro-batch size."""
@@ -157,7 +156,7 @@ class FisherConfig:
                 "weight (--fisher-weight) is the authors' w = lam x batch size: the objective needs "
                 "the micro-batch size per device to use it"
             )
-        return self.weight / check_positive_int("batch size (--batch-size)", batch_size)
+        return self.weight / validation.count("batch size (--batch-size)", batch_size)
 
 
 class FisherObjective:

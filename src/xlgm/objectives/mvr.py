@@ -57,12 +57,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
 from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
-    check_nonnegative,
-    check_positive_int,
-    check_rate,
     cross_entropy,
     logits_of,
     upcast,
@@ -111,9 +109,9 @@ class MVRConfig:
 
     def __post_init__(self):
         if self.lam is not None:
-            object.__setattr__(self, "lam", check_nonnegative("lam (--mvr-lambda)", self.lam))
-        object.__setattr__(self, "rate", check_rate("rate (--mvr-rate)", self.rate))
-        object.__setattr__(self, "max_length", check_positive_int("max_length", self.max_length, allow_none=True))
+            object.__setattr__(self, "lam", validation.non_negative_number("lam (--mvr-lambda)", self.lam))
+        object.__setattr__(self, "rate", validation.rate("rate (--mvr-rate)", self.rate))
+        object.__setattr__(self, "max_length", validation.count("max_length", self.max_length, allow_none=True))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise XlgmError(f"seed must be an integer, got {self.seed!r}")
 

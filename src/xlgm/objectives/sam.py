@@ -45,10 +45,9 @@ from typing import Any
 
 import torch
 
+from xlgm.core import validation
 from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
-    check_bool,
-    check_nonnegative,
     cross_entropy,
     grad_scale,
     logits_of,
@@ -162,8 +161,8 @@ class SAMConfig:
     )
 
     def __post_init__(self):
-        object.__setattr__(self, "rho", check_nonnegative("rho (--rho)", self.rho))
-        check_bool("shared_perturbation (--sam-shared-perturbation)", self.shared_perturbation)
+        object.__setattr__(self, "rho", validation.non_negative_number("rho (--rho)", self.rho))
+        validation.boolean("shared_perturbation (--sam-shared-perturbation)", self.shared_perturbation)
 
 
 @dataclass(frozen=True)
@@ -174,9 +173,9 @@ class ASAMConfig:
     shared_perturbation: bool = field(default=False, metadata=option("--sam-shared-perturbation"))
 
     def __post_init__(self):
-        object.__setattr__(self, "rho", check_nonnegative("rho (--rho)", self.rho))
-        object.__setattr__(self, "eta", check_nonnegative("eta (--asam-eta)", self.eta))
-        check_bool("shared_perturbation (--sam-shared-perturbation)", self.shared_perturbation)
+        object.__setattr__(self, "rho", validation.non_negative_number("rho (--rho)", self.rho))
+        object.__setattr__(self, "eta", validation.non_negative_number("eta (--asam-eta)", self.eta))
+        validation.boolean("shared_perturbation (--sam-shared-perturbation)", self.shared_perturbation)
 
 
 # ----------------------------------------------------------------------------------------------------------

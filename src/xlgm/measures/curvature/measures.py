@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from xlgm.core import validation
 from xlgm.errors import XlgmError
-from xlgm.measures.base import MeasureContext, MeasureResult, check_choice, mean_and_spread, register_measure
+from xlgm.measures.base import MeasureContext, MeasureResult, mean_and_spread, register_measure
 from xlgm.measures.curvature.algorithms import hutchinson, hutchpp, lanczos, power_iteration
 from xlgm.measures.curvature.operators import FisherOperator, HessianOperator
 from xlgm.measures.loss import labels_of, logits_of, single_examples, sparse_embedding_gradients, upcast
@@ -37,7 +38,7 @@ class HessianTopEigConfig:
     tol: float = 1e-3  # Lanczos: relative residual; power: relative change of the Rayleigh quotient
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, ("lanczos", "power"))
+        validation.one_of("method", self.method, ("lanczos", "power"))
         _check_count("k", self.k)
         _check_count("max_iters", self.max_iters)
         if not self.tol > 0:
@@ -112,7 +113,7 @@ class HessianTraceConfig:
     num_matvecs: int = 30  # operator applications (Hutchinson: = probes)
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, ("hutchinson", "hutchpp"))
+        validation.one_of("method", self.method, ("hutchinson", "hutchpp"))
         _check_count("num_matvecs", self.num_matvecs, 3 if self.method == "hutchpp" else 1)
 
 
@@ -168,8 +169,8 @@ class FisherTraceConfig:
     num_matvecs: int = 30  # for the estimators
 
     def __post_init__(self) -> None:
-        check_choice("fisher", self.fisher, ("empirical", "true"))
-        check_choice("method", self.method, ("exact", "hutchinson", "hutchpp"))
+        validation.one_of("fisher", self.fisher, ("empirical", "true"))
+        validation.one_of("method", self.method, ("exact", "hutchinson", "hutchpp"))
         _check_count("num_matvecs", self.num_matvecs, 3 if self.method == "hutchpp" else 1)
 
 

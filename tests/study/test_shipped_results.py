@@ -1,0 +1,34 @@
+"""The shipped results of the CPU study (results/xnli-e5-cpu/) are what `xlgm study analyze` computes from the
+shipped study.sqlite and spec.yaml: every analysis table, value for value."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xlgm.study.analyze import analyze_study
+
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "xnli-e5-cpu"
+TABLES = ("verdict", "health", "frame", "correlations", "granulated", "cmi", "top", "groups", "group_correlations")
+
+
+def test_shipped_analysis_tables_are_recomputed_from_the_shipped_database(tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for name in ("study.sqlite", "spec.yaml"):
+        shutil.copy(RESULTS / name, folder / name)
+    analyze_study(folder, echo=False)
+    shipped = sorted(p.stem for p in (RESULTS / "analysis").glob("*.csv"))
+    assert set(TABLES) <= set(shipped)
+    for name in shipped:
+        expected = pd.read_csv(RESULTS / "analysis" / f"{name}.csv")
+        computed = pd.read_csv(folder / "analysis" / f"{name}.csv")
+        pd.testing.assert_frame_equal(computed, expected, check_exact=False, rtol=1e-9, atol=1e-12, obj=name)
+
+
+@pytest.mark.parametrize("name", ["report.html", "report.md", "README.md"])
+def test_the_shipped_report_and_readme_are_there(name):
+    assert (RESULTS / name).stat().st_size > 1000
