@@ -166,7 +166,7 @@ def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str],
         if not todo or any(train_unit_id(c.run_id) not in done for c in members):
             continue
         best = [next(c for c in db.checkpoints_of(m.run_id) if c["is_best"]) for m in members]
-        states = [read_safetensors(db.resolve_path(c["path"]) / WEIGHTS) for c in best]
+        states = [read_safetensors(Path(db.resolve_path(c["path"]) or c["path"]) / WEIGHTS) for c in best]
         for name in todo:
             start = time.perf_counter()
             result = compute_group_measure(name, states, param_filter=spec.measures.params).to_dict()
