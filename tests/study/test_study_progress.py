@@ -14,7 +14,14 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from xlgm.measures.base import compute_measure
-from xlgm.study.runner import expected_checkpoint_steps, run_study, training_rows
+from xlgm.study.runner import (
+    WorkClock,
+    eta_text,
+    expected_checkpoint_steps,
+    run_study,
+    training_rows,
+    unit_cost_key,
+)
 from xlgm.study.spec import load_spec
 
 
@@ -51,6 +58,29 @@ def test_the_study_bar_total_is_set_once_before_the_first_unit(tiny_spec_path, t
     [bar] = [b for b in recording_bars if str(b.desc).startswith("study tiny")]
     assert bar.totals == [UNITS]  # never changed after the start
     assert bar.n == UNITS and result.units_planned == result.units_done == result.units_total == UNITS
+
+
+def test_the_eta_weighs_each_unit_by_the_finished_units_like_it():
+    objectives = {"r1": "adamw", "r2": "sam", "r3": "sam"}
+    clock = WorkClock(
+        objectives,
+        {"train/r1": 100.0, "train/r2": 300.0, "eval/x/r1/step-000002/de": 2.0, "measure/r1/step-000002/margin/k": 1.0},
+    )
+    assert unit_cost_key("measure/r1/step-000002/hessian-trace/abcd1234", objectives) == ("measure", "hessian-trace")
+    assert unit_cost_key("train/r3", objectives) == ("train", "sam")
+    # a sam training as the finished sam one, two evaluations, a margin as the margin, a new measure as measures
+    todo = ["train/r3", "eval/x/r3/step-000002/de", "eval/x/r3/step-000002/en", "measure/r3/s/margin/k"]
+    assert clock.remaining(todo) == (300.0 + 2 * 2.0 + 1.0, True)
+    clock.add("measure/r1/step-000002/hessian-trace/k", 41.0)
+    assert clock.remaining(["measure/r3/s/hessian-trace/k", "measure/r3/s/pacbayes-flatness/k"]) == (41.0 + 21.0, True)
+    assert clock.remaining(["group/g/parameter-variance-across-seeds"]) == (0.0, False)  # no group finished yet
+    assert eta_text(3 * 3600 + 7 * 60, True) == "eta 3h07m" and eta_text(50, False) == "eta >1m"
+
+
+def test_the_study_bar_shows_the_weighted_eta(tiny_spec_path, tmp_path, recording_bars):
+    run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=True)
+    [bar] = [b for b in recording_bars if str(b.desc).startswith("study tiny")]
+    assert bar.postfix == "eta 0m" and "{postfix}" in bar.bar_format and "remaining" not in bar.bar_format
 
 
 def test_a_wrong_expectation_closes_the_bar_at_the_real_total(tiny_spec_path, tmp_path, recording_bars, monkeypatch):
