@@ -321,7 +321,7 @@ def test_the_study_runs_on_the_gpu(tiny_spec_path, tmp_path, monkeypatch):
         return batches
 
     monkeypatch.setattr(runner, "_load", spy_load)
-    monkeypatch.setattr(measure_recipe, "build_batches", spy_build)
+    monkeypatch.setattr(runner, "build_batches", spy_build)
     result = run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=False, device="cuda")
     assert result.units_done == UNITS and seen and set(seen) == {"cuda"}
 
@@ -329,7 +329,7 @@ def test_the_study_runs_on_the_gpu(tiny_spec_path, tmp_path, monkeypatch):
 def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_path, tmp_path, monkeypatch):
     """A run folder whose training has no done-mark is handed to `train(..., resume=True)` and stays where it
     is; a folder that cannot be resumed is moved aside and the run is trained from the start."""
-    import xlgm.recipes.train as train_module
+    import xlgm.study.runner as runner
 
     out = tmp_path / "study"
     shutil.copytree(tiny_study, out)
@@ -339,13 +339,13 @@ def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_
         db.forget_units([f"train/{config.run_id}"])
     run_dir = out / "runs" / config.run_id
     calls = []
-    real_train = train_module.train
+    real_train = runner.train
 
     def recording_train(cfg, path, *args, **kwargs):
         calls.append((cfg.run_id, kwargs.get("resume", False)))
         return real_train(cfg, path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train", recording_train)
+    monkeypatch.setattr(runner, "train", recording_train)
     run_study(spec, out, show_progress=False)
     # the finished run's folder answers `resume` with "finished": nothing retrained, nothing moved aside
     assert calls == [(config.run_id, True)]

@@ -38,8 +38,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from xlgm.analysis import (
+    MEAN_TARGET,
+    add_targets,
+    build_frame,
+    cmi_table,
+    correlation_table,
+    flatten_configs,
+    granulated_table,
+    top_correlations,
+)
+from xlgm.analysis.health import measure_health
+from xlgm.analysis.multiple import adjust_table
+from xlgm.analysis.report_table import prepare_frame
+from xlgm.analysis.verdict import VERDICT_TARGETS, verdict_table
 from xlgm.core.files import write_json
 from xlgm.errors import XlgmError
+from xlgm.measures.base import get_measure, resolve_config
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
 from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
@@ -95,7 +110,6 @@ def _in(values: list[str]) -> str:
 
 def load_study(spec: StudySpec, out: Path) -> StudyData:
     """The spec's rows from OUT/study.sqlite as an analysis frame (targets added), with the axes chosen."""
-    from xlgm.analysis import add_targets, build_frame, flatten_configs
 
     run_ids = [c.run_id for c in spec.run_configs()]
     notes: list[str] = []
@@ -183,7 +197,6 @@ def auto_axes(runs: pd.DataFrame) -> list[str]:
 
 def measure_directions(names: list[str]) -> dict[str, tuple[int | None, str]]:
     """measure -> (expected sign vs accuracy, citation) as registered; (None, "") for an unregistered name."""
-    from xlgm.measures.base import get_measure
 
     out = {}
     for name in names:
@@ -214,10 +227,6 @@ def measure_rows(data: StudyData) -> pd.DataFrame:
 
 def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     """verdict, health, correlations, granulated, cmi and top tables (granulated/cmi are empty without axes)."""
-    from xlgm.analysis import MEAN_TARGET, cmi_table, correlation_table, granulated_table, top_correlations
-    from xlgm.analysis.health import measure_health
-    from xlgm.analysis.multiple import adjust_table
-    from xlgm.analysis.verdict import VERDICT_TARGETS, verdict_table
 
     spec, a = data.spec, data.spec.analysis
     if not data.measures:
@@ -335,7 +344,6 @@ def _base_frame(data: StudyData) -> pd.DataFrame:
 
 def unit_frame(data: StudyData) -> pd.DataFrame:
     """The rows correlated over (checkpoints, or one per run), with the targets."""
-    from xlgm.analysis.report_table import prepare_frame
 
     a = data.spec.analysis
     return prepare_frame(
@@ -413,8 +421,6 @@ def study_settings(data: StudyData) -> dict[str, Any]:
     from importlib import metadata
 
     import yaml
-
-    from xlgm.measures.base import get_measure, resolve_config
 
     spec = data.spec
     measures = {}

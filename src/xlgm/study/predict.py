@@ -39,11 +39,16 @@ from xlgm.analysis.predict import (
     derive_features,
     summarize,
 )
+from xlgm.core.devices import resolve_device
 from xlgm.core.types import TextOutputs
+from xlgm.data.batching import tokenize_examples
+from xlgm.data.tasks import get_task
+from xlgm.data.tsv import read_tsv
 from xlgm.errors import XlgmError
 from xlgm.measures.base import compute_output_measure
+from xlgm.recipes.evaluate import predict_outputs
 from xlgm.study.db import StudyDB
-from xlgm.study.runner import DB_NAME, eval_data_label, outputs_path, train_unit_id
+from xlgm.study.runner import DB_NAME, _load, eval_data_label, outputs_path, train_unit_id
 from xlgm.study.spec import StudySpec
 
 OUTPUT_MEASURES = ("confidence-margin", "prediction-entropy", "atc-accuracy", "doc-accuracy")
@@ -264,12 +269,6 @@ def predict_text(
     With `parallel`, row i of the file must be the translation of row i of the study's source evaluation
     rows; otherwise only the features that need no parallel text are used. The checkpoints run on `device`
     (default: resolve_device("auto")) under autocast `precision` (a resolved one: no, fp16, bf16)."""
-    from xlgm.core.devices import resolve_device
-    from xlgm.data.batching import tokenize_examples
-    from xlgm.data.tasks import get_task
-    from xlgm.data.tsv import read_tsv
-    from xlgm.recipes.evaluate import predict_outputs
-    from xlgm.study.runner import _load
 
     task = get_task(spec.task)
     rows = read_tsv(text_file, task, labelled=False)

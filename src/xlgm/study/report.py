@@ -36,8 +36,11 @@ import numpy as np
 import pandas as pd
 
 from xlgm.analysis import acc_column
+from xlgm.analysis.frame import select_unit
 from xlgm.analysis.intervals import wilson_interval
+from xlgm.analysis.report_table import top_correlations
 from xlgm.core.files import write_text
+from xlgm.data.tasks import get_task
 from xlgm.errors import XlgmError
 from xlgm.study.analyze import (
     StudyData,
@@ -290,7 +293,6 @@ def run_records(data: StudyData) -> dict[str, dict]:
 
 
 def _num_labels(data: StudyData) -> int:
-    from xlgm.data.tasks import get_task
 
     return get_task(data.spec.task).num_labels
 
@@ -555,7 +557,6 @@ def accuracy_table(
 
 def _per_run(data: StudyData) -> pd.DataFrame:
     """One checkpoint per run (the analysis' run_reduce; `last` when the best checkpoint was not measured)."""
-    from xlgm.analysis.frame import select_unit
 
     base = data.frame
     try:
@@ -1334,7 +1335,6 @@ def build_report(
     page.table(correlation_detail(corr), "correlations")
 
     page.heading("Strongest correlations")
-    from xlgm.analysis.report_table import top_correlations
 
     top = top_correlations(corr, spec.analysis.top)
     page.paragraph(

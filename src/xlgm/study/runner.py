@@ -44,8 +44,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from xlgm.core.devices import resolve_device, resolve_precision
+from xlgm.core.files import read_safetensors
+from xlgm.data.batching import tokenize_examples
+from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.tasks import get_task
 from xlgm.errors import XlgmError
+from xlgm.measures.base import compute_group_measure, compute_measure, get_measure, list_measures
+from xlgm.models.load import load_target
+from xlgm.recipes.evaluate import predict_outputs
+from xlgm.recipes.measure import build_batches, initial_state, measure_progress
+from xlgm.recipes.train import freeze_parameters, split_train_select, train
 from xlgm.results import config_hash
+from xlgm.runs import CONFIG, INDEX, INIT, INIT_HEAD, META, WEIGHTS, ResolvedTarget, RunDir, read_json
 from xlgm.study.db import RUNS_FOLDER, StudyDB
 from xlgm.study.lock import study_lock
 from xlgm.study.spec import StudySpec
@@ -141,7 +152,6 @@ def seed_groups(configs) -> dict[str, list]:
 
 
 def group_measure_names() -> list[str]:
-    from xlgm.measures.base import list_measures
 
     return list_measures("group")
 
@@ -157,9 +167,6 @@ def planned_group_units(configs) -> list[str]:
 def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str], emit) -> None:
     """The group measures of every group of seeds whose runs are all trained, at each run's best checkpoint
     (the model the study picks from the run); the same trained parameters the checkpoints hold."""
-    from xlgm.core.files import read_safetensors
-    from xlgm.measures.base import compute_group_measure
-    from xlgm.runs import WEIGHTS
 
     for group, members in seed_groups(configs).items():
         todo = [m for m in group_measure_names() if group_unit_id(group, m) not in done]
@@ -211,9 +218,6 @@ def expected_checkpoints(config, num_train: int) -> list[dict[str, Any]]:
 
 def training_rows(config, cache: dict | None = None) -> int:
     """How many rows `train` trains on (after holding out the selection rows), read as `train` reads them."""
-    from xlgm.data.loading import load_examples
-    from xlgm.data.tasks import get_task
-    from xlgm.recipes.train import split_train_select
 
     key = (
         config.task,
@@ -289,7 +293,6 @@ def safetensors_problem(path: Path) -> str | None:
 
 
 def json_problem(path: Path) -> str | None:
-    from xlgm.runs import read_json
 
     try:
         read_json(path)
@@ -302,7 +305,6 @@ def json_problem(path: Path) -> str | None:
 
 def run_problem(run_dir: Path, checkpoint_names: Sequence[str]) -> str | None:
     """What is wrong with a trained run's files (its own files and the named checkpoints), or None."""
-    from xlgm.runs import CONFIG, INDEX, INIT, INIT_HEAD, META, WEIGHTS, read_json
 
     if not run_dir.is_dir():
         return f"{run_dir}: missing"
@@ -415,7 +417,6 @@ class RunTask:
 
 def _checkpoint_rows(task: RunTask) -> list[dict[str, Any]]:
     """The run's checkpoints as database rows (paths relative to the study folder)."""
-    from xlgm.runs import RunDir
 
     run_id = task.config.run_id
     index = RunDir(task.run_dir).index
@@ -436,10 +437,6 @@ def _checkpoint_rows(task: RunTask) -> list[dict[str, Any]]:
 
 def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
     """Do the unfinished units of one run, handing each finished unit's rows to `emit` as soon as it is done."""
-    from xlgm.core.devices import resolve_device
-    from xlgm.data.loading import DataSource
-    from xlgm.data.tasks import get_task
-    from xlgm.recipes.train import train
 
     spec, config, done = task.spec, task.config, task.done
     run_id, run_dir = config.run_id, task.run_dir
@@ -500,9 +497,6 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
 
 
 def _load(config, run_dir: Path, checkpoint: Path, task_def, device):
-    from xlgm.models.load import load_target
-    from xlgm.recipes.train import freeze_parameters
-    from xlgm.runs import ResolvedTarget
 
     target = ResolvedTarget(config.model, run_dir, checkpoint)
     model, tokenizer = load_target(target, task_def.num_labels, task_def.label_names)
@@ -516,11 +510,6 @@ def _evaluate(
     """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
     kept on disk (before the unit is marked done) for the label-free measures."""
     from dataclasses import replace
-
-    from xlgm.core.devices import resolve_precision
-    from xlgm.data.batching import tokenize_examples
-    from xlgm.data.loading import load_examples
-    from xlgm.recipes.evaluate import predict_outputs
 
     spec = task.spec
     ev, pred = spec.evaluation, spec.prediction
@@ -576,9 +565,6 @@ def _evaluate(
 def _measure(
     task: RunTask, model, tokenizer, task_def, source, ckpt: dict, checkpoint: Path, measures, device, init_cache, emit
 ) -> None:
-    from xlgm.measures.base import compute_measure, get_measure
-    from xlgm.recipes.measure import build_batches, initial_state, measure_progress
-    from xlgm.runs import ResolvedTarget
 
     spec = task.spec
     data = spec.measure_data()
@@ -648,8 +634,6 @@ def ray_run_point(task: RunTask) -> list[dict[str, Any]]:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if task.spec.task_file:  # a worker process knows a file task only once it has read the file
-        from xlgm.data.tasks import get_task
-
         get_task(task.spec.task_file)
     gpu_ids: list[Any] = []
     try:
@@ -809,7 +793,6 @@ def unit_plans(spec: StudySpec, db: StudyDB, configs, done: set[str]) -> dict[st
 def check_device(device: str, executor: str) -> str:
     """The device choice as tasks get it: resolved here for the local executor (a missing GPU fails at once);
     Ray tasks resolve it on their worker."""
-    from xlgm.core.devices import resolve_device
 
     if executor == "local":
         return str(resolve_device(device))
@@ -877,8 +860,6 @@ def _check_data(spec: StudySpec) -> None:
     """Read every evaluation file before training anything: a missing or malformed file fails in seconds."""
     if spec.data.kind == "hf":
         return  # loading the Hub data here would download it twice as often; the loaders report errors
-    from xlgm.data.loading import DataSource, load_examples
-    from xlgm.data.tasks import get_task
 
     task = get_task(spec.task)
     source = DataSource(spec.data.kind, spec.data.dir)

@@ -47,9 +47,15 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from xlgm.analysis.predict import FEATURES
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES
+from xlgm.data.tasks import get_task, is_task_file
 from xlgm.errors import XlgmError
+from xlgm.measures.base import get_measure, resolve_config
+from xlgm.objectives import OBJECTIVES, build_config, config_fields
+from xlgm.recipes.measure import MeasureData
+from xlgm.recipes.train import TrainConfig
 from xlgm.results import config_hash
 
 TOP_KEYS = (
@@ -268,7 +274,6 @@ class StudySpec:
 
     def run_configs(self):
         """The grid expanded: one TrainConfig per (entry point, seed), duplicates removed, in spec order."""
-        from xlgm.recipes.train import TrainConfig
 
         configs, seen = [], set()
         for entry in self.grid:
@@ -348,7 +353,6 @@ class StudySpec:
 
     def measure_data(self):
         """The `MeasureData` the measures see."""
-        from xlgm.recipes.measure import MeasureData
 
         d = self.measures.data
         return MeasureData(
@@ -549,7 +553,6 @@ class _Parser:
 
     def task(self, value: Any):
         """A task name or a task file (relative to the spec) -> (the task, its file's absolute path or None)."""
-        from xlgm.data.tasks import get_task, is_task_file
 
         ref = self.string("task", value)
         path = None
@@ -581,7 +584,6 @@ class _Parser:
         return DataSpec("local", str(path))
 
     def _train_fields(self) -> dict[str, str]:
-        from xlgm.recipes.train import TrainConfig
 
         return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
@@ -623,7 +625,6 @@ class _Parser:
         )
 
     def grid(self, value: Any) -> list[GridEntry]:
-        from xlgm.objectives import OBJECTIVES, config_fields
 
         if not isinstance(value, list) or not value:
             raise self.fail("grid", "expected a non-empty list of entries like {objective: sam, rho: [0.02, 0.05]}")
@@ -681,7 +682,6 @@ class _Parser:
         )
 
     def measures(self, value: Any, task, source_language: str) -> MeasuresSpec:
-        from xlgm.measures.base import get_measure, resolve_config
 
         if value is None:
             value = {"names": []}
@@ -769,7 +769,6 @@ class _Parser:
         )
 
     def prediction(self, value: Any) -> PredictionSpec:
-        from xlgm.analysis.predict import FEATURES
 
         m = self.mapping(
             "prediction", value, ("enabled", "parallel", "embedding_layer", "embedding_rows", "features", "alphas")
@@ -800,7 +799,6 @@ class _Parser:
 
     def check_runs(self, spec: StudySpec) -> None:
         """Build every TrainConfig and objective config now, so a bad value fails before any training."""
-        from xlgm.objectives import build_config
 
         for i, entry in enumerate(spec.grid):
             for options, overrides in entry.points():
@@ -809,8 +807,6 @@ class _Parser:
                 except (XlgmError, TypeError, ValueError) as err:
                     raise self.fail(f"grid[{i}]", str(err)) from None
                 try:
-                    from xlgm.recipes.train import TrainConfig
-
                     TrainConfig(
                         model=spec.model,
                         task=spec.task,
