@@ -7,8 +7,9 @@ bf16/fp16 matrix products, float32 logits). Batches go to whichever device the m
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,23 +154,44 @@ def evaluate_languages(
     show_progress: bool = True,
     examples: dict[str, list[Example]] | None = None,
     precision: str = "no",
+    embeddings: bool = False,
+    layer: int = -1,
+    on_language: Callable[[str, TextOutputs, float, float], None] | None = None,
+    desc: str = "evaluate",
+    leave: bool = True,
 ) -> dict:
-    """Accuracy per language, the mean over target languages and each language's gap to the source.
+    """The evaluation stage on one loaded model: accuracy per language, the mean over target languages and each
+    language's gap to the source.
 
     `examples` (language -> rows) skips reading the files again when the caller already has them;
-    `precision` (no, fp16, bf16) is the autocast of the forward passes.
+    `precision` (no, fp16, bf16) is the autocast of the forward passes. `on_language(language, outputs, seconds,
+    accuracy)` is called as each language finishes, with its logits (and, with `embeddings`, its sentence
+    embeddings at `layer`): a study keeps them and records each language as it is done.
     """
     per_language = examples or load_languages(task, languages, source, split, max_examples)
     total = sum(len(rows) for rows in per_language.values())
     results: dict[str, dict] = {}
     start = time.perf_counter()
-    with tqdm(total=total, desc="evaluate", unit="ex", disable=not show_progress) as bar:
+    with tqdm(total=total, desc=desc, unit="ex", leave=leave, disable=not show_progress) as bar:
         for lang, rows in per_language.items():
             bar.set_postfix_str(lang)
+            began = time.perf_counter()
             data = tokenize_examples(tokenizer, rows, max_length)
-            logits = predict_logits(model, tokenizer, data, batch_size, bar, precision)
-            acc = float((logits.argmax(-1) == np.asarray(data.labels)).mean())
+            outputs = predict_outputs(
+                model,
+                tokenizer,
+                data,
+                batch_size,
+                bar,
+                embeddings=embeddings,
+                layer=layer,
+                language=lang,
+                precision=precision,
+            )
+            acc = float((outputs.logits.argmax(-1) == np.asarray(data.labels)).mean()) if len(data) else math.nan
             results[lang] = {"accuracy": acc, "num_examples": len(rows)}
+            if on_language is not None:
+                on_language(lang, outputs, time.perf_counter() - began, acc)
     seconds = time.perf_counter() - start
     summary = summarize(results, task.source_language)
     return {

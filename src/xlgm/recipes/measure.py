@@ -29,7 +29,7 @@ from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
 from xlgm.data.tasks import Task, check_task
 from xlgm.errors import XlgmError
-from xlgm.measures.base import compute_measure, get_measure, list_measures, resolve_config
+from xlgm.measures.base import MeasureResult, compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
 from xlgm.recipes.evaluate import SPLITS, model_device
 from xlgm.results import ResultsDB
@@ -165,6 +165,40 @@ def measure_progress(name: str, show: bool = True) -> Iterator[Callable[[int, in
             bar.close()
 
 
+def compute_measures(
+    model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    measures: Sequence[tuple[str, Any]],
+    params: Any,
+    seed: int,
+    *,
+    init_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+    precision: str = "no",
+    bar: tqdm | None = None,
+    label: str = "",
+    show_progress: bool = True,
+) -> Iterator[tuple[str, MeasureResult, float]]:
+    """The measure stage on one loaded model: each (name, options) of `measures` computed on `batches` in order,
+    yielding (name, result, seconds) as each finishes. `init_state` gives the run's initial weights; it is called
+    only for a measure that needs them (callers cache it across a run's checkpoints). `bar` shows `label + name`
+    while a measure runs and moves on once the caller has taken its result."""
+    device = model_device(model)
+    for name, options in measures:
+        if bar is not None:
+            bar.set_postfix_str(f"{label}{name}")
+        inputs = {}
+        if "init_state" in get_measure(name).inputs:
+            if init_state is None:
+                raise XlgmError(f"{name} needs the initial weights: measure a run or a checkpoint of one")
+            inputs["init_state"] = init_state()
+        start = time.perf_counter()
+        with autocast(precision, device), measure_progress(name, show_progress) as steps:
+            result = compute_measure(name, model, batches, options, params, seed, progress=steps, **inputs)
+        yield name, result, time.perf_counter() - start
+        if bar is not None:
+            bar.update(1)
+
+
 def build_batches(
     tokenizer, task: Task, data: MeasureData, source: DataSource, device: torch.device
 ) -> list[dict[str, torch.Tensor]]:
@@ -184,6 +218,21 @@ def initial_state(target: ResolvedTarget, task: Task, names: Sequence[str]) -> d
     load_initial_into(model, target.run_dir)
     params = dict(model.named_parameters())
     return {n: params[n].detach().clone() for n in names}
+
+
+def cached_initial_state(
+    cache: dict, key: Any, target: ResolvedTarget, task: Task, model: torch.nn.Module
+) -> Callable[[], dict[str, torch.Tensor]]:
+    """A `compute_measures(init_state=...)` callable: the run's initial weights of the model's trained
+    parameters, read once per `key` (a run) into `cache`."""
+
+    def get() -> dict[str, torch.Tensor]:
+        if key not in cache:
+            trained = [n for n, p in model.named_parameters() if p.requires_grad]
+            cache[key] = initial_state(target, task, trained)
+        return cache[key]
+
+    return get
 
 
 def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
@@ -235,22 +284,21 @@ def measure_checkpoints(
         if bar is None:
             bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
         checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
-        for name in measures:
-            bar.set_postfix_str(f"{target.label}: {name}")
-            inputs = {}
-            if "init_state" in get_measure(name).inputs:
-                if target.run_dir is None:
-                    raise XlgmError(f"{name} needs the initial weights: measure a run or a checkpoint of one")
-                if target.run_dir not in init_cache:
-                    trained = [n for n, p in model.named_parameters() if p.requires_grad]
-                    init_cache[target.run_dir] = initial_state(target, task, trained)
-                inputs["init_state"] = init_cache[target.run_dir]
-            start = time.perf_counter()
-            with autocast(precision, device), measure_progress(name, show_progress) as steps:
-                result = compute_measure(
-                    name, model, batches, options.get(name), param_filter, seed, progress=steps, **inputs
-                )
-            seconds = time.perf_counter() - start
+        run_initial = None
+        if target.run_dir is not None:
+            run_initial = cached_initial_state(init_cache, target.run_dir, target, task, model)
+        for name, result, seconds in compute_measures(
+            model,
+            batches,
+            [(name, options.get(name)) for name in measures],
+            param_filter,
+            seed,
+            init_state=run_initial,
+            precision=precision,
+            bar=bar,
+            label=f"{target.label}: ",
+            show_progress=show_progress,
+        ):
             record = {
                 "checkpoint_id": checkpoint_id,
                 "checkpoint": str(target.checkpoint or target.model),
@@ -273,7 +321,6 @@ def measure_checkpoints(
                     seconds,
                     result.to_dict(),
                 )
-            bar.update(1)
         del model
     if bar is not None:
         bar.close()

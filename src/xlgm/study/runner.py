@@ -38,7 +38,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,13 @@ from tqdm.auto import tqdm
 
 from xlgm.core.devices import resolve_device, resolve_precision
 from xlgm.core.files import read_safetensors
-from xlgm.data.batching import tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import get_task
 from xlgm.errors import XlgmError
-from xlgm.measures.base import compute_group_measure, compute_measure, get_measure, list_measures
+from xlgm.measures.base import compute_group_measure, list_measures
 from xlgm.models.load import load_target
-from xlgm.recipes.evaluate import predict_outputs
-from xlgm.recipes.measure import build_batches, initial_state, measure_progress
+from xlgm.recipes.evaluate import evaluate_languages
+from xlgm.recipes.measure import build_batches, cached_initial_state, compute_measures
 from xlgm.recipes.train import freeze_parameters, split_train_select, train
 from xlgm.results import config_hash
 from xlgm.runs import CONFIG, INDEX, INIT, INIT_HEAD, META, WEIGHTS, ResolvedTarget, RunDir, read_json
@@ -509,57 +508,52 @@ def _evaluate(
 ) -> None:
     """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
     kept on disk (before the unit is marked done) for the label-free measures."""
-    from dataclasses import replace
-
     spec = task.spec
     ev, pred = spec.evaluation, spec.prediction
     checkpoint_id = ckpt["checkpoint_id"]
     keep = pred.enabled
     embed = keep and pred.embedding_rows > 0
-    precision = resolve_precision(ev.mixed_precision, device)
     rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
-    with tqdm(
-        total=sum(len(r) for r in rows.values()),
+
+    def record(lang: str, outputs, seconds: float, accuracy: float) -> None:
+        if keep:
+            if embed:
+                outputs = replace(outputs, embeddings=outputs.embeddings[: pred.embedding_rows])
+            outputs.save(outputs_path(spec, task.run_dir, ckpt["name"], lang))
+        emit(
+            {
+                "kind": "eval",
+                "unit_id": eval_unit_id(spec, checkpoint_id, lang),
+                "run_id": task.config.run_id,
+                "checkpoint_id": checkpoint_id,
+                "task": spec.task,
+                "language": lang,
+                "split": ev.split,
+                "data": eval_data_label(spec),
+                "num_examples": len(rows[lang]),
+                "accuracy": accuracy,
+                "seconds": seconds,
+            }
+        )
+
+    evaluate_languages(
+        model,
+        tokenizer,
+        task_def,
+        languages,
+        source,
+        split=ev.split,
+        max_length=spec.eval_max_length(),
+        batch_size=ev.batch_size,
+        show_progress=task.show_progress,
+        examples=rows,
+        precision=resolve_precision(ev.mixed_precision, device),
+        embeddings=embed,
+        layer=pred.embedding_layer,
+        on_language=record,
         desc=f"evaluate {checkpoint_id}",
-        unit="ex",
         leave=False,
-        disable=not task.show_progress,
-    ) as bar:
-        for lang in languages:
-            bar.set_postfix_str(lang)
-            start = time.perf_counter()
-            data = tokenize_examples(tokenizer, rows[lang], spec.eval_max_length())
-            outputs = predict_outputs(
-                model,
-                tokenizer,
-                data,
-                ev.batch_size,
-                bar,
-                embeddings=embed,
-                layer=pred.embedding_layer,
-                language=lang,
-                precision=precision,
-            )
-            accuracy = outputs.accuracy if len(data) else float("nan")
-            if keep:
-                if embed:
-                    outputs = replace(outputs, embeddings=outputs.embeddings[: pred.embedding_rows])
-                outputs.save(outputs_path(spec, task.run_dir, ckpt["name"], lang))
-            emit(
-                {
-                    "kind": "eval",
-                    "unit_id": eval_unit_id(spec, checkpoint_id, lang),
-                    "run_id": task.config.run_id,
-                    "checkpoint_id": checkpoint_id,
-                    "task": spec.task,
-                    "language": lang,
-                    "split": ev.split,
-                    "data": eval_data_label(spec),
-                    "num_examples": len(rows[lang]),
-                    "accuracy": accuracy,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+    )
 
 
 def _measure(
@@ -577,45 +571,35 @@ def _measure(
         leave=False,
         disable=not task.show_progress,
     ) as bar:
-        for item in measures:
-            bar.set_postfix_str(item.name)
-            inputs = {}
-            if "init_state" in get_measure(item.name).inputs:
-                if run_id not in init_cache:
-                    trained = [n for n, p in model.named_parameters() if p.requires_grad]
-                    target = ResolvedTarget(task.config.model, task.run_dir, checkpoint)
-                    init_cache[run_id] = initial_state(target, task_def, trained)
-                inputs["init_state"] = init_cache[run_id]
-            start = time.perf_counter()
-            with measure_progress(item.name, task.show_progress) as steps:
-                result = compute_measure(
-                    item.name,
-                    model,
-                    batches,
-                    item.options_dict,
-                    spec.measures.params,
-                    spec.measures.seed,
-                    progress=steps,
-                    **inputs,
-                )
+        items = {item.name: item for item in measures}
+        target = ResolvedTarget(task.config.model, task.run_dir, checkpoint)
+        for name, result, seconds in compute_measures(
+            model,
+            batches,
+            [(item.name, item.options_dict) for item in measures],
+            spec.measures.params,
+            spec.measures.seed,
+            init_state=cached_initial_state(init_cache, run_id, target, task_def, model),
+            bar=bar,
+            show_progress=task.show_progress,
+        ):
             record = result.to_dict()
             emit(
                 {
                     "kind": "measure",
-                    "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], item),
+                    "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], items[name]),
                     "run_id": run_id,
                     "checkpoint_id": ckpt["checkpoint_id"],
-                    "measure": item.name,
-                    "config": spec.measure_config(item),
+                    "measure": name,
+                    "config": spec.measure_config(items[name]),
                     "data": data.key,
                     "value": record["value"],
                     "spread": record["spread"],
                     "num_samples": record["num_samples"],
-                    "seconds": time.perf_counter() - start,
+                    "seconds": seconds,
                     "details": record,
                 }
             )
-            bar.update(1)
 
 
 def worker_device(choice: str, gpu_ids: Sequence[Any]) -> str:
