@@ -3,6 +3,9 @@
 Each subcommand parses its flags into a config and calls a recipe; recipes never parse arguments.
 Problems with user input (`XlgmError`, and flags argparse rejects) are printed as one line, with no
 traceback, and exit with code 2.
+
+The subcommands import the library inside their functions, on purpose: `xlgm --help`, `--version` and a bad
+flag answer without importing torch, transformers or the study's analysis stack.
 """
 
 from __future__ import annotations

@@ -100,6 +100,8 @@ def test_measures_take_batches_on_the_model_device(tiny_bert_dir, monkeypatch):
 
 def test_evaluate_moves_the_model_to_the_device_and_reports_it(tiny_bert_dir, tmp_path, monkeypatch):
     import xlgm.models.load as load_module
+    import xlgm.recipes.export  # noqa: F401  `main` builds every parser: a module it imports first under the
+    # patch below would keep the stand-in loader for the rest of the session
 
     model = ModelOnMeta()
     tokenizer = load_tokenizer(str(tiny_bert_dir))

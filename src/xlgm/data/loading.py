@@ -60,7 +60,7 @@ def load_examples(
     if exclude is not None:
         rows = _train_minus_test(task, split, lang, source, exclude)
     elif source.kind == "hf":
-        from xlgm.data.hub import load_hub_split
+        from xlgm.data.hub import load_hub_split  # here: `datasets` is slow to import and needed only for the Hub
 
         rows = load_hub_split(task, split, lang)
     else:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from xlgm.core.files import read_safetensors
 from xlgm.errors import XlgmError
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
@@ -26,8 +27,6 @@ class FrobeniusDistanceConfig:
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file (a damaged one is one line naming it)."""
-    from xlgm.core.files import read_safetensors
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise XlgmError(

@@ -55,7 +55,7 @@ def resolve_model_path(name_or_path: str) -> str:
     """`embedded` -> the converted folder; an existing folder -> itself; a Hub id -> itself. A name that
     looks like a path and does not exist is refused here, before any Hub lookup."""
     if name_or_path == EMBEDDED:
-        from xlgm.models.embedded import embedded_model_dir
+        from xlgm.models.embedded import embedded_model_dir  # here: only the embedded model needs its converter
 
         return str(embedded_model_dir())
     path = Path(name_or_path).expanduser()

@@ -32,8 +32,9 @@ from xlgm.errors import XlgmError
 from xlgm.measures.base import MeasureResult, compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
 from xlgm.recipes.evaluate import SPLITS, model_device
+from xlgm.recipes.train import freeze_parameters
 from xlgm.results import ResultsDB
-from xlgm.runs import ResolvedTarget, RunDir, load_initial_into
+from xlgm.runs import ResolvedTarget, RunDir, is_run_dir, load_initial_into, resolve_target
 
 DEFAULT_MEASURES = ("margin", "sharpness-diff", "frobenius-distance")
 CHECKPOINT_CHOICES = ("all", "best", "last")
@@ -237,8 +238,6 @@ def cached_initial_state(
 
 def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
     """A run directory -> all its checkpoints (or `best`/`last`); anything else -> itself."""
-    from xlgm.runs import is_run_dir, resolve_target
-
     path = Path(target)
     if which == "all" and path.is_dir() and is_run_dir(path):
         run = RunDir(path)
@@ -260,8 +259,6 @@ def measure_checkpoints(
 ) -> list[dict]:
     """Compute every measure of `config` on every target; returns one record per (checkpoint, measure).
     `random_head` (a seed) allows a base model without a trained head (see models.load)."""
-    from xlgm.recipes.train import freeze_parameters
-
     measures, options, data, seed, param_filter = (
         config.measures,
         config.options,

@@ -36,6 +36,7 @@ from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+import xlgm.objectives as objectives
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precision
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
@@ -435,12 +436,12 @@ def train(
     model, new_parameters = load_classifier(config.model, task.num_labels, task.label_names, return_new=True)
     frozen = freeze_parameters(model, config.freeze)
     if objective is None:
-        from xlgm.objectives import build_objective, config_fields
-
         options = dict(config.objective_options)
-        if "max_length" in config_fields(config.objective):  # MVR re-tokenizes with the loop's max_length
+        if "max_length" in objectives.config_fields(config.objective):  # MVR re-tokenizes with the loop's max_length
             options.setdefault("max_length", config.max_length)
-        objective = build_objective(config.objective, task=config.task, batch_size=config.batch_size, **options)
+        objective = objectives.build_objective(
+            config.objective, task=config.task, batch_size=config.batch_size, **options
+        )
 
     processes, accumulation = accelerator.num_processes, config.grad_accum
     per_step = accumulation * processes  # micro-batches of one optimizer step, all processes together

@@ -1,7 +1,8 @@
 """`xlgm study run|analyze|report`: the command-line side of studies.
 
 Hooked into `xlgm` by `add_study_parser(sub)` (the `study` subcommand, handler `cmd_study`); also runnable on its
-own as `python -m xlgm.study.cli run SPEC ...`.
+own as `python -m xlgm.study.cli run SPEC ...`. Like `xlgm.cli` it imports the study modules inside its handlers,
+so that `xlgm --help` imports neither torch nor pandas.
 """
 
 from __future__ import annotations
