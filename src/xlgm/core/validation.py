@@ -206,9 +206,13 @@ def check_field(label: str, name: str, value: Any) -> Any:
     return value if rule is None else rule(label, value)
 
 
-def check_fields(config: Any, label: Callable[[str], str] = flag) -> None:
+def check_fields(config: Any, label: Callable[[str], str] = flag, optional: Iterable[str] = ()) -> None:
     """Check every field of a config dataclass that has a rule in FIELD_RULES (errors name `label(field)`,
-    by default its command-line flag). Config classes call this in `__post_init__`."""
+    by default its command-line flag); a field named in `optional` may also be None. Config classes call this in
+    `__post_init__`."""
+    optional = set(optional)
     for f in dataclasses.fields(config):
+        if f.name in optional and getattr(config, f.name) is None:
+            continue
         if f.name in FIELD_RULES:
             FIELD_RULES[f.name](label(f.name), getattr(config, f.name))

@@ -48,7 +48,7 @@ class MeasureData:
     split: str = "dev"
     max_examples: int | None = 256  # None: every row
     batch_size: int = 32
-    max_length: int = 128
+    max_length: int | None = 128  # None (a study spec's default): the run's training max_length
 
     def __post_init__(self) -> None:
         validation.require(
@@ -56,7 +56,7 @@ class MeasureData:
             f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}",
         )
         validation.one_of("--data split", self.split, SPLITS)
-        validation.check_fields(self)  # max_examples, batch_size, max_length
+        validation.check_fields(self, optional=("max_length",))  # max_examples, batch_size, max_length
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> MeasureData:

@@ -181,18 +181,9 @@ class MeasureItem:
 
 
 @dataclass(frozen=True)
-class MeasureDataSpec:
-    language: str = "en"
-    split: str = "dev"
-    max_examples: int = 256
-    batch_size: int = 32
-    max_length: int | None = None  # None: the training max_length
-
-
-@dataclass(frozen=True)
 class MeasuresSpec:
     items: tuple[MeasureItem, ...] = ()
-    data: MeasureDataSpec = MeasureDataSpec()
+    data: MeasureData = MeasureData(max_length=None)  # None: the training max_length
     params: str | None = None
     seed: int = 0
 
@@ -355,9 +346,7 @@ class StudySpec:
         """The `MeasureData` the measures see."""
 
         d = self.measures.data
-        return MeasureData(
-            d.language, d.split, d.max_examples, d.batch_size, d.max_length or self.train_options.get("max_length", 128)
-        )
+        return dataclasses.replace(d, max_length=d.max_length or self.train_options.get("max_length", 128))
 
     def measure_config(self, item: MeasureItem) -> dict[str, Any]:
         """What identifies a measurement besides its name and data (as `xlgm measure` records it)."""
@@ -721,8 +710,8 @@ class _Parser:
         dm = self.mapping(
             "measures.data", m.get("data"), ("language", "split", "max_examples", "batch_size", "max_length")
         )
-        d = MeasureDataSpec(language=source_language)
-        data = MeasureDataSpec(
+        d = MeasureData(language=source_language, max_length=None)
+        data = MeasureData(
             language=self.string("measures.data.language", dm.get("language", d.language), choices=task.languages),
             split=self.string("measures.data.split", dm.get("split", d.split), choices=SPLITS),
             max_examples=self.shared("measures.data", "max_examples", dm.get("max_examples", d.max_examples)),
