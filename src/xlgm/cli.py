@@ -321,13 +321,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from xlgm.objectives import objective_options
-    from xlgm.recipes.train import TrainConfig, lost_cpu_processes, relaunch_in_processes, train
+    from xlgm.recipes.train import TrainConfig, default_freeze, lost_cpu_processes, relaunch_in_processes, train
 
     processes = lost_cpu_processes()
     if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
         raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
     name, options = objective_options(args)
-    freeze = args.freeze or ("word" if args.model == "embedded" else "none")
+    freeze = args.freeze or default_freeze(args.model)
     config = TrainConfig(
         model=args.model,
         task=args.task,

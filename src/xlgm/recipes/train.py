@@ -44,7 +44,7 @@ from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import check_split, group_holdout
 from xlgm.data.tasks import Example, Task, get_task, write_run_task
 from xlgm.errors import XlgmError
-from xlgm.models.load import load_classifier, load_tokenizer
+from xlgm.models.load import EMBEDDED, load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
 from xlgm.recipes.evaluate import accuracy
 from xlgm.results import ResultsDB, config_hash
@@ -135,6 +135,12 @@ class TrainConfig:
     @property
     def source(self) -> DataSource:
         return DataSource(self.data, self.data_dir)
+
+
+def default_freeze(model: str) -> str:
+    """`word` for the embedded model: AdamW over its 96M word-embedding parameters would dominate a CPU step and
+    they are most of its size; `none` for every other model."""
+    return "word" if model == EMBEDDED else "none"
 
 
 def freeze_parameters(model: torch.nn.Module, what: str) -> int:

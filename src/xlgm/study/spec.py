@@ -47,7 +47,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-from xlgm.analysis.predict import FEATURES
+from xlgm.analysis.predict import DEFAULT_ALPHAS, FEATURES
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES
 from xlgm.data.tasks import get_task, is_task_file
@@ -55,7 +55,7 @@ from xlgm.errors import XlgmError
 from xlgm.measures.base import get_measure, resolve_config
 from xlgm.objectives import OBJECTIVES, build_config, config_fields
 from xlgm.recipes.measure import MeasureData
-from xlgm.recipes.train import TrainConfig
+from xlgm.recipes.train import TrainConfig, default_freeze
 from xlgm.results import config_hash
 
 TOP_KEYS = (
@@ -214,7 +214,7 @@ class PredictionSpec:
     embedding_layer: int = -1
     embedding_rows: int = 1000
     features: tuple[str, ...] | None = None  # None: every feature the study's outputs give
-    alphas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
 
 
 @dataclass(frozen=True)
@@ -587,8 +587,8 @@ class _Parser:
                 allowed = [f for f in fields if f not in NOT_IN_TRAIN]
                 raise self.fail(f"train.{key}", f"unknown training option; expected one of: {', '.join(allowed)}")
             out[key] = self.check(f"train.{key}", key, self.typed(f"train.{key}", v, fields[key]))
-        if "freeze" not in out and model == "embedded":
-            out["freeze"] = "word"  # as `xlgm train`: AdamW over the 96M word embeddings dominates a CPU step
+        if "freeze" not in out and default_freeze(model) != "none":  # as `xlgm train`
+            out["freeze"] = default_freeze(model)
         return out
 
     def seeds(self, value: Any) -> list[int]:
