@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS measures (
 
 def config_hash(config: Any, length: int = 12) -> str:
     """A stable id from a config (dataclass or JSON-able): sha256 of its canonical JSON."""
-    if is_dataclass(config):
+    if is_dataclass(config) and not isinstance(config, type):
         config = asdict(config)
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

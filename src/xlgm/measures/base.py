@@ -100,7 +100,8 @@ class MeasureHealth:
         for key in ("converged", "iteration_cap_reached", "saturated"):
             known[key] = None if known[key] is None else bool(known[key])
         for key in ("residual", "tolerance"):
-            known[key] = None if known[key] is None else float(known[key])
+            number = known[key]
+            known[key] = None if number is None else float(number)
         nonfinite = sum(v is not None and not math.isfinite(float(v)) for v in (value, spread))
         return cls(**known, nonfinite=int(nonfinite))
 
@@ -316,7 +317,9 @@ class MeasureContext:
             "num_parameter_tensors": len(self.named_params),
             "param_filter": self.param_filter,
             "seed": self.seed,
-            "config": dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {},
+            "config": dataclasses.asdict(self.config)
+            if dataclasses.is_dataclass(self.config) and not isinstance(self.config, type)
+            else {},
             "cost": self.meter.summary(self.num_examples),
         }
         return MeasureResult(

@@ -79,7 +79,7 @@ def _parameter_variance(
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) != 1:
             raise XlgmError(f"tensor {key} has different shapes across runs: {sorted(shapes)}")
-        mean = sum(tensors) / runs
+        mean = sum(tensors[1:], tensors[0]) / runs  # the same additions as sum(tensors), typed as a tensor
         sum_sq = sum((t - mean).pow(2).sum() for t in tensors)
         var_sum = float(sum_sq) / (runs - 1)
         per_tensor[key] = var_sum / max(mean.numel(), 1)

