@@ -43,8 +43,13 @@ class DataSource:
             return cls("local", str(data_dir))
         return cls("bundled")
 
+    @property
+    def folder(self) -> Path:
+        """The local data folder (a local source always has one: `__post_init__`)."""
+        return Path(str(self.data_dir))
+
     def describe(self) -> str:
-        return self.data_dir if self.kind == "local" else self.kind
+        return str(self.data_dir) if self.kind == "local" else self.kind
 
 
 def load_examples(
@@ -64,7 +69,7 @@ def load_examples(
 
         rows = load_hub_split(task, split, lang)
     else:
-        root = bundled_dir() if source.kind == "bundled" else Path(source.data_dir)
+        root = bundled_dir() if source.kind == "bundled" else source.folder
         if split == "train" and not tsv_path(root, task, split, lang).is_file():
             if source.kind == "bundled":
                 raise XlgmError(f"the bundled train split is {task.source_language} only (asked for {lang})")
@@ -92,7 +97,7 @@ def _train_minus_test(task: Task, split: str, lang: str, source: DataSource, exc
             f"the {split} split is {task.source_language} only (asked for {lang}): it is built from "
             f"{task.source_language} dev and test rows"
         )
-    root = Path(source.data_dir)
+    root = source.folder
     files = {
         split_name: {
             code: read_split(root, task, split_name, code)

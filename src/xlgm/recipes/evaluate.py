@@ -91,7 +91,8 @@ def predict_outputs(
     was_training = model.training
     model.eval()
     collator = BatchCollator(tokenizer, data)
-    logits_out = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    num_labels: int = model.config.num_labels  # type: ignore[assignment]  # always set on a classifier config
+    logits_out = np.zeros((len(data), num_labels), dtype=np.float32)
     emb_out: np.ndarray | None = None
     try:
         for indices in length_sorted_batches(data.lengths, batch_size):

@@ -187,7 +187,7 @@ def compute_measures(
     for name, options in measures:
         if bar is not None:
             bar.set_postfix_str(f"{label}{name}")
-        inputs = {}
+        inputs: dict[str, Any] = {}
         if "init_state" in get_measure(name).inputs:
             if init_state is None:
                 raise XlgmError(f"{name} needs the initial weights: measure a run or a checkpoint of one")
@@ -204,6 +204,8 @@ def build_batches(
     tokenizer, task: Task, data: MeasureData, source: DataSource, device: torch.device
 ) -> list[dict[str, torch.Tensor]]:
     """The data's fixed length-sorted batches, on `device` (the model's)."""
+    if data.max_length is None:
+        raise XlgmError("measure data without max_length: a study resolves it (StudySpec.measure_data)")
     rows = load_examples(task, data.split, data.language, source, data.max_examples)
     tokenized = tokenize_examples(tokenizer, rows, data.max_length)
     collator = BatchCollator(tokenizer, tokenized)
@@ -215,6 +217,8 @@ def build_batches(
 
 def initial_state(target: ResolvedTarget, task: Task, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """The run's initial weights (base model + recorded head) for the given parameter names."""
+    if target.run_dir is None:
+        raise XlgmError(f"{target.label}: the initial weights belong to a run; this is not one")
     model = load_classifier(target.model, task.num_labels, task.label_names)
     load_initial_into(model, target.run_dir)
     params = dict(model.named_parameters())

@@ -78,7 +78,7 @@ def label_free_measures(
     return {name: compute_output_measure(name, target, source=source, peers=peers).value for name in names}
 
 
-def source_measures(source: TextOutputs) -> dict[str, float]:
+def source_measures(source: TextOutputs) -> dict[str, float | None]:
     return {
         "source_accuracy": source.accuracy,
         "source_confidence-margin": compute_output_measure("confidence-margin", source).value,
@@ -309,6 +309,7 @@ def predict_text(
             precision=precision,
         )
         if embed:
+            assert target.embeddings is not None  # asked for with embeddings=embed
             target = replace(target, embeddings=target.embeddings[: spec.prediction.embedding_rows])
         values = label_free_measures(target, source, (), parallel)
         found.append(

@@ -78,7 +78,7 @@ def default_out(spec: StudySpec) -> Path:
 def eval_data_label(spec: StudySpec) -> str:
     """The `data` column of the evaluations: the source, and the row limit when there is one (so that
     evaluations on the first 100 rows and on all rows are different rows, not one overwriting the other)."""
-    base = spec.data.dir if spec.data.kind == "local" else spec.data.kind
+    base = str(spec.data.dir) if spec.data.kind == "local" else spec.data.kind
     return base if spec.evaluation.max_examples is None else f"{base}[:{spec.evaluation.max_examples}]"
 
 
