@@ -114,7 +114,9 @@ def measure_health(rows: pd.DataFrame, measures: list[str] | None = None) -> pd.
     for name in names:
         sub = rows[rows["measure"] == name]
         values = pd.to_numeric(sub["value"], errors="coerce").to_numpy(dtype=float)
-        healths = [stored_health(d) for d in sub["details"]] if "details" in sub.columns else [None] * len(sub)
+        healths: list[dict[str, Any] | None] = (
+            [stored_health(d) for d in sub["details"]] if "details" in sub.columns else [None] * len(sub)
+        )
         out.append(_health_of(name, values, healths))
     table = pd.DataFrame(out, columns=HEALTH_COLUMNS)
     table["n_converged"] = table["n_converged"].astype("Int64")

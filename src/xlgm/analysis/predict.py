@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,7 +119,7 @@ class GapRegressor:
     use_anchors: bool = True
     anchored: _Fit | None = field(default=None, repr=False)
     pooled: _Fit | None = field(default=None, repr=False)
-    scaler: object = field(default=None, repr=False)
+    scaler: Any = field(default=None, repr=False)  # a fitted sklearn StandardScaler
 
     @property
     def scaled(self) -> bool:

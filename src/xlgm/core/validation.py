@@ -136,14 +136,17 @@ def rate(field: str, value: object) -> float:
     return number
 
 
-def count(field: str, value: object, *, allow_none: bool = False) -> int | None:
-    """An integer >= 1 (a sub-batch size, every-k-steps); a float with an integral value counts as that integer;
-    None where `allow_none` (meaning 'all' or unset)."""
-    if value is None and allow_none:
-        return None
+def count(field: str, value: object) -> int:
+    """An integer >= 1 (a sub-batch size, every-k-steps); a float with an integral value counts as that
+    integer."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return positive_int(field, value)
+
+
+def optional_count(field: str, value: object) -> int | None:
+    """`count`, or None (meaning 'all' or unset)."""
+    return None if value is None else count(field, value)
 
 
 def boolean(field: str, value: object) -> bool:

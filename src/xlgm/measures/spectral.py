@@ -68,5 +68,7 @@ def spectral_norm(ctx: MeasureContext, config: SpectralNormConfig) -> MeasureRes
         aggregate=config.aggregate,
         num_matrices=len(norms),
         per_layer=per_layer,
-        **aggregates,
+        log_product=aggregates["log_product"],
+        product=aggregates["product"],
+        sum=aggregates["sum"],
     )

@@ -143,7 +143,7 @@ class FisherConfig:
         else:
             object.__setattr__(self, "weight", validation.non_negative_number("weight (--fisher-weight)", self.weight))
         object.__setattr__(
-            self, "sub_batch", validation.count("sub_batch (--fisher-sub-batch)", self.sub_batch, allow_none=True)
+            self, "sub_batch", validation.optional_count("sub_batch (--fisher-sub-batch)", self.sub_batch)
         )
         object.__setattr__(self, "every", validation.count("every (--fisher-every)", self.every))
 

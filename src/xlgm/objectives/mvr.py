@@ -111,7 +111,7 @@ class MVRConfig:
         if self.lam is not None:
             object.__setattr__(self, "lam", validation.non_negative_number("lam (--mvr-lambda)", self.lam))
         object.__setattr__(self, "rate", validation.rate("rate (--mvr-rate)", self.rate))
-        object.__setattr__(self, "max_length", validation.count("max_length", self.max_length, allow_none=True))
+        object.__setattr__(self, "max_length", validation.optional_count("max_length", self.max_length))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise XlgmError(f"seed must be an integer, got {self.seed!r}")
 

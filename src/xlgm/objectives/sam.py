@@ -283,10 +283,11 @@ class SAMObjective:
             for i, g in enumerate(grads):
                 if g is None:
                     continue
-                if self._shared_grads[i] is None:
+                held = self._shared_grads[i]
+                if held is None:
                     self._shared_grads[i] = g * weight
                 else:
-                    self._shared_grads[i].add_(g, alpha=weight)
+                    held.add_(g, alpha=weight)
         del grads
         self._shared_batches.append(batch)
         if not ctx.is_last_micro:

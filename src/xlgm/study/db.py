@@ -28,7 +28,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from xlgm.errors import XlgmError
 from xlgm.results import ResultsDB
@@ -84,8 +84,8 @@ class _NoCommit:
     def __enter__(self):
         return self._conn
 
-    def __exit__(self, *exc: object) -> bool:
-        return False
+    def __exit__(self, *exc: object) -> None:  # None: an exception propagates
+        return None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -132,7 +132,7 @@ class StudyDB(ResultsDB):
         """Everything written inside commits together, or (on any exception) not at all."""
         real = self.conn
         with real:
-            self.conn = _NoCommit(real)
+            self.conn = cast(sqlite3.Connection, _NoCommit(real))  # a stand-in with the methods ResultsDB uses
             try:
                 yield self
             finally:
@@ -208,7 +208,7 @@ class StudyDB(ResultsDB):
                 for row_key, stored in rows:
                     if not Path(stored).is_absolute():
                         continue
-                    relative = self.stored_path(self.resolve_path(stored))
+                    relative = self.stored_path(Path(stored) if (p := self.resolve_path(stored)) is None else p)
                     if relative != stored:
                         self.conn.execute(f"UPDATE {table} SET {column}=? WHERE {key}=?", (relative, row_key))
                         changed += 1

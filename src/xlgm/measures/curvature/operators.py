@@ -121,7 +121,7 @@ class _ModelOperator(LinearOperator):
 
 def _dot(tensors: Sequence[torch.Tensor | None], vs: Sequence[torch.Tensor]) -> torch.Tensor | None:
     terms = [(t * v).sum() for t, v in zip(tensors, vs) if t is not None]
-    return sum(terms) if terms else None
+    return sum(terms[1:], terms[0]) if terms else None  # the additions of sum(terms), typed as a tensor
 
 
 class HessianOperator(_ModelOperator):
