@@ -124,11 +124,11 @@ def _agrees(tau: float, expected_sign: int | None) -> bool | None:
 
 def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, y as float arrays and the mask of the rows where both are finite."""
-    x = np.asarray(x, dtype=float).ravel()
-    y = np.asarray(y, dtype=float).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
-    return x, y, np.isfinite(x) & np.isfinite(y)
+    xa = np.asarray(x, dtype=float).ravel()
+    ya = np.asarray(y, dtype=float).ravel()
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
+    return xa, ya, np.isfinite(xa) & np.isfinite(ya)
 
 
 @functools.lru_cache(maxsize=4)
@@ -320,11 +320,22 @@ def correlate(
             undefined = int(np.isnan(boot["tau"]).sum())
             if undefined:
                 notes.append(f"{undefined}/{n_boot} bootstrap resamples had a constant x or y and were left out")
-    tau = values["tau"][0]
+    tau, tau_p, tau_lo, tau_hi = values["tau"]
+    spearman, spearman_p, spearman_lo, spearman_hi = values["spearman"]
+    pearson, pearson_p, pearson_lo, pearson_hi = values["pearson"]
     return CorrelationResult(
-        *values["tau"],
-        *values["spearman"],
-        *values["pearson"],
+        tau=tau,
+        tau_p=tau_p,
+        tau_lo=tau_lo,
+        tau_hi=tau_hi,
+        spearman=spearman,
+        spearman_p=spearman_p,
+        spearman_lo=spearman_lo,
+        spearman_hi=spearman_hi,
+        pearson=pearson,
+        pearson_p=pearson_p,
+        pearson_lo=pearson_lo,
+        pearson_hi=pearson_hi,
         n=n,
         n_dropped=dropped,
         n_boot=int(n_boot),

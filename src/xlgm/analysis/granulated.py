@@ -42,6 +42,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import stats
 
 from xlgm.analysis.frame import AnalysisInputError, require_columns
@@ -63,17 +64,17 @@ class GranulatedResult:
     psi_by_axis: dict[str, float] = field(default_factory=dict)
 
 
-def kendall_tau_a(mu: Sequence[float], g: Sequence[float]) -> float:
+def kendall_tau_a(mu: ArrayLike, g: ArrayLike) -> float:
     """Jiang et al. 2020, §2.1: the mean of sign(mu_i - mu_j) sign(g_i - g_j) over ordered pairs i != j.
 
     NaN for fewer than 2 values. Tied pairs count 0 (no tie correction).
     """
-    mu = np.asarray(mu, dtype=float)
-    g = np.asarray(g, dtype=float)
-    m = mu.size
+    mu_a = np.asarray(mu, dtype=float)
+    g_a = np.asarray(g, dtype=float)
+    m = mu_a.size
     if m < 2:
         return math.nan
-    s = np.sign(mu[:, None] - mu[None, :]) * np.sign(g[:, None] - g[None, :])
+    s = np.sign(mu_a[:, None] - mu_a[None, :]) * np.sign(g_a[:, None] - g_a[None, :])
     return float(s.sum() / (m * (m - 1)))
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -132,7 +132,8 @@ def match_head(config: PretrainedConfig, num_labels: int, label_names: tuple[str
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         return HeadMatch("none")
     id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
-    labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels))
+    # num_labels is None only without an id2label, which PretrainedConfig.__init__ always sets
+    labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels or 0))
     if label_names is None:  # nothing to map by: the same number of labels, kept in the checkpoint's order
         same = len(labels) == num_labels
         return HeadMatch("match" if same else "mismatch", labels, tuple(range(num_labels)) if same else ())
@@ -236,7 +237,7 @@ def load_classifier(
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model, info = cls.from_pretrained(
+        loaded = cls.from_pretrained(
             path,
             config=config,
             output_loading_info=True,
@@ -244,6 +245,9 @@ def load_classifier(
             ignore_mismatched_sizes=not keep,
             **kwargs,
         )
+        # transformers types from_pretrained as returning the model alone; with output_loading_info=True it
+        # returns (model, loading info)
+        model, info = cast(tuple[PreTrainedModel, dict[str, Any]], loaded)
     except (OSError, ValueError) as err:
         raise XlgmError(f"could not load model weights from {name_or_path!r}: {first_line(err)}") from err
     finally:

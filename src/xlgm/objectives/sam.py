@@ -190,6 +190,7 @@ class SAMObjective:
     reference = "Foret et al., Sharpness-Aware Minimization for Efficiently Improving Generalization, ICLR 2021"
     summary = "gradient at w + rho*g/|g|"
     loop_facts: tuple[str, ...] = ()
+    config: SAMConfig | ASAMConfig  # ASAMObjective narrows it to ASAMConfig
 
     def __init__(self, config: SAMConfig | None = None):
         self.config = config or SAMConfig()
@@ -319,6 +320,7 @@ class ASAMObjective(SAMObjective):
         "Neural Networks, ICML 2021"
     )
     summary = "gradient at w + rho*T^2 g/|T g|, T = |w| + eta"
+    config: ASAMConfig
 
     def __init__(self, config: ASAMConfig | None = None):
         super().__init__()

@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ from xlgm.analysis import (
     granulated_table,
     top_correlations,
 )
+from xlgm.analysis.frame import RunReduce, Unit
 from xlgm.analysis.health import measure_health
 from xlgm.analysis.multiple import adjust_table
 from xlgm.analysis.report_table import prepare_frame
@@ -58,7 +59,7 @@ from xlgm.measures.base import get_measure, resolve_config
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
 from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
-from xlgm.study.spec import StudySpec, load_spec
+from xlgm.study.spec import AnalysisSpec, StudySpec, load_spec
 
 AXIS_PRIORITY = ("objective", "seed", "lr")
 
@@ -198,7 +199,7 @@ def auto_axes(runs: pd.DataFrame) -> list[str]:
 def measure_directions(names: list[str]) -> dict[str, tuple[int | None, str]]:
     """measure -> (expected sign vs accuracy, citation) as registered; (None, "") for an unregistered name."""
 
-    out = {}
+    out: dict[str, tuple[int | None, str]] = {}
     for name in names:
         try:
             spec = get_measure(name)
@@ -232,7 +233,7 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     if not data.measures:
         raise XlgmError(f"{data.out}: no measure values yet; nothing to correlate")
     frame = _base_frame(data)
-    kw = dict(unit=a.unit, run_reduce=a.run_reduce)
+    unit, run_reduce = unit_options(a)
     directions = measure_directions(data.measures)
     signs = {m: s for m, (s, _) in directions.items() if s is not None}
     corr = correlation_table(
@@ -245,13 +246,14 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         confidence=a.confidence,
         seed=a.seed,
         expected_signs=signs,
-        **kw,
+        unit=unit,
+        run_reduce=run_reduce,
     )
     corr = adjust_table(corr, "tau_p")  # one family: every (measure, target) of the table
     tables = {"correlations": corr}
     if data.axes:
         tables["granulated"] = granulated_table(
-            frame, data.measures, data.languages, spec.source_language, data.axes, **kw
+            frame, data.measures, data.languages, spec.source_language, data.axes, unit=unit, run_reduce=run_reduce
         )
         cmi = {
             target: cmi_table(
@@ -262,7 +264,8 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
                 data.axes,
                 target=target,
                 max_conditioning=a.max_conditioning,
-                **kw,
+                unit=unit,
+                run_reduce=run_reduce,
             )
             for target in VERDICT_TARGETS.values()
         }
@@ -336,6 +339,12 @@ def group_tables(data: StudyData) -> tuple[pd.DataFrame, pd.DataFrame]:
     return groups, pd.DataFrame(summary, columns=["measure", "groups", "tau", "p", "finding"])
 
 
+def unit_options(analysis: AnalysisSpec) -> tuple[Unit, RunReduce]:
+    """The analysis' unit and run_reduce as the analysis functions' Literal types. AnalysisSpec types them str;
+    its parser has checked them against UNITS and RUN_REDUCE."""
+    return cast(Unit, analysis.unit), cast(RunReduce, analysis.run_reduce)
+
+
 def _base_frame(data: StudyData) -> pd.DataFrame:
     """The frame without the derived targets (the analysis functions add them after reducing to the unit)."""
     derived = [c for c in data.frame.columns if c.startswith("gap_") or c in ("mean_target", "mean_gap")]
@@ -345,14 +354,14 @@ def _base_frame(data: StudyData) -> pd.DataFrame:
 def unit_frame(data: StudyData) -> pd.DataFrame:
     """The rows correlated over (checkpoints, or one per run), with the targets."""
 
-    a = data.spec.analysis
+    unit, run_reduce = unit_options(data.spec.analysis)
     return prepare_frame(
         _base_frame(data),
         data.measures,
         data.languages,
         data.spec.source_language,
-        unit=a.unit,
-        run_reduce=a.run_reduce,
+        unit=unit,
+        run_reduce=run_reduce,
     )
 
 
@@ -427,7 +436,7 @@ def study_settings(data: StudyData) -> dict[str, Any]:
     for item in spec.measures.items:
         resolved = resolve_config(get_measure(item.name), item.options_dict)
         measures[item.name] = {**spec.measure_config(item), "resolved": dataclasses.asdict(resolved)}
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
             versions[name] = metadata.version(name)

@@ -49,6 +49,7 @@ from xlgm.study.analyze import (
     load_study,
     resolve_study,
     unit_frame,
+    unit_options,
     write_tables,
 )
 
@@ -332,7 +333,8 @@ def verdict_table(verdict: pd.DataFrame) -> pd.DataFrame:
         by = {str(r["target"]): r for _, r in group.iterrows()}
         acc, gap = by.get("mean_accuracy", by.get("mean_target")), by.get("mean_gap")
         first = acc if acc is not None else gap
-        sign = first.get("expected_sign") if acc is not None else -_number(gap.get("expected_sign"))
+        assert first is not None  # verdict.csv has a row vs the mean target accuracy or the mean gap per measure
+        sign = first.get("expected_sign") if acc is not None else -_number(first.get("expected_sign"))
 
         def col(row, name):
             return None if row is None else row.get(name)
@@ -560,7 +562,7 @@ def _per_run(data: StudyData) -> pd.DataFrame:
 
     base = data.frame
     try:
-        return select_unit(base, "run", data.spec.analysis.run_reduce)
+        return select_unit(base, "run", unit_options(data.spec.analysis)[1])
     except Exception:  # noqa: BLE001 - e.g. `best` not among the measured checkpoints
         return select_unit(base, "run", "last")
 
@@ -598,7 +600,7 @@ def chance_check(data: StudyData, rows: pd.DataFrame, records: StudyRecords) -> 
         if not n or acc.size == 0:
             return 0
         low, high = wilson_interval(acc * n, n)
-        return int(((low <= chance) & (chance <= high)).sum())
+        return int(np.sum((low <= chance) & (chance <= high)))
 
     return ChanceCheck(
         chance,
