@@ -12,6 +12,7 @@ import pytest
 
 from xlgm.core import validation
 from xlgm.core.files import write_json
+from xlgm.core.options import check_fields
 from xlgm.errors import XlgmError
 
 
@@ -43,11 +44,11 @@ def test_check_fields_names_the_flag_and_skips_fields_without_rules():
         batch_size: int = 4
         note: str = ""
 
-    validation.check_fields(Config(note="anything"))
+    check_fields(Config(note="anything"))
     with pytest.raises(XlgmError, match=r"^--batch-size: expected an integer >= 1, got 0$"):
-        validation.check_fields(Config(batch_size=0))
+        check_fields(Config(batch_size=0))
     with pytest.raises(XlgmError, match=r"^train\.max_examples: "):
-        validation.check_fields(Config(max_examples=-1), label=lambda name: f"train.{name}")
+        check_fields(Config(max_examples=-1), label=lambda name: f"train.{name}")
 
 
 def test_comma_lists_refuse_blanks():

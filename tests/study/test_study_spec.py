@@ -34,26 +34,52 @@ def spec_error(text: str) -> str:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (("rho: [0.02, 0.05]", "rho: abc"), "studies/x.yaml: grid[1].rho: expected a number, got 'abc'"),
-        (("rho: [0.02, 0.05]", "rho: [0.02, abc]"), "studies/x.yaml: grid[1].rho[1]: expected a number, got 'abc'"),
-        (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml: grid[1]: rho"),
-        (("rho: [0.02, 0.05]", "lam: 0.1"), "studies/x.yaml: grid[1].lam: neither an option of objective sam"),
-        (("objective: adamw", "objective: adam"), "studies/x.yaml: grid[0].objective: expected one of"),
-        (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml: train.seed: set by the spec's `seeds`"),
-        (("epochs: 1,", "epochs: 1, warmup: 3,"), "studies/x.yaml: train.warmup: unknown training option"),
-        (("epochs: 1,", "epochs: 0,"), "studies/x.yaml: train.epochs: expected a number > 0, got 0.0"),
-        (("[de, sw]", "[de, xx]"), "studies/x.yaml: target_languages[1]: unknown language 'xx'"),
-        (("seeds: [0, 1]", "seeds: [0, one]"), "studies/x.yaml: seeds[1]: expected an integer, got 'one'"),
-        (("{every: 5}", "{every: 5, steps: [2]}"), "studies/x.yaml: checkpoints: give `every` or `steps`, not both"),
-        (("[margin,", "[nope,"), "studies/x.yaml: measures.names[0]: unknown measure 'nope'"),
-        (("num_draws: 2", "draws: 2"), "studies/x.yaml: measures.names[1].sharpness-diff: unknown option(s) draws"),
-        (("name: t", "name: t\nfoo: 1"), "studies/x.yaml: foo: unknown field"),
+        (("rho: [0.02, 0.05]", "rho: abc"), "studies/x.yaml:7: grid[1].rho: expected a number, got 'abc'"),
+        (("rho: [0.02, 0.05]", "rho: [0.02, abc]"), "studies/x.yaml:7: grid[1].rho[1]: expected a number, got 'abc'"),
+        (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml:7: grid[1]: rho"),
+        (("rho: [0.02, 0.05]", "lam: 0.1"), "studies/x.yaml:7: grid[1].lam: neither an option of objective sam"),
+        (("objective: adamw", "objective: adam"), "studies/x.yaml:6: grid[0].objective: expected one of"),
+        (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml:4: train.seed: set by the spec's `seeds`"),
+        (("epochs: 1,", "epochs: 1, warmup: 3,"), "studies/x.yaml:4: train.warmup: unknown training option"),
+        (("epochs: 1,", "epochs: 0,"), "studies/x.yaml:4: train.epochs: expected a number > 0, got 0.0"),
+        (("[de, sw]", "[de, xx]"), "studies/x.yaml:3: target_languages[1]: unknown language 'xx'"),
+        (("seeds: [0, 1]", "seeds: [0, one]"), "studies/x.yaml:8: seeds[1]: expected an integer, got 'one'"),
+        (("{every: 5}", "{every: 5, steps: [2]}"), "studies/x.yaml:9: checkpoints: give `every` or `steps`, not both"),
+        (("[margin,", "[nope,"), "studies/x.yaml:10: measures.names[0]: unknown measure 'nope'"),
+        (("num_draws: 2", "draws: 2"), "studies/x.yaml:10: measures.names[1].sharpness-diff: unknown option(s) draws"),
+        (("name: t", "name: t\nfoo: 1"), "studies/x.yaml:2: foo: unknown field"),
     ],
 )
 def test_errors_name_the_field(change, message):
     old, new = change
     assert old in BASE
     assert spec_error(BASE.replace(old, new, 1)).startswith(message)
+
+
+def test_every_error_is_reported_at_once_one_a_line():
+    text = BASE.replace("rho: [0.02, 0.05]", "rho: abc").replace("epochs: 1,", "epochs: 0, warmup: 3,")
+    text = text.replace("[de, sw]", "[de, xx]").replace("[margin,", "[nope,")
+    lines = spec_error(text).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "train.epochs",
+        "train.warmup",
+        "grid[1].rho",
+        "target_languages[1]",
+        "measures.names[0]",
+    ]
+    assert all(line.startswith("studies/x.yaml:") for line in lines)
+
+
+def test_json_schema_describes_the_spec():
+    from xlgm.study.schema import document_schema
+
+    schema = document_schema()
+    assert schema["required"] == ["name", "grid"]
+    assert set(schema["properties"]) >= {"train", "grid", "measures", "checkpoints", "evaluation", "analysis"}
+    train = schema["$defs"]["Train"]["properties"]
+    assert train["lr"]["default"] == 1e-4 and "learning rate" in train["lr"]["description"]
+    assert "seed" not in train  # set by `seeds`
+    assert schema["$defs"]["Evaluation"]["properties"]["split"]["enum"] == ["dev", "test", "train"]
 
 
 def test_yaml_syntax_error_names_the_line():
@@ -164,4 +190,35 @@ def test_evaluation_precision_is_checked_and_keys_only_non_fp32_evaluations():
     assert eval_key(explicit_no) == eval_key(fp32)
     assert len({eval_key(fp32), eval_key(bf16), eval_key(auto)}) == 3
     message = spec_error(BASE + "evaluation: {mixed_precision: fp8}\n")
-    assert message.startswith("studies/x.yaml: evaluation.mixed_precision:") and "fp8" in message
+    assert message.startswith("studies/x.yaml:11: evaluation.mixed_precision: expected one of") and "fp8" in message
+
+
+def test_shipped_specs_validate_against_the_printed_json_schema(capsys):
+    import json
+
+    import yaml
+
+    from xlgm.study.cli import main
+
+    jsonschema = pytest.importorskip("jsonschema")
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted(STUDIES.glob("*.yaml")):
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+    bad = yaml.safe_load(BASE.replace("epochs: 1,", "epochs: 1, warmup: 3,"))
+    assert list(validator.iter_errors(bad))  # an editor flags the unknown training option too
+
+
+def test_study_check_prints_the_study_or_every_error(tmp_path, capsys):
+    from xlgm.study.cli import main
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(BASE)
+    bad.write_text(BASE.replace("rho: [0.02, 0.05]", "rho: abc").replace("seeds: [0, 1]", "seeds: [0, one]"))
+    assert main(["check", str(good)]) == 0
+    assert f"{good}: valid; study t (" in capsys.readouterr().out
+    assert main(["check", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert f"{bad}:7: grid[1].rho: expected a number, got 'abc'" in err
+    assert f"{bad}:8: seeds[1]: expected an integer, got 'one'" in err

@@ -11,15 +11,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from xlgm.core.errors import XlgmError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+Precision = Literal["auto", "no", "fp16", "bf16"]
+PRECISION_CHOICES: tuple[str, ...] = typing.get_args(Precision)
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

@@ -7,7 +7,6 @@ the same meaning are checked by the same code.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -207,15 +206,3 @@ def check_field(label: str, name: str, value: Any) -> Any:
     """`value` checked by the rule of field `name` (unchanged when the field has none); errors say `label`."""
     rule = FIELD_RULES.get(name)
     return value if rule is None else rule(label, value)
-
-
-def check_fields(config: Any, label: Callable[[str], str] = flag, optional: Iterable[str] = ()) -> None:
-    """Check every field of a config dataclass that has a rule in FIELD_RULES (errors name `label(field)`,
-    by default its command-line flag); a field named in `optional` may also be None. Config classes call this in
-    `__post_init__`."""
-    optional = set(optional)
-    for f in dataclasses.fields(config):
-        if f.name in optional and getattr(config, f.name) is None:
-            continue
-        if f.name in FIELD_RULES:
-            FIELD_RULES[f.name](label(f.name), getattr(config, f.name))

@@ -25,6 +25,9 @@ from typing import Any, Protocol
 
 import torch
 
+from xlgm.core.options import OPTION_KEY as OPTION_KEY
+from xlgm.core.options import option as option
+
 # Re-exported: the objectives and their tests know them as xlgm.objectives.base names.
 from xlgm.core.tensors import NON_MODEL_KEYS as NON_MODEL_KEYS
 from xlgm.core.tensors import model_inputs as model_inputs
@@ -68,16 +71,6 @@ class StepContext:
 
 
 # The key of a config field's metadata that makes the field a command-line option (see `option`).
-OPTION_KEY = "xlgm_option"
-
-
-def option(flag: str, help: str = "", *, exclusive: str | None = None) -> dict[str, Any]:
-    """Metadata of a config field that `xlgm train` offers as `flag`: `field(default=..., metadata=option(...))`.
-    Objectives may share a flag (SAM's and ASAM's `--rho`); the first help given for it is shown. Fields with
-    the same `exclusive` key are mutually exclusive flags. The flag's type is the field's type."""
-    return {OPTION_KEY: {"flag": flag, "help": help, "exclusive": exclusive}}
-
-
 class Objective(Protocol):
     """An optimization objective. `name` is its registry key; `config_class` its frozen options dataclass;
     `reference` (the paper) and `summary` (the update in one line) are shown to users; `loop_facts` names

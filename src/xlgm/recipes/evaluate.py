@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, autocast
 from xlgm.core.files import write_json
+from xlgm.core.options import check_fields
 from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `predict_outputs` returns
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
@@ -56,7 +57,7 @@ class EvaluateConfig:
             object.__setattr__(self, "languages", tuple(v.non_empty_list(flag("languages"), list(self.languages))))
         v.one_of(flag("split"), self.split, SPLITS)
         v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
-        v.check_fields(self)  # max_examples, batch_size, max_length, device
+        check_fields(self)  # max_examples, batch_size, max_length, device
         v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
 
 

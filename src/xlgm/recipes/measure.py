@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, autocast, resolve_device, resolve_precision
 from xlgm.core.files import read_json, write_json
+from xlgm.core.options import check_fields
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
@@ -56,7 +57,7 @@ class MeasureData:
             f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}",
         )
         validation.one_of("--data split", self.split, SPLITS)
-        validation.check_fields(self, optional=("max_length",))  # max_examples, batch_size, max_length
+        check_fields(self, optional=("max_length",))  # max_examples, batch_size, max_length
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> MeasureData:
@@ -107,7 +108,7 @@ class MeasureConfig:
         if self.task is not None:
             check_task(flag("task"), self.task)
         v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
-        v.check_fields(self)  # seed, device
+        check_fields(self)  # seed, device
         if self.params is not None:
             try:
                 re.compile(self.params)
@@ -280,11 +281,14 @@ def measure_checkpoints(
         validation.max_length("--max-length", data.max_length, validation.model_positions(model.config))
         run_config = RunDir(target.run_dir).config if target.run_dir else {}
         freeze_parameters(model, run_config.get("freeze", "none"))
-        model.to(device)
+        module: torch.nn.Module = model  # transformers' `to` is typed through functools.wraps, unbound to mypy
+        module.to(device)
         batches = build_batches(tokenizer, task, data, config.source, model_device(model))
         if bar is None:
             bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
-        checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
+        checkpoint_id = (
+            f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir and target.checkpoint else target.model
+        )
         run_initial = None
         if target.run_dir is not None:
             run_initial = cached_initial_state(init_cache, target.run_dir, target, task, model)

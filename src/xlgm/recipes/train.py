@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -34,14 +35,15 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import ProjectConfiguration, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 import xlgm.objectives as objectives
 from xlgm.core import validation
 from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precision
+from xlgm.core.options import check_fields, option
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.splits import check_split, group_holdout
+from xlgm.data.splits import SPLIT_HELP, check_split, group_holdout
 from xlgm.data.tasks import Example, Task, get_task, write_run_task
 from xlgm.errors import XlgmError
 from xlgm.models.load import EMBEDDED, load_classifier, load_tokenizer
@@ -74,38 +76,62 @@ RUN_ID_NEUTRAL = {"patience": 0}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "embedded"
-    task: str = "xnli"
-    source_language: str = "en"
+    # Each field is a flag of `xlgm train` (`--max-length`) and a key of a study spec's `train:` section, with
+    # this type, default and help (xlgm.core.options); shared rules are validation.FIELD_RULES.
+    model: str = field(default="embedded", metadata=option(help="`embedded`, a Hub id or a local folder"))
+    task: str = field(default="xnli", metadata=option(help="xnli, pawsx or a task file (a .yaml path)"))
+    source_language: str = field(default="en", metadata=option(help="the language trained on"))
     data: str = "bundled"  # bundled | local | hf
     data_dir: str | None = None
-    train_split: str = "dev"
-    select_split: str = "dev"
-    holdout_fraction: float = 0.1  # used when train_split == select_split
-    max_train_examples: int | None = None
-    max_length: int = 128
-    epochs: float = 1.0
-    batch_size: int = 32  # micro-batch, per process
-    grad_accum: int = 1
-    lr: float = 1e-4  # suits the small embedded model; the paper's mBERT runs use 2e-5 (studies/)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: see xlgm.core.devices.resolve_precision)
-    freeze: str = "none"  # none | word (word embeddings) | embeddings (all embedding parameters)
-    save_every: int = 0  # steps between checkpoints; 0 = only the last
-    # Early stopping: stop once this many checkpoints in a row have not beaten the best held-out accuracy so
-    # far (0: train every epoch). The learning-rate schedule still spans `epochs`.
-    patience: int = 0
-    log_every: int = 10
+    train_split: str = field(default="dev", metadata=option(help=SPLIT_HELP))
+    select_split: str = field(
+        default="dev",
+        metadata=option(
+            help="split for checkpoint selection (a held-out part, whole premises, when it equals the train split)"
+        ),
+    )
+    holdout_fraction: float = field(
+        default=0.1, metadata=option(help="the held-out part when --select-split is the train split")
+    )
+    max_train_examples: int | None = field(default=None, metadata=option(help="train on at most N rows (all)"))
+    max_length: int = field(default=128, metadata=option(help="tokens a row is truncated to"))
+    epochs: float = field(default=1.0, metadata=option(help="passes over the training rows (may be fractional)"))
+    batch_size: int = field(default=32, metadata=option(help="micro-batch size per device"))
+    grad_accum: int = field(default=1, metadata=option(help="micro-batches an optimizer step accumulates"))
+    # suits the small embedded model; the paper's mBERT runs use 2e-5 (studies/)
+    lr: float = field(default=1e-4, metadata=option(help="peak learning rate (linear warm-up and decay)"))
+    weight_decay: float = field(default=0.01, metadata=option(help="AdamW's decoupled weight decay"))
+    warmup_ratio: float = field(default=0.1, metadata=option(help="the share of steps warming up"))
+    max_grad_norm: float = field(default=1.0, metadata=option(help="gradient clipping norm (0: no clipping)"))
+    seed: int = field(default=0, metadata=option(help="seeds the head, the data order and the objective"))
+    mixed_precision: str = field(
+        default="auto",
+        metadata=option(
+            help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no",
+            rule=lambda label, value: validation.one_of(label, value, PRECISION_CHOICES),
+        ),
+    )
+    freeze: str = field(
+        default="none",
+        metadata=option(
+            help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)",
+            rule=lambda label, value: validation.one_of(label, value, FREEZE_CHOICES),
+        ),
+    )
+    save_every: int = field(default=0, metadata=option(help="checkpoint every N steps (0: the last only)"))
+    # Early stopping (the learning-rate schedule still spans `epochs`).
+    patience: int = field(
+        default=0,
+        metadata=option(
+            help="stop once N checkpoints in a row have not beaten the best held-out accuracy (0: train every epoch)"
+        ),
+    )
+    log_every: int = field(default=10, metadata=option(help="a train_log.jsonl record every N steps"))
     objective: str = "adamw"
     objective_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        validation.check_fields(self)
-        validation.one_of("--freeze", self.freeze, FREEZE_CHOICES)
-        validation.one_of("--mixed-precision", self.mixed_precision, PRECISION_CHOICES)
+        check_fields(self)
         validation.one_of("--data", self.data, ("bundled", "local", "hf"))
         check_split(self.train_split)
         check_split(self.select_split)
@@ -143,13 +169,17 @@ def default_freeze(model: str) -> str:
     return "word" if model == EMBEDDED else "none"
 
 
-def freeze_parameters(model: torch.nn.Module, what: str) -> int:
+def freeze_parameters(model: PreTrainedModel, what: str) -> int:
     """Freeze word embeddings or all embeddings; returns the number of frozen parameters."""
     if what == "none":
         return 0
     frozen = 0
     emb = model.get_input_embeddings()
-    targets = [emb.weight] if what == "word" else []
+    targets: list[torch.Tensor] = []
+    if what == "word":
+        weight = emb.weight
+        assert isinstance(weight, torch.Tensor)  # an embedding layer's weight, a Parameter
+        targets = [weight]
     if what == "embeddings":
         targets = [p for n, p in model.named_parameters() if "embed" in n or p is emb.weight]
     for p in targets:
@@ -358,7 +388,10 @@ def training_state(optimizer, scheduler, scaler, generator: torch.Generator) -> 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = state
-    name, keys, position, has_gauss, gauss = np.random.get_state()
+    # numpy's stubs type the no-argument call as returning a dict; with its default legacy=True it returns
+    # the global MT19937 state as this tuple
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    name, keys, position, has_gauss, gauss = numpy_state
     meta = {
         "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain},
         "scheduler": scheduler.state_dict(),
@@ -556,6 +589,7 @@ def train(
         epoch = step / steps_per_epoch
         if not main:
             return
+        assert db is not None  # opened on the main process
         dev_acc = (
             accuracy(accelerator.unwrap_model(model), tokenizer, select_rows, config.max_length)
             if select_rows
@@ -664,6 +698,7 @@ def train(
     if saved != step:  # a run resumed from its final checkpoint has it already
         evaluate_and_save(step)
     if main:
+        assert db is not None and log is not None  # opened on the main process
         db.set_run_status(config.run_id, "trained")
         db.close()
         log.close()
@@ -674,7 +709,9 @@ def train(
                 file=sys.stderr,
             )
         run.write_state(finished=True, stopped_early=step if stopped else None)
-        run.drop_training_state(run.last_checkpoint["name"])  # a finished run is not resumed
+        last_checkpoint = run.last_checkpoint
+        assert last_checkpoint is not None  # the final checkpoint, saved above or before a resume
+        run.drop_training_state(last_checkpoint["name"])  # a finished run is not resumed
     if trackers:
         accelerator.end_training()
     _wait_for_everyone(accelerator)

@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,6 @@ from xlgm.analysis import (
     granulated_table,
     top_correlations,
 )
-from xlgm.analysis.frame import RunReduce, Unit
 from xlgm.analysis.health import measure_health
 from xlgm.analysis.multiple import adjust_table
 from xlgm.analysis.report_table import prepare_frame
@@ -59,7 +58,7 @@ from xlgm.measures.base import get_measure, resolve_config
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
 from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
-from xlgm.study.spec import AnalysisSpec, StudySpec, load_spec
+from xlgm.study.spec import StudySpec, load_spec
 
 AXIS_PRIORITY = ("objective", "seed", "lr")
 
@@ -233,7 +232,7 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     if not data.measures:
         raise XlgmError(f"{data.out}: no measure values yet; nothing to correlate")
     frame = _base_frame(data)
-    unit, run_reduce = unit_options(a)
+    unit, run_reduce = a.unit, a.run_reduce
     directions = measure_directions(data.measures)
     signs = {m: s for m, (s, _) in directions.items() if s is not None}
     corr = correlation_table(
@@ -339,12 +338,6 @@ def group_tables(data: StudyData) -> tuple[pd.DataFrame, pd.DataFrame]:
     return groups, pd.DataFrame(summary, columns=["measure", "groups", "tau", "p", "finding"])
 
 
-def unit_options(analysis: AnalysisSpec) -> tuple[Unit, RunReduce]:
-    """The analysis' unit and run_reduce as the analysis functions' Literal types. AnalysisSpec types them str;
-    its parser has checked them against UNITS and RUN_REDUCE."""
-    return cast(Unit, analysis.unit), cast(RunReduce, analysis.run_reduce)
-
-
 def _base_frame(data: StudyData) -> pd.DataFrame:
     """The frame without the derived targets (the analysis functions add them after reducing to the unit)."""
     derived = [c for c in data.frame.columns if c.startswith("gap_") or c in ("mean_target", "mean_gap")]
@@ -354,7 +347,7 @@ def _base_frame(data: StudyData) -> pd.DataFrame:
 def unit_frame(data: StudyData) -> pd.DataFrame:
     """The rows correlated over (checkpoints, or one per run), with the targets."""
 
-    unit, run_reduce = unit_options(data.spec.analysis)
+    unit, run_reduce = data.spec.analysis.unit, data.spec.analysis.run_reduce
     return prepare_frame(
         _base_frame(data),
         data.measures,

@@ -1,4 +1,4 @@
-"""`xlgm study run|analyze|report`: the command-line side of studies.
+"""`xlgm study run|analyze|report|check|schema`: the command-line side of studies.
 
 Hooked into `xlgm` by `add_study_parser(sub)` (the `study` subcommand, handler `cmd_study`); also runnable on its
 own as `python -m xlgm.study.cli run SPEC ...`. Like `xlgm.cli` it imports the study modules inside its handlers,
@@ -57,6 +57,12 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=text)
         a.add_argument("target", help="the study folder, or its spec (then --out or the default folder)")
         a.add_argument("--out", help="the study folder when TARGET is a spec")
+    c = sub.add_parser("check", help="validate a spec: every error at once, or its study id and runs")
+    c.add_argument("spec", help="the study spec (YAML)")
+    sub.add_parser(
+        "schema",
+        help="print the spec's JSON Schema (for editors: `# yaml-language-server: $schema=FILE` in a spec)",
+    )
     return p
 
 
@@ -71,6 +77,21 @@ def cmd_study(args: argparse.Namespace) -> None:
         from xlgm.study.report import report_study
 
         report_study(args.target, args.out)
+    elif args.study_command == "check":
+        from xlgm.study.spec import load_spec
+
+        spec = load_spec(args.spec)
+        configs = spec.run_configs()
+        print(
+            f"{args.spec}: valid; study {spec.name} ({spec.study_id}): {len(configs)} runs, "
+            f"{len(spec.languages)} languages, {len(spec.measures.items)} measures"
+        )
+    elif args.study_command == "schema":
+        import json
+
+        from xlgm.study.schema import document_schema
+
+        print(json.dumps(document_schema(), indent=2))
     else:  # pragma: no cover - argparse rejects it first
         raise XlgmError(f"unknown study command {args.study_command!r}")
 

@@ -49,7 +49,6 @@ from xlgm.study.analyze import (
     load_study,
     resolve_study,
     unit_frame,
-    unit_options,
     write_tables,
 )
 
@@ -562,7 +561,7 @@ def _per_run(data: StudyData) -> pd.DataFrame:
 
     base = data.frame
     try:
-        return select_unit(base, "run", unit_options(data.spec.analysis)[1])
+        return select_unit(base, "run", data.spec.analysis.run_reduce)
     except Exception:  # noqa: BLE001 - e.g. `best` not among the measured checkpoints
         return select_unit(base, "run", "last")
 
