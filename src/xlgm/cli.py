@@ -71,68 +71,31 @@ def _add_random_head_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_parser(sub) -> None:
-    from xlgm.data import splits
-    from xlgm.objectives import add_objective_arguments
-    from xlgm.recipes.train import FREEZE_CHOICES, TrainConfig
+# TrainConfig fields that are not flags of their own: --data-dir/--hub give data and data_dir, the objective
+# flags (xlgm.objectives) give objective and objective_options.
+NOT_TRAIN_FLAGS = ("data", "data_dir", "objective", "objective_options")
 
-    d = TrainConfig()
+
+def _train_parser(sub) -> None:
+    from xlgm.core.options import add_config_arguments
+    from xlgm.objectives import add_objective_arguments
+    from xlgm.recipes.train import TrainConfig
+
     p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
-    p.add_argument("--model", default=d.model, help="`embedded`, a Hub id or a local folder (default: embedded)")
-    p.add_argument("--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: {d.task})")
-    p.add_argument("--source-language", default=d.source_language)
+    group = p.add_argument_group("training (TrainConfig; a study spec's `train:` takes the same options)")
+    add_config_arguments(
+        group,
+        TrainConfig,
+        exclude=NOT_TRAIN_FLAGS,
+        types_={"task": _task, "train_split": _split, "select_split": _split},
+        defaults={"freeze": None},  # the model's default (default_freeze)
+    )
     _add_data_arguments(p)
-    p.add_argument(
-        "--train-split",
-        default=d.train_split,
-        type=_split,
-        metavar="SPLIT",
-        help=f"{splits.SPLIT_HELP} (default: {d.train_split})",
-    )
-    p.add_argument(
-        "--select-split",
-        default=d.select_split,
-        type=_split,
-        metavar="SPLIT",
-        help="split for checkpoint selection (a held-out part, whole premises, when it equals the "
-        f"train split; default: {d.select_split})",
-    )
-    p.add_argument("--holdout-fraction", type=float, default=d.holdout_fraction)
-    p.add_argument("--max-train-examples", type=int)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="micro-batch size per device")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--mixed-precision",
-        default=d.mixed_precision,
-        choices=["auto", "no", "fp16", "bf16"],
-        help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no",
-    )
     p.add_argument(
         "--device",
         default="auto",
         help="auto (a GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps; not part of the run id",
     )
-    p.add_argument(
-        "--freeze",
-        default=None,
-        choices=FREEZE_CHOICES,
-        help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)",
-    )
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: last only)")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help="stop once N checkpoints in a row have not beaten the best held-out accuracy (0: train every epoch)",
-    )
-    p.add_argument("--log-every", type=int, default=d.log_every, help="a train_log.jsonl record every N steps")
     p.add_argument("--out", help="run directory (default: runs/TASK-OBJECTIVE-RUNID)")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint (the same config)"
@@ -320,6 +283,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from xlgm.core.options import config_kwargs
     from xlgm.objectives import objective_options
     from xlgm.recipes.train import TrainConfig, default_freeze, lost_cpu_processes, relaunch_in_processes, train
 
@@ -329,29 +293,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     name, options = objective_options(args)
     freeze = args.freeze or default_freeze(args.model)
     config = TrainConfig(
-        model=args.model,
-        task=args.task,
-        source_language=args.source_language,
+        **{**config_kwargs(args, TrainConfig, exclude=NOT_TRAIN_FLAGS), "freeze": freeze},
         data="hf" if args.hub else ("local" if args.data_dir else "bundled"),
         data_dir=args.data_dir,
-        train_split=args.train_split,
-        select_split=args.select_split,
-        holdout_fraction=args.holdout_fraction,
-        max_train_examples=args.max_train_examples,
-        max_length=args.max_length,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        freeze=freeze,
-        save_every=args.save_every,
-        patience=args.patience,
-        log_every=args.log_every,
         objective=name,
         objective_options=options,
     )
@@ -371,6 +315,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
+    import torch
+
     from xlgm.core import validation
     from xlgm.core.devices import resolve_device, resolve_precision
     from xlgm.data.loading import DataSource
@@ -404,17 +350,18 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     if run_config and task_name != run_config["task"]:
         raise XlgmError(f"{args.target} was trained on {run_config['task']}, not {task_name}")
     task = get_task(task_name)
-    languages = task.resolve_languages(config.languages)
+    codes = task.resolve_languages(config.languages)
     # Read every data file before loading the model: a malformed file fails in a second, not a minute.
-    examples = load_languages(task, languages, config.source, config.split, config.max_examples)
+    examples = load_languages(task, codes, config.source, config.split, config.max_examples)
     model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=args.random_head)
     validation.max_length("--max-length", config.max_length, validation.model_positions(model.config))
-    model.to(device)
+    module: torch.nn.Module = model  # transformers' `to` is typed through functools.wraps, unbound to mypy
+    module.to(device)
     report = evaluate_languages(
         model,
         tokenizer,
         task,
-        languages,
+        codes,
         config.source,
         config.split,
         config.max_examples,
@@ -426,7 +373,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     report["target"] = target.label
     base = target.run_dir or Path(".")
     out = Path(args.out) if args.out else base / f"eval-{config.split}.json"
-    checkpoint_id = f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir else target.model
+    checkpoint_id = (
+        f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir and target.checkpoint else target.model
+    )
     with ResultsDB(args.db or (base / ("results.sqlite" if target.run_dir else "xlgm-results.sqlite"))) as db:
         write_report(report, out)  # after the results file opened: a damaged one leaves the report as it was
         for lang, r in report["languages"].items():
@@ -464,7 +413,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
             print(f"# {title}")
             for name in list_measures(kind):
                 spec = get_measure(name)
-                sign = {1: "+", -1: "-"}.get(spec.expected_sign, "?")
+                sign = {1: "+", -1: "-"}.get(spec.expected_sign or 0, "?")
                 print(f"{name:<26} {spec.reference}\n{'':<26} expected vs accuracy: {sign} {spec.direction}")
                 options = measure_options(spec)
                 if options:
@@ -561,7 +510,9 @@ def _show_defaults(parser: argparse.ArgumentParser, seen: set[int] | None = None
         if (
             not action.option_strings
             or action.help == argparse.SUPPRESS
-            or default in (None, False, [], "")
+            or default is None
+            or default is False  # 0 is a default to show
+            or default in ([], "")
             or default is argparse.SUPPRESS
             or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
         ):

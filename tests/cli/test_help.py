@@ -43,8 +43,33 @@ def test_every_option_with_a_default_says_it_once():
         assert "(default: None)" not in text and "(default: False)" not in text, name
     assert checked > 30
     train_help = " ".join(dict(_subparsers(parser))["train"].format_help().split())
-    assert "--lr LR (default: 0.0001)" in train_help
-    assert "--holdout-fraction HOLDOUT_FRACTION (default: 0.1)" in train_help
+    assert "--lr LR peak learning rate (linear warm-up and decay) (default: 0.0001)" in train_help
+    assert "--holdout-fraction FRACTION the held-out part" in train_help and "(default: 0.1)" in train_help
+    assert "--seed SEED seeds the head, the data order and the objective (default: 0)" in train_help
+
+
+def test_train_flags_are_the_train_config_fields():
+    """One source: every TrainConfig field but those given otherwise is a flag of `xlgm train`, with the field's
+    default and help, and a spec's `train:` section takes the same names."""
+    import dataclasses
+
+    from xlgm.cli import NOT_TRAIN_FLAGS
+    from xlgm.core.options import help_of
+    from xlgm.recipes.train import TrainConfig
+    from xlgm.study.schema import NOT_IN_TRAIN, train_model
+
+    train = dict(_subparsers(build_parser()))["train"]
+    by_dest = {a.dest: a for a in train._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_TRAIN_FLAGS:
+            continue
+        action = by_dest[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        assert action.help.startswith(help_of(f)), f.name
+        if f.name != "freeze":  # its default is the model's (default_freeze)
+            assert action.default == f.default, f.name
+    spec_keys = set(train_model().model_fields)
+    assert spec_keys == {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_IN_TRAIN)
 
 
 def test_the_set_example_is_accepted_by_its_measure():

@@ -179,15 +179,17 @@ def add_config_arguments(
     *,
     exclude: Iterable[str] = (),
     types_: Mapping[str, Callable[[str], Any]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
-    """One flag per field of `config` (minus `exclude`), with its type, default, choices and help; parsed values
-    are checked by the config itself when it is built (`config_from_args`)."""
+    """One flag per field of `config` (minus `exclude`), with its type, default, choices and help (`types_` and
+    `defaults` replace a field's parser or default); parsed values are checked by the config itself when it is
+    built from `config_kwargs`."""
     hints = typing.get_type_hints(config)
     excluded = set(exclude)
     for f in dataclasses.fields(config):
         if f.name in excluded:
             continue
-        default = default_of(f)
+        default = (defaults or {}).get(f.name, default_of(f))
         annotation = hints[f.name]
         kind = scalar_type(annotation)
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_of(f) or None}
@@ -198,9 +200,8 @@ def add_config_arguments(
             choices = choices_of(annotation)
             if choices is not None:
                 kwargs["choices"] = list(choices)
-            metavar = f.name.upper() if choices is None else None
-            if metavar:
-                kwargs["metavar"] = metavar
+            else:
+                kwargs["metavar"] = f.name.split("_")[-1].upper()
         parser.add_argument(flag_of(f), **kwargs)
 
 

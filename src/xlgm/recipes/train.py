@@ -23,10 +23,11 @@ import random
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 import xlgm.objectives as objectives
 from xlgm.core import validation
-from xlgm.core.devices import PRECISION_CHOICES, resolve_device, resolve_precision
+from xlgm.core.devices import PRECISION_CHOICES, Precision, resolve_device, resolve_precision
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
@@ -65,7 +66,8 @@ from xlgm.runs import (
     write_json,
 )
 
-FREEZE_CHOICES = ("none", "word", "embeddings")
+Freeze = Literal["none", "word", "embeddings"]
+FREEZE_CHOICES: tuple[str, ...] = typing.get_args(Freeze)
 # Held-out rows for checkpoint selection are drawn with a fixed seed, not the run's, so every run of a
 # study selects on the same rows.
 HOLDOUT_SEED = 1234
@@ -104,14 +106,14 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.1, metadata=option(help="the share of steps warming up"))
     max_grad_norm: float = field(default=1.0, metadata=option(help="gradient clipping norm (0: no clipping)"))
     seed: int = field(default=0, metadata=option(help="seeds the head, the data order and the objective"))
-    mixed_precision: str = field(
+    mixed_precision: Precision = field(
         default="auto",
         metadata=option(
             help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no",
             rule=lambda label, value: validation.one_of(label, value, PRECISION_CHOICES),
         ),
     )
-    freeze: str = field(
+    freeze: Freeze = field(
         default="none",
         metadata=option(
             help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)",
