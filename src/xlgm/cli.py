@@ -55,9 +55,6 @@ def _task(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-TASK_HELP = "a task name (xnli, pawsx) or a task file, path/to/task.yaml"
-
-
 def _add_random_head_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--random-head",
@@ -113,40 +110,30 @@ def _train_parser(sub) -> None:
 
 
 def _evaluate_parser(sub) -> None:
+    from xlgm.core.options import add_config_arguments
     from xlgm.recipes.evaluate import EvaluateConfig
 
-    d = EvaluateConfig()
     p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
     p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
-    p.add_argument(
-        "--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: the run's task, else xnli)"
-    )
     p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
+    add_config_arguments(p, EvaluateConfig, exclude=EVALUATE_NOT_FLAGS, types_={"task": _task})
     _add_data_arguments(p)
-    p.add_argument("--split", default=d.split, choices=["dev", "test", "train"])
-    p.add_argument("--checkpoint", default=d.checkpoint, choices=["best", "last"], help="which checkpoint of a run")
-    p.add_argument("--max-examples", type=int, default=d.max_examples, help="at most N (>= 1) examples per language")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=d.max_length,
-        help="tokens a row is cut to: at least 8, at most the model's positions",
-    )
-    _add_device_arguments(
-        p,
-        d.mixed_precision,
-        "autocast of the forward passes; auto: bf16 on a GPU or on a CPU "
-        "with native bf16 (AMX, AVX512-BF16), else fp32 (default: auto)",
-    )
     _add_random_head_argument(p)
     p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
 
 
+# Config fields that are not flags of their own: --languages, --measures, --set and --data are read by hand
+# (comma lists, MEASURE.OPTION=VALUE, LANGUAGE-SPLIT), --data-dir/--hub give the source.
+EVALUATE_NOT_FLAGS = ("languages", "source")
+MEASURE_NOT_FLAGS = ("measures", "options", "data", "source")
+MEASURE_DATA_NOT_FLAGS = ("language", "split")
+
+
 def _measure_parser(sub) -> None:
-    from xlgm.recipes.measure import MeasureConfig
+    from xlgm.core.options import add_config_arguments
+    from xlgm.recipes.measure import MeasureConfig, MeasureData
 
     d = MeasureConfig()
     p = sub.add_parser("measure", help="generalization measures of a checkpoint, or of every checkpoint of a run")
@@ -159,23 +146,9 @@ def _measure_parser(sub) -> None:
     p.add_argument(
         "--data", default=f"{d.data.language}-{d.data.split}", help="LANGUAGE-SPLIT of the examples the measures see"
     )
+    add_config_arguments(p, MeasureData, exclude=MEASURE_DATA_NOT_FLAGS)
+    add_config_arguments(p, MeasureConfig, exclude=MEASURE_NOT_FLAGS, types_={"task": _task})
     _add_data_arguments(p)
-    p.add_argument(
-        "--task", default=d.task, type=_task, metavar="TASK", help=f"{TASK_HELP} (default: the run's task, else xnli)"
-    )
-    p.add_argument(
-        "--checkpoint", default=d.checkpoint, choices=["all", "best", "last"], help="which checkpoints of a run"
-    )
-    p.add_argument("--max-examples", type=int, default=d.data.max_examples)
-    p.add_argument("--batch-size", type=int, default=d.data.batch_size)
-    p.add_argument(
-        "--max-length",
-        type=int,
-        default=d.data.max_length,
-        help="tokens a row is cut to: at least 8, at most the model's positions",
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--params", default=None, help="parameter filter, a regex on names (default: trained parameters)")
     p.add_argument(
         "--set",
         action="append",
@@ -184,12 +157,6 @@ def _measure_parser(sub) -> None:
         help="a measure option, e.g. --set sharpness-diff.num_draws=5 (repeatable; options: `xlgm measure --list`)",
     )
     _add_random_head_argument(p)
-    _add_device_arguments(
-        p,
-        d.mixed_precision,
-        "autocast of the measures' forward and backward passes "
-        "(default: no, float32: curvature estimates in bf16 are not exact)",
-    )
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
@@ -319,6 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
     from xlgm.core import validation
     from xlgm.core.devices import resolve_device, resolve_precision
+    from xlgm.core.options import config_kwargs
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task, read_run_task
     from xlgm.models.load import load_target
@@ -328,16 +296,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
     languages = None if args.languages == "all" else tuple(validation.comma_list("--languages", args.languages))
     config = EvaluateConfig(
-        task=args.task,
+        **config_kwargs(args, EvaluateConfig, exclude=EVALUATE_NOT_FLAGS),
         languages=languages,
-        split=args.split,
-        checkpoint=args.checkpoint,
-        max_examples=args.max_examples,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
         source=DataSource.from_args(args.data_dir, args.hub),
-        device=args.device,
-        mixed_precision=args.mixed_precision,
     )
     device = resolve_device(config.device)
     precision = resolve_precision(config.mixed_precision, device)
@@ -388,6 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_measure(args: argparse.Namespace) -> list[dict]:
+    from xlgm.core.options import config_kwargs
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task, read_run_task
     from xlgm.measures.base import get_measure, list_measures, measure_options
@@ -423,18 +385,11 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     if not args.target:
         raise XlgmError("xlgm measure needs a TARGET: a run directory, a checkpoint directory or a model")
     config = MeasureConfig(
+        **config_kwargs(args, MeasureConfig, exclude=MEASURE_NOT_FLAGS),
         measures=tuple(resolve_measures(args.measures)),
         options=parse_measure_options(args.set),
-        data=MeasureData.parse(
-            args.data, max_examples=args.max_examples, batch_size=args.batch_size, max_length=args.max_length
-        ),
-        task=args.task,
-        checkpoint=args.checkpoint,
-        seed=args.seed,
-        params=args.params,
+        data=MeasureData.parse(args.data, **config_kwargs(args, MeasureData, exclude=MEASURE_DATA_NOT_FLAGS)),
         source=DataSource.from_args(args.data_dir, args.hub),
-        device=args.device,
-        mixed_precision=args.mixed_precision,
     )
     targets = expand_targets(args.target, config.checkpoint)
     run_dir = targets[0].run_dir

@@ -123,7 +123,7 @@ def test_cli_task_errors_are_one_line(tmp_path, capsys, command):
 def test_spec_task_file_errors_name_the_spec(tmp_path):
     from xlgm.study.spec import parse_text
 
-    with pytest.raises(XlgmError, match=r"^s.yaml: task: .*missing.yaml: no such task file$"):
+    with pytest.raises(XlgmError, match=r"^s.yaml:2: task: .*missing.yaml: no such task file$"):
         parse_text("name: x\ntask: missing.yaml\ngrid: [{objective: adamw}]\n", "s.yaml", tmp_path)
-    with pytest.raises(XlgmError, match=r"^s.yaml: task: unknown task 'nli'"):
+    with pytest.raises(XlgmError, match=r"^s.yaml:2: task: unknown task 'nli'"):
         parse_text("name: x\ntask: nli\ngrid: [{objective: adamw}]\n", "s.yaml", tmp_path)

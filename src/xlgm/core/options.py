@@ -57,15 +57,34 @@ def rule_of(f: dataclasses.Field) -> Rule | None:
 
 
 def check_fields(config: Any, label: Callable[[str], str] = validation.flag, optional: Iterable[str] = ()) -> None:
-    """Check every field of a config dataclass that has a rule (errors name `label(field)`, by default its
-    command-line flag); a field named in `optional` may also be None. Config classes call this in
-    `__post_init__`."""
+    """Check every field of a config dataclass that has a rule, or a `Literal[...]` type (errors name
+    `label(field)`, by default its command-line flag); a field named in `optional` may also be None. Config
+    classes call this in `__post_init__`."""
     optional = set(optional)
+    hints = _hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if value is None and (f.name in optional or _allows_none(hints[f.name])):
+            continue
         rule = rule_of(f)
-        if rule is not None and not (f.name in optional and value is None):
+        if rule is not None:
             rule(label(f.name), value)
+        choices = choices_of(hints[f.name])
+        if choices is not None:
+            validation.one_of(label(f.name), value, choices)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(config: type) -> dict[str, Any]:
+    if config not in _HINTS:
+        _HINTS[config] = typing.get_type_hints(config)
+    return _HINTS[config]
+
+
+def _allows_none(annotation: Any) -> bool:
+    return _is_union(annotation) and type(None) in typing.get_args(annotation)
 
 
 def default_of(f: dataclasses.Field) -> Any:

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import random
 import re
+import typing
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 from xlgm.data.tasks import Example, Task
 from xlgm.errors import XlgmError
 
-FILE_SPLITS = ("dev", "test", "train")
+Split = Literal["dev", "test", "train"]  # the files of a task's language
+FILE_SPLITS: tuple[str, ...] = typing.get_args(Split)
 TRAIN_MINUS_TEST = re.compile(r"train-minus-test-([1-9][0-9]*)")
 SPLIT_HELP = (
     "dev, test, train or train-minus-test-N (English dev + the test rows that share nothing with test rows 1..N)"

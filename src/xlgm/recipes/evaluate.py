@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,35 +21,46 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xlgm.core import validation
-from xlgm.core.devices import PRECISION_CHOICES, autocast
+from xlgm.core.devices import Precision, autocast
 from xlgm.core.files import write_json
-from xlgm.core.options import check_fields
+from xlgm.core.options import check_fields, option
 from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `predict_outputs` returns
 from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.splits import Split
 from xlgm.data.tasks import Example, Task, check_task
 from xlgm.errors import XlgmError
 
-SPLITS = ("dev", "test", "train")
+SPLITS: tuple[str, ...] = typing.get_args(Split)
 CHECKPOINT_CHOICES = ("best", "last")
+TASK_HELP = "a task name (xnli, pawsx) or a task file, path/to/task.yaml (default: the run's task, else xnli)"
+MAX_LENGTH_HELP = "tokens a row is cut to: at least 8, at most the model's positions"
+DEVICE_HELP = "auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps"
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """What `xlgm evaluate` does with a TARGET. Every field is checked when the config is made (errors name
-    the command-line flag); the maximum length is checked against the model's positions once it is loaded."""
+    the command-line flag); the maximum length is checked against the model's positions once it is loaded.
+    The fields with help are `xlgm evaluate`'s flags (xlgm.core.options)."""
 
-    task: str | None = None  # None: the run's task, else xnli
+    task: str | None = field(default=None, metadata=option(help=TASK_HELP))
     languages: tuple[str, ...] | None = None  # None: every language of the task
-    split: str = "test"
-    checkpoint: str = "best"  # which checkpoint of a run
-    max_examples: int | None = None  # rows per language; None: all
-    batch_size: int = 64
-    max_length: int = 128
+    split: Split = field(default="test", metadata=option(help="the split of every language evaluated"))
+    checkpoint: Literal["best", "last"] = field(default="best", metadata=option(help="which checkpoint of a run"))
+    max_examples: int | None = field(default=None, metadata=option(help="at most N (>= 1) examples per language"))
+    batch_size: int = field(default=64, metadata=option(help="rows a forward pass"))
+    max_length: int = field(default=128, metadata=option(help=MAX_LENGTH_HELP))
     source: DataSource = field(default_factory=DataSource)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: bf16 where the device has it natively)
+    device: str = field(default="auto", metadata=option(help=DEVICE_HELP))
+    mixed_precision: Precision = field(
+        default="auto",
+        metadata=option(
+            help="autocast of the forward passes; auto: bf16 on a GPU or on a CPU with native bf16 (AMX, "
+            "AVX512-BF16), else fp32"
+        ),
+    )
 
     def __post_init__(self) -> None:
         v, flag = validation, validation.flag
@@ -55,10 +68,7 @@ class EvaluateConfig:
             check_task(flag("task"), self.task)
         if self.languages is not None:
             object.__setattr__(self, "languages", tuple(v.non_empty_list(flag("languages"), list(self.languages))))
-        v.one_of(flag("split"), self.split, SPLITS)
-        v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
-        check_fields(self)  # max_examples, batch_size, max_length, device
-        v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
+        check_fields(self)  # split, checkpoint, max_examples, batch_size, max_length, device, mixed_precision
 
 
 def _pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:

@@ -16,23 +16,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from tqdm.auto import tqdm
 
 from xlgm.core import validation
-from xlgm.core.devices import PRECISION_CHOICES, autocast, resolve_device, resolve_precision
+from xlgm.core.devices import Precision, autocast, resolve_device, resolve_precision
 from xlgm.core.files import read_json, write_json
-from xlgm.core.options import check_fields
+from xlgm.core.options import check_fields, option
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST
+from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST, Split
 from xlgm.data.tasks import Task, check_task
 from xlgm.errors import XlgmError
 from xlgm.measures.base import MeasureResult, compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
-from xlgm.recipes.evaluate import SPLITS, model_device
+from xlgm.recipes.evaluate import DEVICE_HELP, MAX_LENGTH_HELP, TASK_HELP, model_device
 from xlgm.recipes.train import freeze_parameters
 from xlgm.results import ResultsDB
 from xlgm.runs import ResolvedTarget, RunDir, is_run_dir, load_initial_into, resolve_target
@@ -46,18 +46,18 @@ class MeasureData:
     """Which labelled examples the measures see: a language and split, at most `max_examples` rows."""
 
     language: str = "en"
-    split: str = "dev"
-    max_examples: int | None = 256  # None: every row
-    batch_size: int = 32
-    max_length: int | None = 128  # None (a study spec's default): the run's training max_length
+    split: Split = "dev"
+    max_examples: int | None = field(default=256, metadata=option(help="rows the measures see"))
+    batch_size: int = field(default=32, metadata=option(help="rows a forward and backward pass"))
+    # None (a study spec's default): the run's training max_length
+    max_length: int | None = field(default=128, metadata=option(help=MAX_LENGTH_HELP))
 
     def __post_init__(self) -> None:
         validation.require(
             isinstance(self.language, str) and bool(self.language.strip()),
             f"--data: expected LANGUAGE-SPLIT, e.g. en-dev, got language {self.language!r}",
         )
-        validation.one_of("--data split", self.split, SPLITS)
-        check_fields(self, optional=("max_length",))  # max_examples, batch_size, max_length
+        check_fields(self, label=lambda name: "--data split" if name == "split" else validation.flag(name))
 
     @classmethod
     def parse(cls, spec: str, **kw: Any) -> MeasureData:
@@ -65,7 +65,7 @@ class MeasureData:
         lang, sep, split = spec.partition("-")
         if not sep or not (split in FILE_SPLITS or TRAIN_MINUS_TEST.fullmatch(split)):
             raise XlgmError(f"--data {spec!r}: expected LANGUAGE-SPLIT, e.g. en-dev or de-test")
-        return cls(lang, split, **kw)
+        return cls(lang, cast(Split, split), **kw)  # __post_init__ checks it
 
     @property
     def key(self) -> str:
@@ -80,13 +80,20 @@ class MeasureConfig:
     measures: tuple[str, ...] = DEFAULT_MEASURES
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # measure -> {option: value}
     data: MeasureData = field(default_factory=MeasureData)
-    task: str | None = None  # None: the run's task, else xnli
-    checkpoint: str = "all"  # which checkpoints of a run
-    seed: int = 0
-    params: str | None = None  # a regex on parameter names; None: the trained parameters
+    task: str | None = field(default=None, metadata=option(help=TASK_HELP))
+    checkpoint: Literal["all", "best", "last"] = field(
+        default="all", metadata=option(help="which checkpoints of a run")
+    )
+    seed: int = field(default=0, metadata=option(help="seeds the measures' random draws"))
+    params: str | None = field(
+        default=None, metadata=option(help="parameter filter, a regex on names (default: the trained parameters)")
+    )
     source: DataSource = field(default_factory=DataSource)
-    device: str = "auto"
-    mixed_precision: str = "no"  # float32 unless asked
+    device: str = field(default="auto", metadata=option(help=DEVICE_HELP))
+    mixed_precision: Precision = field(
+        default="no",
+        metadata=option(help="autocast of the measures' passes (default: no, float32: curvature in bf16 is not exact)"),
+    )
 
     def __post_init__(self) -> None:
         v, flag = validation, validation.flag
@@ -107,14 +114,12 @@ class MeasureConfig:
                 raise XlgmError(f"--set {name}: {err}") from None
         if self.task is not None:
             check_task(flag("task"), self.task)
-        v.one_of(flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
-        check_fields(self)  # seed, device
+        check_fields(self)  # checkpoint, seed, device, mixed_precision
         if self.params is not None:
             try:
                 re.compile(self.params)
             except re.error as err:
                 raise XlgmError(f"--params: expected a regular expression ({err})") from None
-        v.one_of(flag("mixed_precision"), self.mixed_precision, PRECISION_CHOICES)
 
 
 def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:

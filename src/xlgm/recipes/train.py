@@ -40,7 +40,7 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 import xlgm.objectives as objectives
 from xlgm.core import validation
-from xlgm.core.devices import PRECISION_CHOICES, Precision, resolve_device, resolve_precision
+from xlgm.core.devices import Precision, resolve_device, resolve_precision
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
@@ -109,15 +109,13 @@ class TrainConfig:
     mixed_precision: Precision = field(
         default="auto",
         metadata=option(
-            help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no",
-            rule=lambda label, value: validation.one_of(label, value, PRECISION_CHOICES),
+            help="auto: bf16 (else fp16) on a GPU, bf16 on a CPU with native bf16 (AMX, AVX512-BF16), else no"
         ),
     )
     freeze: Freeze = field(
         default="none",
         metadata=option(
-            help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)",
-            rule=lambda label, value: validation.one_of(label, value, FREEZE_CHOICES),
+            help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)"
         ),
     )
     save_every: int = field(default=0, metadata=option(help="checkpoint every N steps (0: the last only)"))

@@ -31,10 +31,11 @@ from pydantic import (
 from xlgm.analysis.predict import FEATURES
 from xlgm.core.options import Section, field_annotation, help_of, rule_validator, section_model
 from xlgm.core.validation import FIELD_RULES
+from xlgm.data.splits import Split
 from xlgm.objectives import OBJECTIVES
 from xlgm.recipes.measure import MeasureData
 from xlgm.recipes.train import TrainConfig
-from xlgm.study.sections import AnalysisSpec, CheckpointSpec, EvaluationSpec, PredictionSpec, Split
+from xlgm.study.sections import AnalysisSpec, CheckpointSpec, EvaluationSpec, PredictionSpec
 
 # TrainConfig fields the spec sets elsewhere (top level, grid entry, seeds, checkpoints).
 NOT_IN_TRAIN = {

@@ -15,9 +15,9 @@ from xlgm.analysis.predict import DEFAULT_ALPHAS
 from xlgm.core import validation
 from xlgm.core.devices import Precision
 from xlgm.core.options import option
+from xlgm.data.splits import Split
 from xlgm.recipes.measure import MeasureData
 
-Split = Literal["dev", "test", "train"]
 MeasureAt = Literal["all", "best"]
 
 
