@@ -66,7 +66,7 @@ def test_bad_spec_is_one_line(tmp_path, capsys):
     spec.write_text("name: bad\ngrid:\n  - objective: adamw\n  - {objective: sam, rho: abc}\n")
     assert main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"xlgm: error: {spec}: grid[1].rho: expected a number, got 'abc'"
+    assert err == f"xlgm: error: {spec}:4: grid[1].rho: expected a number, got 'abc'"
     assert not (tmp_path / "out").exists()
 
 
