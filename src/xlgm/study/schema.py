@@ -1,10 +1,10 @@
 """What a study spec file may say: pydantic v2 models of the YAML document, built from the configs they feed.
 
 The training options (`train:` and a grid entry's training axes) are `TrainConfig`'s fields, an objective's
-options its config's fields, with their types, defaults and help; the rules of options that the CLI takes too
-are `xlgm.core.validation`'s. `Document.model_validate(raw)` checks types and ranges and reports every error at
-once; `xlgm.study.spec` adds the checks that need the task, the registries or a whole config, and builds the
-frozen `StudySpec`. `document_schema()` is the JSON Schema editors use (`xlgm study schema`).
+options its config's fields, the other sections `xlgm.study.sections`' dataclasses, each with its type, default,
+help and rule (`xlgm.core.options`). `document_model().model_validate(raw)` checks types and ranges and reports
+every error at once; `xlgm.study.spec` adds the checks that need the task, the registries or a whole config,
+and builds the frozen `StudySpec`. `document_schema()` is the JSON Schema editors use (`xlgm study schema`).
 """
 
 from __future__ import annotations
