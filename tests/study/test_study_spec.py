@@ -60,11 +60,11 @@ def test_every_error_is_reported_at_once_one_a_line():
     text = BASE.replace("rho: [0.02, 0.05]", "rho: abc").replace("epochs: 1,", "epochs: 0, warmup: 3,")
     text = text.replace("[de, sw]", "[de, xx]").replace("[margin,", "[nope,")
     lines = spec_error(text).splitlines()
-    assert [line.split(": ")[1] for line in lines] == [
+    assert [line.split(": ")[1] for line in lines] == [  # in the file's order
+        "target_languages[1]",
         "train.epochs",
         "train.warmup",
         "grid[1].rho",
-        "target_languages[1]",
         "measures.names[0]",
     ]
     assert all(line.startswith("studies/x.yaml:") for line in lines)

@@ -417,6 +417,7 @@ class _Reader:
             return None, None
 
     def languages(self, value: Any, task: Task, source_language: str) -> tuple[str, ...]:
+        before = len(self.errors)
         if value == "all":
             codes = list(task.languages)
         else:
@@ -434,7 +435,7 @@ class _Reader:
                         f"unknown language {code!r} for {task.name}; expected one of: {' '.join(task.languages)}",
                     )
         targets = tuple(c for c in dict.fromkeys(codes) if c != source_language)
-        if not targets and not self.errors:
+        if not targets and len(self.errors) == before:
             self.fail(("target_languages",), f"no target language besides the source language {source_language!r}")
         return targets
 
@@ -611,12 +612,18 @@ def parse_spec(
     else:
         spec = reader.spec(doc)
     if reader.errors or spec is None:
-        raise SpecError("\n".join(_line(source, loc, message, lines or {}) for loc, message in reader.errors))
+        found = [(_line_of(loc, lines or {}), loc, message) for loc, message in reader.errors]
+        found.sort(key=lambda e: e[0] or 0)  # in the file's order (stable: as found within a line)
+        raise SpecError("\n".join(_line(source, loc, message, line) for line, loc, message in found))
     return spec
 
 
-def _line(source: str, loc: Location, message: str, lines: Mapping[Location, int]) -> str:
-    line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+def _line_of(loc: Location, lines: Mapping[Location, int]) -> int | None:
+    """The line of `loc`, or of the nearest place above it that the file has (a missing key: its mapping)."""
+    return next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+
+
+def _line(source: str, loc: Location, message: str, line: int | None) -> str:
     head = f"{source}:{line}" if line is not None else source
     return f"{head}: {where(loc)}: {message}" if loc else f"{head}: {message}"
 
