@@ -174,7 +174,7 @@ def section_model(
 ) -> type[Section]:
     """A pydantic model of a config dataclass's fields (minus `exclude`), each with its type, default, help and
     rule; `defaults` and `types_` replace a field's default or type where the file writes it otherwise."""
-    hints = typing.get_type_hints(config)
+    hints = _hints(config)
     excluded = set(exclude)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -203,7 +203,7 @@ def add_config_arguments(
     """One flag per field of `config` (minus `exclude`), with its type, default, choices and help (`types_` and
     `defaults` replace a field's parser or default); parsed values are checked by the config itself when it is
     built from `config_kwargs`."""
-    hints = typing.get_type_hints(config)
+    hints = _hints(config)
     excluded = set(exclude)
     for f in dataclasses.fields(config):
         if f.name in excluded:

@@ -41,6 +41,7 @@ PyYAML leaves a string); a float option given an integer is that float (the same
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ from xlgm.study.sections import (
     DataSpec,
     EvaluationSpec,
     GridEntry,
+    MeasureAt,
     MeasureItem,
     MeasuresSpec,
     PredictionSpec,
@@ -488,8 +490,8 @@ class _Reader:
             else:
                 name, options = raw, {}
             at = options.pop("at", "all")
-            if at not in ("all", "best"):
-                self.fail((*loc, name, "at"), f"expected one of all, best, got {at!r}")
+            if at not in typing.get_args(MeasureAt):
+                self.fail((*loc, name, "at"), f"expected one of {', '.join(typing.get_args(MeasureAt))}, got {at!r}")
                 continue
             try:
                 spec = get_measure(name)
