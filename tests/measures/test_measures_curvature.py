@@ -54,6 +54,35 @@ def test_lanczos_without_reorthogonalization_finds_the_top():
     assert res.eigenvalues[0] == pytest.approx(10.0, rel=1e-8)
 
 
+def test_thick_restarted_lanczos_resolves_a_tight_top_cluster_in_a_small_basis():
+    # Eigenvalues 10.0, 9.98, 9.96, ... at the top: the case that left plain Lanczos short of its tolerance.
+    spectrum = list(10.0 - 0.02 * np.arange(12)) + list(np.linspace(-2.0, 3.0, 188))
+    op = MatrixOperator(_symmetric(spectrum, seed=5))
+    small = lanczos(op, _gen(), k=2, max_iters=800, tol=1e-9, max_basis=8)
+    assert small.reorthogonalized and small.converged
+    assert small.iterations > 8  # it restarted
+    assert small.eigenvalues == pytest.approx([10.0, 9.98], abs=1e-7)
+    assert small.residuals[0] <= 1e-9 * small.eigenvalues[0]
+    # The basis size comes from the memory limit: 6 float64 vectors of 200 beside the next one.
+    limited = lanczos(op, _gen(), k=1, max_iters=800, tol=1e-7, memory_limit=7 * 200 * 8)
+    assert limited.reorthogonalized and limited.converged
+    assert limited.eigenvalues[0] == pytest.approx(10.0, abs=1e-6)
+    assert limited.iterations > 6
+    # Not even k + 2 vectors fit: the three-term recurrence.
+    assert lanczos(op, _gen(), k=1, max_iters=50, memory_limit=2 * 200 * 8).reorthogonalized is False
+
+
+def test_thick_restarted_lanczos_without_restarts_is_full_lanczos():
+    spectrum = [10.0, 6.0, 5.5] + list(np.linspace(-2.0, 3.0, 37))
+    op = MatrixOperator(_symmetric(spectrum))
+    whole = lanczos(op, _gen(), k=3, max_iters=40, tol=1e-10, return_vectors=True)
+    assert whole.reorthogonalized and whole.converged
+    matrix = _symmetric(spectrum)
+    for value, vector in zip(whole.eigenvalues, whole.eigenvectors or []):
+        assert float(vector.norm()) == pytest.approx(1.0, abs=1e-10)
+        assert float((matrix @ vector - value * vector).norm()) <= 1e-8
+
+
 def test_power_iteration_with_deflation():
     spectrum = [10.0, -6.0] + list(np.linspace(-2.0, 3.0, 28))
     op = MatrixOperator(_symmetric(spectrum, seed=1))
@@ -205,6 +234,20 @@ def test_tiny_bert_top_eigenvalue_matches_full_hessian():
     # here |λ2/λ1| ≈ 0.975 and negative eigenvalues of similar size make it need hundreds of HVPs).
     two = compute_measure("hessian-top-eig", model, batches, param_filter=SUBSET, config={"k": 2, "tol": 1e-6})
     assert two.details["eigenvalues"] == pytest.approx([float(eig[-1]), float(eig[-2])], rel=1e-4)
+
+
+def test_tiny_bert_restarted_lanczos_matches_full_hessian():
+    # |λ2/λ1| ≈ 0.975 here: a basis of 6 vectors must restart many times to resolve both.
+    model, batches = make_tiny_bert(), make_bert_batches()
+    model.eval()
+    names = [n for n, _ in model.named_parameters() if __import__("re").search(SUBSET, n)]
+    params = [p for n, p in model.named_parameters() if n in names]
+    hess = _full_hessian(model, batches, names).double()
+    eig = torch.linalg.eigvalsh((hess + hess.T) / 2)
+    op = HessianOperator(model, batches, params)
+    res = lanczos(op, _gen(), k=2, max_iters=1000, tol=1e-6, max_basis=6)
+    assert res.converged and res.reorthogonalized and res.iterations > 6
+    assert res.eigenvalues == pytest.approx([float(eig[-1]), float(eig[-2])], rel=1e-4)
 
 
 def test_tiny_bert_operator_is_symmetric_and_eval_mode():

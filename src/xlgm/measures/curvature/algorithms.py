@@ -5,13 +5,14 @@ Every algorithm takes an operator with `matvec(v)`, `size`, `device` and `dtype`
 
 - `power_iteration`: the dominant (largest |λ|) eigenvalue; top-k by deflation (A - Σ λ_j u_j u_jᵀ).
   Stops when the Rayleigh quotient changes by less than tol (relative). Converges at rate |λ2/λ1|.
-- `lanczos`: the k largest (algebraic) eigenvalues from the Krylov subspace. Ritz values come from
-  `scipy.linalg.eigh_tridiagonal`; it stops when every top-k Ritz pair has residual
-  ||A y - θ y|| = β_j |s_j| <= tol |θ| (then some eigenvalue lies within tol |θ| of θ, Bauer-Fike).
-  Full reorthogonalization (every Lanczos vector kept: memory (iterations + 1) x size) when that fits in
-  `memory_limit` bytes (2 GiB by default), else the plain three-term recurrence (3 vectors), whose top Ritz
-  value converges just as well but may later repeat as "ghost" copies -- so with k > 1 on a model too large
-  for full reorthogonalization, the k values may contain duplicates of λ_max (details say which was used).
+- `lanczos`: the k largest (algebraic) eigenvalues from the Krylov subspace; it stops when every top-k
+  Ritz pair has residual ||A y - θ y|| = β |s_last| <= tol |θ| (then some eigenvalue lies within tol |θ| of
+  θ, Bauer-Fike). Full reorthogonalization with thick restarts (Wu & Simon 2000): the basis holds as many
+  vectors as fit in `memory_limit` bytes (2 GiB by default; `max_basis` sets it), and when it is full it
+  restarts from its best half of Ritz vectors, so a tight cluster at the top of the spectrum can take as
+  many steps as it needs in bounded memory. When not even k + 3 vectors fit: the plain three-term
+  recurrence (3 vectors), whose top Ritz value converges too but may later repeat as "ghost" copies
+  (details say which was used).
 - `hutchinson`: tr(A) ≈ mean_i z_iᵀ A z_i, z_i Rademacher (Hutchinson 1989); std over the probes reported.
 - `hutchpp`: Hutch++ (Meyer, Musco, Musco & Woodruff 2021): tr(A) = tr(Qᵀ A Q) + Hutchinson on the
   residual (I - QQᵀ) A (I - QQᵀ), Q an orthonormal basis of A S for a Rademacher sketch S; m matvecs split
@@ -114,60 +115,123 @@ def lanczos(
     return_vectors: bool = False,
     reorthogonalize: bool | None = None,
     memory_limit: int = 2 * 1024**3,
+    max_basis: int | None = None,
 ) -> EigenResult:
-    """The k largest eigenvalues by Lanczos (full reorthogonalization when it fits in memory_limit bytes)."""
-    m = min(max_iters, op.size)
+    """The k largest eigenvalues by Lanczos: thick-restarted with full reorthogonalization, or plain."""
     k = min(k, op.size)
+    itemsize = torch.empty((), dtype=op.dtype).element_size()
+    fits = memory_limit // (op.size * itemsize) - 1  # basis vectors beside the next one
+    smallest = min(max_iters, op.size, k + 2)
     if reorthogonalize is None:
-        itemsize = torch.empty((), dtype=op.dtype).element_size()
-        reorthogonalize = return_vectors or (m + 1) * op.size * itemsize <= memory_limit
+        reorthogonalize = return_vectors or (max_basis if max_basis is not None else fits) >= smallest
+    if reorthogonalize:
+        # Restarts let the steps exceed the dimension; a basis of more than `size` vectors never helps.
+        basis_size = min(max_iters, op.size, max_basis if max_basis is not None else fits)
+        return _thick_restart_lanczos(op, generator, k, max_iters, tol, return_vectors, max(basis_size, smallest))
+    return _plain_lanczos(op, generator, k, min(max_iters, op.size), tol)
+
+
+def _ritz_convergence(theta, last_row, beta: float, k: int, tol: float) -> tuple[np.ndarray, list[float], bool]:
+    """The top-k Ritz values' order, their residuals β|s_last| and whether all are below tol·|θ|."""
+    order = np.argsort(theta)[::-1][:k]
+    residuals = [float(beta * abs(last_row[i])) for i in order]
+    converged = len(order) >= k and all(r <= tol * max(abs(float(theta[i])), 1e-30) for r, i in zip(residuals, order))
+    scale = max(abs(float(theta[order[0]])), 1e-30)
+    # beta ~ 0: an invariant subspace, whose Ritz values are exact
+    return order, residuals, converged or beta <= 1e-10 * scale
+
+
+def _thick_restart_lanczos(op, generator, k: int, m: int, tol: float, return_vectors: bool, basis_size: int):
+    # Krylov-Schur form A V = V T + w e_jᵀ with V orthonormal (reorthogonalized twice, Kahan/Parlett; BLAS's
+    # blocked sums keep a float32 projection within ~1e-8 of float64 at 2e7 entries). When
+    # V holds basis_size vectors, it restarts from its best Ritz vectors (Wu & Simon 2000, thick restart;
+    # Stewart 2001): V <- V Y_keep, T <- diag(θ_keep) bordered by β Y[last, keep], the residual vector kept.
+    # Memory stays (basis_size + 1) x size however many steps a tight cluster at the top needs; without a
+    # restart this is Lanczos with full reorthogonalization.
     start = op.applications
-    q = _random_unit(op, generator)
-    basis = [q]  # every Lanczos vector (full reorthogonalization) or the last two
+    basis = torch.empty((basis_size + 1, op.size), dtype=op.dtype, device=op.device)
+    basis[0] = _random_unit(op, generator)
+    projected = np.zeros((basis_size, basis_size))
+    j = 0  # the vector to expand next; basis[: j + 1] is orthonormal
+    history: list[float] = []
+    residuals: list[float] = []
+    theta, s = np.zeros(0), np.zeros((0, 0))
+    order = np.zeros(0, dtype=int)
+    converged = False
+    for _ in range(m):
+        w = op.matvec(basis[j])
+        coefficients = np.zeros(j + 1)
+        for _ in range(2):  # classical Gram-Schmidt twice: two passes over the basis, in BLAS
+            c = basis[: j + 1] @ w
+            w = w - c @ basis[: j + 1]
+            coefficients += c.double().cpu().numpy()
+        projected[: j + 1, j] = coefficients
+        projected[j, : j + 1] = coefficients
+        beta = float(w.norm())
+        theta, s = np.linalg.eigh(projected[: j + 1, : j + 1])
+        order, residuals, converged = _ritz_convergence(theta, s[-1], beta, k, tol)
+        history.append(float(theta[order[0]]))
+        if converged:
+            break
+        basis[j + 1] = w / beta
+        if j + 1 < basis_size:
+            projected[j + 1, j] = projected[j, j + 1] = beta
+            j += 1
+            continue
+        keep = np.argsort(theta)[::-1][: max(k, basis_size // 2)]
+        y = torch.as_tensor(s[:, keep].T.copy(), dtype=op.dtype, device=op.device)
+        kept = len(keep)
+        basis[:kept] = y @ basis[:basis_size]
+        basis[kept] = basis[basis_size]
+        border = beta * s[-1, keep]
+        projected[:] = 0.0
+        projected[np.arange(kept), np.arange(kept)] = theta[keep]
+        projected[kept, :kept] = projected[:kept, kept] = border
+        j = kept
+    vectors = None
+    if return_vectors:
+        ritz = torch.as_tensor(s[:, order].T.copy(), dtype=op.dtype, device=op.device)
+        vectors = list(ritz @ basis[: len(theta)])
+    return EigenResult(
+        [float(theta[i]) for i in order],
+        op.applications - start,
+        len(history),
+        converged,
+        residuals,
+        history,
+        vectors,
+        reorthogonalized=True,
+    )
+
+
+def _plain_lanczos(op, generator, k: int, m: int, tol: float) -> EigenResult:
+    # The three-term recurrence (3 vectors): its top Ritz value converges as with reorthogonalization, but
+    # converged values later repeat as "ghost" copies, so with k > 1 the k values may hold duplicates.
+    start = op.applications
+    current = _random_unit(op, generator)
     prev: torch.Tensor | None = None
     alphas: list[float] = []
     betas: list[float] = []
     history: list[float] = []
     theta = np.zeros(0)
-    s = np.zeros((0, 0))
+    order = np.zeros(0, dtype=int)
     converged = False
     residuals: list[float] = []
     for _ in range(m):
-        current = basis[-1]
         w = op.matvec(current)
         alpha = _dot64(current, w)
         w = w - alpha * current
         if prev is not None:
             w = w - betas[-1] * prev
-        if reorthogonalize:
-            for _ in range(2):  # twice is enough (Kahan/Parlett)
-                for b in basis:
-                    w = w - _dot64(b, w) * b
         beta = float(w.norm())
         alphas.append(alpha)
         theta, s = eigh_tridiagonal(np.array(alphas), np.array(betas))
-        order = np.argsort(theta)[::-1][:k]
+        order, residuals, converged = _ritz_convergence(theta, s[-1], beta, k, tol)
         history.append(float(theta[order[0]]))
-        residuals = [float(beta * abs(s[-1, i])) for i in order]
-        scale = max(abs(float(theta[order[0]])), 1e-30)
-        converged = len(order) >= k and all(
-            r <= tol * max(abs(float(theta[i])), 1e-30) for r, i in zip(residuals, order)
-        )
-        if converged or beta <= 1e-10 * scale:  # converged, or an invariant subspace: the Ritz values are exact
-            converged = True
+        if converged:
             break
         betas.append(beta)
-        prev = current
-        nxt = w / beta
-        if reorthogonalize:
-            basis.append(nxt)
-        else:
-            basis = [nxt]
-    order = np.argsort(theta)[::-1][:k]
-    vectors = None
-    if return_vectors:
-        stacked = torch.stack(basis[: len(alphas)], dim=1)
-        vectors = [stacked @ torch.as_tensor(s[:, i], dtype=stacked.dtype, device=stacked.device) for i in order]
+        prev, current = current, w / beta
     return EigenResult(
         [float(theta[i]) for i in order],
         op.applications - start,
@@ -175,8 +239,8 @@ def lanczos(
         converged,
         residuals,
         history,
-        vectors,
-        reorthogonalized=reorthogonalize,
+        None,
+        reorthogonalized=False,
     )
 
 
