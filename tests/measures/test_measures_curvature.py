@@ -68,8 +68,32 @@ def test_thick_restarted_lanczos_resolves_a_tight_top_cluster_in_a_small_basis()
     assert limited.reorthogonalized and limited.converged
     assert limited.eigenvalues[0] == pytest.approx(10.0, abs=1e-6)
     assert limited.iterations > 6
-    # Not even k + 2 vectors fit: the three-term recurrence.
-    assert lanczos(op, _gen(), k=1, max_iters=50, memory_limit=2 * 200 * 8).reorthogonalized is False
+    # Not even k + 2 vectors fit: a basis of k + 2 all the same.
+    tight = lanczos(op, _gen(), k=1, max_iters=2000, tol=1e-7, memory_limit=2 * 200 * 8)
+    assert tight.reorthogonalized and tight.converged
+    assert tight.eigenvalues[0] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_lanczos_does_not_stop_on_the_second_of_a_tight_top_pair():
+    # λ1 = 10.0 and λ2 = 9.96 (0.4% apart, as at one CPU-study checkpoint), the start vector nearly orthogonal
+    # to λ1's eigenvector: after 6 steps λ2's Ritz pair meets the residual test while λ1 is still unseen.
+    n = 300
+    start = torch.randn(n, generator=_gen(0), dtype=torch.float64)  # the vector lanczos draws first
+    start = start / start.norm()
+    other = torch.randn(n, generator=_gen(7), dtype=torch.float64)
+    other = other - (other @ start) * start
+    top = other / other.norm() * np.sqrt(1 - 1e-8) + 1e-4 * start
+    columns = torch.randn(n, n, generator=_gen(8), dtype=torch.float64)
+    columns[:, 0] = top
+    q, _ = torch.linalg.qr(columns)
+    spectrum = torch.tensor([10.0, 9.96] + list(np.linspace(-1.0, 3.0, n - 2)), dtype=torch.float64)
+    op = MatrixOperator(q @ torch.diag(spectrum) @ q.T)
+    early = lanczos(op, _gen(0), k=1, max_iters=100, tol=1e-3, min_iters=1)
+    assert early.converged and early.iterations < 10
+    assert early.eigenvalues[0] == pytest.approx(9.96, abs=1e-3)  # a true eigenvalue, not the largest
+    res = lanczos(op, _gen(0), k=1, max_iters=100, tol=1e-3)  # min_iters 20
+    assert res.converged and res.iterations >= 20
+    assert res.eigenvalues[0] == pytest.approx(10.0, abs=1e-3)
 
 
 def test_thick_restarted_lanczos_without_restarts_is_full_lanczos():

@@ -36,11 +36,13 @@ class HessianTopEigConfig:
     k: int = 1  # how many eigenvalues
     max_iters: int = 60  # Lanczos: operator applications at most; power: per eigenvalue
     tol: float = 1e-3  # Lanczos: relative residual; power: relative change of the Rayleigh quotient
+    min_iters: int = 20  # Lanczos: steps before the residual may stop it (the top of a tight cluster comes late)
 
     def __post_init__(self) -> None:
         validation.one_of("method", self.method, ("lanczos", "power"))
         _check_count("k", self.k)
         _check_count("max_iters", self.max_iters)
+        _check_count("min_iters", self.min_iters)
         if not self.tol > 0:
             raise XlgmError(f"tol must be > 0, got {self.tol}")
 
@@ -65,7 +67,9 @@ def hessian_top_eig(ctx: MeasureContext, config: HessianTopEigConfig) -> Measure
     op = _reporting(HessianOperator(ctx.model, ctx.batches, ctx.params, meter=ctx.meter, criterion=ctx.criterion), ctx)
     if config.method == "lanczos":
         ctx.expect(min(config.max_iters, op.size))
-        res = lanczos(op, ctx.generator, k=config.k, max_iters=config.max_iters, tol=config.tol)
+        res = lanczos(
+            op, ctx.generator, k=config.k, max_iters=config.max_iters, tol=config.tol, min_iters=config.min_iters
+        )
     else:
         ctx.expect(min(config.k, op.size) * config.max_iters)
         res = power_iteration(op, ctx.generator, k=config.k, max_iters=config.max_iters, tol=config.tol)
