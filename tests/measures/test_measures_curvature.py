@@ -75,8 +75,8 @@ def test_thick_restarted_lanczos_resolves_a_tight_top_cluster_in_a_small_basis()
 
 
 def test_lanczos_does_not_stop_on_the_second_of_a_tight_top_pair():
-    # λ1 = 10.0 and λ2 = 9.96 (0.4% apart, as at one CPU-study checkpoint), the start vector nearly orthogonal
-    # to λ1's eigenvector: after 6 steps λ2's Ritz pair meets the residual test while λ1 is still unseen.
+    # λ1 = 10.0 and λ2 = 9.96 (0.4% apart), the start vector nearly orthogonal to λ1's eigenvector: after 6
+    # steps λ2's Ritz pair meets the residual test while λ1 is still unseen.
     n = 300
     start = torch.randn(n, generator=_gen(0), dtype=torch.float64)  # the vector lanczos draws first
     start = start / start.norm()

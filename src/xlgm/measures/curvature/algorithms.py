@@ -141,9 +141,10 @@ def _ritz_convergence(
 ) -> tuple[np.ndarray, list[float], bool]:
     """The top-k Ritz values' order, their residuals β|s_last| and whether all are below tol·|θ|.
 
-    A small residual says θ is near *an* eigenvalue, not the largest: in a tight top cluster a few steps can
-    resolve the second of a pair 0.4% apart before the Krylov space has seen the first, so the residual test
-    may stop the iteration only after `min_iters` steps (`may_stop`), as ARPACK fills its 20-vector basis first."""
+    A small residual says θ is near *an* eigenvalue, not the largest: when the start vector holds little of
+    the top eigenvector, a few steps can resolve the second of a tight top pair before the Krylov space has
+    seen the first, so the residual test may stop the iteration only after `min_iters` steps (`may_stop`),
+    as ARPACK fills its basis of at least 20 vectors first."""
     order = np.argsort(theta)[::-1][:k]
     residuals = [float(beta * abs(last_row[i])) for i in order]
     converged = (
