@@ -157,6 +157,9 @@ def _ritz_convergence(
     return order, residuals, converged or beta <= 1e-10 * scale
 
 
+_RESTART_COLUMNS = 1 << 20
+
+
 def _thick_restart_lanczos(
     op, generator, k: int, m: int, tol: float, return_vectors: bool, basis_size: int, min_iters: int
 ):
@@ -199,7 +202,9 @@ def _thick_restart_lanczos(
         keep = np.argsort(theta)[::-1][: max(k, basis_size // 2)]
         y = torch.as_tensor(s[:, keep].T.copy(), dtype=op.dtype, device=op.device)
         kept = len(keep)
-        basis[:kept] = y @ basis[:basis_size]
+        for start in range(0, op.size, _RESTART_COLUMNS):  # a slice of columns at a time: no second basis
+            columns = slice(start, start + _RESTART_COLUMNS)
+            basis[:kept, columns] = y @ basis[:basis_size, columns]
         basis[kept] = basis[basis_size]
         border = beta * s[-1, keep]
         projected[:] = 0.0
