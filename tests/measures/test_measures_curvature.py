@@ -61,6 +61,7 @@ def test_thick_restarted_lanczos_resolves_a_tight_top_cluster_in_a_small_basis()
     small = lanczos(op, _gen(), k=2, max_iters=800, tol=1e-9, max_basis=8)
     assert small.reorthogonalized and small.converged
     assert small.iterations > 8  # it restarted
+    assert small.applications == small.iterations == len(small.history)
     assert small.eigenvalues == pytest.approx([10.0, 9.98], abs=1e-7)
     assert small.residuals[0] <= 1e-9 * small.eigenvalues[0]
     # The basis size comes from the memory limit: 6 float64 vectors of 200 beside the next one.
@@ -68,6 +69,7 @@ def test_thick_restarted_lanczos_resolves_a_tight_top_cluster_in_a_small_basis()
     assert limited.reorthogonalized and limited.converged
     assert limited.eigenvalues[0] == pytest.approx(10.0, abs=1e-6)
     assert limited.iterations > 6
+    assert limited.applications == limited.iterations  # this call's own, on an operator used before
     # Not even k + 2 vectors fit: a basis of k + 2 all the same.
     tight = lanczos(op, _gen(), k=1, max_iters=2000, tol=1e-7, memory_limit=2 * 200 * 8)
     assert tight.reorthogonalized and tight.converged
@@ -109,12 +111,18 @@ def test_lanczos_does_not_stop_on_the_second_of_a_tight_top_pair():
     assert res.eigenvalues[0] == pytest.approx(10.0, abs=1e-3)
 
 
-def test_thick_restarted_lanczos_without_restarts_is_full_lanczos():
+def test_thick_restarted_lanczos_returns_the_ritz_vectors_of_its_values():
     spectrum = [10.0, 6.0, 5.5] + list(np.linspace(-2.0, 3.0, 37))
     op = MatrixOperator(_symmetric(spectrum))
     whole = lanczos(op, _gen(), k=3, max_iters=40, tol=1e-10, return_vectors=True)
     assert whole.reorthogonalized and whole.converged
     matrix = _symmetric(spectrum)
+    # Stopped by the cap right after a restart would have been due: the vectors still belong to the values.
+    capped = lanczos(op, _gen(), k=1, max_iters=6, tol=1e-12, return_vectors=True, max_basis=6)
+    assert not capped.converged and capped.iterations == 6
+    vector = (capped.eigenvectors or [])[0]
+    rayleigh = float(vector @ matrix @ vector)
+    assert rayleigh == pytest.approx(capped.eigenvalues[0], rel=1e-10)
     for value, vector in zip(whole.eigenvalues, whole.eigenvectors or []):
         assert float(vector.norm()) == pytest.approx(1.0, abs=1e-10)
         assert float((matrix @ vector - value * vector).norm()) <= 1e-8

@@ -179,7 +179,7 @@ def _thick_restart_lanczos(
     theta, s = np.zeros(0), np.zeros((0, 0))
     order = np.zeros(0, dtype=int)
     converged = False
-    for _ in range(m):
+    for step in range(m):
         w = op.matvec(basis[j])
         coefficients = np.zeros(j + 1)
         for _ in range(2):  # classical Gram-Schmidt twice: two passes over the basis, in BLAS
@@ -192,7 +192,7 @@ def _thick_restart_lanczos(
         theta, s = np.linalg.eigh(projected[: j + 1, : j + 1])
         order, residuals, converged = _ritz_convergence(theta, s[-1], beta, k, tol, len(history) + 1 >= min_iters)
         history.append(float(theta[order[0]]))
-        if converged:
+        if converged or step == m - 1:  # (no restart after the last step: theta and s describe this basis)
             break
         basis[j + 1] = w / beta
         if j + 1 < basis_size:
@@ -202,8 +202,8 @@ def _thick_restart_lanczos(
         keep = np.argsort(theta)[::-1][: max(k, basis_size // 2)]
         y = torch.as_tensor(s[:, keep].T.copy(), dtype=op.dtype, device=op.device)
         kept = len(keep)
-        for start in range(0, op.size, _RESTART_COLUMNS):  # a slice of columns at a time: no second basis
-            columns = slice(start, start + _RESTART_COLUMNS)
+        for first in range(0, op.size, _RESTART_COLUMNS):  # a slice of columns at a time: no second basis
+            columns = slice(first, first + _RESTART_COLUMNS)
             basis[:kept, columns] = y @ basis[:basis_size, columns]
         basis[kept] = basis[basis_size]
         border = beta * s[-1, keep]
@@ -228,8 +228,9 @@ def _thick_restart_lanczos(
 
 
 def _plain_lanczos(op, generator, k: int, m: int, tol: float, min_iters: int) -> EigenResult:
-    # The three-term recurrence (3 vectors): its top Ritz value converges as with reorthogonalization, but
-    # converged values later repeat as "ghost" copies, so with k > 1 the k values may hold duplicates.
+    # The three-term recurrence (3 vectors), for comparison: its Ritz values and residual estimates hold only
+    # while the basis stays orthogonal, which float32 Hessian-vector products lose within a few steps (see
+    # the module docstring).
     start = op.applications
     current = _random_unit(op, generator)
     prev: torch.Tensor | None = None
