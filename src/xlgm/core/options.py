@@ -61,7 +61,8 @@ def check_fields(config: Any, label: Callable[[str], str] = validation.flag, opt
     `label(field)`, by default its command-line flag); a field named in `optional` may also be None. Config
     classes call this in `__post_init__`."""
     optional = set(optional)
-    hints = _hints(type(config))
+    cls: type = type(config)
+    hints = type_hints(cls)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if value is None and (f.name in optional or _allows_none(hints[f.name])):
@@ -74,13 +75,10 @@ def check_fields(config: Any, label: Callable[[str], str] = validation.flag, opt
             validation.one_of(label(f.name), value, choices)
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(config: type) -> dict[str, Any]:
-    if config not in _HINTS:
-        _HINTS[config] = typing.get_type_hints(config)
-    return _HINTS[config]
+@functools.cache
+def type_hints(config: type) -> dict[str, Any]:
+    """`typing.get_type_hints` of a config class, resolved once (the dict is shared: read it, don't change it)."""
+    return typing.get_type_hints(config)
 
 
 def _allows_none(annotation: Any) -> bool:
@@ -174,7 +172,7 @@ def section_model(
 ) -> type[Section]:
     """A pydantic model of a config dataclass's fields (minus `exclude`), each with its type, default, help and
     rule; `defaults` and `types_` replace a field's default or type where the file writes it otherwise."""
-    hints = _hints(config)
+    hints = type_hints(config)
     excluded = set(exclude)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -203,7 +201,7 @@ def add_config_arguments(
     """One flag per field of `config` (minus `exclude`), with its type, default, choices and help (`types_` and
     `defaults` replace a field's parser or default); parsed values are checked by the config itself when it is
     built from `config_kwargs`."""
-    hints = _hints(config)
+    hints = type_hints(config)
     excluded = set(exclude)
     for f in dataclasses.fields(config):
         if f.name in excluded:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xlgm.core.options import type_hints
 from xlgm.errors import XlgmError
 from xlgm.measures import loss as loss_lib
 from xlgm.measures.guard import preserved
@@ -462,7 +463,7 @@ def resolve_config(spec: MeasureSpec, config: Any) -> Any:
 def _numeric_option(spec: MeasureSpec, name: str, value: Any) -> Any:
     """A number written as text (YAML 1.1 reads `1e-4` as a string) becomes the number its field expects; text
     that is not a number is an error naming the option."""
-    hint = typing.get_type_hints(spec.config_cls).get(name)
+    hint = type_hints(spec.config_cls).get(name)
     kinds = set(typing.get_args(hint)) or {hint}
     if not isinstance(value, str) or not kinds & {int, float}:
         return value

@@ -39,12 +39,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from xlgm.core.modules import classes_defined_in, import_submodules
+from xlgm.core.options import scalar_type, type_hints
 from xlgm.errors import XlgmError
 from xlgm.objectives.adamw import AdamWConfig, AdamWObjective
 from xlgm.objectives.base import NON_MODEL_KEYS, OPTION_KEY, Objective, StepContext, model_inputs, option
@@ -109,22 +109,16 @@ class ObjectiveFlag:
         return self.flag.removeprefix("--").replace("-", "_")
 
 
-def _value_type(annotation: Any) -> type:
-    """`float | None` -> float: the type a flag parses to."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if len(args) == 1 else annotation
-
-
 def objective_flags(specs: Iterable[ObjectiveSpec]) -> dict[str, ObjectiveFlag]:
     """The flags the objectives' config fields declare (`option` metadata), in declaration order."""
     found: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        hints = typing.get_type_hints(spec.config)
+        hints = type_hints(spec.config)
         for f in dataclasses.fields(spec.config):
             meta = f.metadata.get(OPTION_KEY)
             if meta is None:
                 continue
-            kind = _value_type(hints[f.name])
+            kind = scalar_type(hints[f.name])
             entry = found.setdefault(
                 meta["flag"],
                 {"flag": meta["flag"], "type": kind, "help": "", "exclusive": meta["exclusive"], "targets": {}},

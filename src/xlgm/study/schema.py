@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import operator
 import re
-import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,7 +28,7 @@ from pydantic import (
 )
 
 from xlgm.analysis.predict import FEATURES
-from xlgm.core.options import Section, field_annotation, help_of, rule_validator, section_model
+from xlgm.core.options import Section, field_annotation, help_of, rule_validator, section_model, type_hints
 from xlgm.core.validation import FIELD_RULES
 from xlgm.data.splits import Split
 from xlgm.objectives import OBJECTIVES
@@ -66,7 +65,7 @@ def axis(annotation: Any) -> Any:
 
 def train_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
     """TrainConfig's fields a spec may set in `train:` or a grid entry, with their resolved types."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints = type_hints(TrainConfig)
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(TrainConfig) if f.name not in NOT_IN_TRAIN}
 
 
@@ -81,7 +80,7 @@ def grid_entry_models() -> dict[str, type[Section]]:
     """One model per objective: `objective`, then each of its options and each training option as an axis."""
     models = {}
     for name, spec in OBJECTIVES.items():
-        hints = typing.get_type_hints(spec.config)
+        hints = type_hints(spec.config)
         fields: dict[str, Any] = {"objective": (Literal[name], Field(description=spec.summary))}
         for f in dataclasses.fields(spec.config):
             # null: the objective's default (the same run id as leaving the option out)
