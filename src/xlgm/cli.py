@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from xlgm.errors import OneLineParser, XlgmError, exit_status
+from xlgm.core.errors import OneLineParser, XlgmError, exit_status
 from xlgm.study.cli import add_study_parser, cmd_study
 
 

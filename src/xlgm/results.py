@@ -14,7 +14,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
+from xlgm.core.errors import XlgmError
+
 # read_json, write_json and save_tensors live in core.files; callers also know them as xlgm.runs names.
 from xlgm.core.files import read_json, read_safetensors, save_tensors, write_json
-from xlgm.errors import XlgmError
 
 # How a run's weights are stored and loaded into a model belongs to the models layer; re-exported here, where
 # the rest of a run's layout is.

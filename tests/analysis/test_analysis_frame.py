@@ -17,7 +17,7 @@ from xlgm.analysis.frame import (
     select_unit,
     target_columns,
 )
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 
 def _tables():

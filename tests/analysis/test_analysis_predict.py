@@ -16,7 +16,7 @@ from xlgm.analysis.predict import (
     other_languages_mean,
     summarize,
 )
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 LANGS = ["de", "fr", "sw", "zh"]
 

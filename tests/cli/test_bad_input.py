@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from xlgm.cli import main
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import XNLI
-from xlgm.errors import XlgmError
 from xlgm.recipes.train import TrainConfig, train
 from xlgm.study.lock import study_lock
 

@@ -84,7 +84,7 @@ def test_the_set_example_is_accepted_by_its_measure():
 
 def test_set_reads_numbers_yaml_leaves_as_text():
     """YAML 1.1 reads `1e-4` (no dot) as a string: the option's field type makes it a number."""
-    from xlgm.errors import XlgmError
+    from xlgm.core.errors import XlgmError
     from xlgm.measures.base import resolve_config
 
     options = parse_measure_options(["sharpness-alpha.upper=1e-4", "sharpness-alpha.search_depth=14"])

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from xlgm.cli import main
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.runs import ResolvedTarget, looks_like_path, resolve_target
 
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 from xlgm.core import validation
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
 from xlgm.core.options import check_fields
-from xlgm.errors import XlgmError
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from __future__ import annotations
 import datasets
 import pytest
 
+from xlgm.core.errors import XlgmError
 from xlgm.data.hub import load_hub_split
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import PAWSX, XNLI
-from xlgm.errors import XlgmError
 
 
 @pytest.fixture

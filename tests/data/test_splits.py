@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from xlgm.core.errors import XlgmError
 from xlgm.data.bundled import BUNDLED_TEST_ROWS, build_subset, bundled_dir
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import check_split, excluded_test_rows, group_holdout
 from xlgm.data.tasks import PAWSX, XNLI, Example
-from xlgm.errors import XlgmError
 
 
 def _squash(text: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from xlgm.cli import main
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import PAWSX, TASKS, XNLI, Task, get_task, load_task_file
-from xlgm.errors import XlgmError
 
 TOY = """\
 name: toy-unit

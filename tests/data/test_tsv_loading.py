@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from xlgm.core.errors import DataFormatError, XlgmError
 from xlgm.data.bundled import BUNDLED_TEST_ROWS, bundled_dir
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import PAWSX, XNLI, get_task
 from xlgm.data.tsv import read_tsv
-from xlgm.errors import DataFormatError, XlgmError
 
 
 def test_task_definitions():

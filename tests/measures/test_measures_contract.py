@@ -11,7 +11,7 @@ import pytest
 import torch
 from measure_models import make_bert_batches, make_tiny_bert
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures import compute_measure, get_measure, list_measures, preserved, select_parameters
 from xlgm.measures.base import MeasureResult
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures.base import compute_measure
 
 N, D, C = 24, 5, 3

@@ -9,7 +9,7 @@ import pytest
 import torch
 from measure_models import make_bert_batches, make_tiny_bert
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures import compute_measure, compute_output_measure, list_measures
 from xlgm.measures.label_free import atc_threshold, linear_cka
 from xlgm.recipes.evaluate import TextOutputs

@@ -7,7 +7,7 @@ import pytest
 import torch
 from measure_models import TableModel, make_bert_batches, make_tiny_bert
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures import compute_group_measure, compute_measure, parameter_variance_across_seeds
 
 LOGITS = torch.tensor(

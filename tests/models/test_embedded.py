@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.models import embedded
 from xlgm.models.embedded import PASSAGE_PREFIX, QUERY_PREFIX, embedded_model_dir, mean_pool
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from xlgm.cli import main
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_json, read_safetensors, save_tensors, write_json
-from xlgm.errors import XlgmError
 from xlgm.results import ResultsDB
 
 

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xlgm.cli import main
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import PAWSX, XNLI
-from xlgm.errors import XlgmError
 from xlgm.models import load as model_load
 from xlgm.models.load import load_classifier, load_target
 from xlgm.runs import ResolvedTarget

@@ -18,7 +18,7 @@ from objectives_testlib import (
     wordpiece_tokenizer,
 )
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.objectives import AdamWObjective, MVRConfig, MVRObjective
 from xlgm.objectives.base import StepContext, model_inputs
 from xlgm.objectives.mvr import consistency_kl

@@ -20,7 +20,7 @@ from objectives_testlib import (
     wordpiece_tokenizer,
 )
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.objectives import (
     OBJECTIVE_CLASSES,
     OBJECTIVES,

@@ -19,7 +19,7 @@ from objectives_testlib import (
     wordpiece_tokenizer,
 )
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.objectives.segmentation import SubwordSampler, UnigramSampler, WordPieceSampler
 
 TOKENIZERS = {"wordpiece": wordpiece_tokenizer, "unigram": unigram_tokenizer}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from xlgm.cli import main
+from xlgm.core.errors import XlgmError
 from xlgm.data.batching import tokenize_examples
 from xlgm.data.loading import load_examples
 from xlgm.data.tasks import XNLI
-from xlgm.errors import XlgmError
 from xlgm.measures.base import MeasureResult
 from xlgm.models.load import load_target, load_tokenizer
 from xlgm.recipes.evaluate import EvaluateConfig, predict_logits, predict_outputs

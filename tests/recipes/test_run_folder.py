@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xlgm.cli import main
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.recipes.train import TrainConfig, make_accelerator, train
 from xlgm.runs import RunDir, claim_run_dir, require_finished
 

@@ -9,7 +9,7 @@ import pytest
 from accelerate.tracking import GeneralTracker
 
 from xlgm.cli import main
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.recipes.train import TrainConfig, check_report_to, train
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.recipes.train import TrainConfig, checkpoints_without_gain, train
 from xlgm.results import config_hash
 

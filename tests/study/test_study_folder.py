@@ -16,7 +16,7 @@ import pytest
 import torch
 from study_testlib import UNITS, table_rows
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.study.cli import main
 from xlgm.study.db import StudyDB
 from xlgm.study.lock import study_lock

@@ -14,7 +14,7 @@ from report_testlib import HEALTH_ROWS, SETTINGS, VERDICT_ROWS, parse_tables, ta
 from scipy.stats import binomtest
 from study_testlib import CHECKPOINTS, RUNS
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.study.analyze import analysis_tables, auto_axes, load_study, resolve_study, unit_frame
 from xlgm.study.cli import main
 from xlgm.study.report import (

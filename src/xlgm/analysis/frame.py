@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 ACC_PREFIX = "acc_"
 GAP_PREFIX = "gap_"

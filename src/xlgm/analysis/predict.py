@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 KEYS = ("checkpoint_id", "run_id", "language")
 

@@ -7,8 +7,8 @@ its local cache.
 
 from __future__ import annotations
 
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import Example, Task
-from xlgm.errors import XlgmError
 
 # Our split names (XTREME's) -> the Hub's.
 HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from xlgm.core.errors import XlgmError
 from xlgm.data.bundled import bundled_dir
 from xlgm.data.splits import check_split, disjoint_positions, excluded_test_rows, pick
 from xlgm.data.tasks import Example, Task
 from xlgm.data.tsv import read_split, tsv_path
-from xlgm.errors import XlgmError
 
 SOURCES = ("bundled", "local", "hf")
 

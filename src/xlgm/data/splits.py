@@ -27,8 +27,8 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import Example, Task
-from xlgm.errors import XlgmError
 
 Split = Literal["dev", "test", "train"]  # the files of a task's language
 FILE_SPLITS: tuple[str, ...] = typing.get_args(Split)

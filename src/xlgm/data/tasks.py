@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_text
 from xlgm.core.types import Example as Example  # re-exported: the type of a loaded row
-from xlgm.errors import XlgmError
 
 TASK_FILES_DIR = Path(__file__).parent / "task_files"
 # A run of a task that is not built in keeps its task file here, so later stages know the task by itself.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xlgm.core.errors import DataFormatError, XlgmError
 from xlgm.data.tasks import Example, Task
-from xlgm.errors import DataFormatError, XlgmError
 
 
 def tsv_path(data_dir: str | Path, task: Task, split: str, lang: str) -> Path:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from xlgm.core.errors import XlgmError
 from xlgm.core.options import type_hints
-from xlgm.errors import XlgmError
 from xlgm.measures import loss as loss_lib
 from xlgm.measures.guard import preserved
 from xlgm.measures.params import ParamFilter, describe_filter, select_parameters

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_safetensors
-from xlgm.errors import XlgmError
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
 

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from xlgm.core import validation
+from xlgm.core.errors import XlgmError
 from xlgm.core.types import TextOutputs
-from xlgm.errors import XlgmError
 from xlgm.measures import sharpness_avg, sharpness_diff
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.loss import batch_size, logits_of

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xlgm.core.errors import XlgmError
+
 # Re-exported: every measure runs its forward passes with these.
 from xlgm.core.tensors import logits_of as logits_of
 from xlgm.core.tensors import upcast as upcast
 from xlgm.core.types import Batch as Batch
-from xlgm.errors import XlgmError
 
 # criterion(logits, labels) -> the batch's mean loss (a scalar tensor); None: cross-entropy.
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

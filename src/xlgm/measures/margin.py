@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.loss import logits_and_labels
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 ParamFilter = None | str | Callable[[str], bool]
 

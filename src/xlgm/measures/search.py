@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xlgm.core import validation
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 
 @dataclass(frozen=True)

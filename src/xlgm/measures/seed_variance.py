@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures.base import MeasureResult, register_measure
 from xlgm.measures.params import ParamFilter, describe_filter
 

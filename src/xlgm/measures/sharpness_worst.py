@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from xlgm.core import validation
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures import params as P
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from xlgm.core import validation
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
 

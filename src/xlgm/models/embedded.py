@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

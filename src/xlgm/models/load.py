@@ -40,8 +40,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from xlgm.core import validation
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import first_line
-from xlgm.errors import XlgmError
 from xlgm.models.checkpoints import ResolvedTarget, load_checkpoint_into, load_initial_into, looks_like_path
 
 EMBEDDED = "embedded"

@@ -43,9 +43,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from xlgm.core.errors import XlgmError
 from xlgm.core.modules import classes_defined_in, import_submodules
 from xlgm.core.options import scalar_type, type_hints
-from xlgm.errors import XlgmError
 from xlgm.objectives.adamw import AdamWConfig, AdamWObjective
 from xlgm.objectives.base import NON_MODEL_KEYS, OPTION_KEY, Objective, StepContext, model_inputs, option
 from xlgm.objectives.fisher import FisherConfig, FisherObjective

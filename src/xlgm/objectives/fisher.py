@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from xlgm.core import validation
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
     cross_entropy,

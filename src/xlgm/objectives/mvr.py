@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from xlgm.core import validation
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.objectives.base import StepContext, option
 from xlgm.objectives.common import (
     cross_entropy,

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 UNK_PENALTY = 10.0  # tokenizers' / sentencepiece's kUnkPenalty
 _CACHE_LIMIT = 200_000

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xlgm.core import validation
 from xlgm.core.devices import Precision, autocast
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
 from xlgm.core.options import check_fields, option
 from xlgm.core.tensors import model_inputs
@@ -30,7 +31,6 @@ from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batche
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import Split
 from xlgm.data.tasks import Example, Task, check_task
-from xlgm.errors import XlgmError
 
 SPLITS: tuple[str, ...] = typing.get_args(Split)
 CHECKPOINT_CHOICES = ("best", "last")

@@ -21,8 +21,8 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from xlgm.core import validation
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import get_task
-from xlgm.errors import XlgmError
 from xlgm.models.load import load_target
 from xlgm.runs import RunDir, is_run_dir, require_finished, resolve_target
 

@@ -23,13 +23,13 @@ from tqdm.auto import tqdm
 
 from xlgm.core import validation
 from xlgm.core.devices import Precision, autocast, resolve_device, resolve_precision
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_json, write_json
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST, Split
 from xlgm.data.tasks import Task, check_task
-from xlgm.errors import XlgmError
 from xlgm.measures.base import MeasureResult, compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
 from xlgm.recipes.evaluate import DEVICE_HELP, MAX_LENGTH_HELP, TASK_HELP, model_device

@@ -41,12 +41,12 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 import xlgm.objectives as objectives
 from xlgm.core import validation
 from xlgm.core.devices import Precision, resolve_device, resolve_precision
+from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import SPLIT_HELP, check_split, group_holdout
 from xlgm.data.tasks import Example, Task, get_task, write_run_task
-from xlgm.errors import XlgmError
 from xlgm.models.load import EMBEDDED, load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
 from xlgm.recipes.evaluate import accuracy

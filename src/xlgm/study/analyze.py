@@ -52,8 +52,8 @@ from xlgm.analysis.health import measure_health
 from xlgm.analysis.multiple import adjust_table
 from xlgm.analysis.report_table import prepare_frame
 from xlgm.analysis.verdict import VERDICT_TARGETS, verdict_table
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
-from xlgm.errors import XlgmError
 from xlgm.measures.base import get_measure, resolve_config
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB

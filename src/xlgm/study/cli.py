@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from xlgm.errors import OneLineParser, XlgmError, exit_status
+from xlgm.core.errors import OneLineParser, XlgmError, exit_status
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.results import ResultsDB
 
 STUDY_SCHEMA = """

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 
 try:
     import fcntl

@@ -40,11 +40,11 @@ from xlgm.analysis.predict import (
     summarize,
 )
 from xlgm.core.devices import resolve_device
+from xlgm.core.errors import XlgmError
 from xlgm.core.types import TextOutputs
 from xlgm.data.batching import tokenize_examples
 from xlgm.data.tasks import get_task
 from xlgm.data.tsv import read_tsv
-from xlgm.errors import XlgmError
 from xlgm.measures.base import compute_output_measure
 from xlgm.recipes.evaluate import predict_outputs
 from xlgm.study.db import StudyDB

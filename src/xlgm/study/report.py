@@ -39,9 +39,9 @@ from xlgm.analysis import acc_column
 from xlgm.analysis.frame import select_unit
 from xlgm.analysis.intervals import wilson_interval
 from xlgm.analysis.report_table import top_correlations
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_text
 from xlgm.data.tasks import get_task
-from xlgm.errors import XlgmError
 from xlgm.study.analyze import (
     StudyData,
     analysis_tables,

@@ -45,10 +45,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from xlgm.core.devices import resolve_device, resolve_precision
+from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_safetensors
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import get_task
-from xlgm.errors import XlgmError
 from xlgm.measures.base import compute_group_measure, list_measures
 from xlgm.models.load import load_target
 from xlgm.recipes.evaluate import evaluate_languages

@@ -51,8 +51,8 @@ import yaml
 from pydantic import ValidationError
 
 from xlgm.core import validation
+from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import Task, get_task, is_task_file
-from xlgm.errors import XlgmError
 from xlgm.measures.base import get_measure, resolve_config
 from xlgm.objectives import build_config, config_fields
 from xlgm.recipes.measure import MeasureData

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from xlgm.core import validation
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures.base import MeasureContext, MeasureResult, mean_and_spread, register_measure
 from xlgm.measures.curvature.algorithms import hutchinson, hutchpp, lanczos, power_iteration
 from xlgm.measures.curvature.operators import FisherOperator, HessianOperator

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlgm.errors import XlgmError
+from xlgm.core.errors import XlgmError
 from xlgm.measures.loss import (
     Batch,
     CostMeter,
