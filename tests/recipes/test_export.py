@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from xlgm.cli import main
+from xlgm.core.files import current_umask
 from xlgm.data.loading import load_examples
 from xlgm.data.tasks import XNLI
 from xlgm.models.load import load_classifier, load_target
@@ -111,7 +114,8 @@ def test_export_refuses_a_folder_inside_the_run_and_a_non_run(tiny_run, tmp_path
     assert main(["export", str(tiny_run), str(tiny_run / "hf")]) == 2
     assert "outside the run" in capsys.readouterr().err
     assert not (tiny_run / "hf").exists()
-    assert main(["export", str(tmp_path), str(tmp_path / "hf")]) == 2
+    (tmp_path / "plain").mkdir()
+    assert main(["export", str(tmp_path / "plain"), str(tmp_path / "hf")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
 
@@ -127,3 +131,22 @@ def test_an_mt5_run_exports_too(tiny_mt5_dir, tmp_path):
     batch = tokenizer([r.text_a for r in rows], [r.text_b for r in rows], padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_a_missing_run_is_no_such_run_folder(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such run folder" in err
+
+
+def test_exported_and_checkpointed_files_follow_the_umask(tiny_run, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(tiny_run), str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "hf").iterdir() if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in written)
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {p.name: 0o644 for p in written}
+    weights = list(Path(tiny_run).glob("checkpoints/*/*.safetensors"))
+    assert weights and all(p.stat().st_mode & 0o777 == 0o666 & ~current_umask() for p in weights)

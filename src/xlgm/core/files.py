@@ -32,6 +32,13 @@ def first_line(err: BaseException | str) -> str:
     return text.splitlines()[0].strip() if text else type(err).__name__
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write, fsync: bool) -> None:
     """Call `write(tmp)` with a temporary path in `path`'s folder, then put the file in place."""
     path = Path(path)
@@ -42,8 +49,9 @@ def _atomic_write(path: Path, write, fsync: bool) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
-        if path.exists():  # a rewritten file keeps the mode its owner gave it
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        # A rewritten file keeps the mode its owner gave it; a new one gets the user's umask, whatever mode the
+        # writer chose (safetensors writes 0600 files, which another user could not load).
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask())
         if fsync:
             with tmp.open("rb+") as written:
                 os.fsync(written.fileno())

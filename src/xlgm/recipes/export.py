@@ -12,7 +12,6 @@ short leaves no folder that looks like a model.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.files import current_umask
 from xlgm.data.tasks import get_task
 from xlgm.models.load import load_target
 from xlgm.runs import RunDir, is_run_dir, require_finished, resolve_target
@@ -54,15 +54,11 @@ def _check_out(out: Path, run_dir: Path, overwrite: bool) -> None:
             raise XlgmError(f"{out}: exists and is not empty; pass --overwrite to replace it")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def export_run(run: str | Path, out: str | Path, config: ExportConfig = ExportConfig()) -> Path:
     """Write checkpoint `config.checkpoint` of run `run` to `out` as a Hugging Face folder; returns `out`."""
     run_path, out = Path(run), Path(out)
+    if not run_path.exists():
+        raise XlgmError(f"{run}: no such run folder")
     if not (run_path.is_dir() and is_run_dir(run_path)):
         raise XlgmError(f"{run}: not a run directory (expected {run_path / 'config.json'} and init.json)")
     _check_out(out, run_path, config.overwrite)
@@ -76,7 +72,7 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig = ExportCo
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the export is an ordinary one
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; the export is an ordinary one
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # one shard: its bar says nothing the line printed after does not
         try:
@@ -85,6 +81,8 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig = ExportCo
             if bars:
                 hf_logging.enable_progress_bar()
         tokenizer.save_pretrained(staging)
+        for written in staging.iterdir():  # safetensors writes 0600 files: follow the user's umask instead
+            written.chmod(0o666 & ~current_umask())
         if out.exists():
             shutil.rmtree(out)  # empty, or replaced as --overwrite asked (_check_out refused a run)
         staging.rename(out)
