@@ -21,9 +21,9 @@ from xlgm.study.report import (
     PNG_PREFIX,
     AnalysisFiles,
     StudyRecords,
-    _colours,
     build_report,
     chance_check,
+    distinct_colours,
     exclusions,
     load_analysis_files,
     read_study_records,
@@ -287,7 +287,7 @@ def test_scatter_titles_explain_exclusion_and_undefined_tau(study_parts, tmp_pat
 
 def test_colours_tell_fifteen_languages_apart():
     for n in (4, 15, 25):
-        colours = _colours(n)
+        colours = distinct_colours(n)
         assert len(colours) == n and len(set(colours)) == n
 
 

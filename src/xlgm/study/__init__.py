@@ -6,6 +6,6 @@ db.py       the study's SQLite file (ResultsDB + study, study_runs, work), one-t
 lock.py     one `study run` per folder at a time (flock on OUT/.lock)
 runner.py   `xlgm study run`: train / evaluate / measure units, resumable, local or Ray executor
 analyze.py  `xlgm study analyze`: correlations, granulated Kendall, CMI tables
-report.py   `xlgm study report`: self-contained HTML + markdown with figures
+report/     `xlgm study report`: self-contained HTML + markdown with figures
 cli.py      the `study` subcommand (`add_study_parser`, `cmd_study`)
 """

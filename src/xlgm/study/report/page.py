@@ -1,0 +1,484 @@
+"""The report page: a writer that puts each section into HTML and markdown together, `build_report` (the
+sections in order) and `report_study` (analyse, build, write OUT/report/)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from xlgm.analysis.report_table import top_correlations
+from xlgm.core.files import write_text
+from xlgm.study.analyze import StudyData, analysis_tables, load_study, resolve_study, unit_frame, write_tables
+from xlgm.study.report.figures import (
+    Figure,
+    accuracy_heatmap,
+    accuracy_intervals,
+    measure_scatter,
+    tau_heatmap,
+    training_curves,
+)
+from xlgm.study.report.format import fmt
+from xlgm.study.report.inputs import (
+    AnalysisFiles,
+    StudyRecords,
+    load_analysis_files,
+    one_checkpoint_per_run,
+    read_study_records,
+    target_eval_rows,
+    task_num_labels,
+)
+from xlgm.study.report.prediction import PredictionSection, prediction_section, prediction_tables
+from xlgm.study.report.settings import settings_from_study, settings_sections
+from xlgm.study.report.tables import (
+    accuracy_table,
+    chance_check,
+    cmi_detail,
+    correlation_detail,
+    exclusions,
+    granulated_detail,
+    health_table,
+    run_labels,
+    run_table,
+    verdict_display_table,
+    with_correlation_columns,
+)
+
+PNG_PREFIX = '<img src="data:image/png;base64,'
+
+
+def _html_table(table: pd.DataFrame, css: str = "") -> str:
+    """A table with one header row (the columns, each named) and no index; every cell escaped."""
+    if isinstance(table.columns, pd.MultiIndex):
+        raise ValueError("_html_table: flatten the columns first")
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>\n"
+        for row in table.itertuples(index=False)
+    )
+    return f'<table class="{html.escape(css)}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>'
+
+
+def _html_facts(facts: list[tuple[str, str]], css: str = "facts") -> str:
+    """A key-value table: each row headed by its key, no header row."""
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>\n" for k, v in facts)
+    return f'<table class="{html.escape(css)}"><tbody>\n{body}</tbody></table>'
+
+
+def _html_image(fig: Figure) -> str:
+    """A figure embedded as a base64 PNG, with its caption."""
+    data64 = base64.b64encode(fig.png).decode("ascii")
+    return (
+        f'<figure>{PNG_PREFIX}{data64}" alt="{html.escape(fig.title)}">'
+        f"<figcaption>{html.escape(fig.title)}</figcaption></figure>"
+    )
+
+
+def _md_text(text: Any) -> str:
+    """A user string as markdown text: HTML escaped, on one line."""
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
+def _md_table(table: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        return _md_text(fmt(v)).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in table.columns) + " |",
+        "|" + "|".join("---" for _ in table.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _md_image(fig: Figure) -> str:
+    alt = _md_text(fig.title).replace("[", "\\[").replace("]", "\\]")
+    return f"![{alt}](figures/{fig.key}.png)"
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+table.facts th { text-align: left; }
+.figs { display: flex; flex-wrap: wrap; gap: 12px; } .figs figure { margin: 0; }
+figcaption { font-size: 0.8em; color: #555; } .note { color: #a50; font-size: 0.9em; }
+.warning { border: 2px solid #c33; background: #fdecea; padding: 0.6em 1em; margin: 1em 0; font-weight: 600; }
+pre { background: #f7f7f7; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
+img { max-width: 100%; }
+"""
+
+
+class Page:
+    """The report's sections, written once into HTML and markdown together."""
+
+    def __init__(self) -> None:
+        self.html: list[str] = []
+        self.md: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md += ["#" * level + " " + _md_text(text), ""]
+
+    def paragraph(self, text: str, css: str = "") -> None:
+        cls = f' class="{css}"' if css else ""
+        self.html.append(f"<p{cls}>{html.escape(text)}</p>")
+        self.md += [("> " if css else "") + _md_text(text), ""]
+
+    def warning(self, text: str) -> None:
+        self.html.append(f'<div class="warning">{html.escape(text)}</div>')
+        self.md += [f"> **Warning:** {_md_text(text)}", ""]
+
+    def table(self, table: pd.DataFrame, css: str, details: str | None = None) -> None:
+        block = _html_table(table, css)
+        if details:
+            block = f"<details><summary>{html.escape(details)}</summary>{block}</details>"
+        self.html.append(block)
+        self.md += [_md_table(table), ""]
+
+    def facts(self, facts: list[tuple[str, str]]) -> None:
+        self.html.append(_html_facts(facts))
+        self.md += [_md_table(pd.DataFrame(facts, columns=["item", "value"])), ""]
+
+    def figures(self, figures: list[Figure]) -> None:
+        if len(figures) > 1:
+            self.html += ['<div class="figs">', *[_html_image(f) for f in figures], "</div>"]
+        else:
+            self.html += [_html_image(f) for f in figures]
+        self.md += [_md_image(f) for f in figures] + [""]
+
+    def preformatted(self, text: str, summary: str) -> None:
+        escaped = html.escape(text)
+        self.html.append(f"<details><summary>{html.escape(summary)}</summary><pre>{escaped}</pre></details>")
+        # an HTML block in markdown: shown preformatted, its entities decoded for display, nothing raw
+        self.md += [f"{_md_text(summary)}:", "", f"<pre>{escaped}</pre>", ""]
+
+    def document(self, title: str) -> str:
+        """The HTML page: head with the title and style sheet, then the sections."""
+        head = (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>"
+        )
+        return "\n".join([head, *self.html, "</body></html>"])
+
+
+RECONCILE = (
+    "How the three criteria differ: Kendall τ ranks all units together; granulated Ψ averages τ within "
+    "groups of units that differ in one hyperparameter only; CMI K (Jiang et al. 2020) is the smallest "
+    "conditional mutual information between the measure's and the accuracy's pair orderings over the "
+    "conditioning sets of hyperparameters. A measure can rank units well (high |τ|) yet have K near 0: "
+    "its ranking then follows the hyperparameters it was conditioned on, not generalization within them."
+)
+
+
+@dataclass
+class ReportInputs:
+    """What every section of the report reads, gathered once."""
+
+    data: StudyData
+    tables: dict[str, pd.DataFrame]  # analysis_tables of the study
+    analysis: AnalysisFiles
+    records: StudyRecords
+    corr: pd.DataFrame  # correlations.csv of the analysis, else the correlation table just computed
+    excluded: dict[str, str]  # measure -> why it is kept out of the findings
+    per_run: pd.DataFrame  # one checkpoint per run
+    labels: dict[str, str]  # run_id -> short label
+    rows: pd.DataFrame  # the units of correlation
+
+
+@dataclass
+class ReportFigures:
+    heatmap: Figure
+    intervals: Figure | None  # None when the number of evaluated rows is unknown
+    scatters: list[Figure]
+    tau: Figure
+    curves: Figure
+
+    def accuracy(self) -> list[Figure]:
+        return [self.heatmap] + ([self.intervals] if self.intervals else [])
+
+    def all(self) -> list[Figure]:
+        return self.accuracy() + self.scatters + [self.tau, self.curves]
+
+
+def gather_inputs(
+    data: StudyData, tables: dict[str, pd.DataFrame], analysis: AnalysisFiles, records: StudyRecords
+) -> ReportInputs:
+    corr = analysis.correlations if analysis.correlations is not None else tables["correlations"]
+    return ReportInputs(
+        data,
+        tables,
+        analysis,
+        records,
+        corr,
+        exclusions(analysis),
+        one_checkpoint_per_run(data),
+        run_labels(data, data.runs),
+        unit_frame(data),
+    )
+
+
+def draw_figures(inputs: ReportInputs) -> ReportFigures:
+    data, records = inputs.data, inputs.records
+    target_rows = target_eval_rows(data, records)
+    verdict = inputs.analysis.verdict
+    return ReportFigures(
+        heatmap=accuracy_heatmap(data, inputs.per_run, inputs.labels),
+        intervals=accuracy_intervals(data, inputs.per_run, inputs.labels, records) if records.eval_rows else None,
+        scatters=[
+            measure_scatter(data, inputs.rows, m, inputs.corr, verdict, inputs.excluded.get(m), target_rows)
+            for m in data.measures
+        ],
+        tau=tau_heatmap(data, inputs.corr, inputs.excluded),
+        curves=training_curves(data, inputs.labels),
+    )
+
+
+def study_facts(inputs: ReportInputs) -> list[tuple[str, str]]:
+    """The 'About this study' rows."""
+    data, spec = inputs.data, inputs.data.spec
+    unit = spec.analysis.unit + (
+        f", {spec.analysis.run_reduce} checkpoint of each run" if spec.analysis.unit == "run" else ""
+    )
+    eval_rows = inputs.records.eval_rows
+    return [
+        ("study", f"{spec.name} ({spec.study_id})"),
+        ("task", spec.task),
+        ("model", spec.model),
+        ("source language", spec.source_language),
+        ("target languages", " ".join(spec.target_languages)),
+        ("runs", str(inputs.per_run["run_id"].nunique())),
+        ("checkpoints", str(len(data.frame))),
+        ("unit of correlation", unit),
+        ("axes", ", ".join(data.axes) or "(none)"),
+        ("units done", f"{data.units_done} of {data.units_total}"),
+        ("chance accuracy", f"1/{task_num_labels(data)} = {1 / task_num_labels(data):.3f}"),
+        ("evaluation rows a language", ", ".join(sorted({str(n) for n in eval_rows.values()})) or "unknown"),
+        ("generated", time.strftime("%Y-%m-%d %H:%M:%S")),
+    ]
+
+
+def write_title(page: Page, inputs: ReportInputs) -> None:
+    """The title, a warning when the models did not leave chance, and the study's notes."""
+    data = inputs.data
+    page.heading(f"Study {data.spec.name}", 1)
+    check = chance_check(data, inputs.rows, inputs.records)
+    if check is not None and check.warn:
+        page.warning(check.message(data.spec.source_language))
+    for note in data.notes:
+        page.paragraph(note, "note")
+
+
+def write_verdict(page: Page, inputs: ReportInputs) -> None:
+    verdict = inputs.analysis.verdict
+    page.heading("Verdict")
+    if verdict is None or verdict.empty:
+        page.paragraph(
+            "Verdict not computed: OUT/analysis/verdict.csv was not written by this analysis. The tables "
+            "below are not corrected for multiple testing and do not check measure health.",
+            "note",
+        )
+        return
+    page.paragraph(
+        "One row per measure: Kendall τ against the mean target accuracy (acc) and the mean transfer "
+        "gap (gap, source minus target accuracy) with its 95% confidence interval and adjusted "
+        "p-values (Holm: family-wise error; BH: false discovery rate), granulated Ψ, CMI K, the "
+        "direction the literature expects, and the verdict: agrees or disagrees with that direction, "
+        "inconclusive when the interval spans 0 or the adjusted p exceeds 0.05, excluded when the "
+        "measure is unhealthy."
+    )
+    page.table(verdict_display_table(verdict), "verdict")
+    absent = [m for m in inputs.data.measures if m not in set(verdict["measure"].astype(str))]
+    if absent:
+        page.paragraph(f"Not in the verdict: {', '.join(absent)}.", "note")
+
+
+def write_accuracy_and_runs(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
+    data, records = inputs.data, inputs.records
+    page.heading("Accuracy per run and language")
+    if records.eval_rows:
+        page.paragraph(
+            "Accuracies carry 95% Wilson intervals from the number of evaluated rows; a mean target "
+            "accuracy's interval uses one language's rows (the target sets are translations of the same "
+            "rows, so their errors are not independent). The dashed line is chance."
+        )
+    else:
+        page.paragraph("Accuracy intervals not computed: the number of evaluated rows is unknown.", "note")
+    page.figures(figures.accuracy())
+    page.table(accuracy_table(data, inputs.per_run, inputs.labels, records), "accuracy", details="accuracy table")
+
+    page.heading("Runs")
+    page.table(run_table(data, inputs.per_run, records), "runs")
+
+
+def write_measure_figures(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
+    page.heading("Measures vs mean target accuracy")
+    if inputs.excluded:
+        page.paragraph(
+            "Greyed: measures excluded from the findings ("
+            + "; ".join(f"{m}: {why}" for m, why in inputs.excluded.items())
+            + ").",
+            "note",
+        )
+    page.figures(figures.scatters)
+
+    page.heading("Correlation with each language")
+    page.figures([figures.tau])
+
+
+def write_correlations(page: Page, inputs: ReportInputs) -> None:
+    """The correlations with the mean targets, the strongest correlations, granulated Ψ and CMI K."""
+    corr, tables = inputs.corr, inputs.tables
+    page.heading("Correlations with the mean targets")
+    adjusted = "p_holm" in corr.columns
+    if not adjusted:
+        page.paragraph(
+            "Adjusted p-values not computed (no p_holm/p_bh in OUT/analysis/correlations.csv): the "
+            "p-values below are raw, one per test, uncorrected for the number of tests.",
+            "note",
+        )
+    page.table(correlation_detail(corr), "correlations")
+
+    page.heading("Strongest correlations")
+    top = top_correlations(corr, inputs.data.spec.analysis.top)
+    page.paragraph(
+        f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
+        + (
+            "✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false discovery rate)."
+            if adjusted
+            else "Uncorrected: with this many tests, some of the largest |τ| are expected by chance."
+        )
+    )
+    page.table(correlation_detail(with_correlation_columns(top, corr), targets=()), "top")
+
+    page.heading("Granulated Kendall Ψ and CMI K")
+    page.paragraph(RECONCILE)
+    psi = granulated_detail(tables.get("granulated"))
+    if psi.empty:
+        page.paragraph("Granulated Ψ not computed (no hyperparameter axis varies).", "note")
+    else:
+        page.table(psi, "granulated")
+    cmi = cmi_detail(tables.get("cmi"))
+    if cmi.empty:
+        page.paragraph("CMI K not computed (no hyperparameter axis varies).", "note")
+    else:
+        page.table(cmi, "cmi")
+
+
+def write_groups(page: Page, inputs: ReportInputs) -> None:
+    groups = inputs.tables.get("groups")
+    if groups is None or groups.empty:
+        return
+    page.heading("Groups of seeds")
+    page.paragraph(
+        "Measures of a group of runs that differ only in their seed, at each run's best checkpoint, beside "
+        "the group's mean accuracy; Kendall τ over the groups with its exact p-value. With one group per "
+        "configuration there are few points: a finding needs at least 4 groups and p < 0.05."
+    )
+    shown = groups.drop(columns=["group_id", "run_ids"]).rename(
+        columns={"mean_target": "mean target acc", "source_accuracy": f"{inputs.data.spec.source_language} acc"}
+    )
+    page.table(shown, "groups")
+    page.table(inputs.tables["group_correlations"], "group-correlations")
+
+
+def write_health_and_curves(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
+    page.heading("Measure health")
+    if inputs.analysis.health is not None:
+        page.table(health_table(inputs.analysis.health), "health")
+    else:
+        page.paragraph("Measure health not computed: OUT/analysis/health.csv was not written by this analysis.", "note")
+
+    labels = task_num_labels(inputs.data)
+    page.heading("Training curves")
+    page.paragraph(
+        f"The dashed line is the loss of a uniform prediction, ln {labels} = "
+        f"{math.log(labels):.3f}: a loss near it means the model barely left chance."
+    )
+    page.figures([figures.curves])
+
+
+def write_settings(page: Page, inputs: ReportInputs) -> None:
+    page.heading("Settings")
+    if inputs.analysis.settings is not None:
+        settings = inputs.analysis.settings
+    else:
+        page.paragraph(
+            "OUT/analysis/settings.json not found: the settings below are rebuilt from the study's "
+            "spec, its runs' recorded configs and study.sqlite.",
+            "note",
+        )
+        settings = settings_from_study(inputs.data, inputs.records)
+    spec_text, sections = settings_sections(settings)
+    if spec_text is not None:
+        page.preformatted(spec_text, "spec")
+    for title, table in sections:
+        page.heading(title, 3)
+        page.table(table, "settings")
+
+
+def write_prediction(page: Page, prediction: PredictionSection) -> None:
+    intro, table = prediction_tables(prediction)
+    page.heading("Predicted accuracy from unlabelled text")
+    page.paragraph(intro)
+    page.table(table, "prediction")
+    page.figures([prediction.figure])
+    page.table(prediction.errors, "prediction-errors")
+
+
+def build_report(
+    data: StudyData,
+    tables: dict[str, pd.DataFrame],
+    prediction: PredictionSection | None = None,
+    analysis: AnalysisFiles | None = None,
+    records: StudyRecords | None = None,
+) -> tuple[str, str, list[Figure]]:
+    """(html, markdown, figures) of a study: its sections in the order of the package docstring."""
+    inputs = gather_inputs(data, tables, analysis or AnalysisFiles(), records or StudyRecords())
+    figures = draw_figures(inputs)
+    page = Page()
+    write_title(page, inputs)
+    write_verdict(page, inputs)
+    page.heading("About this study")
+    page.facts(study_facts(inputs))
+    write_accuracy_and_runs(page, inputs, figures)
+    write_measure_figures(page, inputs, figures)
+    write_correlations(page, inputs)
+    write_groups(page, inputs)
+    write_health_and_curves(page, inputs, figures)
+    write_settings(page, inputs)
+    drawn = figures.all()
+    if prediction is not None:
+        drawn.append(prediction.figure)
+        write_prediction(page, prediction)
+    return page.document(f"xlgm study {data.spec.name}"), "\n".join(page.md), drawn
+
+
+def report_study(target: str | Path, out: str | Path | None = None, echo: bool = True) -> Path:
+    """Analyse (writing OUT/analysis/ too) and write OUT/report/report.html and report.md; returns the HTML path."""
+    spec, folder = resolve_study(target, out)
+    data = load_study(spec, folder)
+    tables = analysis_tables(data)
+    write_tables(data, tables)
+    records = read_study_records(data)
+    page, markdown, figures = build_report(
+        data, tables, prediction_section(folder, records.eval_rows), load_analysis_files(folder), records
+    )
+    report_dir = folder / "report"
+    (report_dir / "figures").mkdir(parents=True, exist_ok=True)
+    for fig in figures:
+        (report_dir / "figures" / f"{fig.key}.png").write_bytes(fig.png)
+    write_text(report_dir / "report.html", page)
+    write_text(report_dir / "report.md", markdown)
+    if echo:
+        print(f"report: {report_dir / 'report.html'} ({len(figures)} figures); markdown: {report_dir / 'report.md'}")
+    return report_dir / "report.html"
