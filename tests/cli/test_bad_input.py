@@ -163,7 +163,13 @@ CASES = [
     # languages and data
     Case("evaluate-languages-comma", (*EVALUATE, "--languages", ","), "--languages: expected a non-empty list"),
     Case("evaluate-languages-blank", (*EVALUATE, "--languages", "en,,de"), "--languages: expected a non-empty list"),
-    Case("evaluate-unknown-language", (*EVALUATE, "--languages", "en,klingon"), "unknown language code(s) klingon"),
+    Case("evaluate-unknown-language", (*EVALUATE, "--languages", "en,klingon"), "unknown language code 'klingon'"),
+    Case(
+        "evaluate-language-typo",
+        (*EVALUATE, "--languages", "en,ge"),
+        "unknown language code 'ge' for task xnli (did you mean 'de'?)",
+    ),
+    Case("unknown-command", ("mesure",), "invalid choice: 'mesure' (did you mean 'measure'?)"),
     Case(
         "evaluate-missing-data-dir", (*EVALUATE, "--data-dir", "{tmp}/no-such-data"), "no-such-data: expected a folder"
     ),
@@ -177,7 +183,7 @@ CASES = [
     Case("evaluate-other-task", (*EVALUATE, "--task", "pawsx"), "was trained on xnli, not pawsx"),
     Case("measure-data-no-split", (*MEASURE, "--data", "english"), "--data 'english': expected LANGUAGE-SPLIT"),
     Case("measure-data-bad-split", (*MEASURE, "--data", "en-holdout"), "expected LANGUAGE-SPLIT"),
-    Case("measure-data-unknown-language", (*MEASURE, "--data", "xx-dev"), "unknown language code(s) xx"),
+    Case("measure-data-unknown-language", (*MEASURE, "--data", "xx-dev"), "unknown language code 'xx'"),
     # measures and their options
     Case("measure-unknown-measure", ("measure", "{run}", "--measures", "nope"), "unknown measure 'nope'"),
     Case("measure-no-measure", ("measure", "{run}", "--measures", ","), "--measures: expected a non-empty list"),

@@ -86,3 +86,21 @@ def test_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         write_json(path, {"d": 4}, sort_keys=False)
     assert json.loads(path.read_text()) == {"c": 3}  # the old file, whole
     assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temporary left behind
+
+
+def test_close_names_suggest_the_nearest_and_nothing_when_none_is_near():
+    from xlgm.core.errors import close_names, did_you_mean
+
+    languages = "ar bg de el en es fr hi ru sw th tr ur vi zh".split()
+    assert close_names("ge", languages) == ["de"]
+    assert close_names("EN", languages)[0] == "en"
+    assert did_you_mean("margn", ["margin", "logit-margin"]) == " (did you mean 'margin'?)"
+    assert did_you_mean("klingon", languages) == ""
+
+
+def test_language_codes_are_read_case_aside_and_typos_get_a_suggestion():
+    from xlgm.data.tasks import XNLI
+
+    assert XNLI.resolve_languages("EN,De") == ["en", "de"]
+    with pytest.raises(XlgmError, match=r"unknown language code 'ge' for task xnli \(did you mean 'de'\?\)"):
+        XNLI.resolve_languages("en,ge")

@@ -7,8 +7,10 @@ one line and exits non-zero, with no traceback; everything else is a bug and kee
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -46,8 +48,40 @@ def exit_status(action: Callable[[], object]) -> int:
     return 0
 
 
+def close_names(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The names among `choices` closest to `word` (case aside), best first; none when nothing is close.
+
+    difflib's ratio, with a bonus for a name of the same length that differs in one place: for two-letter
+    language codes the ratio alone rates `el` as close to `ge` as `de`.
+    """
+    lowered = word.lower()
+
+    def score(name: str) -> float:
+        other = name.lower()
+        one_off = len(other) == len(lowered) and sum(a != b for a, b in zip(lowered, other)) == 1
+        return difflib.SequenceMatcher(None, lowered, other).ratio() + (0.4 if one_off else 0.0)
+
+    scored = sorted(((score(name), i, name) for i, name in enumerate(choices)), key=lambda t: (-t[0], t[1]))
+    return [name for value, _, name in scored[:n] if value >= 0.6]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)`, or `'x' or 'y'`, for the names closest to `word`; empty when none is close."""
+    names = close_names(word, choices)
+    return f" (did you mean {' or '.join(repr(name) for name in names)}?)" if names else ""
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<word>[^']*)' \(choose from (?P<choices>.*)\)$")
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a rejected flag reported like every other input error: one line (subparsers inherit it)."""
+    """argparse, with a rejected flag reported like every other input error: one line (subparsers inherit it),
+    and an unknown choice answered with the nearest ones."""
 
     def error(self, message: str) -> NoReturn:
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group("choices")) or match.group("choices").split(", ")
+            hint = did_you_mean(match.group("word"), choices) or f" (choose from {', '.join(choices)})"
+            message = message[: match.start()] + f"invalid choice: {match.group('word')!r}{hint}"
         raise XlgmError(f"{message} (see `{self.prog} --help`)")

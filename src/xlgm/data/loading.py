@@ -56,10 +56,7 @@ def load_examples(
     task: Task, split: str, lang: str, source: DataSource = DataSource(), max_examples: int | None = None
 ) -> list[Example]:
     """Labelled examples of one split and language, in file order (truncated to `max_examples`)."""
-    if lang not in task.languages:
-        raise XlgmError(
-            f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}"
-        )
+    lang = task.language(lang)
     check_split(split)
     exclude = excluded_test_rows(split)
     if exclude is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import XlgmError, did_you_mean
 from xlgm.core.files import write_text
 from xlgm.core.types import Example as Example  # re-exported: the type of a loaded row
 
@@ -81,14 +81,18 @@ class Task:
         if spec is None or spec == "all" or spec == ["all"]:
             return list(self.languages)
         codes = [c.strip() for c in spec.split(",")] if isinstance(spec, str) else list(spec)
-        codes = [c for c in codes if c]
-        unknown = [c for c in codes if c not in self.languages]
-        if unknown:
-            raise XlgmError(
-                f"unknown language code(s) {', '.join(unknown)} for task {self.name}; "
-                f"expected one of: {' '.join(self.languages)}"
-            )
-        return codes
+        return [self.language(c) for c in codes if c]
+
+    def language(self, code: str) -> str:
+        """`code` as one of the task's language codes (names are matched case aside, like every name xlgm reads),
+        or one line that names the nearest codes."""
+        lowered = code.strip().lower()
+        if lowered in self.languages:
+            return lowered
+        raise XlgmError(
+            f"unknown language code {code!r} for task {self.name}{did_you_mean(code, self.languages)}; "
+            f"expected one of: {' '.join(self.languages)}"
+        )
 
 
 class _TaskFile:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xlgm.core.errors import DataFormatError, XlgmError
+from xlgm.core.errors import DataFormatError
 from xlgm.data.tasks import Example, Task
 
 
@@ -67,8 +67,5 @@ def read_tsv(path: str | Path, task: Task, *, labelled: bool = True) -> list[Exa
 
 
 def read_split(data_dir: str | Path, task: Task, split: str, lang: str) -> list[Example]:
-    if lang not in task.languages:
-        raise XlgmError(
-            f"unknown language code {lang!r} for task {task.name}; expected one of: {' '.join(task.languages)}"
-        )
+    lang = task.language(lang)
     return read_tsv(tsv_path(data_dir, task, split, lang), task)
