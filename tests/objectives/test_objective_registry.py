@@ -187,7 +187,8 @@ def test_flags_are_derived_from_field_metadata():
         ("--sample-verbose", "sample_verbose", bool, None, {"sample": "verbose"}),
     ]
     # the first help given for a shared flag is kept; a flag without help has an empty one
-    assert flags["--rho"].help == "sam/asam neighbourhood size (sam 0.05, asam 0.5)"
+    assert flags["--rho"].help == "sam/asam neighbourhood size"
+    assert flags["--rho"].default_text == "sam 0.05, sample 1.0"  # --help says each default
     assert (flags["--sample-steps"].help, flags["--sample-lambda"].help) == ("sample: steps (3)", "")
 
 

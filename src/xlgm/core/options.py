@@ -402,9 +402,10 @@ class Flag:
         return ", ".join(f"{key} {value}" for key, value in said.items())
 
 
-def shared_flags(configs: Mapping[str, type]) -> dict[str, Flag]:
+def shared_flags(configs: Mapping[str, type], what: str = "configs") -> dict[str, Flag]:
     """The flags the configs' fields declare with `option(...)` (fields without it, or with cli=False, are no
-    flags), in declaration order. A flag several fields share must have one type and one exclusive group."""
+    flags), in declaration order. A flag several fields share must have one type and one exclusive group (else
+    a TypeError names the field and says `what` the configs are)."""
     found: dict[str, dict[str, Any]] = {}
     for key, config in configs.items():
         hints = type_hints(config)
@@ -417,7 +418,7 @@ def shared_flags(configs: Mapping[str, type]) -> dict[str, Flag]:
                 {"flag": flag, "type": kind, "help": "", "exclusive": exclusive, "targets": {}, "defaults": {}},
             )
             if entry["type"] is not kind or entry["exclusive"] != exclusive:
-                raise TypeError(f"{flag}: {key}.{f.name} declares it unlike the configs before it")
+                raise TypeError(f"{flag}: {key}.{f.name} declares it unlike the {what} before it")
             entry["help"] = entry["help"] or help_of(f)
             entry["targets"][key] = f.name
             entry["defaults"][key] = default_of(f)
