@@ -346,7 +346,7 @@ def add_config_arguments(
     hints = type_hints(config)
     excluded = set(exclude)
     for f in dataclasses.fields(config):
-        if f.name in excluded or not is_flag(f):
+        if f.name in excluded or not f.init or not is_flag(f):
             continue
         default = (defaults or {}).get(f.name, default_of(f))
         kwargs = _argument(f.name, hints[f.name], None if default is ... else default, (types_ or {}).get(f.name))
@@ -370,7 +370,7 @@ def _argument(name: str, annotation: Any, default: Any, parse: Callable[[str], A
 def config_kwargs(args: argparse.Namespace, config: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:
     """The values of `config`'s fields from parsed arguments (as `add_config_arguments` named them)."""
     excluded = set(exclude)
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.name not in excluded}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.name not in excluded and f.init}
 
 
 # ----------------------------------------------------------------------------------------------------------

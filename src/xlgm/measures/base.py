@@ -424,15 +424,6 @@ def get_measure(name: str) -> MeasureSpec:
         raise XlgmError(f"unknown measure {name!r}; known measures: {known}") from None
 
 
-def measure_options(spec: MeasureSpec) -> str:
-    """The measure's options with their defaults, e.g. `num_draws=3, sigma=None` ("" when it has none)."""
-    parts = []
-    for f in dataclasses.fields(spec.config_cls):
-        default = default_of(f)
-        parts.append(f"{f.name} (required)" if default is ... else f"{f.name}={default!r}")
-    return ", ".join(parts)
-
-
 def option_help(spec: MeasureSpec) -> list[tuple[str, str]]:
     """(`name=default`, help) of each of the measure's options; the help ends with the choices of a Literal."""
     hints = type_hints(spec.config_cls)

@@ -151,7 +151,7 @@ Prediction = section_model(
 @functools.cache
 def measure_options_model(name: str) -> type[Options]:
     """A measure's options in a spec entry: its config's fields, and `at`."""
-    at = (MeasureAt, Field(default="all", description="which measured checkpoints: all, or each run's best only"))
+    at: Any = (MeasureAt, Field(default="all", description="which measured checkpoints: all, or each run's best only"))
     model: type[Options] = create_model(f"Measure_{name}", __base__=options_model(get_measure(name).config_cls), at=at)
     return model
 
@@ -159,14 +159,11 @@ def measure_options_model(name: str) -> type[Options]:
 @functools.cache
 def measure_entry_models() -> dict[str, type[Section]]:
     """One model per measure of a checkpoint: `{NAME: {option: value, ...}}`."""
-    return {
-        name: create_model(
-            f"Entry_{name}",
-            __base__=Section,
-            **{name.replace("-", "_"): (measure_options_model(name), Field(alias=name))},
-        )
-        for name in list_measures("model")
-    }
+    models = {}
+    for name in list_measures("model"):
+        field: dict[str, Any] = {name.replace("-", "_"): (measure_options_model(name), Field(alias=name))}
+        models[name] = create_model(f"Entry_{name}", __base__=Section, **field)
+    return models
 
 
 def measure_entry(value: Any) -> Any:
@@ -199,12 +196,12 @@ def measure_names_type() -> Any:
     """`measures.names`: a list of entries, each a measure's name or `{NAME: {option: value, at: all|best}}` with
     the options of that measure, or a mapping NAME -> options."""
     models = measure_entry_models()
-    members = functools.reduce(operator.or_, (Annotated[model, Tag(name)] for name, model in models.items()))
-    written = Literal.__getitem__(tuple(models)) | members  # what an entry may be in the file (the JSON Schema)
+    members: Any = functools.reduce(operator.or_, (Annotated[model, Tag(name)] for name, model in models.items()))
+    written: Any = Literal.__getitem__(tuple(models)) | members  # what an entry may be in the file (JSON Schema)
     entry = Annotated[
         members, Discriminator(measure_entry_tag), BeforeValidator(measure_entry, json_schema_input_type=written)
     ]
-    by_name = {
+    by_name: dict[str, Any] = {
         name.replace("-", "_"): (measure_options_model(name) | None, Field(default=None, alias=name)) for name in models
     }
     mapping = create_model("MeasuresByName", __base__=Section, **by_name)
