@@ -226,6 +226,8 @@ def measures_model() -> type[Section]:
 
 
 class MeasuresBase(Section):
+    """`measures:` but its `names`, which `measures_model` adds from the measure registry."""
+
     # a class built at import (section_model), which mypy cannot take as a type
     data: MeasureDataSection = Field(default_factory=MeasureDataSection, description="what the measures see")  # type: ignore[valid-type]
     params: str | None = Field(default=None, description="parameter filter, a regex (null: the trained parameters)")
