@@ -160,7 +160,11 @@ def _measure_parser(sub) -> None:
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
-    p.add_argument("--list", action="store_true", help="list the measures with their references and options, and exit")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the measures with their references, and their options with help and default, and exit",
+    )
 
 
 def _export_parser(sub) -> None:
@@ -352,7 +356,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     from xlgm.core.options import config_kwargs
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task, read_run_task
-    from xlgm.measures.base import get_measure, list_measures, measure_options
+    from xlgm.measures.base import get_measure, list_measures, option_help
     from xlgm.recipes.measure import (
         MeasureConfig,
         MeasureData,
@@ -377,9 +381,8 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
                 spec = get_measure(name)
                 sign = {1: "+", -1: "-"}.get(spec.expected_sign or 0, "?")
                 print(f"{name:<26} {spec.reference}\n{'':<26} expected vs accuracy: {sign} {spec.direction}")
-                options = measure_options(spec)
-                if options:
-                    print(f"{'':<26} options: {options}")
+                for default, text in option_help(spec):
+                    print(f"{'':<28}{default:<22} {text}" if len(default) < 22 else f"{'':<28}{default}  {text}")
         print("# expected: + higher value goes with higher accuracy (better transfer), - with lower, ? not claimed")
         return []
     if not args.target:

@@ -1,5 +1,6 @@
-"""A new objective or measure is one module: the registries import every module of their package and take what
-it defines. Shown on a made-up package written here, with an objective class and a measure."""
+"""A new objective or measure is one module: the registries import every module of their package, and what a
+module registers (`@register_objective`, `@register_measure`) is there. Shown on a made-up package written here,
+with an objective class and a measure."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import importlib
 import sys
 import textwrap
 
-from xlgm.core.modules import classes_defined_in, import_submodules
+from xlgm.core.modules import import_submodules
 from xlgm.measures.base import _REGISTRY, get_measure
-from xlgm.objectives import objective_spec
+from xlgm.objectives import OBJECTIVES, build_objective
 
 OBJECTIVE = """
 from dataclasses import dataclass
 
-from xlgm.objectives.adamw import AdamWObjective  # imported, not defined here: not found twice
+from xlgm.objectives.adamw import AdamWObjective  # imported, not defined here: registered once, by adamw.py
+from xlgm.objectives.registry import register_objective
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class NoisyConfig:
     scale: float = 0.1
 
 
+@register_objective
 class NoisyObjective:
     name = "noisy"
     config_class = NoisyConfig
@@ -64,12 +67,11 @@ def test_a_module_is_all_a_new_objective_or_measure_needs(tmp_path, monkeypatch)
     try:
         modules = import_submodules(importlib.import_module("plugins_pkg"))
         assert [m.__name__ for m in modules] == ["plugins_pkg.inner", "plugins_pkg.inner.count", "plugins_pkg.noisy"]
-        classes = classes_defined_in(modules, "name", "config_class", "reference", "summary", "micro_step")
-        assert [c.__name__ for c in classes] == ["NoisyObjective"]
-        spec = objective_spec(classes[0])
-        assert (spec.name, spec.config(scale=0.2).scale) == ("noisy", 0.2)
+        assert list(OBJECTIVES)[-1] == "noisy" and OBJECTIVES["noisy"].factory.__name__ == "NoisyObjective"
+        assert build_objective("noisy", scale=0.2).config.scale == 0.2
         assert get_measure("made-up-parameter-count").expected_sign is None
     finally:
         _REGISTRY.pop("made-up-parameter-count", None)
+        OBJECTIVES.pop("noisy", None)
         for name in [m for m in sys.modules if m.startswith("plugins_pkg")]:
             del sys.modules[name]

@@ -30,6 +30,7 @@ from xlgm.objectives import (
     describe_objective,
     objective_flags,
     objective_from_args,
+    objective_options,
     objective_spec,
     option,
 )
@@ -187,7 +188,8 @@ def test_flags_are_derived_from_field_metadata():
         ("--sample-verbose", "sample_verbose", bool, None, {"sample": "verbose"}),
     ]
     # the first help given for a shared flag is kept; a flag without help has an empty one
-    assert flags["--rho"].help == "sam/asam neighbourhood size (sam 0.05, asam 0.5)"
+    assert flags["--rho"].help == "sam/asam neighbourhood size"
+    assert flags["--rho"].default_text == "sam 0.05, sample 1.0"  # --help says each default
     assert (flags["--sample-steps"].help, flags["--sample-lambda"].help) == ("sample: steps (3)", "")
 
 
@@ -243,3 +245,31 @@ def test_every_objective_under_accelerate_matches_the_plain_loop(name, options):
     assert not same_params(before, params_of(model))
     for a, b in zip(reference.parameters(), model.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_an_objective_registers_with_the_decorator():
+    from xlgm.objectives import register_objective
+
+    name = _SampleObjective.name
+    try:
+        assert register_objective(_SampleObjective) is _SampleObjective and name in OBJECTIVES
+        assert register_objective(_SampleObjective) is _SampleObjective  # again: the same class, no error
+        other = type("_Other", (_SampleObjective,), {})
+        with pytest.raises(ValueError, match="objective 'sample' is already registered"):
+            register_objective(other)
+        args = parser().parse_args(["--objective", "sample", "--rho", "0.3", "--sample-steps", "5"])
+        assert objective_options(args) == ("sample", {"rho": 0.3, "steps": 5})  # its flags join `xlgm train`'s
+    finally:
+        OBJECTIVES.pop(name, None)
+
+
+def test_objective_options_are_checked_by_their_rules():
+    """The configs check their fields with the rules in their `option(...)` metadata, and keep what the rule
+    returns: an integer option written 4.0 is 4, a number option written 1 is 1.0."""
+    config = build_config("fisher", sub_batch=4.0, every=2.0, lam=1)
+    assert (config.sub_batch, config.every, config.lam) == (4, 2, 1.0)
+    assert (type(config.sub_batch), type(config.every), type(config.lam)) == (int, int, float)
+    with pytest.raises(XlgmError, match=r"^every \(--fisher-every\): expected an integer >= 1, got 0$"):
+        build_config("fisher", every=0)
+    with pytest.raises(XlgmError, match=r"^max_length: expected an integer >= 1"):  # no flag: named alone
+        build_config("mvr", max_length=0)

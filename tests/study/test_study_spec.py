@@ -36,7 +36,7 @@ def spec_error(text: str) -> str:
     [
         (("rho: [0.02, 0.05]", "rho: abc"), "studies/x.yaml:7: grid[1].rho: expected a number, got 'abc'"),
         (("rho: [0.02, 0.05]", "rho: [0.02, abc]"), "studies/x.yaml:7: grid[1].rho[1]: expected a number, got 'abc'"),
-        (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml:7: grid[1]: rho"),
+        (("rho: [0.02, 0.05]", "rho: -1.0"), "studies/x.yaml:7: grid[1].rho: expected a number >= 0, got -1"),
         (("rho: [0.02, 0.05]", "lam: 0.1"), "studies/x.yaml:7: grid[1].lam: neither an option of objective sam"),
         (("objective: adamw", "objective: adam"), "studies/x.yaml:6: grid[0].objective: expected one of"),
         (("epochs: 1,", "epochs: 1, seed: 3,"), "studies/x.yaml:4: train.seed: set by the spec's `seeds`"),

@@ -12,14 +12,3 @@ def import_submodules(package: ModuleType) -> list[ModuleType]:
     """Every module of `package` and of its subpackages, imported, in name order."""
     found = pkgutil.walk_packages(package.__path__, package.__name__ + ".")
     return [importlib.import_module(info.name) for info in sorted(found, key=lambda info: info.name)]
-
-
-def classes_defined_in(modules: list[ModuleType], *attributes: str) -> list[type]:
-    """The classes the modules define (not import) that have every one of `attributes`, in module order and,
-    within a module, in definition order."""
-    return [
-        obj
-        for module in modules
-        for obj in vars(module).values()
-        if isinstance(obj, type) and obj.__module__ == module.__name__ and all(hasattr(obj, a) for a in attributes)
-    ]

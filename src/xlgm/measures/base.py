@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from xlgm.core.errors import XlgmError
-from xlgm.core.options import type_hints
+from xlgm.core.options import choices_of, default_of, help_of, parse_options, type_hints
 from xlgm.measures import loss as loss_lib
 from xlgm.measures.guard import preserved
 from xlgm.measures.params import ParamFilter, describe_filter, select_parameters
@@ -425,53 +424,31 @@ def get_measure(name: str) -> MeasureSpec:
         raise XlgmError(f"unknown measure {name!r}; known measures: {known}") from None
 
 
-def measure_options(spec: MeasureSpec) -> str:
-    """The measure's options with their defaults, e.g. `num_draws=3, sigma=None` ("" when it has none)."""
-    parts = []
+def option_help(spec: MeasureSpec) -> list[tuple[str, str]]:
+    """(`name=default`, help) of each of the measure's options; the help ends with the choices of a Literal."""
+    hints = type_hints(spec.config_cls)
+    rows = []
     for f in dataclasses.fields(spec.config_cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            parts.append(f"{f.name} (required)")
-            continue
-        parts.append(f"{f.name}={default!r}" if isinstance(default, str) else f"{f.name}={default}")
-    return ", ".join(parts)
+        default = default_of(f)
+        choices = choices_of(hints[f.name])
+        text = help_of(f) + (f" (one of {', '.join(map(str, choices))})" if choices else "")
+        rows.append((f"{f.name} (required)" if default is ... else f"{f.name}={default!r}", text))
+    return rows
 
 
 def resolve_config(spec: MeasureSpec, config: Any) -> Any:
-    """None -> defaults; a mapping -> config_cls(**mapping) (unknown keys are an error); an instance -> itself."""
+    """None -> defaults; a mapping -> the config its options give (`options.parse_options`: unknown options, and
+    values of the wrong type or range, are one-line errors; a number written as text becomes the number its
+    field expects); an instance -> itself."""
     if config is None:
         return spec.config_cls()
     if isinstance(config, spec.config_cls):
         return config
     if isinstance(config, Mapping):
-        known = {f.name for f in dataclasses.fields(spec.config_cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise XlgmError(
-                f"unknown option(s) {', '.join(unknown)} for measure {spec.name}; "
-                f"known: {', '.join(sorted(known)) or '(none)'}"
-            )
-        return spec.config_cls(**{k: _numeric_option(spec, k, v) for k, v in config.items()})
+        return parse_options(spec.config_cls, config, f"measure {spec.name}")
     raise XlgmError(
         f"config for measure {spec.name} must be a {spec.config_cls.__name__} or a dict, got {type(config).__name__}"
     )
-
-
-def _numeric_option(spec: MeasureSpec, name: str, value: Any) -> Any:
-    """A number written as text (YAML 1.1 reads `1e-4` as a string) becomes the number its field expects; text
-    that is not a number is an error naming the option."""
-    hint = type_hints(spec.config_cls).get(name)
-    kinds = set(typing.get_args(hint)) or {hint}
-    if not isinstance(value, str) or not kinds & {int, float}:
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise XlgmError(f"option {name} of measure {spec.name}: expected a number, got {value!r}") from None
-    return int(number) if float not in kinds and number.is_integer() else number
 
 
 # ---------------------------------------------------------------------------------------------------------

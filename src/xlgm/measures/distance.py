@@ -9,20 +9,24 @@ state dict, parameter name -> tensor) to `compute_measure`, or `init_state_path`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_safetensors
+from xlgm.core.options import option
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
 
 
 @dataclass(frozen=True)
 class FrobeniusDistanceConfig:
-    init_state_path: str | None = None  # used when no `init_state=` is passed
+    init_state_path: str | None = field(
+        default=None,
+        metadata=option(help="a .safetensors file of the initial weights, read when no `init_state=` is passed"),
+    )
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -38,13 +38,15 @@ predictions, so the data may be unlabelled): sharpness-diff-pseudo and sharpness
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.core.types import TextOutputs
 from xlgm.measures import sharpness_avg, sharpness_diff
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
@@ -161,10 +163,12 @@ def prediction_entropy(target: TextOutputs, config: NoConfig, source=None, peers
 
 @dataclass(frozen=True)
 class AtcConfig:
-    score: str = "max-probability"  # or "negative-entropy" (Garg et al. report both)
+    score: Literal["max-probability", "negative-entropy"] = field(
+        default="max-probability", metadata=option(help="the confidence score thresholded (Garg et al. report both)")
+    )
 
     def __post_init__(self) -> None:
-        validation.one_of("score", self.score, ("max-probability", "negative-entropy"))
+        check_fields(self, label=str)
 
 
 def _scores(outputs: TextOutputs, score: str) -> np.ndarray:
@@ -338,7 +342,15 @@ def embedding_distance(target: TextOutputs, config: NoConfig, source=None, peers
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    center: bool = True  # subtract each language's mean embedding first (Libovický et al. 2020)
+    center: bool = field(
+        default=True,
+        metadata=option(
+            help="subtract each language's mean embedding first (Libovický et al. 2020)", rule=validation.boolean
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, label=str)
 
 
 def retrieval_hits(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:

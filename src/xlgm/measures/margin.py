@@ -5,11 +5,14 @@ Both only need the model's outputs on a labelled set, so they can be computed on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.loss import logits_and_labels
 
@@ -57,13 +60,23 @@ def margin(ctx: MeasureContext, config: MarginConfig) -> MeasureResult:
     )
 
 
+def percentile(label: str, value: Any) -> float:
+    number = validation.finite_number(label, value)
+    validation.require(0 <= number <= 100, f"{label}: expected a number in [0, 100], got {number:g}")
+    return number
+
+
 @dataclass(frozen=True)
 class LogitMarginConfig:
-    percentile: float = 10.0  # Jiang et al. use the 10th percentile of the margin distribution
+    percentile: float = field(
+        default=10.0,
+        metadata=option(
+            help="γ is this percentile of the margins over examples (Jiang et al. use the 10th)", rule=percentile
+        ),
+    )
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.percentile <= 100.0:
-            raise XlgmError(f"percentile must be in [0, 100], got {self.percentile}")
+        check_fields(self, label=str)
 
 
 @register_measure(

@@ -21,11 +21,12 @@ the search trace. Cost: search_depth x num_draws forward passes (defaults: up to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from xlgm.core.errors import XlgmError
+from xlgm.core import validation
+from xlgm.core.options import option
 from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
@@ -45,13 +46,14 @@ REFERENCE = (
 class PacBayesConfig(SearchConfig):
     """The search options (bracket for σ) of `SearchConfig`, plus the Monte Carlo draws."""
 
-    num_draws: int = 10  # Monte Carlo draws per σ
-    antithetic: bool = True  # draw in pairs (z, -z): cancels the first-order term, see the module docstring
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_draws < 1:
-            raise XlgmError(f"num_draws must be >= 1, got {self.num_draws}")
+    num_draws: int = field(default=10, metadata=option(help="Monte Carlo draws per σ", rule=validation.positive_int))
+    antithetic: bool = field(
+        default=True,
+        metadata=option(
+            help="draw in pairs (z, -z), which cancels the first-order term (see the module docstring)",
+            rule=validation.boolean,
+        ),
+    )
 
 
 def _pacbayes(ctx: MeasureContext, config: PacBayesConfig, magnitude_aware: bool) -> MeasureResult:

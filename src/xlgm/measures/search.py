@@ -24,33 +24,45 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """The options every bisection-based flatness measure shares (sharpness-alpha, pacbayes-flatness)."""
 
-    target_deviation: float = 0.1  # d
-    deviation_of: str = "loss"  # "loss" (cross-entropy) or "error" (error rate)
-    lower: float = 0.0  # search bracket for the scale (α or σ)
-    upper: float = 2.0
-    search_depth: int = 15  # bisection steps at most
-    tolerance: float = 0.01  # stop when |deviation - d| <= tolerance
-    magnitude_eps: float = 1e-3  # ε of the magnitude-aware variants (the -mag measures only)
+    target_deviation: float = field(
+        default=0.1,
+        metadata=option(help="d, the rise of the loss (or error) the search looks for", rule=validation.positive_float),
+    )
+    deviation_of: Literal["loss", "error"] = field(
+        default="loss", metadata=option(help="what rises: the loss (cross-entropy) or the error rate")
+    )
+    lower: float = field(
+        default=0.0, metadata=option(help="the search bracket's lower end (α or σ)", rule=validation.non_negative_float)
+    )
+    upper: float = field(
+        default=2.0, metadata=option(help="the search bracket's upper end (α or σ)", rule=validation.positive_float)
+    )
+    search_depth: int = field(default=15, metadata=option(help="bisection steps at most", rule=validation.positive_int))
+    tolerance: float = field(
+        default=0.01, metadata=option(help="stop when |deviation - d| <= tolerance", rule=validation.positive_float)
+    )
+    magnitude_eps: float = field(
+        default=1e-3,
+        metadata=option(
+            help="ε of the magnitude-aware variants (the -mag measures only)", rule=validation.non_negative_float
+        ),
+    )
 
     def __post_init__(self) -> None:
-        validation.positive_float("target_deviation", self.target_deviation)
-        validation.one_of("deviation_of", self.deviation_of, ("loss", "error"))
-        if not self.upper > self.lower >= 0:
+        check_fields(self, label=str)
+        if not self.upper > self.lower:
             raise XlgmError(f"need 0 <= lower < upper, got [{self.lower}, {self.upper}]")
-        if self.search_depth < 1:
-            raise XlgmError(f"search_depth must be >= 1, got {self.search_depth}")
-        validation.positive_float("tolerance", self.tolerance)
-        validation.non_negative_float("magnitude_eps", self.magnitude_eps)
 
 
 @dataclass(frozen=True)

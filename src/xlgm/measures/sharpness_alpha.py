@@ -18,12 +18,12 @@ steps, 10 ascent steps) cost up to 15 x 31 = 465 units, ~50x a sharpness-diff.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from xlgm.core import validation
-from xlgm.core.errors import XlgmError
+from xlgm.core.options import option
 from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
@@ -43,17 +43,21 @@ REFERENCE = (
 class SharpnessAlphaConfig(SearchConfig):
     """The search options (bracket for α) of `SearchConfig`, plus the projected ascent inside the box."""
 
-    ascent_steps: int = 10
-    step_fraction: float = 0.25  # sign-ascent step, as a fraction of the box half-width
-    random_start: bool = True
-    num_restarts: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("ascent_steps", "num_restarts"):
-            if getattr(self, name) < 1:
-                raise XlgmError(f"{name} must be >= 1, got {getattr(self, name)}")
-        validation.positive_float("step_fraction", self.step_fraction)
+    ascent_steps: int = field(
+        default=10, metadata=option(help="projected sign-ascent steps in the box", rule=validation.positive_int)
+    )
+    step_fraction: float = field(
+        default=0.25,
+        metadata=option(
+            help="the sign-ascent step, as a share of the box's half-width", rule=validation.positive_float
+        ),
+    )
+    random_start: bool = field(
+        default=True, metadata=option(help="start the ascent at a random point of the box", rule=validation.boolean)
+    )
+    num_restarts: int = field(
+        default=1, metadata=option(help="ascents per α, the worst one kept", rule=validation.positive_int)
+    )
 
 
 def _box_ascent(

@@ -14,23 +14,28 @@ sweeps it; 0.02 (2% relative noise per weight) is ours. Reports Δloss (value, m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xlgm.core import validation
-from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.measures.base import MeasureContext, MeasureResult, mean_and_spread, register_measure
 
 
 @dataclass(frozen=True)
 class SharpnessAvgConfig:
-    rho: float = 0.02  # noise std; relative to |w| when adaptive
-    adaptive: bool = True  # c = |w| (adaptive) or c = 1
-    num_draws: int = 8
+    rho: float = field(
+        default=0.02,
+        metadata=option(
+            help="ρ, the noise's standard deviation; relative to |w| when adaptive", rule=validation.positive_float
+        ),
+    )
+    adaptive: bool = field(
+        default=True, metadata=option(help="scale the noise by c = |w| (else c = 1)", rule=validation.boolean)
+    )
+    num_draws: int = field(default=8, metadata=option(help="Monte Carlo draws", rule=validation.positive_int))
 
     def __post_init__(self) -> None:
-        validation.positive_float("rho", self.rho)
-        if self.num_draws < 1:
-            raise XlgmError(f"num_draws must be >= 1, got {self.num_draws}")
+        check_fields(self, label=str)
 
 
 @register_measure(

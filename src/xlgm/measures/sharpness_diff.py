@@ -51,12 +51,13 @@ Two modes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
 from xlgm.core import validation
-from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.measures import params as P
 from xlgm.measures.base import (
     MeasureContext,
@@ -66,30 +67,51 @@ from xlgm.measures.base import (
 )
 from xlgm.measures.loss import subsample
 
-MODES = ("default", "paper")
+Mode = Literal["default", "paper"]
 _DEFAULT_SIGMA = {"paper": 0.1, "default": 0.01}
 _DEFAULT_ASCENT_FRACTION = {"paper": 1.0, "default": 0.25}
 
 
+def ascent_share(label: str, value: Any) -> float:
+    """A share of the examples: a number in (0, 1]."""
+    number = validation.finite_number(label, value)
+    validation.require(0 < number <= 1, f"{label}: expected a number in (0, 1], got {number:g}")
+    return number
+
+
+MODE_OPTION = option(help="default: the corrected measure; paper: as the published code computes it")
+
+
 @dataclass(frozen=True)
 class SharpnessDiffConfig:
-    mode: str = "default"  # "default" (corrected) or "paper" (the published code)
-    sigma: float | None = None  # noise std; None: 0.1 absolute (paper) / 0.01 relative to |w0| (default)
-    step_size: float = 0.05  # η, the gradient-ascent step
-    alpha: float = 0.05  # the radius factor: r = α ||w0||
-    num_draws: int = 3  # k
-    ascent_fraction: float | None = None  # share of examples for the ascent gradient; None: 1.0 / 0.25
+    mode: Mode = field(default="default", metadata=MODE_OPTION)
+    sigma: float | None = field(
+        default=None,
+        metadata=option(
+            help="σ, the noise's standard deviation: absolute in mode paper, relative to |w0| elementwise in mode "
+            "default; null: 0.1 (paper) or 0.01 (default)",
+            rule=validation.non_negative_float,
+        ),
+    )
+    step_size: float = field(
+        default=0.05, metadata=option(help="η, the gradient-ascent step", rule=validation.non_negative_float)
+    )
+    alpha: float = field(
+        default=0.05, metadata=option(help="α, the radius factor: r = α ||w0||", rule=validation.positive_float)
+    )
+    num_draws: int = field(
+        default=3, metadata=option(help="k, noise draws (each with its ascent step)", rule=validation.positive_int)
+    )
+    ascent_fraction: float | None = field(
+        default=None,
+        metadata=option(
+            help="share of the examples the ascent gradient is computed on; null: 1.0 (paper) or 0.25 (default)",
+            rule=ascent_share,
+        ),
+    )
 
     def __post_init__(self) -> None:
-        validation.one_of("mode", self.mode, MODES)
-        if self.sigma is not None:
-            validation.non_negative_float("sigma", self.sigma)
-        validation.non_negative_float("step_size", self.step_size)
-        validation.positive_float("alpha", self.alpha)
-        if self.num_draws < 1:
-            raise XlgmError(f"num_draws must be >= 1, got {self.num_draws}")
-        if self.ascent_fraction is not None and not 0.0 < self.ascent_fraction <= 1.0:
-            raise XlgmError(f"ascent_fraction must be in (0, 1], got {self.ascent_fraction}")
+        check_fields(self, label=str)
 
     @property
     def effective_sigma(self) -> float:
@@ -222,7 +244,7 @@ def sharpness_diff(ctx: MeasureContext, config: SharpnessDiffConfig) -> MeasureR
 
 @dataclass(frozen=True)
 class SharpnessDiffPaperConfig(SharpnessDiffConfig):
-    mode: str = "paper"
+    mode: Mode = field(default="paper", metadata=MODE_OPTION)
 
 
 @register_measure(

@@ -23,31 +23,45 @@ the worst point found). Cost: 3 (steps + 1) forward-pass units.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from xlgm.core import validation
-from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.measures import params as P
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 
 
 @dataclass(frozen=True)
 class SharpnessWorstConfig:
-    rho: float = 0.002  # radius of the ball, in units of |w| when adaptive
-    norm: str = "linf"  # "linf" or "l2"
-    adaptive: bool = True  # c = |w| (adaptive) or c = 1
-    steps: int = 20  # ascent steps (accepted or not)
-    initial_step: float = 2.0  # first step size, in units of ρ (the paper's code starts at 2ρ)
-    random_start: bool = False  # start uniformly in the l∞ ball / on the l2 sphere instead of at v = 0
+    rho: float = field(
+        default=0.002,
+        metadata=option(
+            help="ρ, the radius of the ball, in units of |w| when adaptive", rule=validation.positive_float
+        ),
+    )
+    norm: Literal["linf", "l2"] = field(default="linf", metadata=option(help="the ball's norm"))
+    adaptive: bool = field(
+        default=True, metadata=option(help="measure the ball in units of c = |w| (else c = 1)", rule=validation.boolean)
+    )
+    steps: int = field(default=20, metadata=option(help="ascent steps (accepted or not)", rule=validation.positive_int))
+    initial_step: float = field(
+        default=2.0,
+        metadata=option(
+            help="the first step size, in units of ρ (the paper's code starts at 2ρ)", rule=validation.positive_float
+        ),
+    )
+    random_start: bool = field(
+        default=False,
+        metadata=option(
+            help="start uniformly in the l∞ ball or on the l2 sphere instead of at v = 0", rule=validation.boolean
+        ),
+    )
 
     def __post_init__(self) -> None:
-        validation.positive_float("rho", self.rho)
-        validation.one_of("norm", self.norm, ("linf", "l2"))
-        if self.steps < 1:
-            raise XlgmError(f"steps must be >= 1, got {self.steps}")
-        validation.positive_float("initial_step", self.initial_step)
+        check_fields(self, label=str)
 
 
 def _project(v: list[torch.Tensor], rho: float, norm: str) -> list[torch.Tensor]:

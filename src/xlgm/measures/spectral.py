@@ -10,26 +10,33 @@ et al. (2020) test log Π_l ||W_l||_2² (measure (32)) and log Σ_l ||W_l||_2² 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
-
-AGGREGATES = ("log_product", "product", "sum")
 
 
 @dataclass(frozen=True)
 class SpectralNormConfig:
-    aggregate: str = "log_product"  # the value: Σ log ||W||_2, Π ||W||_2 or Σ ||W||_2
-    include_embeddings: bool = False
+    aggregate: Literal["log_product", "product", "sum"] = field(
+        default="log_product", metadata=option(help="the value: Σ log ||W||_2, Π ||W||_2 or Σ ||W||_2")
+    )
+    include_embeddings: bool = field(
+        default=False,
+        metadata=option(
+            help="count the embedding tables too (a lookup is not a matrix product)", rule=validation.boolean
+        ),
+    )
 
     def __post_init__(self) -> None:
-        validation.one_of("aggregate", self.aggregate, AGGREGATES)
+        check_fields(self, label=str)
 
 
 @register_measure(

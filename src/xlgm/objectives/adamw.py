@@ -14,6 +14,7 @@ import torch
 
 from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import cross_entropy, logits_of
+from xlgm.objectives.registry import register_objective
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class AdamWConfig:
     """No options: the baseline has no regularizer."""
 
 
+@register_objective
 class AdamWObjective:
     name = "adamw"
     config_class = AdamWConfig

@@ -58,7 +58,8 @@ import torch
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
-from xlgm.objectives.base import StepContext, option
+from xlgm.core.options import check_fields, flag_label, option
+from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
     grad_scale,
@@ -66,6 +67,7 @@ from xlgm.objectives.common import (
     trainable_parameters,
     upcast,
 )
+from xlgm.objectives.registry import register_objective
 
 
 def math_attention():
@@ -109,17 +111,23 @@ class FisherConfig:
         metadata=option(
             "--fisher-lambda",
             "fisher: λ in CE + λ·‖∇CE(ŷ)‖², the gradient of the mean loss over the micro-batch "
-            "(default 0.1). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B with B the "
-            "micro-batch per device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; their w = 1e-3 "
-            "is λ ≈ 3.1e-5 at 32",
+            f"(default {DEFAULT_LAMBDA}). The cross-lingual study's authors write the penalty as w·‖∇CE(ŷ)‖²/B "
+            "with B the micro-batch per device (--batch-size), so λ = w/B: 0.1 is w = 3.2 at --batch-size 32; "
+            "their w = 1e-3 is λ ≈ 3.1e-5 at 32",
             exclusive="fisher-weight",
+            rule=validation.non_negative_number,
         ),
     )
     # None: the whole micro-batch
     sub_batch: int | None = field(
-        default=None, metadata=option("--fisher-sub-batch", "fisher: penalty on the first m examples (all)")
+        default=None,
+        metadata=option(
+            "--fisher-sub-batch", "fisher: penalty on the first m examples (all)", rule=validation.optional_count
+        ),
     )
-    every: int = field(default=1, metadata=option("--fisher-every", "fisher: penalty every k optimizer steps (1)"))
+    every: int = field(
+        default=1, metadata=option("--fisher-every", "fisher: penalty every k optimizer steps", rule=validation.count)
+    )
     # the authors' w; λ = w / B, B the micro-batch per device
     weight: float | None = field(
         default=None,
@@ -128,6 +136,7 @@ class FisherConfig:
             "fisher: the penalty weight in the authors' convention, w (their XNLI script's is "
             "1e-3); λ = w / --batch-size. Not with --fisher-lambda",
             exclusive="fisher-weight",
+            rule=validation.non_negative_number,
         ),
     )
 
@@ -137,15 +146,9 @@ class FisherConfig:
                 "give the Fisher penalty weight once: lam (--fisher-lambda) or weight "
                 "(--fisher-weight, the authors' w = lam x batch size), not both"
             )
-        if self.weight is None:
-            lam = DEFAULT_LAMBDA if self.lam is None else self.lam
-            object.__setattr__(self, "lam", validation.non_negative_number("lam (--fisher-lambda)", lam))
-        else:
-            object.__setattr__(self, "weight", validation.non_negative_number("weight (--fisher-weight)", self.weight))
-        object.__setattr__(
-            self, "sub_batch", validation.optional_count("sub_batch (--fisher-sub-batch)", self.sub_batch)
-        )
-        object.__setattr__(self, "every", validation.count("every (--fisher-every)", self.every))
+        if self.weight is None and self.lam is None:
+            object.__setattr__(self, "lam", DEFAULT_LAMBDA)
+        check_fields(self, label=flag_label(type(self)), store=True)
 
     def penalty_weight(self, batch_size: int | None) -> float:
         """λ, the weight on ‖∇CE(ŷ)‖² of the mean loss: `lam`, or the authors' w over the micro-batch size."""
@@ -159,6 +162,7 @@ class FisherConfig:
         return self.weight / validation.count("batch size (--batch-size)", batch_size)
 
 
+@register_objective
 class FisherObjective:
     name = "fisher"
     config_class = FisherConfig

@@ -59,12 +59,14 @@ import torch.nn.functional as F
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
-from xlgm.objectives.base import StepContext, option
+from xlgm.core.options import check_fields, flag_label, option
+from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
     logits_of,
     upcast,
 )
+from xlgm.objectives.registry import register_objective
 from xlgm.objectives.segmentation import SubwordSampler
 
 DEFAULT_MAX_LENGTH = 512
@@ -96,26 +98,35 @@ class MVRConfig:
     # None: the task's default, DEFAULT_KL_WEIGHT
     lam: float | None = field(
         default=None,
-        metadata=option("--mvr-lambda", "mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)"),
+        metadata=option(
+            "--mvr-lambda",
+            "mvr: KL weight (default per task, the authors' scripts: xnli 0.2, pawsx 0.6)",
+            rule=validation.non_negative_number,
+        ),
     )
     rate: float = field(
         default=0.2,
         metadata=option(
-            "--mvr-rate", "mvr: WordPiece dropout rate / Unigram sampling alpha (0.2); 0 disables sampling"
+            "--mvr-rate",
+            "mvr: WordPiece dropout rate / Unigram sampling alpha; 0 disables sampling",
+            rule=validation.rate,
         ),
     )
-    max_length: int | None = None
-    seed: int = 0
+    max_length: int | None = field(
+        default=None,
+        metadata=option(
+            help="tokens a re-segmented row is cut to (the training loop gives its max_length)",
+            rule=validation.optional_count,
+            cli=False,
+        ),
+    )
+    seed: int = field(default=0, metadata=option(help="seeds the sampler when the loop gives no generator", cli=False))
 
     def __post_init__(self):
-        if self.lam is not None:
-            object.__setattr__(self, "lam", validation.non_negative_number("lam (--mvr-lambda)", self.lam))
-        object.__setattr__(self, "rate", validation.rate("rate (--mvr-rate)", self.rate))
-        object.__setattr__(self, "max_length", validation.optional_count("max_length", self.max_length))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise XlgmError(f"seed must be an integer, got {self.seed!r}")
+        check_fields(self, label=flag_label(type(self)), store=True)
 
 
+@register_objective
 class MVRObjective:
     name = "mvr"
     config_class = MVRConfig

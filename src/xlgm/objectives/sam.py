@@ -46,7 +46,8 @@ from typing import Any
 import torch
 
 from xlgm.core import validation
-from xlgm.objectives.base import StepContext, option
+from xlgm.core.options import check_fields, flag_label, option
+from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
     grad_scale,
@@ -54,6 +55,7 @@ from xlgm.objectives.common import (
     trainable_parameters,
     upcast,
 )
+from xlgm.objectives.registry import register_objective
 
 NORM_EPS = 1e-12
 
@@ -149,7 +151,7 @@ def is_adaptive_parameter(name: str) -> bool:
 class SAMConfig:
     rho: float = field(
         default=0.05,  # Foret et al.'s default neighbourhood size
-        metadata=option("--rho", "sam/asam neighbourhood size (sam 0.05, asam 0.5)"),
+        metadata=option("--rho", "sam/asam neighbourhood size", rule=validation.non_negative_number),
     )
     shared_perturbation: bool = field(
         default=False,
@@ -157,31 +159,40 @@ class SAMConfig:
             "--sam-shared-perturbation",
             "sam/asam: one perturbation per optimizer step from the gradient of all "
             "micro-batches (default: one per micro-batch)",
+            rule=validation.boolean,
         ),
     )
 
     def __post_init__(self):
-        object.__setattr__(self, "rho", validation.non_negative_number("rho (--rho)", self.rho))
-        validation.boolean("shared_perturbation (--sam-shared-perturbation)", self.shared_perturbation)
+        check_fields(self, label=flag_label(type(self)), store=True)
 
 
 @dataclass(frozen=True)
 class ASAMConfig:
     # the ASAM paper's and official code's default (its ρ is on the rescaled scale)
-    rho: float = field(default=0.5, metadata=option("--rho"))
-    eta: float = field(default=0.01, metadata=option("--asam-eta", "asam: eta in T_w = |w| + eta (0.01)"))
-    shared_perturbation: bool = field(default=False, metadata=option("--sam-shared-perturbation"))
+    rho: float = field(
+        default=0.5, metadata=option("--rho", "asam: ρ on the rescaled scale", rule=validation.non_negative_number)
+    )
+    eta: float = field(
+        default=0.01,
+        metadata=option("--asam-eta", "asam: eta in T_w = |w| + eta", rule=validation.non_negative_number),
+    )
+    shared_perturbation: bool = field(
+        default=False,
+        metadata=option(
+            "--sam-shared-perturbation", "asam: one perturbation per optimizer step", rule=validation.boolean
+        ),
+    )
 
     def __post_init__(self):
-        object.__setattr__(self, "rho", validation.non_negative_number("rho (--rho)", self.rho))
-        object.__setattr__(self, "eta", validation.non_negative_number("eta (--asam-eta)", self.eta))
-        validation.boolean("shared_perturbation (--sam-shared-perturbation)", self.shared_perturbation)
+        check_fields(self, label=flag_label(type(self)), store=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The objectives
 
 
+@register_objective
 class SAMObjective:
     """SAM; `ASAMObjective` only changes the perturbation."""
 
@@ -312,6 +323,7 @@ class SAMObjective:
         return logs
 
 
+@register_objective
 class ASAMObjective(SAMObjective):
     name = "asam"
     config_class = ASAMConfig

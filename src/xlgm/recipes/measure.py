@@ -75,7 +75,9 @@ class MeasureData:
 @dataclass(frozen=True)
 class MeasureConfig:
     """What `xlgm measure` computes on a TARGET. Made only from valid values: the measure names, their
-    options, the data's numbers and the device are checked when the config is made (errors name the flag)."""
+    options, the data's numbers and the device are checked when the config is made (errors name the flag).
+    `options` are the measures' options as given (what the results file's config hash keeps); `configs` the
+    measures' configs they give, which the measures compute with."""
 
     measures: tuple[str, ...] = DEFAULT_MEASURES
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # measure -> {option: value}
@@ -94,6 +96,7 @@ class MeasureConfig:
         default="no",
         metadata=option(help="autocast of the measures' passes (default: no, float32: curvature in bf16 is not exact)"),
     )
+    configs: dict[str, Any] = field(init=False, repr=False, compare=False)  # measure -> its config
 
     def __post_init__(self) -> None:
         v, flag = validation, validation.flag
@@ -107,11 +110,9 @@ class MeasureConfig:
             )
         unknown = sorted(set(self.options) - set(names))
         v.require(not unknown, f"--set names measure(s) not requested: {', '.join(unknown)}")
-        for name in names:  # bad options fail now, not after a model has loaded
-            try:
-                resolve_config(get_measure(name), self.options.get(name))
-            except (TypeError, ValueError) as err:
-                raise XlgmError(f"--set {name}: {err}") from None
+        # bad options fail now, not after a model has loaded
+        configs = {name: resolve_config(get_measure(name), self.options.get(name)) for name in names}
+        object.__setattr__(self, "configs", configs)
         if self.task is not None:
             check_task(flag("task"), self.task)
         check_fields(self)  # checkpoint, seed, device, mixed_precision
@@ -123,7 +124,8 @@ class MeasureConfig:
 
 
 def parse_measure_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`sharpness-diff.num_draws=5` -> {"sharpness-diff": {"num_draws": 5}}; values are read as YAML scalars."""
+    """`sharpness-diff.num_draws=5` -> {"sharpness-diff": {"num_draws": 5}}; values are read as YAML scalars, as
+    a spec's are, and become the measure's config as a spec entry's do (`MeasureConfig`: `resolve_config`)."""
     import yaml
 
     options: dict[str, dict[str, Any]] = {}
@@ -300,7 +302,7 @@ def measure_checkpoints(
         for name, result, seconds in compute_measures(
             model,
             batches,
-            [(name, options.get(name)) for name in measures],
+            [(name, config.configs[name]) for name in measures],
             param_filter,
             seed,
             init_state=run_initial,

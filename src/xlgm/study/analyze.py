@@ -54,7 +54,7 @@ from xlgm.analysis.report_table import prepare_frame
 from xlgm.analysis.verdict import VERDICT_TARGETS, verdict_table
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
-from xlgm.measures.base import get_measure, resolve_config
+from xlgm.measures.base import get_measure
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
 from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
@@ -427,8 +427,7 @@ def study_settings(data: StudyData) -> dict[str, Any]:
     spec = data.spec
     measures = {}
     for item in spec.measures.items:
-        resolved = resolve_config(get_measure(item.name), item.options_dict)
-        measures[item.name] = {**spec.measure_config(item), "resolved": dataclasses.asdict(resolved)}
+        measures[item.name] = {**spec.measure_config(item), "resolved": dataclasses.asdict(item.config)}
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:

@@ -576,7 +576,7 @@ def _measure(
         for name, result, seconds in compute_measures(
             model,
             batches,
-            [(item.name, item.options_dict) for item in measures],
+            [(item.name, item.config) for item in measures],
             spec.measures.params,
             spec.measures.seed,
             init_state=cached_initial_state(init_cache, run_id, target, task_def, model),

@@ -1,9 +1,10 @@
 """What a study spec file may say: pydantic v2 models of the YAML document, built from the configs they feed.
 
 The training options (`train:` and a grid entry's training axes) are `TrainConfig`'s fields, an objective's
-options its config's fields, the other sections `xlgm.study.sections`' dataclasses, each with its type, default,
-help and rule (`xlgm.core.options`). `document_model().model_validate(raw)` checks types and ranges and reports
-every error at once; `xlgm.study.spec` adds the checks that need the task, the registries or a whole config,
+options its config's fields, a measure's options (an entry of `measures.names`) its config's fields, the other
+sections `xlgm.study.sections`' dataclasses, each with its type, default, help and rule (`xlgm.core.options`).
+`document_model().model_validate(raw)` checks types and ranges and reports every error at once (a measure entry
+becomes its config here); `xlgm.study.spec` adds the checks that need the task, the registries or a whole config,
 and builds the frozen `StudySpec`. `document_schema()` is the JSON Schema editors use (`xlgm study schema`).
 """
 
@@ -28,13 +29,24 @@ from pydantic import (
 )
 
 from xlgm.analysis.predict import FEATURES
-from xlgm.core.options import Section, field_annotation, help_of, rule_validator, section_model, type_hints
+from xlgm.core.errors import XlgmError
+from xlgm.core.options import (
+    Options,
+    Section,
+    field_annotation,
+    help_of,
+    options_model,
+    rule_validator,
+    section_model,
+    type_hints,
+)
 from xlgm.core.validation import FIELD_RULES
 from xlgm.data.splits import Split
+from xlgm.measures.base import get_measure, list_measures
 from xlgm.objectives import OBJECTIVES
 from xlgm.recipes.measure import MeasureData
 from xlgm.recipes.train import TrainConfig
-from xlgm.study.sections import AnalysisSpec, CheckpointSpec, EvaluationSpec, PredictionSpec
+from xlgm.study.sections import AnalysisSpec, CheckpointSpec, EvaluationSpec, MeasureAt, PredictionSpec
 
 # TrainConfig fields the spec sets elsewhere (top level, grid entry, seeds, checkpoints).
 NOT_IN_TRAIN = {
@@ -134,14 +146,88 @@ Prediction = section_model(
     defaults={"features": "auto"},
     types_={"features": Literal["auto"] | Annotated[list[Feature], Field(min_length=1)] | None},
 )
-MeasureEntry = Text | dict[str, dict[str, Any] | None]
 
 
-class Measures(Section):
-    names: list[MeasureEntry] | dict[str, dict[str, Any] | None] = Field(
-        default_factory=list,
-        description="NAME or {NAME: {option: value, at: all|best}}; `xlgm measure --list` shows the options",
+@functools.cache
+def measure_options_model(name: str) -> type[Options]:
+    """A measure's options in a spec entry: its config's fields, and `at`."""
+    at: Any = (MeasureAt, Field(default="all", description="which measured checkpoints: all, or each run's best only"))
+    model: type[Options] = create_model(f"Measure_{name}", __base__=options_model(get_measure(name).config_cls), at=at)
+    return model
+
+
+@functools.cache
+def measure_entry_models() -> dict[str, type[Section]]:
+    """One model per measure of a checkpoint: `{NAME: {option: value, ...}}`."""
+    models = {}
+    for name in list_measures("model"):
+        field: dict[str, Any] = {name.replace("-", "_"): (measure_options_model(name), Field(alias=name))}
+        models[name] = create_model(f"Entry_{name}", __base__=Section, **field)
+    return models
+
+
+def measure_entry(value: Any) -> Any:
+    """NAME or {NAME: options} -> {NAME: options}; a name that is no measure of a checkpoint is an error here."""
+    if isinstance(value, str):
+        value = {value: None}
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ValueError(f"expected NAME or {{NAME: {{option: value}}}}, got {value!r}")
+    ((name, options),) = value.items()
+    try:
+        kind = get_measure(name).kind
+    except XlgmError as err:
+        raise ValueError(str(err)) from None
+    if kind != "model":
+        raise ValueError(f"{name} is not a measure of one checkpoint (its kind is {kind}; see `xlgm measure --list`)")
+    return {name: {} if options is None else options}
+
+
+def measure_entry_tag(value: Any) -> str | None:
+    return next(iter(value)) if isinstance(value, dict) and len(value) == 1 else None
+
+
+def entry_list(value: Any) -> Any:
+    """`names:` may be a mapping NAME -> options: one entry a name, in the file's order."""
+    return [{name: options} for name, options in value.items()] if isinstance(value, dict) else value
+
+
+@functools.cache
+def measure_names_type() -> Any:
+    """`measures.names`: a list of entries, each a measure's name or `{NAME: {option: value, at: all|best}}` with
+    the options of that measure, or a mapping NAME -> options."""
+    models = measure_entry_models()
+    members: Any = functools.reduce(operator.or_, (Annotated[model, Tag(name)] for name, model in models.items()))
+    written: Any = Literal.__getitem__(tuple(models)) | members  # what an entry may be in the file (JSON Schema)
+    entry = Annotated[
+        members, Discriminator(measure_entry_tag), BeforeValidator(measure_entry, json_schema_input_type=written)
+    ]
+    by_name: dict[str, Any] = {
+        name.replace("-", "_"): (measure_options_model(name) | None, Field(default=None, alias=name)) for name in models
+    }
+    mapping = create_model("MeasuresByName", __base__=Section, **by_name)
+    return Annotated[list[entry], BeforeValidator(entry_list, json_schema_input_type=list[written] | mapping)]
+
+
+@functools.cache
+def measures_model() -> type[Section]:
+    """`measures:` (built at first use, from the measure registry)."""
+    names = measure_names_type()
+    return create_model(
+        "Measures",
+        __base__=MeasuresBase,
+        names=(
+            names,
+            Field(
+                default_factory=list,
+                description="NAME or {NAME: {option: value, at: all|best}}; `xlgm measure --list` shows the options",
+            ),
+        ),
     )
+
+
+class MeasuresBase(Section):
+    """`measures:` but its `names`, which `measures_model` adds from the measure registry."""
+
     # a class built at import (section_model), which mypy cannot take as a type
     data: MeasureDataSection = Field(default_factory=MeasureDataSection, description="what the measures see")  # type: ignore[valid-type]
     params: str | None = Field(default=None, description="parameter filter, a regex (null: the trained parameters)")
@@ -194,7 +280,7 @@ def document_model() -> type[BaseModel]:
         ),
         "checkpoints": (Checkpoints, Checkpoints()),
         "evaluation": (Evaluation, Evaluation()),
-        "measures": (Annotated[Measures, BeforeValidator(measures_mapping)], Measures()),
+        "measures": (Annotated[measures_model(), BeforeValidator(measures_mapping)], measures_model()()),
         "analysis": (Analysis, Analysis()),
         "prediction": (Prediction, Prediction()),
     }
@@ -211,7 +297,6 @@ def measures_mapping(value: Any) -> Any:
 SECTION_MODELS: dict[str, Any] = {
     "checkpoints": Checkpoints,
     "evaluation": Evaluation,
-    "measures": Measures,
     "measures.data": MeasureDataSection,
     "analysis": Analysis,
     "prediction": Prediction,
@@ -225,6 +310,8 @@ def allowed_keys(section: str) -> list[str]:
         return list(document_model().model_fields)
     if section == "train":
         return list(train_model().model_fields)
+    if section == "measures":
+        return list(measures_model().model_fields)
     model = SECTION_MODELS.get(section)
     return list(model.model_fields) if model is not None else []
 

@@ -116,9 +116,14 @@ class EvaluationSpec:
 
 @dataclass(frozen=True)
 class MeasureItem:
+    """A measure of the spec: its options as the file wrote them (what the study id and the measure units' ids
+    hash, so they are kept as written: `75` for a float option stays 75), and the config they give, which is what
+    the measure computes with."""
+
     name: str
     options: tuple[tuple[str, Any], ...] = ()
     at: MeasureAt = "all"  # which of the measured checkpoints: all, or only each run's best (for costly measures)
+    config: Any = None  # the measure's config (None: its defaults); not part of the study id
 
     def applies(self, is_best: bool) -> bool:
         return self.at == "all" or is_best

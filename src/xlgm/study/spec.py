@@ -41,7 +41,6 @@ PyYAML leaves a string); a float option given an integer is that float (the same
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,20 +51,27 @@ from pydantic import ValidationError
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.options import error_message, got
 from xlgm.data.tasks import Task, get_task, is_task_file
-from xlgm.measures.base import get_measure, resolve_config
 from xlgm.objectives import build_config, config_fields
 from xlgm.recipes.measure import MeasureData
 from xlgm.recipes.train import TrainConfig, default_freeze
 from xlgm.results import config_hash
-from xlgm.study.schema import NOT_IN_TRAIN, DataDir, Measures, allowed_keys, document_model
+from xlgm.study.schema import (
+    NOT_IN_TRAIN,
+    DataDir,
+    allowed_keys,
+    document_model,
+    entry_list,
+    measure_options_model,
+    measures_mapping,
+)
 from xlgm.study.sections import (
     AnalysisSpec,
     CheckpointSpec,
     DataSpec,
     EvaluationSpec,
     GridEntry,
-    MeasureAt,
     MeasureItem,
     MeasuresSpec,
     PredictionSpec,
@@ -130,6 +136,7 @@ class StudySpec:
         if not self.checkpoints.last:
             del out["checkpoints"]["last"]
         for item in out["measures"]["items"]:
+            del item["config"]  # the options as written identify it
             if item["at"] == "all":
                 del item["at"]
         return out
@@ -252,6 +259,8 @@ def _walk(raw: Any, loc: tuple[Any, ...]) -> tuple[Location, Location | None]:
     union: Location | None = None
     node = raw
     for i, part in enumerate(loc):
+        if isinstance(part, str) and out and part == out[-1]:
+            continue  # a measure entry's tag, then its one field: the measure's name once in the file
         if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
             node = node[part]
             out.append(part)
@@ -263,31 +272,6 @@ def _walk(raw: Any, loc: tuple[Any, ...]) -> tuple[Location, Location | None]:
         elif union is None:
             union = tuple(out)
     return tuple(out), union
-
-
-def _got(value: Any) -> str:
-    return f", got {value!r}" if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else ""
-
-
-MESSAGES = {
-    "float_parsing": "expected a number",
-    "float_type": "expected a number",
-    "finite_number": "expected a finite number",
-    "int_parsing": "expected an integer",
-    "int_type": "expected an integer",
-    "int_from_float": "expected an integer",
-    "string_type": "expected a string",
-    "string_too_short": "expected a non-empty string",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-    "list_type": "expected a list",
-    "tuple_type": "expected a list",
-    "too_short": "expected a non-empty list",
-    "missing": "required field missing",
-}
 
 
 def _unknown_key(loc: Location, raw: Any) -> str:
@@ -307,25 +291,18 @@ def _unknown_key(loc: Location, raw: Any) -> str:
 
 
 def _message(error: Any, loc: Location, raw: Any) -> tuple[Location, str]:
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "extra_forbidden" and loc[:2] == ("measures", "names") and len(loc) > 3:
+        name = next(part for part in loc[2:-1] if isinstance(part, str))
+        known = ", ".join(sorted(measure_options_model(name).model_fields))
+        return loc[:-1], f"unknown option(s) {loc[-1]} for measure {name}; known: {known}"
     if kind == "extra_forbidden":
         return loc, _unknown_key(loc, raw)
     if kind == "union_tag_invalid":  # the grid entry's objective
         return (*loc, "objective"), f"expected one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
     if kind == "union_tag_not_found":
         return (*loc, "objective"), "required field missing"
-    if kind == "value_error":
-        return loc, str(ctx.get("error", error["msg"]))
-    if kind == "literal_error":
-        return loc, f"expected one of {ctx.get('expected')}{_got(value)}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()))
-        return loc, f"expected a number {sign} {bound}{_got(value)}"
-    if kind in MESSAGES:
-        return loc, MESSAGES[kind] + ("" if kind == "missing" else _got(value))
-    text = error["msg"]
-    return loc, text[:1].lower() + text[1:]
+    return loc, error_message(error)
 
 
 # pydantic's error types for a value of the wrong kind, and what the file should have held instead
@@ -363,7 +340,7 @@ def document_errors(err: ValidationError, raw: Any) -> list[tuple[Location, str]
         else:
             kinds = [KINDS.get(e["type"]) or f"one of {(e.get('ctx') or {}).get('expected')}" for _, _, e in group]
             value = group[0][2].get("input")
-            out.append((union, f"expected {' or '.join(dict.fromkeys(kinds))}{_got(value)}"))
+            out.append((union, f"expected {' or '.join(dict.fromkeys(kinds))}{got(value)}"))
     return out
 
 
@@ -474,43 +451,19 @@ class _Reader:
             out.append(GridEntry(objective, tuple(objective_axes), tuple(train_axes)))
         return tuple(out)
 
-    def measures(self, section: Measures, task: Task | None, source_language: str) -> MeasuresSpec:
-        names: Any = section.names
-        if isinstance(names, Mapping):
-            names = [{k: v} for k, v in names.items()]
+    def measures(self, section: Any, task: Task | None, source_language: str) -> MeasuresSpec:
+        """`measures:` (a `schema.measures_model()`), whose entries pydantic has made into the measures' configs."""
         items, seen = [], set()
-        for i, raw in enumerate(names):
-            loc: Location = ("measures", "names", i)
-            if isinstance(raw, Mapping):
-                if len(raw) != 1:
-                    self.fail(loc, f"expected NAME or {{NAME: {{option: value}}}}, got {raw!r}")
-                    continue
-                ((name, options),) = raw.items()
-                options = dict(options or {})
-            else:
-                name, options = raw, {}
-            at = options.pop("at", "all")
-            if at not in typing.get_args(MeasureAt):
-                self.fail((*loc, name, "at"), f"expected one of {', '.join(typing.get_args(MeasureAt))}, got {at!r}")
-                continue
-            try:
-                spec = get_measure(name)
-            except XlgmError as err:
-                self.fail(loc, str(err))
-                continue
-            if spec.kind != "model":
-                self.fail(loc, f"{name} is a measure of a group of runs, not of one checkpoint")
-                continue
-            try:
-                resolve_config(spec, options)
-            except (XlgmError, TypeError, ValueError) as err:
-                self.fail((*loc, name), str(err))
-                continue
+        for i, entry in enumerate(section.names):  # schema.measure_entry_models(): {NAME: its options}
+            ((field_name, info),) = type(entry).model_fields.items()
+            name, options = str(info.alias), getattr(entry, field_name)
             if name in seen:
-                self.fail(loc, f"measure {name} is listed twice")
+                self.fail(("measures", "names", i), f"measure {name} is listed twice")
                 continue
             seen.add(name)
-            items.append(MeasureItem(name, tuple(sorted(options.items())), at))
+            written = options.written
+            written.pop("at", None)
+            items.append(MeasureItem(name, tuple(sorted(written.items())), options.at, options.config))
         d: dict[str, Any] = dict(section.data)  # a schema.MeasureDataSection
         d["language"] = d["language"] or source_language
         if task is not None and d["language"] not in task.languages:
@@ -591,6 +544,7 @@ def parse_spec(
     a line: `FILE:LINE: FIELD: what was expected` (the line when `lines`, from `line_numbers`, knows it)."""
     if not isinstance(raw, Mapping) or not raw:
         raise SpecError(f"{source}: expected a YAML mapping with at least `name`, `grid`")
+    raw = _measures_in_full(raw)
     reader = _Reader(source, Path(base_dir) if base_dir is not None else None)
     model = document_model()
     spec = None
@@ -618,6 +572,16 @@ def parse_spec(
         found.sort(key=lambda e: e[0] or 0)  # in the file's order (stable: as found within a line)
         raise SpecError("\n".join(_line(source, loc, message, line) for line, loc, message in found))
     return spec
+
+
+def _measures_in_full(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The document with `measures:` in its full form, `{names: [entries]}`, as the schema reads it, so that an
+    error's location names the entry (`measures.names[1]`) whether the file wrote a list or a mapping."""
+    measures = raw.get("measures")
+    if isinstance(measures, list) or (isinstance(measures, Mapping) and isinstance(measures.get("names"), Mapping)):
+        full = measures_mapping(measures)
+        return {**raw, "measures": {**full, "names": entry_list(full["names"])}}
+    return raw
 
 
 def _line_of(loc: Location, lines: Mapping[Location, int]) -> int | None:

@@ -7,22 +7,28 @@ Costs, in operator applications: an HVP ≈ a forward, a backward and a double b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
+from xlgm.core.options import check_fields, option
 from xlgm.measures.base import MeasureContext, MeasureResult, mean_and_spread, register_measure
 from xlgm.measures.curvature.algorithms import hutchinson, hutchpp, lanczos, power_iteration
 from xlgm.measures.curvature.operators import FisherOperator, HessianOperator
 from xlgm.measures.loss import labels_of, logits_of, single_examples, sparse_embedding_gradients, upcast
 
 
-def _check_count(name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise XlgmError(f"{name} must be >= {minimum}, got {value}")
+def _check_hutchpp(method: str, num_matvecs: int) -> None:
+    """Hutch++ splits its operator applications in three parts: it needs at least three."""
+    if method == "hutchpp" and num_matvecs < 3:
+        raise XlgmError(f"num_matvecs: expected an integer >= 3 for method hutchpp, got {num_matvecs}")
+
+
+NUM_MATVECS_HELP = "operator applications (Hutchinson: one a probe; Hutch++: at least 3)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -32,19 +38,34 @@ def _check_count(name: str, value: int, minimum: int = 1) -> None:
 
 @dataclass(frozen=True)
 class HessianTopEigConfig:
-    method: str = "lanczos"  # "lanczos" (k largest algebraic) or "power" (dominant |λ|, deflation for k > 1)
-    k: int = 1  # how many eigenvalues
-    max_iters: int = 60  # Lanczos: operator applications at most; power: per eigenvalue
-    tol: float = 1e-3  # Lanczos: relative residual; power: relative change of the Rayleigh quotient
-    min_iters: int = 20  # Lanczos: steps before the residual may stop it (the top of a tight cluster comes late)
+    method: Literal["lanczos", "power"] = field(
+        default="lanczos",
+        metadata=option(help="lanczos: the k largest (algebraic); power: the dominant |λ|, deflated for k > 1"),
+    )
+    k: int = field(default=1, metadata=option(help="how many eigenvalues", rule=validation.positive_int))
+    max_iters: int = field(
+        default=60,
+        metadata=option(
+            help="Lanczos: operator applications at most; power: per eigenvalue", rule=validation.positive_int
+        ),
+    )
+    tol: float = field(
+        default=1e-3,
+        metadata=option(
+            help="Lanczos: the relative residual; power: the relative change of the Rayleigh quotient",
+            rule=validation.positive_float,
+        ),
+    )
+    min_iters: int = field(
+        default=20,
+        metadata=option(
+            help="Lanczos: steps before the residual may stop it (the top of a tight cluster comes late)",
+            rule=validation.positive_int,
+        ),
+    )
 
     def __post_init__(self) -> None:
-        validation.one_of("method", self.method, ("lanczos", "power"))
-        _check_count("k", self.k)
-        _check_count("max_iters", self.max_iters)
-        _check_count("min_iters", self.min_iters)
-        if not self.tol > 0:
-            raise XlgmError(f"tol must be > 0, got {self.tol}")
+        check_fields(self, label=str)
 
 
 @register_measure(
@@ -113,12 +134,12 @@ def _eigen_health(res, config: HessianTopEigConfig) -> dict:
 
 @dataclass(frozen=True)
 class HessianTraceConfig:
-    method: str = "hutchinson"  # "hutchinson" or "hutchpp"
-    num_matvecs: int = 30  # operator applications (Hutchinson: = probes)
+    method: Literal["hutchinson", "hutchpp"] = field(default="hutchinson", metadata=option(help="the trace estimator"))
+    num_matvecs: int = field(default=30, metadata=option(help=NUM_MATVECS_HELP, rule=validation.positive_int))
 
     def __post_init__(self) -> None:
-        validation.one_of("method", self.method, ("hutchinson", "hutchpp"))
-        _check_count("num_matvecs", self.num_matvecs, 3 if self.method == "hutchpp" else 1)
+        check_fields(self, label=str)
+        _check_hutchpp(self.method, self.num_matvecs)
 
 
 def _reporting(op, ctx: MeasureContext):
@@ -168,14 +189,21 @@ def hessian_trace(ctx: MeasureContext, config: HessianTraceConfig) -> MeasureRes
 
 @dataclass(frozen=True)
 class FisherTraceConfig:
-    fisher: str = "empirical"  # "empirical" ((1/N) Σ g_i g_iᵀ) or "true" (E_{y~p} of the same, = GGN)
-    method: str = "exact"  # "exact" (per-example gradients) or "hutchinson"/"hutchpp" (Fisher-vector products)
-    num_matvecs: int = 30  # for the estimators
+    fisher: Literal["empirical", "true"] = field(
+        default="empirical",
+        metadata=option(help="empirical: (1/N) Σ g_i g_iᵀ with the data's labels; true: its mean over y ~ p (the GGN)"),
+    )
+    method: Literal["exact", "hutchinson", "hutchpp"] = field(
+        default="exact",
+        metadata=option(help="exact: per-example gradients; hutchinson or hutchpp: Fisher-vector products"),
+    )
+    num_matvecs: int = field(
+        default=30, metadata=option(help=NUM_MATVECS_HELP + "; the estimators only", rule=validation.positive_int)
+    )
 
     def __post_init__(self) -> None:
-        validation.one_of("fisher", self.fisher, ("empirical", "true"))
-        validation.one_of("method", self.method, ("exact", "hutchinson", "hutchpp"))
-        _check_count("num_matvecs", self.num_matvecs, 3 if self.method == "hutchpp" else 1)
+        check_fields(self, label=str)
+        _check_hutchpp(self.method, self.num_matvecs)
 
 
 def _per_example_sq_norm(ctx: MeasureContext, loss: torch.Tensor) -> float:
