@@ -16,8 +16,9 @@ initialisation, the data order and most of the training). When the caller says w
   multiplicity is the number of times its run was drawn;
 * the p-values are run-level permutation tests (`xlgm.analysis.permutation`): under H0 the runs are
   exchangeable and a run's measure trajectory is independent of its target trajectory; the measures are moved
-  between runs as blocks, checkpoint k of one run paired with checkpoint k (the same step) of another. With R
-  runs no p-value is below 1/R! (``p_min``).
+  between runs as blocks, checkpoint k of one run paired with checkpoint k (the same step) of another. A
+  measure with one finite value a run (taken once a run, e.g. at the best checkpoint) is a plain permutation
+  of the R run values, whatever step each was taken at. With R runs no p-value is below 1/R! (``p_min``).
 
 Both are reported with ``n_runs`` and ``n_checkpoints`` (the rows used). Without ``runs`` every row is its own
 run: the bootstrap is over rows and the p-values are scipy's (`kendalltau` exact for small n without ties, else
@@ -61,7 +62,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from xlgm.analysis.permutation import layout, permutation_test
+from xlgm.analysis.permutation import layout, permutation_test, run_positions
 
 STATISTICS = ("tau", "spearman", "pearson")
 MIN_ROWS = 3
@@ -207,7 +208,7 @@ def bootstrap_statistics(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[st
     return out
 
 
-def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return math.nan, math.nan
@@ -279,7 +280,7 @@ def correlate(
         if run_labels.size != keep.size:
             raise ValueError(f"runs must have one label per row, got {run_labels.size} for {keep.size} rows")
         run_labels = run_labels[keep]
-        pos = None if positions is None else np.asarray(list(positions), dtype=object)[keep]
+        pos = run_positions(run_labels, None if positions is None else np.asarray(list(positions), dtype=object)[keep])
         grid = layout(run_labels, pos)  # raises on two rows at one (run, position)
         run_index, n_runs, unit = grid.run, grid.n_runs, "run"
     else:
@@ -316,7 +317,7 @@ def correlate(
                 run_weights = _seeded_weights(n_runs, n_boot, None if seed is None else int(seed))
             boot = bootstrap_statistics(xs, ys, run_weights[:, run_index])
             for name in STATISTICS:
-                values[name][2], values[name][3] = _percentile_interval(boot[name], confidence)
+                values[name][2], values[name][3] = percentile_interval(boot[name], confidence)
             undefined = int(np.isnan(boot["tau"]).sum())
             if undefined:
                 notes.append(f"{undefined}/{n_boot} bootstrap resamples had a constant x or y and were left out")

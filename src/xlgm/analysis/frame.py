@@ -9,7 +9,7 @@ Every analysis in `xlgm.analysis` works on one tidy `pandas.DataFrame` with
     acc_en, acc_de, ...              one accuracy column per evaluated language
 
 `build_frame` pivots the long tables of `xlgm.results` into that shape, `add_targets` derives the transfer
-targets (mean target accuracy, transfer gaps) and `select_unit` reduces it to one row per run when the unit of
+targets (mean target accuracy, transfer gaps, transfer residuals: `xlgm.analysis.fit`) and `select_unit` reduces it to one row per run when the unit of
 correlation is the run rather than the checkpoint. All are pure functions: nothing is read or written.
 """
 
@@ -22,12 +22,20 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from xlgm.analysis.fit import out_of_fold_residuals, residuals
 from xlgm.core.errors import XlgmError
 
 ACC_PREFIX = "acc_"
 GAP_PREFIX = "gap_"
+RESIDUAL_PREFIX = "resid_"
+ROWS_PREFIX = "rows_"
 MEAN_TARGET = "mean_target"
 MEAN_GAP = "mean_gap"
+TRANSFER_RESIDUAL = "transfer_residual"
+TRANSFER_RESIDUAL_OOF = "transfer_residual_oof"
+# The column naming each run's configuration (runs sharing every setting but the seed): the folds of the
+# out-of-fold fit and the strata of the within-configuration tests. Without it every run is its own.
+CONFIGURATION = "configuration"
 
 Unit = Literal["checkpoint", "run"]
 RunReduce = Literal["last", "best", "mean"]
@@ -45,6 +53,16 @@ def acc_column(language: str) -> str:
 def gap_column(language: str) -> str:
     """The transfer-gap column of a target language: ``gap_<language>`` = acc_<source> - acc_<language>."""
     return f"{GAP_PREFIX}{language}"
+
+
+def residual_column(language: str) -> str:
+    """The transfer-residual column of a target language: ``resid_<language>`` (`xlgm.analysis.fit`)."""
+    return f"{RESIDUAL_PREFIX}{language}"
+
+
+def rows_column(language: str) -> str:
+    """The number of evaluated rows behind ``acc_<language>``: ``rows_<language>``."""
+    return f"{ROWS_PREFIX}{language}"
 
 
 def _examples(values: Iterable[Any], limit: int = 5) -> str:
@@ -131,8 +149,10 @@ def build_frame(
     """Pivot the long result tables into the analysis frame (one row per checkpoint).
 
     Args:
-        evaluations: long table with ``checkpoint_id, language, accuracy`` (other columns such as task, split or
-            data are ignored: filter to one evaluation setting first). Becomes ``acc_<language>`` columns.
+        evaluations: long table with ``checkpoint_id, language, accuracy`` and optionally ``num_examples`` (other
+            columns such as task, split or data are ignored: filter to one evaluation setting first). Becomes
+            ``acc_<language>`` columns, and ``rows_<language>`` columns with the row counts when given (so that
+            `add_targets` can average integer counts of correct rows: tied units stay exactly tied).
         measures: long table with ``checkpoint_id, measure, value`` (filter to one config/data per measure first).
             Becomes one column per measure, named as the measure.
         runs: ``run_id`` plus a ``config`` column of dicts or JSON strings (flattened by `flatten_configs`), or
@@ -168,6 +188,10 @@ def build_frame(
 
     acc = evaluations.pivot(index="checkpoint_id", columns="language", values="accuracy")
     acc.columns = [acc_column(str(c)) for c in acc.columns]
+    if "num_examples" in evaluations.columns:
+        counts = evaluations.pivot(index="checkpoint_id", columns="language", values="num_examples")
+        counts.columns = [rows_column(str(c)) for c in counts.columns]
+        acc = acc.join(counts)
     meas = measures.pivot(index="checkpoint_id", columns="measure", values="value")
     meas.columns = [str(c) for c in meas.columns]
     clash = sorted(set(meas.columns) & set(acc.columns))
@@ -221,12 +245,41 @@ def target_columns(languages: Sequence[str], source: str = "en") -> list[str]:
     """The target names `add_targets` provides, in report order.
 
     ``acc_<l>`` for every language in `languages` (the source included if listed), ``mean_target``,
-    ``gap_<l>`` for every non-source language, ``mean_gap``.
+    ``gap_<l>`` for every non-source language, ``mean_gap``, ``resid_<l>`` for every non-source language,
+    ``transfer_residual`` and ``transfer_residual_oof``.
     """
     targets = [lang for lang in languages if lang != source]
     return (
-        [acc_column(lang) for lang in languages] + [MEAN_TARGET] + [gap_column(lang) for lang in targets] + [MEAN_GAP]
+        [acc_column(lang) for lang in languages]
+        + [MEAN_TARGET]
+        + [gap_column(lang) for lang in targets]
+        + [MEAN_GAP]
+        + [residual_column(lang) for lang in targets]
+        + [TRANSFER_RESIDUAL, TRANSFER_RESIDUAL_OOF]
     )
+
+
+def _correct_counts(frame: pd.DataFrame, languages: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(correct, rows) integer arrays (units x languages) when every language has a ``rows_<l>`` column and
+    accuracy x rows is a whole number everywhere (not after averaging checkpoints), else None."""
+    if not all(rows_column(lang) in frame.columns for lang in languages):
+        return None
+    acc = frame[[acc_column(lang) for lang in languages]].to_numpy(dtype=float)
+    rows = frame[[rows_column(lang) for lang in languages]].to_numpy(dtype=float)
+    counts = acc * rows
+    whole = np.round(counts)
+    finite = np.isfinite(counts)
+    if not np.allclose(counts[finite], whole[finite], rtol=0.0, atol=1e-6):
+        return None
+    return whole, rows
+
+
+def fold_labels(frame: pd.DataFrame) -> np.ndarray:
+    """The fold of each row for out-of-fold fits: its configuration, else its run, else the row itself."""
+    for column in (CONFIGURATION, "run_id"):
+        if column in frame.columns:
+            return frame[column].astype(str).to_numpy()
+    return np.arange(len(frame)).astype(str)
 
 
 def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en") -> pd.DataFrame:
@@ -235,10 +288,17 @@ def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en
     With T = the languages of `languages` other than `source` (zero-shot targets):
 
         gap_<l>     = acc_<source> - acc_<l>                 for l in T (the transfer gap)
-        mean_target = (1/|T|) sum_{l in T} acc_<l>           NaN if any acc_<l> is NaN (no partial means)
-        mean_gap    = acc_<source> - mean_target             (= the mean of the gap_<l>)
+        mean_target = sum_{l in T} correct_l / sum_{l in T} rows_l   (from integer counts when ``rows_<l>``
+                      columns are there, so that units with the same number of correct rows are exactly tied;
+                      else the mean of the acc_<l>); NaN if any acc_<l> is NaN (no partial means)
+        mean_gap    = acc_<source> - mean_target
+        resid_<l>, transfer_residual: acc_<l> and mean_target less their OLS line on acc_<source> fitted across
+                      the rows of `frame` (`xlgm.analysis.fit.residuals`)
+        transfer_residual_oof: the same residual with the line fitted without the row's configuration
+                      (`fold_labels`; `xlgm.analysis.fit.out_of_fold_residuals`)
 
-    Raises `AnalysisInputError` if an ``acc_<l>`` column (the source's included) is missing or T is empty.
+    With equal row counts in every language the count-based mean equals the mean of the accuracies. Raises
+    `AnalysisInputError` if an ``acc_<l>`` column (the source's included) is missing or T is empty.
     """
     targets = [lang for lang in languages if lang != source]
     if not targets:
@@ -248,8 +308,18 @@ def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en
     src = out[acc_column(source)].astype(float)
     for lang in targets:
         out[gap_column(lang)] = src - out[acc_column(lang)].astype(float)
-    out[MEAN_TARGET] = out[[acc_column(lang) for lang in targets]].astype(float).mean(axis=1, skipna=False)
+    counts = _correct_counts(out, targets)
+    if counts is not None:
+        correct, rows = counts
+        with np.errstate(invalid="ignore"):
+            out[MEAN_TARGET] = correct.sum(axis=1) / rows.sum(axis=1)
+    else:
+        out[MEAN_TARGET] = out[[acc_column(lang) for lang in targets]].astype(float).mean(axis=1, skipna=False)
     out[MEAN_GAP] = src - out[MEAN_TARGET]
+    for lang in targets:
+        out[residual_column(lang)] = residuals(src, out[acc_column(lang)].astype(float))
+    out[TRANSFER_RESIDUAL] = residuals(src, out[MEAN_TARGET])
+    out[TRANSFER_RESIDUAL_OOF] = out_of_fold_residuals(src, out[MEAN_TARGET], fold_labels(out))
     return out
 
 

@@ -5,7 +5,8 @@ their training, so they are not independent and a test that treats them as such 
 permutation of rows) is anti-conservative. Here the unit that is permuted is the run.
 
 Layout. Every row has a run and a position in the run (its training step, so that checkpoint k of one run is
-compared with checkpoint k of another; without positions, its order within the run). The values form two
+compared with checkpoint k of another; without positions, its order within the run). A measure with one row a
+run has one position (`run_positions`): its test is the plain permutation of the R run values. The values form two
 (runs x positions) grids X and Y, NaN where a run has no finite value at a position.
 
 Null hypothesis and permutation. H0: the runs are exchangeable and a run's measure trajectory (its row of X) is
@@ -78,6 +79,17 @@ def layout(runs, positions=None) -> Layout:
     if np.unique(cells).size != cells.size:
         raise ValueError("two rows share a run and a position: pass distinct positions (e.g. steps) within a run")
     return Layout(run, position, int(run.max(initial=-1) + 1), int(position.max(initial=-1) + 1))
+
+
+def run_positions(runs, positions):
+    """The positions to pair rows by: `positions` as given, or None (every row at one position) when no run has
+    more than one row. A measure taken once a run (e.g. at its best checkpoint) is then permuted as the R run
+    values it is: runs whose best steps differ would otherwise never be paired, and the statistic of every
+    permutation would rest on the few runs that share a step."""
+    labels = pd.Series(list(runs), dtype=object)
+    if positions is None or labels.empty or labels.value_counts().max() == 1:
+        return None
+    return positions
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,10 +5,13 @@
 * `granulated_table`: Jiang et al.'s Psi and per-axis psi_i (`xlgm.analysis.granulated`) for every (measure, target);
 * `cmi_table`: Jiang et al.'s conditional-MI criterion K (`xlgm.analysis.cmi`) per measure vs one target
   (default: the mean target accuracy);
-* `top_correlations`: the strongest rows of a correlation table, by |tau|.
+* `top_correlations`: the strongest rows of a correlation table, by |tau|;
+* `fit_table`: the line behind the transfer residuals, in sample and out of fold;
+* `language_table`: per (measure, target language), tau with the language's accuracy and with its residual.
 
 Targets (`xlgm.analysis.frame.add_targets`): ``acc_<l>`` for each language, ``mean_target`` (mean accuracy over the
-non-source languages), ``gap_<l>`` = acc_<source> - acc_<l> for each non-source language, and ``mean_gap``.
+non-source languages), ``gap_<l>`` = acc_<source> - acc_<l> for each non-source language, ``mean_gap``, and the
+transfer residuals (`xlgm.analysis.fit`) ``resid_<l>``, ``transfer_residual`` and ``transfer_residual_oof``.
 The unit of correlation is the checkpoint (every row) or the run (`xlgm.analysis.frame.select_unit`).
 """
 
@@ -22,21 +25,27 @@ import pandas as pd
 
 from xlgm.analysis.cmi import conditional_mutual_information
 from xlgm.analysis.correlation import correlate
+from xlgm.analysis.fit import fit_summary
 from xlgm.analysis.frame import (
     ACC_PREFIX,
     GAP_PREFIX,
     MEAN_GAP,
     MEAN_TARGET,
+    RESIDUAL_PREFIX,
+    TRANSFER_RESIDUAL,
+    TRANSFER_RESIDUAL_OOF,
     AnalysisInputError,
     RunReduce,
     Unit,
     acc_column,
     add_targets,
+    fold_labels,
     require_columns,
     select_unit,
     target_columns,
 )
 from xlgm.analysis.granulated import granulated_kendall
+from xlgm.analysis.multiple import holm
 
 CORRELATION_COLUMNS = [
     "measure",
@@ -70,11 +79,12 @@ CORRELATION_COLUMNS = [
 
 def describe_target(target: str) -> tuple[str, str | None]:
     """(kind, language) of a target name: ``("accuracy", "de")`` for ``acc_de``, ``("gap", "de")`` for ``gap_de``,
-    ``("mean_target", None)``, ``("mean_gap", None)``; ``("other", None)`` for any other column."""
-    if target == MEAN_TARGET:
-        return "mean_target", None
-    if target == MEAN_GAP:
-        return "mean_gap", None
+    ``("residual", "de")`` for ``resid_de``, ``("mean_target", None)``, ``("mean_gap", None)``,
+    ``("transfer_residual", None)``, ``("transfer_residual_oof", None)``; ``("other", None)`` for any other column."""
+    if target in (MEAN_TARGET, MEAN_GAP, TRANSFER_RESIDUAL, TRANSFER_RESIDUAL_OOF):
+        return target, None
+    if target.startswith(RESIDUAL_PREFIX):
+        return "residual", target[len(RESIDUAL_PREFIX) :]
     if target.startswith(ACC_PREFIX):
         return "accuracy", target[len(ACC_PREFIX) :]
     if target.startswith(GAP_PREFIX):
@@ -85,7 +95,8 @@ def describe_target(target: str) -> tuple[str, str | None]:
 def expected_sign_for(target: str, sign_vs_accuracy: int | None) -> int | None:
     """The expected sign of a measure's correlation with `target`, given its expected sign with accuracy.
 
-    Accuracy targets (``acc_<l>``, ``mean_target``) keep the sign; gap targets (``gap_<l>``, ``mean_gap`` =
+    Accuracy and residual targets (``acc_<l>``, ``mean_target``, ``resid_<l>``, ``transfer_residual``: more
+    accuracy than the fit predicts) keep the sign; gap targets (``gap_<l>``, ``mean_gap`` =
     source accuracy - target accuracy) get the opposite sign: a measure expected to fall as target accuracy rises
     is expected to rise with the transfer gap. This is the hypothesis the table states in ``expected_sign``; the
     coefficients themselves are never flipped.
@@ -317,3 +328,63 @@ def top_correlations(
         + ["n", "n_runs", "n_checkpoints", "unit", "expected_sign", "agrees"]
     )
     return top[[c for c in dict.fromkeys(wanted) if c in top.columns]].reset_index(drop=True)
+
+
+LANGUAGE_COLUMNS = [
+    "measure",
+    "language",
+    "tau_accuracy",
+    "p_accuracy",
+    "p_accuracy_holm",
+    "tau_residual",
+    "p_residual",
+    "p_residual_holm",
+    "n_runs",
+    "n_checkpoints",
+]
+
+
+def language_table(correlations: pd.DataFrame) -> pd.DataFrame:
+    """Per (measure, target language): Kendall tau and permutation p with the language's accuracy
+    (``acc_<l>``) and with its transfer residual (``resid_<l>``).
+
+    Family: ``p_accuracy_holm`` is Holm-adjusted over every (measure, language) accuracy row of the table,
+    ``p_residual_holm`` over every residual row (each a family of measures x target languages). The source
+    language has no residual and is left out."""
+    require_columns(correlations, ["measure", "target_kind", "language", "tau", "tau_p"], "correlation table")
+    parts = {}
+    for kind, name in (("accuracy", "accuracy"), ("residual", "residual")):
+        part = correlations[correlations["target_kind"] == kind]
+        part = part[["measure", "language", "tau", "tau_p", "n_runs", "n_checkpoints"]].rename(
+            columns={"tau": f"tau_{name}", "tau_p": f"p_{name}"}
+        )
+        part[f"p_{name}_holm"] = holm(part[f"p_{name}"].to_numpy(dtype=float))
+        parts[name] = part
+    table = parts["residual"][["measure", "language"]].merge(
+        parts["accuracy"].drop(columns=["n_runs", "n_checkpoints"]), on=["measure", "language"], how="left"
+    )
+    table = table.merge(parts["residual"], on=["measure", "language"], how="left")
+    return table[LANGUAGE_COLUMNS].reset_index(drop=True)
+
+
+def fit_table(
+    frame: pd.DataFrame,
+    measures: Sequence[str],
+    languages: Sequence[str],
+    source: str = "en",
+    *,
+    unit: Unit = "checkpoint",
+    run_reduce: RunReduce = "last",
+) -> pd.DataFrame:
+    """How the transfer residuals are made (`xlgm.analysis.fit`): per target (the mean target accuracy, then each
+    target language) the OLS line on source accuracy over the units, its in-sample and out-of-fold R^2 (folds:
+    `xlgm.analysis.frame.fold_labels`) and how each residual relates to the source accuracy."""
+    data = prepare_frame(frame, measures, languages, source, unit=unit, run_reduce=run_reduce)
+    folds = fold_labels(data)
+    src = data[acc_column(source)].to_numpy(dtype=float)
+    targets = [(MEAN_TARGET, None)] + [(acc_column(lang), lang) for lang in languages if lang != source]
+    rows = []
+    for column, language in targets:
+        summary = fit_summary(src, data[column].to_numpy(dtype=float), folds)
+        rows.append({"target": column, "language": language, **summary.as_dict()})
+    return pd.DataFrame(rows)

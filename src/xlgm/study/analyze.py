@@ -3,11 +3,22 @@
 Reads the study's SQLite file (only the rows of the spec's runs, evaluation setting and measure configs),
 builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) and writes to OUT/analysis/:
 
-    verdict.csv               per measure, vs the mean target accuracy and the mean transfer gap: tau with its
-                              run-level CI and adjusted p, Psi, CMI K, the expected sign, agrees / disagrees /
-                              inconclusive / excluded, and the measure's health (`xlgm.analysis.verdict`)
+    verdict.csv               per measure, three answers: tau with the transfer residual (beyond the fit?), the mean
+                              target accuracy and the source accuracy (the fit), each with its run-level CI and
+                              adjusted p, the two-level CI, the within- and between-configuration tests and the
+                              level the answer rests on, Psi, CMI K, the expected sign, agrees / disagrees /
+                              inconclusive / excluded, the measure's finding and health (`xlgm.analysis.verdict`)
+    findings.csv              one row per measure: its finding and the three answers (tau, Holm p, verdict, level)
+    levels.csv                the within-configuration (exact permutation among seeds), between-configuration
+                              (configuration means) and two-level bootstrap results behind the verdict
+                              (`xlgm.analysis.levels`)
+    languages.csv             per (measure, target language): tau with its accuracy and with its residual, raw and
+                              Holm-adjusted p (family: all measures x target languages of that kind)
+    fit.csv                   the OLS line of target on source accuracy behind the residuals: slope, intercept,
+                              in-sample and leave-one-configuration-out R^2 (`xlgm.analysis.fit`)
     health.csv                per measure: checkpoints, converged, saturated, NaN, constant, healthy, why not
-    frame.csv                 the frame: config, measures, acc_<lang>, mean_target, gap_<lang>, mean_gap
+    frame.csv                 the frame: configuration, config, measures, acc_<lang>, rows_<lang>, mean_target,
+                              gap_<lang>, mean_gap, resid_<lang>, transfer_residual(_oof)
     correlations.{csv,json}   every measure vs every target: Kendall tau-b, Spearman, Pearson, run-level permutation
                               p-values (raw, Holm, Benjamini-Hochberg over the table), run-level bootstrap CIs,
                               runs and checkpoints behind each
@@ -48,16 +59,27 @@ from xlgm.analysis import (
     granulated_table,
     top_correlations,
 )
+from xlgm.analysis.frame import CONFIGURATION
 from xlgm.analysis.health import measure_health
 from xlgm.analysis.multiple import adjust_table
 from xlgm.analysis.report_table import prepare_frame
-from xlgm.analysis.verdict import VERDICT_TARGETS, verdict_table
+from xlgm.analysis.levels import level_table
+from xlgm.analysis.report_table import fit_table, language_table
+from xlgm.analysis.verdict import findings_table, verdict_table, verdict_targets
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
 from xlgm.measures.base import get_measure
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
-from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
+from xlgm.study.runner import (
+    DB_NAME,
+    SPEC_NAME,
+    default_out,
+    eval_data_label,
+    planned_units,
+    seed_group_id,
+    train_unit_id,
+)
 from xlgm.study.spec import StudySpec, load_spec
 
 AXIS_PRIORITY = ("objective", "seed", "lr")
@@ -142,11 +164,12 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
         ids = list(measured["checkpoint_id"])
         evals = pd.DataFrame(
             db.query(
-                f"SELECT checkpoint_id, language, accuracy FROM evaluations WHERE task=? AND split=? AND data=? "
+                f"SELECT checkpoint_id, language, accuracy, num_examples FROM evaluations WHERE task=? AND split=? "
+                f"AND data=? "
                 f"AND language IN ({_in(list(spec.languages))}) AND checkpoint_id IN ({_in(ids)})",
                 (spec.task, spec.evaluation.split, eval_data_label(spec), *spec.languages, *ids),
             ),
-            columns=["checkpoint_id", "language", "accuracy"],
+            columns=["checkpoint_id", "language", "accuracy", "num_examples"],
         )
         data_key = spec.measure_data().key
         rows = []
@@ -162,6 +185,9 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
     if evals.empty:
         raise XlgmError(f"{out / DB_NAME}: no evaluations of this study's runs yet; run the study first")
     frame = build_frame(evals, meas, runs, measured)
+    # each run's configuration (its seed group: the runs that differ only in their seed)
+    configuration = {c.run_id: seed_group_id(c) for c in spec.run_configs()}
+    frame.insert(2, CONFIGURATION, frame["run_id"].map(configuration))
     frame = add_targets(frame, list(spec.languages), spec.source_language)
     measures = [m for m in spec.measures.names if m in frame.columns]
     missing = [m for m in spec.measures.names if m not in frame.columns]
@@ -234,6 +260,7 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     frame = _base_frame(data)
     unit, run_reduce = a.unit, a.run_reduce
     directions = measure_directions(data.measures)
+    targets = verdict_targets(spec.source_language)
     signs = {m: s for m, (s, _) in directions.items() if s is not None}
     corr = correlation_table(
         frame,
@@ -266,7 +293,7 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
                 unit=unit,
                 run_reduce=run_reduce,
             )
-            for target in VERDICT_TARGETS.values()
+            for target in targets.values()
         }
         tables["cmi"] = cmi[MEAN_TARGET]
         verdict_cmi = pd.concat(cmi.values(), ignore_index=True)  # K vs the gap too, for the verdict
@@ -275,9 +302,31 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         tables["cmi"] = verdict_cmi = pd.DataFrame()
         data.notes.append("no hyperparameter axis varies: granulated Kendall and CMI left out")
     tables["health"] = measure_health(measure_rows(data), data.measures)
-    tables["verdict"] = verdict_table(
-        corr, tables["health"], directions, granulated=tables["granulated"], cmi=verdict_cmi, measures=data.measures
+    tables["levels"] = level_table(
+        frame,
+        data.measures,
+        data.languages,
+        spec.source_language,
+        list(targets.values()),
+        unit=unit,
+        run_reduce=run_reduce,
+        n_boot=a.n_boot,
+        confidence=a.confidence,
+        seed=a.seed,
     )
+    tables["verdict"] = verdict_table(
+        corr,
+        tables["health"],
+        directions,
+        levels=tables["levels"],
+        granulated=tables["granulated"],
+        cmi=verdict_cmi,
+        measures=data.measures,
+        source=spec.source_language,
+    )
+    tables["findings"] = findings_table(tables["verdict"])
+    tables["languages"] = language_table(corr)
+    tables["fit"] = fit_table(frame, data.measures, data.languages, spec.source_language, unit=unit, run_reduce=run_reduce)
     top = top_correlations(corr, a.top)
     healthy = dict(zip(tables["health"]["measure"], tables["health"]["healthy"].astype(bool)))
     top["healthy"] = [healthy.get(m, False) for m in top["measure"]]
@@ -369,7 +418,7 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     for name in ("correlations", "granulated", "cmi"):
         tables[name].to_csv(folder / f"{name}.csv", index=False)
         write_json(folder / f"{name}.json", _jsonable(tables[name]), indent=1, sort_keys=False)
-    for name in ("top", "verdict", "health", "groups", "group_correlations"):
+    for name in ("top", "verdict", "findings", "levels", "languages", "fit", "health", "groups", "group_correlations"):
         if name in tables and (name not in ("groups", "group_correlations") or not tables[name].empty):
             tables[name].to_csv(folder / f"{name}.csv", index=False)
     summary = {
@@ -457,23 +506,26 @@ def _num(v: Any, fmt: str, width: int = 0) -> str:
     return f"{text:>{width}}" if width else text
 
 
+def _answer(row: Any) -> str:
+    ci = f"[{_num(row.ci_low, '+.2f')}, {_num(row.ci_high, '+.2f')}]" if pd.notna(row.ci_low) else ""
+    return f"{_num(row.tau, '+.2f', 6)} {ci:>15} {_num(row.p_holm, '.2g', 7)}"
+
+
 def format_verdict(verdict: pd.DataFrame) -> str:
-    """The verdict as a fixed-width table for the terminal."""
+    """The verdict for the terminal: one line per measure, its three answers (tau, run-level CI, Holm p) led by
+    transfer beyond the fit, the level the residual and target answers rest on, and the finding."""
     width = max([len("measure")] + [len(str(m)) for m in verdict["measure"]])
-    head = (
-        f"{'measure':<{width}}  {'target':<14}{'tau':>6} {'95% CI':>15} {'p':>7} {'p_holm':>7}{'runs':>5}"
-        f"{'ckpts':>6}{'psi':>7}{'K':>6}{'exp':>5}  {'verdict':<13}health / reason"
-    )
-    lines = [head]
-    for r in verdict.itertuples(index=False):
-        ci = f"[{_num(r.ci_low, '+.2f')}, {_num(r.ci_high, '+.2f')}]" if pd.notna(r.ci_low) else ""
-        expected = "" if pd.isna(r.expected_sign) else ("+" if int(r.expected_sign) > 0 else "-")
-        why = r.reason if r.verdict in ("excluded", "inconclusive", "disagrees") else r.health
-        lines.append(
-            f"{r.measure:<{width}}  {r.target:<14}{_num(r.tau, '+.2f', 6)} {ci:>15} "
-            f"{_num(r.p_raw, '.2g', 7)} {_num(r.p_holm, '.2g', 7)}{int(r.n_runs):>5}{int(r.n_checkpoints):>6}"
-            f"{_num(r.psi, '+.2f', 7)}{_num(r.cmi_k, '.2f', 6)}{expected:>5}  {r.verdict:<13}{why}"
-        )
+    answer = f"{'tau':>6} {'95% CI':>15} {'p_holm':>7}"
+    lines = [
+        f"{'':<{width}}  {'beyond the fit (residual)':<30}  {'target accuracy':<30}  {'source accuracy (fit)':<30}",
+        f"{'measure':<{width}}  {answer}  {answer}  {answer}  finding [the level each decided answer rests on]",
+    ]
+    for measure, part in verdict.groupby("measure", sort=False):
+        rows = {r.target: r for r in part.itertuples(index=False)}
+        cells = [_answer(rows[t]) if t in rows else f"{'':<30}" for t in verdict_targets()]
+        levels = [f"{t}: {rows[t].level}" for t in verdict_targets() if t in rows and rows[t].level]
+        finding = str(part["finding"].iloc[0]) + (f" [{'; '.join(levels)}]" if levels else "")
+        lines.append(f"{measure:<{width}}  " + "  ".join(cells) + f"  {finding}")
     return "\n".join(lines)
 
 
@@ -526,12 +578,13 @@ def analyze_study(
         for note in data.notes:
             print(f"note: {note}")
         print(
-            f"verdict: tau vs mean target accuracy and mean transfer gap, {a.confidence:.0%} CI resampling whole "
-            "runs, p from permuting runs, Holm-adjusted over this table; exp = the expected sign"
+            "verdict: does each measure predict transfer beyond the fit? Kendall tau with the transfer residual "
+            f"(mean target accuracy less its line on source accuracy), mean target and source accuracy; {a.confidence:.0%} "
+            "CI resampling whole runs, p from permuting runs, Holm-adjusted over this table"
         )
         print(format_verdict(tables["verdict"]))
-        counts = tables["verdict"]["verdict"].value_counts()
-        print("  " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("agrees", "disagrees", "inconclusive", "excluded")))
+        counts = tables["findings"]["finding"].value_counts()
+        print("  " + ", ".join(f"{n} {finding}" for finding, n in counts.items()))
         print()
         n_tests = int(tables["correlations"]["tau_p"].notna().sum())
         print(

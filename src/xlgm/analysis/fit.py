@@ -1,0 +1,141 @@
+"""Transfer beyond the fit: how much of a unit's target-language accuracy its source-language accuracy explains,
+and what is left over.
+
+Across the checkpoints of a study, zero-shot accuracy moves with source (English) accuracy: a better-fitted
+model is better in every language. A measure that tracks the fit therefore correlates with target accuracy,
+and with the transfer gap too (gap = source - target rises with source accuracy whenever the slope of target on
+source is below 1), without saying anything about transfer as such. The *transfer residual* removes the fit:
+
+    residual_i = target_i - (a + b * source_i)
+
+with (a, b) the ordinary least-squares line of target on source fitted across the study's units (every row of
+the frame the analysis correlates over: checkpoints, or runs). For the mean over the target languages it is the
+``transfer_residual`` target; per target language l, ``resid_<l>`` uses a line fitted for l alone.
+
+Validation. In-sample, OLS residuals are uncorrelated with the source accuracy by construction (their Pearson
+correlation with it is 0 up to rounding; Kendall's tau need not be exactly 0), so a measure that only tracks
+the fit has no linear route to them. The line is also fitted out of fold: for each fold (a configuration, i.e.
+the runs that share every setting but the seed; or a run where no configurations are given), (a, b) are fitted
+on the other folds and the held-out fold's residuals computed from that line (``transfer_residual_oof``). The
+out-of-fold R^2 = 1 - sum(oof residual^2) / sum((target - mean target)^2) says how well the line carries to
+configurations it has not seen; when it is close to the in-sample R^2 the line is not an artefact of a few
+configurations, and the two residuals rank the units alike. `fit_summary` reports both, with the slope,
+intercept and the correlation of each residual with the source accuracy.
+
+Why no partial rank correlation. A partial Spearman (the Pearson correlation of the measure's and the target's
+rank residuals on the source's ranks) asks a different question (is the part of the *measure* not explained by
+the fit related to the part of transfer not explained by it?) and needs its own permutation scheme
+(Freedman & Lane 1983: permute the residuals of the reduced model, in whole runs) whose exactness is lost with
+clustered residuals; on the shipped study partial Kendall and partial Spearman disagree in sign. The residual
+target keeps the measure as it is and asks whether it predicts what the fit does not, which is the question,
+and the run-level permutation of the measure against a fixed residual vector is exact under its null.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+MIN_FIT_ROWS = 3
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """The OLS line of target on source over the finite rows and how well it fits, in sample and out of fold."""
+
+    intercept: float
+    slope: float
+    r2: float  # in-sample R^2 (= Pearson r^2)
+    oof_r2: float  # 1 - SS(out-of-fold residuals) / SS(target about its mean)
+    n: int
+    n_folds: int
+    pearson_source_residual: float  # in sample: 0 by construction
+    tau_source_residual: float
+    tau_source_residual_oof: float
+    tau_residual_oof: float  # Kendall tau between the in-sample and the out-of-fold residuals
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    if x.size < 2 or np.all(x == x[0]):
+        return math.nan, math.nan
+    fit = stats.linregress(x, y)
+    return float(fit.intercept), float(fit.slope)
+
+
+def residuals(source: Sequence[float], target: Sequence[float]) -> np.ndarray:
+    """target - (a + b * source), (a, b) the OLS line over the rows where both are finite; NaN elsewhere (and
+    everywhere when fewer than 3 rows are finite or the source is constant)."""
+    x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    out = np.full(x.shape, np.nan)
+    if keep.sum() < MIN_FIT_ROWS:
+        return out
+    a, b = _line(x[keep], y[keep])
+    out[keep] = y[keep] - (a + b * x[keep])
+    return out
+
+
+def out_of_fold_residuals(source: Sequence[float], target: Sequence[float], folds: Sequence) -> np.ndarray:
+    """Each row's residual from the OLS line fitted on the rows of the other folds (NaN where that fit has fewer
+    than 3 finite rows or a constant source, or the row itself is not finite)."""
+    x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
+    labels, _ = pd.factorize(pd.Series(list(folds), dtype=object))
+    keep = np.isfinite(x) & np.isfinite(y)
+    out = np.full(x.shape, np.nan)
+    for fold in np.unique(labels):
+        held = labels == fold
+        train = keep & ~held
+        if train.sum() < MIN_FIT_ROWS:
+            continue
+        a, b = _line(x[train], y[train])
+        rows = held & keep
+        out[rows] = y[rows] - (a + b * x[rows])
+    return out
+
+
+def _tau(a: np.ndarray, b: np.ndarray) -> float:
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < MIN_FIT_ROWS or np.all(a[keep] == a[keep][0]) or np.all(b[keep] == b[keep][0]):
+        return math.nan
+    return float(stats.kendalltau(a[keep], b[keep]).statistic)
+
+
+def fit_summary(source: Sequence[float], target: Sequence[float], folds: Sequence) -> LineFit:
+    """The line, its in-sample and out-of-fold R^2 and how both residuals relate to the source (module doc)."""
+    x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    n = int(keep.sum())
+    n_folds = int(pd.Series(list(folds), dtype=object)[keep].nunique())
+    nan = math.nan
+    if n < MIN_FIT_ROWS:
+        return LineFit(nan, nan, nan, nan, n, n_folds, nan, nan, nan, nan)
+    a, b = _line(x[keep], y[keep])
+    res = residuals(x, y)
+    oof = out_of_fold_residuals(x, y, folds)
+    total = float(np.sum((y[keep] - y[keep].mean()) ** 2))
+    oof_keep = keep & np.isfinite(oof)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1.0 - float(np.sum(res[keep] ** 2)) / total if total > 0 else nan
+        # out of fold only where every row has a held-out prediction (a fold's complement may be too small)
+        oof_r2 = 1.0 - float(np.sum(oof[oof_keep] ** 2)) / total if total > 0 and oof_keep.sum() == n else nan
+        pearson = float(np.corrcoef(x[keep], res[keep])[0, 1]) if math.isfinite(b) else nan
+    return LineFit(
+        intercept=a,
+        slope=b,
+        r2=r2,
+        oof_r2=oof_r2,
+        n=n,
+        n_folds=n_folds,
+        pearson_source_residual=pearson,
+        tau_source_residual=_tau(x, res),
+        tau_source_residual_oof=_tau(x, oof),
+        tau_residual_oof=_tau(res, oof),
+    )
