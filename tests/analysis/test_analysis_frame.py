@@ -144,11 +144,37 @@ def test_add_targets():
         "gap_de",
         "gap_fr",
         "mean_gap",
+        "resid_de",
+        "resid_fr",
+        "transfer_residual",
+        "transfer_residual_oof",
     ]
     with pytest.raises(AnalysisInputError, match="'acc_it'"):
         add_targets(frame, ["en", "it"])
     with pytest.raises(AnalysisInputError, match="no target language"):
         add_targets(frame, ["en"])
+
+
+def test_mean_target_accuracy_counts_correct_rows_so_that_equal_counts_tie_exactly():
+    # 14 languages of 500 rows: two units with the same number of correct rows over all of them, spread over the
+    # languages differently. The float mean of 14 accuracies can differ in its last bits; the count cannot.
+    rng = np.random.default_rng(3)
+    langs = [f"l{i}" for i in range(14)]
+    a = rng.integers(200, 400, 14)
+    b = a.copy()
+    b[[0, 5]] += [7, -7]
+    frame = pd.DataFrame(
+        {"acc_en": [0.7, 0.7], **{f"acc_{lang}": [a[i] / 500, b[i] / 500] for i, lang in enumerate(langs)}}
+    )
+    frame = frame.assign(**{f"rows_{lang}": [500, 500] for lang in langs})
+    out = add_targets(frame, ["en", *langs])
+    assert out["mean_target"][0] == out["mean_target"][1] == a.sum() / 7000
+    # without the row counts the plain mean of the accuracies (here it may or may not tie)
+    plain = add_targets(frame.drop(columns=[f"rows_{lang}" for lang in langs]), ["en", *langs])
+    assert plain["mean_target"][0] == pytest.approx(a.sum() / 7000, abs=1e-12)
+    # averaged accuracies are not counts any more: the mean is then the plain one
+    frame.loc[0, "acc_l0"] += 0.0005
+    assert add_targets(frame, ["en", *langs])["mean_target"][0] == pytest.approx((a.sum() + 0.25) / 7000)
 
 
 def test_select_unit():

@@ -55,7 +55,8 @@ def test_correlation_table_shape_and_values(frame):
     )
     assert list(table.columns) == CORRELATION_COLUMNS
     targets = ["acc_en", "acc_de", "acc_sw", "mean_target", "gap_de", "gap_sw", "mean_gap"]
-    assert table["target"].tolist() == targets * 2 and table["measure"].tolist() == ["good"] * 7 + ["sharp"] * 7
+    targets += ["resid_de", "resid_sw", "transfer_residual", "transfer_residual_oof"]
+    assert table["target"].tolist() == targets * 2 and table["measure"].tolist() == ["good"] * 11 + ["sharp"] * 11
     assert table.loc[table["target"] == "gap_de", "target_kind"].tolist() == ["gap", "gap"]
     assert table.loc[table["target"] == "gap_de", "language"].tolist() == ["de", "de"]
     assert table.loc[table["target"] == "mean_target", "language"].isna().all()
@@ -72,6 +73,8 @@ def test_correlation_table_shape_and_values(frame):
     assert row["n_runs"] == 12 and row["n_checkpoints"] == 24 and row["unit"] == "run"
     gap = table[(table["measure"] == "sharp") & (table["target"] == "mean_gap")].iloc[0]
     assert gap["expected_sign"] == 1  # a sharpness expected to fall with accuracy is expected to rise with the gap
+    residual = table[(table["measure"] == "sharp") & (table["target"] == "transfer_residual")].iloc[0]
+    assert residual["expected_sign"] == -1 and residual["target_kind"] == "transfer_residual"  # as with accuracy
     assert table.loc[table["measure"] == "good", "expected_sign"].isna().all()
 
 

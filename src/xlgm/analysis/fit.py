@@ -34,11 +34,11 @@ and the run-level permutation of the measure against a fixed residual vector is 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import stats
 
 MIN_FIT_ROWS = 3
@@ -70,7 +70,7 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(fit.intercept), float(fit.slope)
 
 
-def residuals(source: Sequence[float], target: Sequence[float]) -> np.ndarray:
+def residuals(source: ArrayLike, target: ArrayLike) -> np.ndarray:
     """target - (a + b * source), (a, b) the OLS line over the rows where both are finite; NaN elsewhere (and
     everywhere when fewer than 3 rows are finite or the source is constant)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
@@ -83,11 +83,11 @@ def residuals(source: Sequence[float], target: Sequence[float]) -> np.ndarray:
     return out
 
 
-def out_of_fold_residuals(source: Sequence[float], target: Sequence[float], folds: Sequence) -> np.ndarray:
+def out_of_fold_residuals(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> np.ndarray:
     """Each row's residual from the OLS line fitted on the rows of the other folds (NaN where that fit has fewer
     than 3 finite rows or a constant source, or the row itself is not finite)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
-    labels, _ = pd.factorize(pd.Series(list(folds), dtype=object))
+    labels, _ = pd.factorize(pd.Series(np.asarray(folds, dtype=object).ravel()))
     keep = np.isfinite(x) & np.isfinite(y)
     out = np.full(x.shape, np.nan)
     for fold in np.unique(labels):
@@ -108,12 +108,12 @@ def _tau(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.kendalltau(a[keep], b[keep]).statistic)
 
 
-def fit_summary(source: Sequence[float], target: Sequence[float], folds: Sequence) -> LineFit:
+def fit_summary(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> LineFit:
     """The line, its in-sample and out-of-fold R^2 and how both residuals relate to the source (module doc)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     n = int(keep.sum())
-    n_folds = int(pd.Series(list(folds), dtype=object)[keep].nunique())
+    n_folds = int(pd.Series(np.asarray(folds, dtype=object).ravel())[keep].nunique())
     nan = math.nan
     if n < MIN_FIT_ROWS:
         return LineFit(nan, nan, nan, nan, n, n_folds, nan, nan, nan, nan)

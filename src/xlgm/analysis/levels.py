@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from xlgm.analysis.correlation import MIN_ROWS, percentile_interval, bootstrap_statistics
+from xlgm.analysis.correlation import MIN_ROWS, bootstrap_statistics, percentile_interval
 from xlgm.analysis.frame import CONFIGURATION, AnalysisInputError, RunReduce, Unit, require_columns
 from xlgm.analysis.permutation import layout, run_permutations, run_positions
 from xlgm.analysis.report_table import prepare_frame

@@ -104,18 +104,27 @@ def verdict_targets(source: str = "en") -> dict[str, str]:
     return {BEYOND_FIT: TRANSFER_RESIDUAL, TARGET_ACCURACY: MEAN_TARGET, SOURCE_ACCURACY: acc_column(source)}
 
 
-def _lookup(table: pd.DataFrame | None, measure: str, target: str, column: str) -> float:
-    if table is None or table.empty or column not in table.columns:
-        return math.nan
-    row = table[(table["measure"] == measure) & (table["target"] == target)]
-    return float(row[column].iloc[0]) if len(row) and pd.notna(row[column].iloc[0]) else math.nan
+Records = dict[tuple[str, str], dict]
 
 
-def _note(table: pd.DataFrame, measure: str, target: str) -> str:
-    if "note" not in table.columns:
-        return ""
-    row = table[(table["measure"] == measure) & (table["target"] == target)]
-    return str(row["note"].iloc[0]) if len(row) and isinstance(row["note"].iloc[0], str) else ""
+def _records(table: pd.DataFrame | None) -> Records:
+    """(measure, target) -> that row of `table` as a dict (the first, if several)."""
+    if table is None or table.empty:
+        return {}
+    out: Records = {}
+    for row in table.to_dict("records"):
+        out.setdefault((row["measure"], row["target"]), row)
+    return out
+
+
+def _lookup(table: Records, measure: str, target: str, column: str) -> float:
+    value = table.get((measure, target), {}).get(column)
+    return float(value) if value is not None and pd.notna(value) else math.nan
+
+
+def _note(table: Records, measure: str, target: str) -> str:
+    note = table.get((measure, target), {}).get("note")
+    return note if isinstance(note, str) else ""
 
 
 def _undecided_reasons(tau: float, lo: float, hi: float, p_holm: float, p_min: float, alpha: float, note: str):
@@ -145,7 +154,8 @@ def _level(p_within_holm: float, n_pairs_within: float, tau_between: float, p_be
     return BETWEEN_ONLY, f"not within configurations (Holm p {p_within_holm:.2g}); {between}".rstrip("; ")
 
 
-def _row(correlations, levels, granulated, cmi, measure, label, column, sign, citation, health) -> dict:
+def _row(tables: tuple[Records, ...], measure, label, column, sign, citation, health) -> dict:
+    correlations, levels, granulated, cmi = tables
     expected = None if sign is None else int(sign)
     get = functools.partial(_lookup, correlations, measure, column)
     level = functools.partial(_lookup, levels, measure, column)
@@ -251,12 +261,13 @@ def verdict_table(
     names = list(measures) if measures is not None else list(dict.fromkeys(correlations["measure"]))
     healthy = dict(zip(health["measure"], health["healthy"].astype(bool)))
     reason_of = dict(zip(health["measure"], health["reason"]))
+    tables = tuple(_records(t) for t in (correlations, levels, granulated, cmi))
     rows = []
     for measure in names:
         sign, citation = directions.get(measure, (None, ""))
         state = "healthy" if healthy.get(measure, False) else (reason_of.get(measure) or "no health")
         for label, column in verdict_targets(source).items():
-            rows.append(_row(correlations, levels, granulated, cmi, measure, label, column, sign, citation, state))
+            rows.append(_row(tables, measure, label, column, sign, citation, state))
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=VERDICT_COLUMNS)

@@ -61,10 +61,9 @@ from xlgm.analysis import (
 )
 from xlgm.analysis.frame import CONFIGURATION
 from xlgm.analysis.health import measure_health
-from xlgm.analysis.multiple import adjust_table
-from xlgm.analysis.report_table import prepare_frame
 from xlgm.analysis.levels import level_table
-from xlgm.analysis.report_table import fit_table, language_table
+from xlgm.analysis.multiple import adjust_table
+from xlgm.analysis.report_table import fit_table, language_table, prepare_frame
 from xlgm.analysis.verdict import findings_table, verdict_table, verdict_targets
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
@@ -326,7 +325,9 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
     )
     tables["findings"] = findings_table(tables["verdict"])
     tables["languages"] = language_table(corr)
-    tables["fit"] = fit_table(frame, data.measures, data.languages, spec.source_language, unit=unit, run_reduce=run_reduce)
+    tables["fit"] = fit_table(
+        frame, data.measures, data.languages, spec.source_language, unit=unit, run_reduce=run_reduce
+    )
     top = top_correlations(corr, a.top)
     healthy = dict(zip(tables["health"]["measure"], tables["health"]["healthy"].astype(bool)))
     top["healthy"] = [healthy.get(m, False) for m in top["measure"]]
@@ -579,8 +580,8 @@ def analyze_study(
             print(f"note: {note}")
         print(
             "verdict: does each measure predict transfer beyond the fit? Kendall tau with the transfer residual "
-            f"(mean target accuracy less its line on source accuracy), mean target and source accuracy; {a.confidence:.0%} "
-            "CI resampling whole runs, p from permuting runs, Holm-adjusted over this table"
+            "(mean target accuracy less its line on source accuracy), mean target and source accuracy; "
+            f"{a.confidence:.0%} CI resampling whole runs, p from permuting runs, Holm-adjusted over this table"
         )
         print(format_verdict(tables["verdict"]))
         counts = tables["findings"]["finding"].value_counts()
