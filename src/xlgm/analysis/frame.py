@@ -10,7 +10,8 @@ Every analysis in `xlgm.analysis` works on one tidy `pandas.DataFrame` with
 
 `build_frame` pivots the long tables of `xlgm.results` into that shape, `add_targets` derives the transfer
 targets (mean target accuracy, transfer gaps, transfer residuals: `xlgm.analysis.fit`) and `select_unit`
-reduces it to one row per run when the unit of correlation is the run rather than the checkpoint. All are pure functions: nothing is read or written.
+reduces it to one row per run when the unit of correlation is the run rather than the checkpoint. All are pure
+functions: nothing is read or written.
 """
 
 from __future__ import annotations
