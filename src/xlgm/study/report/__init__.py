@@ -3,23 +3,26 @@
     OUT/report/report.html     figures embedded as base64 PNG, no outside files
     OUT/report/report.md       the same content; its figures are OUT/report/figures/*.png
 
-Contents, in order: a warning when the models did not leave chance; the verdict (one row per measure: Kendall tau
-against the mean target accuracy and the mean transfer gap with its confidence interval and adjusted p-values,
-granulated Psi, CMI K, the direction the literature expects, agrees / disagrees / inconclusive / excluded, and the
-measure's health), read from OUT/analysis/verdict.csv; the study's facts; accuracies with 95% Wilson intervals
+Contents, in order: a warning when the models did not leave chance; the verdict, which asks first whether a measure
+predicts transfer beyond the fit (one row per measure: its finding and Kendall tau with the transfer residual, the
+mean target accuracy and the source accuracy, each with its confidence interval, Holm-adjusted p and the level it
+rests on; the direction the literature expects and the measure's health), read from OUT/analysis/verdict.csv, with
+the line behind the residual (fit.csv), the within/between-configuration tests and each target language's tau for
+accuracy and residual (languages.csv: table and heatmap); the study's facts; accuracies with 95% Wilson intervals
 (heatmap, per-language plot with the chance level, table); the per-run table; a scatter per measure against the mean
 target accuracy (unhealthy measures greyed, with the reason); a measure x language tau heatmap; the detailed
 correlation table with raw and adjusted p-values, the strongest correlations marking what survives correction,
 granulated Psi and CMI K; measure health (OUT/analysis/health.csv); training curves with the loss of a uniform
 prediction; the settings (OUT/analysis/settings.json, else rebuilt from the study's database and spec); and, when
-`xlgm predict` has run, the label-free predictor against its baselines. A file of OUT/analysis/ that the analysis did
-not write leaves a "not computed" note in its place. Every string from the user (spec name, measure options,
+`xlgm predict` has run, the label-free predictor against its baselines. A file of OUT/analysis/ that the analysis
+did not write leaves a "not computed" note in its place. Every string from the user (spec name, measure options,
 labels) is escaped in both files.
 
 Where each part lives:
 
     page.py         the page writer (HTML and markdown together), `build_report` section by section, `report_study`
-    tables.py       the tables: verdict for display, health, correlation details, runs, accuracies, chance check
+    transfer.py     the verdict section: three answers per measure, levels, the residual's line, per language
+    tables.py       the tables: health, correlation details, runs, accuracies, chance check
     figures.py      the matplotlib figures
     prediction.py   the section on accuracy predicted from unlabelled text
     settings.py     the settings section
@@ -31,7 +34,8 @@ from xlgm.study.report.figures import Figure, distinct_colours, scatter_title
 from xlgm.study.report.inputs import AnalysisFiles, StudyRecords, load_analysis_files, read_study_records
 from xlgm.study.report.page import PNG_PREFIX, build_report, report_study
 from xlgm.study.report.prediction import PredictionSection, prediction_section
-from xlgm.study.report.tables import chance_check, exclusions, verdict_display_table
+from xlgm.study.report.tables import chance_check, exclusions
+from xlgm.study.report.transfer import verdict_display_table
 
 __all__ = [
     "PNG_PREFIX",

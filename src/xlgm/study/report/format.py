@@ -15,6 +15,9 @@ TARGET_NAMES = {
     "mean_target": "mean target accuracy",
     "mean_accuracy": "mean target accuracy",
     "mean_gap": "mean transfer gap",
+    "transfer_residual": "transfer residual",
+    "transfer_residual_oof": "transfer residual (out of fold)",
+    "source_accuracy": "source accuracy",
 }
 
 
@@ -23,7 +26,7 @@ def target_name(target: Any) -> str:
     text = str(target)
     if text in TARGET_NAMES:
         return TARGET_NAMES[text]
-    for prefix, name in (("acc_", "accuracy"), ("gap_", "gap")):
+    for prefix, name in (("acc_", "accuracy"), ("gap_", "gap"), ("resid_", "residual")):
         if text.startswith(prefix):
             return f"{name} {text[len(prefix) :]}"
     return text

@@ -46,8 +46,16 @@ from xlgm.study.report.tables import (
     health_table,
     run_labels,
     run_table,
-    verdict_display_table,
     with_correlation_columns,
+)
+from xlgm.study.report.transfer import (
+    between_only,
+    fit_display_table,
+    fit_sentence,
+    language_display_table,
+    language_heatmap,
+    level_display_table,
+    verdict_display_table,
 )
 
 PNG_PREFIX = '<img src="data:image/png;base64,'
@@ -202,12 +210,13 @@ class ReportFigures:
     scatters: list[Figure]
     tau: Figure
     curves: Figure
+    languages: Figure | None = None  # per target language: tau with accuracy and with residual
 
     def accuracy(self) -> list[Figure]:
         return [self.heatmap] + ([self.intervals] if self.intervals else [])
 
     def all(self) -> list[Figure]:
-        return self.accuracy() + self.scatters + [self.tau, self.curves]
+        return ([self.languages] if self.languages else []) + self.accuracy() + self.scatters + [self.tau, self.curves]
 
 
 def gather_inputs(
@@ -240,6 +249,11 @@ def draw_figures(inputs: ReportInputs) -> ReportFigures:
         ],
         tau=tau_heatmap(data, inputs.corr, inputs.excluded),
         curves=training_curves(data, inputs.labels),
+        languages=(
+            language_heatmap(inputs.tables["languages"], data.measures, inputs.excluded)
+            if not inputs.tables.get("languages", pd.DataFrame()).empty
+            else None
+        ),
     )
 
 
@@ -278,9 +292,25 @@ def write_title(page: Page, inputs: ReportInputs) -> None:
         page.paragraph(note, "note")
 
 
-def write_verdict(page: Page, inputs: ReportInputs) -> None:
+VERDICT_INTRO = (
+    "Does each measure predict transfer beyond the fit? A better-fitted model is better in every language, so a "
+    "measure that only tracks the fit correlates with target accuracy (and with the transfer gap, whenever "
+    "target accuracy rises more slowly than source accuracy) without saying anything about transfer. Each "
+    "measure gets three answers, one per column group: Kendall τ with the transfer residual (beyond fit: the "
+    "part of mean target accuracy that source accuracy does not predict), with the mean target accuracy, and "
+    "with the source accuracy (the fit); each with its 95% run-level bootstrap interval and its p-value from "
+    "permuting whole runs (a measure taken once a run: a plain permutation of its run values), Holm-adjusted "
+    "over the verdict's rows. An answer is decided when the adjusted p ≤ 0.05 and the interval excludes 0. "
+    "Finding: 'predicts transfer beyond fit' when the residual answer is decided; 'tracks fit; does not predict "
+    "transfer beyond fit' when only the fit is; excluded when the measure is unhealthy. Level: 'within "
+    "configurations' when seeds of the same hyperparameters, permuted only among themselves, show it too "
+    "(Holm over the verdict's rows); 'between configurations only' when they do not."
+)
+
+
+def write_verdict(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
     verdict = inputs.analysis.verdict
-    page.heading("Verdict")
+    page.heading("Verdict: does it predict transfer beyond the fit?")
     if verdict is None or verdict.empty:
         page.paragraph(
             "Verdict not computed: OUT/analysis/verdict.csv was not written by this analysis. The tables "
@@ -288,18 +318,36 @@ def write_verdict(page: Page, inputs: ReportInputs) -> None:
             "note",
         )
         return
-    page.paragraph(
-        "One row per measure: Kendall τ against the mean target accuracy (acc) and the mean transfer "
-        "gap (gap, source minus target accuracy) with its 95% confidence interval and adjusted "
-        "p-values (Holm: family-wise error; BH: false discovery rate), granulated Ψ, CMI K, the "
-        "direction the literature expects, and the verdict: agrees or disagrees with that direction, "
-        "inconclusive when the interval spans 0 or the adjusted p exceeds 0.05, excluded when the "
-        "measure is unhealthy."
-    )
+    page.paragraph(VERDICT_INTRO)
     page.table(verdict_display_table(verdict), "verdict")
     absent = [m for m in inputs.data.measures if m not in set(verdict["measure"].astype(str))]
     if absent:
         page.paragraph(f"Not in the verdict: {', '.join(absent)}.", "note")
+    rests = between_only(verdict)
+    if rests:
+        page.paragraph(
+            "These decided answers rest on differences between configurations only (seeds of one configuration "
+            f"do not show them): {', '.join(rests)}.",
+            "note",
+        )
+    source = inputs.data.spec.source_language
+    page.heading("The fit and the residual", 3)
+    fit = inputs.tables.get("fit")
+    page.paragraph(fit_sentence(fit, source))
+    if fit is not None and not fit.empty:
+        page.table(fit_display_table(fit), "fit", details="the line per target")
+    page.heading("Levels: within and between configurations", 3)
+    page.table(level_display_table(verdict), "levels")
+    languages = inputs.tables.get("languages")
+    if languages is not None and not languages.empty and figures.languages is not None:
+        page.heading("Per target language", 3)
+        page.paragraph(
+            "Kendall τ of each measure with each target language's accuracy and with its transfer residual "
+            "(that language's accuracy less its own line on source accuracy), p from permuting runs, Holm-adjusted "
+            "over every measure x language of the same kind (accuracy, residual)."
+        )
+        page.figures([figures.languages])
+        page.table(language_display_table(languages), "languages", details="τ per language")
 
 
 def write_accuracy_and_runs(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
@@ -447,7 +495,7 @@ def build_report(
     figures = draw_figures(inputs)
     page = Page()
     write_title(page, inputs)
-    write_verdict(page, inputs)
+    write_verdict(page, inputs, figures)
     page.heading("About this study")
     page.facts(study_facts(inputs))
     write_accuracy_and_runs(page, inputs, figures)

@@ -1,4 +1,4 @@
-"""The report's tables: the verdict as a reader sees it (one row per measure), measure health, the correlation
+"""The report's tables (the verdict's are in `xlgm.study.report.transfer`): exclusions, measure health, the correlation
 details, granulated Psi and CMI K, one row per run, accuracies per run and language, and the chance check."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from xlgm.study.analyze import StudyData
 from xlgm.study.report.format import (
     fmt,
     fmt_coefficient,
-    fmt_count,
     fmt_pvalue,
     fmt_signed,
     interval_text,
@@ -25,59 +24,6 @@ from xlgm.study.report.format import (
     truthy,
 )
 from xlgm.study.report.inputs import AnalysisFiles, StudyRecords, target_eval_rows, task_num_labels
-
-
-def _expected_text(sign: Any) -> str:
-    sign = to_number(sign)
-    if sign > 0:
-        return "+ (higher: better transfer)"
-    if sign < 0:
-        return "− (higher: worse transfer)"
-    return "not declared"
-
-
-def _joined_reasons(by_target: dict[str, Any]) -> str:
-    texts = {t: str(v) for t, v in by_target.items() if not is_missing(v) and str(v).strip()}
-    if len(texts) == len(by_target) and len(set(texts.values())) == 1:
-        return next(iter(texts.values()))
-    return "; ".join(f"{target_name(t)}: {v}" for t, v in texts.items())
-
-
-def verdict_display_table(verdict: pd.DataFrame) -> pd.DataFrame:
-    """One row per measure (in verdict.csv's order) from verdict.csv's (measure, target) rows."""
-    rows = []
-    for measure, group in verdict.groupby("measure", sort=False):
-        by = {str(r["target"]): r for _, r in group.iterrows()}
-        acc, gap = by.get("mean_accuracy", by.get("mean_target")), by.get("mean_gap")
-        first = acc if acc is not None else gap
-        assert first is not None  # verdict.csv has a row vs the mean target accuracy or the mean gap per measure
-        sign = first.get("expected_sign") if acc is not None else -to_number(first.get("expected_sign"))
-
-        def col(row, name):
-            return None if row is None else row.get(name)
-
-        cmi = col(acc, "cmi_k")
-        if is_missing(cmi):
-            cmi = col(gap, "cmi_k")
-        runs, checkpoints = col(first, "n_runs"), col(first, "n_checkpoints")
-        row = {"measure": measure, "expected": _expected_text(sign), "reference": fmt(first.get("reference"))}
-        for key, target in (("acc", acc), ("gap", gap)):
-            name = "mean target acc" if key == "acc" else "mean gap"
-            row[f"τ vs {name} [95% CI]"] = (
-                ""
-                if target is None
-                else fmt_coefficient(target.get("tau"), target.get("ci_low"), target.get("ci_high"))
-            )
-            row[f"p Holm ({key})"] = fmt_pvalue(col(target, "p_holm"))
-            row[f"p BH ({key})"] = fmt_pvalue(col(target, "p_bh"))
-            row[f"verdict ({key})"] = fmt(col(target, "verdict"))
-        row["Ψ (acc)"] = fmt_signed(col(acc, "psi"))
-        row["CMI K"] = fmt(to_number(cmi))
-        row["runs / checkpoints"] = f"{fmt_count(runs)} / {fmt_count(checkpoints)}"
-        row["health"] = _joined_reasons({t: r.get("health") for t, r in by.items()})
-        row["reason"] = _joined_reasons({t: r.get("reason") for t, r in by.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def exclusions(analysis: AnalysisFiles) -> dict[str, str]:
@@ -123,7 +69,10 @@ def _mark(value: Any) -> str:
     return "✓" if truthy(value) else "–"
 
 
-def correlation_detail(corr: pd.DataFrame, targets: tuple[str, ...] = ("mean_target", "mean_gap")) -> pd.DataFrame:
+MEAN_TARGETS = ("transfer_residual", "transfer_residual_oof", "mean_target", "mean_gap")
+
+
+def correlation_detail(corr: pd.DataFrame, targets: tuple[str, ...] = MEAN_TARGETS) -> pd.DataFrame:
     """The correlations with the mean targets (or any rows of a correlation table, e.g. the top list): tau with its
     CI, raw and adjusted p-values, what survives correction, units, the other coefficients and the note."""
     rows = corr if not targets else corr[corr["target"].isin(targets)]
