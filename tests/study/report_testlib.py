@@ -12,84 +12,24 @@ import pandas as pd
 from xlgm.analysis.health import HEALTH_COLUMNS
 from xlgm.analysis.verdict import VERDICT_COLUMNS
 
-# margin agrees vs accuracy and is inconclusive vs the gap; frobenius-distance is excluded (constant)
+# margin does not predict transfer beyond the fit and tracks the fit (its accuracy and source rows agree, between
+# configurations only); frobenius-distance is excluded (constant)
+_MARGIN = {"measure": "margin", "n_runs": 2, "n_checkpoints": 4, "n_configurations": 2, "expected_sign": 1}
+_MARGIN.update(
+    reference="Bassi et al. 2024", health="healthy", finding="tracks fit; does not predict transfer beyond fit"
+)
+_FROBENIUS = {"measure": "frobenius-distance", "n_runs": 2, "n_checkpoints": 4, "expected_sign": -1}
+_FROBENIUS.update(reference="Jiang et al. 2020", verdict="excluded", finding="excluded")
+_FROBENIUS.update(health="constant across units", reason="constant across units")
+_DECIDED = {"decided": True, "verdict": "agrees", "level": "between configurations only", "tau_within": 0.1}
 VERDICT_ROWS = [
-    [
-        "margin",
-        "mean_accuracy",
-        0.583,
-        0.14,
-        0.9,
-        0.0021,
-        0.0094,
-        0.0047,
-        2,
-        4,
-        0.5,
-        0.173,
-        1,
-        "Bassi et al. 2024",
-        "agrees",
-        "healthy",
-        "",
-    ],
-    [
-        "margin",
-        "mean_gap",
-        -0.2,
-        -0.61,
-        0.33,
-        0.41,
-        1.0,
-        0.55,
-        2,
-        4,
-        0.25,
-        "",
-        -1,
-        "Bassi et al. 2024",
-        "inconclusive",
-        "healthy",
-        "CI spans 0",
-    ],
-    [
-        "frobenius-distance",
-        "mean_accuracy",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        2,
-        4,
-        "",
-        "",
-        -1,
-        "Jiang et al. 2020",
-        "excluded",
-        "constant across units",
-        "constant across units",
-    ],
-    [
-        "frobenius-distance",
-        "mean_gap",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        2,
-        4,
-        "",
-        "",
-        1,
-        "Jiang et al. 2020",
-        "excluded",
-        "constant across units",
-        "constant across units",
-    ],
+    {**_MARGIN, "target": "transfer_residual", "tau": -0.2, "ci_low": -0.61, "ci_high": 0.33, "p_raw": 0.41}
+    | {"p_holm": 1.0, "p_bh": 0.55, "decided": False, "verdict": "inconclusive", "reason": "CI spans 0"},
+    {**_MARGIN, "target": "mean_accuracy", "tau": 0.583, "ci_low": 0.14, "ci_high": 0.9, "p_raw": 0.0021}
+    | {"p_holm": 0.0094, "p_bh": 0.0047, "psi": 0.5, "cmi_k": 0.173, **_DECIDED},
+    {**_MARGIN, "target": "source_accuracy", "tau": 0.61, "ci_low": 0.2, "ci_high": 0.9, "p_raw": 0.002}
+    | {"p_holm": 0.0094, "p_bh": 0.0047, **_DECIDED},
+    *({**_FROBENIUS, "target": t} for t in ("transfer_residual", "mean_accuracy", "source_accuracy")),
 ]
 HEALTH_ROWS = [
     ["margin", 4, 4, 0, 0, False, True, ""],
@@ -109,7 +49,7 @@ def write_analysis(folder: Path, verdict_rows=VERDICT_ROWS, health_rows=HEALTH_R
     analysis = folder / "analysis"
     analysis.mkdir(parents=True, exist_ok=True)
     if verdict_rows is not None:
-        pd.DataFrame(verdict_rows, columns=VERDICT_COLUMNS).to_csv(analysis / "verdict.csv", index=False)
+        pd.DataFrame(verdict_rows).reindex(columns=VERDICT_COLUMNS).to_csv(analysis / "verdict.csv", index=False)
     if health_rows is not None:
         pd.DataFrame(health_rows, columns=HEALTH_COLUMNS).to_csv(analysis / "health.csv", index=False)
     if settings is not None:

@@ -42,10 +42,13 @@ def test_analyze_writes_tables(tiny_study, capsys):
     assert len(frame) == RUNS * CHECKPOINTS
     assert {"acc_en", "acc_de", "mean_target", "gap_de", "mean_gap", *MEASURES} <= set(frame.columns)
     corr = pd.read_csv(folder / "correlations.csv")
-    # every measure against acc_en, acc_de, mean_target, gap_de, mean_gap
-    assert len(corr) == len(MEASURES) * 5 and set(corr["measure"]) == set(MEASURES)
+    # every measure against acc_en, acc_de, mean_target, gap_de, mean_gap, resid_de, transfer_residual(_oof)
+    assert len(corr) == len(MEASURES) * 8 and set(corr["measure"]) == set(MEASURES)
     assert {"tau", "tau_p", "tau_lo", "tau_hi", "spearman", "pearson_p"} <= set(corr.columns)
-    assert (corr["n"] == RUNS * CHECKPOINTS).all()
+    residual = corr["target"].isin(["resid_de", "transfer_residual", "transfer_residual_oof"])
+    assert (corr.loc[~residual, "n"] == RUNS * CHECKPOINTS).all()
+    # the tiny study's English accuracy is the same everywhere: no line on it, so no residual
+    assert (corr.loc[residual, "n"] == 0).all() and corr.loc[residual, "note"].str.contains("only 0").all()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["axes"] == ["objective"]  # rho only restates the objective in this grid
     assert summary["units_done"] == summary["units_total"]
@@ -59,8 +62,9 @@ def test_analyze_writes_tables(tiny_study, capsys):
 def test_report_renders_every_figure(tiny_study, capsys):
     assert main(["report", str(tiny_study)]) == 0
     html = (tiny_study / "report" / "report.html").read_text()
-    # accuracy heatmap + accuracy intervals + one scatter per measure + tau heatmap + training curves, all embedded
-    assert html.count(PNG_PREFIX) == 2 + len(MEASURES) + 1 + 1
+    # per-language tau heatmap (accuracy and residual) + accuracy heatmap + accuracy intervals + one scatter per
+    # measure + tau heatmap + training curves, all embedded
+    assert html.count(PNG_PREFIX) == 1 + 2 + len(MEASURES) + 1 + 1
     assert 'src="http' not in html and "<link" not in html
     for measure in MEASURES:
         assert f"{measure} vs mean target accuracy" in html
@@ -68,7 +72,7 @@ def test_report_renders_every_figure(tiny_study, capsys):
     assert runs_table.count("<tr>") == 1 + RUNS  # header + one row per run
     assert "adamw" in runs_table and "sam" in runs_table and "best held-out acc" in runs_table
     markdown = (tiny_study / "report" / "report.md").read_text()
-    assert markdown.count("![") == 4 + len(MEASURES)
+    assert markdown.count("![") == 5 + len(MEASURES)
     for line in markdown.splitlines():
         if line.startswith("!["):
             assert (tiny_study / "report" / line.split("](", 1)[1].rstrip(")")).is_file()
@@ -114,39 +118,49 @@ def render(study_parts, analysis_folder: Path | None = None, spec_name: str | No
 def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
     page, markdown = render(study_parts, write_analysis(tmp_path))
     parsed = parse_tables(page)
-    assert parsed.headings[0] == "Verdict" and parsed.order[1] == "table:verdict"
-    assert parsed.tables[0][0] == "verdict"  # the first table of the page
+    assert parsed.headings[0] == "Verdict: does it predict transfer beyond the fit?"
+    assert parsed.order[1] == "table:verdict" and parsed.tables[0][0] == "verdict"  # the first table of the page
     rows = table_dicts(parsed.tables[0][1])
     assert [r["measure"] for r in rows] == ["margin", "frobenius-distance"]  # verdict.csv's order, one per measure
     margin, frobenius = rows
     assert margin == {
         "measure": "margin",
+        "finding": "tracks fit; does not predict transfer beyond fit",
+        "τ beyond fit [95% CI]": "-0.20 [-0.61, +0.33]",
+        "p Holm (beyond fit)": "1.000",
+        "level (beyond fit)": "",
+        "τ target acc [95% CI]": "+0.58 [+0.14, +0.90]",
+        "p Holm (target acc)": "0.009",
+        "level (target acc)": "between configurations only",
+        "τ source acc (fit) [95% CI]": "+0.61 [+0.20, +0.90]",
+        "p Holm (source acc (fit))": "0.009",
+        "verdict (beyond fit)": "inconclusive",
         "expected": "+ (higher: better transfer)",
         "reference": "Bassi et al. 2024",
-        "τ vs mean target acc [95% CI]": "+0.58 [+0.14, +0.90]",
-        "p Holm (acc)": "0.009",
-        "p BH (acc)": "0.005",
-        "verdict (acc)": "agrees",
-        "τ vs mean gap [95% CI]": "-0.20 [-0.61, +0.33]",
-        "p Holm (gap)": "1.000",
-        "p BH (gap)": "0.550",
-        "verdict (gap)": "inconclusive",
-        "Ψ (acc)": "+0.50",
-        "CMI K": "0.173",
         "runs / checkpoints": "2 / 4",
         "health": "healthy",
-        "reason": "mean transfer gap: CI spans 0",
+        "reason": "beyond fit: CI spans 0",
     }
-    assert frobenius["τ vs mean target acc [95% CI]"] == "n/a" and frobenius["verdict (acc)"] == "excluded"
-    assert frobenius["verdict (gap)"] == "excluded" and frobenius["health"] == "constant across units"
+    assert frobenius["τ target acc [95% CI]"] == "n/a" and frobenius["finding"] == "excluded"
+    assert frobenius["verdict (beyond fit)"] == "excluded" and frobenius["health"] == "constant across units"
     assert frobenius["expected"] == "− (higher: worse transfer)"
+    # the answers resting on between-configuration differences only are named
+    assert "rest on differences between configurations only" in page
+    assert "margin (target acc), margin (source acc (fit))" in page
+    levels = table_dicts(next(rows for css, rows in parsed.tables if css == "levels"))
+    assert [r["measure"] for r in levels] == ["margin"] * 3  # the excluded measure has no levels
+    assert levels[1]["level"] == "between configurations only" and levels[1]["τ within"] == "+0.10"
+    # the residual's line and the per-language tables of the analysis just computed
+    assert "The transfer residual is the mean target accuracy less its ordinary least-squares line" in page
+    assert {"fit", "languages"} <= {css for css, _ in parsed.tables}
+    assert "Kendall τ per target language" in page
     # markdown: the verdict table is the first table, before the study's facts
     lines = markdown.splitlines()
     first_table = next(i for i, line in enumerate(lines) if line.startswith("| "))
-    assert lines[first_table].startswith("| measure | expected | reference | τ vs mean target acc")
+    assert lines[first_table].startswith("| measure | finding | τ beyond fit [95% CI]")
     assert first_table < lines.index("## About this study")
     assert lines[first_table + 2].startswith(
-        "| margin | + (higher: better transfer) | Bassi et al. 2024 | +0.58 [+0.14, +0.90] | 0.009 | 0.005 | agrees |"
+        "| margin | tracks fit; does not predict transfer beyond fit | -0.20 [-0.61, +0.33] | 1.000 |  | +0.58"
     )
     # the excluded measure is said to be greyed, health and CMI/Psi tables are there
     assert "Greyed: measures excluded from the findings (frobenius-distance: constant across units)" in page
@@ -221,7 +235,9 @@ def test_chance_warning(study_parts):
     # the tiny models sit at 3 of 8 rows: every unit's interval includes 1/3
     warning = page.split('<div class="warning">', 1)[1].split("</div>", 1)[0]
     assert "at 4 of 4 units" in warning and "training progress, not generalization" in warning
-    assert page.index('<div class="warning">') < page.index("<h2>Verdict</h2>")
+    assert page.index('<div class="warning">') < page.index(
+        "<h2>Verdict: does it predict transfer beyond the fit?</h2>"
+    )
     assert "> **Warning:** The models barely left chance" in markdown
     rows = unit_frame(data)
     trained = chance_check(data, rows.assign(acc_en=0.9, mean_target=0.8), StudyRecords({"en": 500, "de": 500}))
@@ -238,8 +254,8 @@ SCRIPT = '<script>alert("x")</script>'
 
 def test_every_user_string_is_escaped(study_parts, tmp_path):
     settings = dict(SETTINGS, measures={"margin": {"label": SCRIPT}})
-    verdict = [list(r) for r in VERDICT_ROWS]
-    verdict[0][13] = "<img src=x onerror=alert(1)>"  # reference
+    verdict = [dict(r) for r in VERDICT_ROWS]
+    verdict[0]["reference"] = "<img src=x onerror=alert(1)>"
     health = [list(r) for r in HEALTH_ROWS]
     health[1][7] = "<b>constant</b> | across"
     page, markdown = render(study_parts, write_analysis(tmp_path, verdict, health, settings), spec_name=SCRIPT)

@@ -24,11 +24,30 @@ def test_analyze_writes_the_verdict_health_and_settings(tiny_study, capsys):
     verdict = pd.read_csv(folder / "verdict.csv")
     assert list(verdict.columns) == VERDICT_COLUMNS
     assert verdict[["measure", "target"]].values.tolist() == [
-        [m, t] for m in MEASURES for t in ("mean_accuracy", "mean_gap")
+        [m, t] for m in MEASURES for t in ("transfer_residual", "mean_accuracy", "source_accuracy")
     ]
-    assert verdict["expected_sign"].tolist() == [1, -1, -1, 1]  # margin +, frobenius-distance -; gap: negated
+    assert verdict["expected_sign"].tolist() == [1, 1, 1, -1, -1, -1]  # margin +, frobenius-distance -
     assert set(verdict["verdict"]) <= {"agrees", "disagrees", "inconclusive", "excluded"}
-    assert (verdict["n_runs"] == RUNS).all() and (verdict["n_checkpoints"] == RUNS * CHECKPOINTS).all()
+    # the tiny study's English accuracy is the same everywhere: no line on it, so no residual (tau undefined)
+    fitted = verdict[verdict["target"] != "transfer_residual"]
+    assert (fitted["n_runs"] == RUNS).all() and (fitted["n_checkpoints"] == RUNS * CHECKPOINTS).all()
+    residual = verdict[verdict["target"] == "transfer_residual"]
+    assert residual["tau"].isna().all() and (residual["verdict"] != "agrees").all()
+    # one seed a configuration: no within-configuration test, so no answer can rest on it
+    assert verdict["tau_within"].isna().all() and verdict["level"].isna().all()
+    assert out.index("beyond the fit (residual)") < out.index("strongest correlations")
+    # the new tables: findings, levels, per language, the residual's line
+    findings = pd.read_csv(folder / "findings.csv")
+    assert findings["measure"].tolist() == MEASURES and findings["finding"].notna().all()
+    levels = pd.read_csv(folder / "levels.csv")
+    assert len(levels) == len(MEASURES) * 3 and (levels["n_pairs_within"] == 0).all()
+    languages = pd.read_csv(folder / "languages.csv")
+    assert languages[["measure", "language"]].values.tolist() == [[m, "de"] for m in MEASURES]
+    assert {"tau_accuracy", "p_accuracy_holm", "tau_residual", "p_residual_holm"} <= set(languages.columns)
+    fit = pd.read_csv(folder / "fit.csv")
+    assert fit["target"].tolist() == ["mean_target", "acc_de"] and (fit["n"] == RUNS * CHECKPOINTS).all()
+    frame = pd.read_csv(folder / "frame.csv")
+    assert {"configuration", "rows_de", "transfer_residual", "resid_de"} <= set(frame.columns)
     health = pd.read_csv(folder / "health.csv")
     assert list(health.columns) == HEALTH_COLUMNS and health["healthy"].all()
     assert (health["n_units"] == RUNS * CHECKPOINTS).all()

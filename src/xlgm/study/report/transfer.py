@@ -147,7 +147,7 @@ def language_heatmap(languages: pd.DataFrame, measures: list[str], excluded: dic
     for ax, kind, title in zip(axes, ("accuracy", "residual"), ("accuracy", "transfer residual")):
         table = languages.pivot(index="measure", columns="language", values=f"tau_{kind}")
         p = languages.pivot(index="measure", columns="language", values=f"p_{kind}_holm")
-        values = table.reindex(index=measures, columns=langs).to_numpy(dtype=float)
+        values = table.reindex(index=measures, columns=langs).to_numpy(dtype=float, copy=True)
         adjusted = p.reindex(index=measures, columns=langs).to_numpy(dtype=float)
         for i, measure in enumerate(measures):
             if measure in excluded:
