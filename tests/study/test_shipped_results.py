@@ -12,7 +12,21 @@ import pytest
 from xlgm.study.analyze import analyze_study
 
 RESULTS = Path(__file__).resolve().parents[2] / "results" / "xnli-e5-cpu"
-TABLES = ("verdict", "health", "frame", "correlations", "granulated", "cmi", "top", "groups", "group_correlations")
+TABLES = (
+    "verdict",
+    "findings",
+    "levels",
+    "languages",
+    "fit",
+    "health",
+    "frame",
+    "correlations",
+    "granulated",
+    "cmi",
+    "top",
+    "groups",
+    "group_correlations",
+)
 
 
 def test_shipped_analysis_tables_are_recomputed_from_the_shipped_database(tmp_path):
@@ -27,6 +41,16 @@ def test_shipped_analysis_tables_are_recomputed_from_the_shipped_database(tmp_pa
         expected = pd.read_csv(RESULTS / "analysis" / f"{name}.csv")
         computed = pd.read_csv(folder / "analysis" / f"{name}.csv")
         pd.testing.assert_frame_equal(computed, expected, check_exact=False, rtol=1e-9, atol=1e-12, obj=name)
+
+
+def test_the_shipped_verdict_reads_the_best_checkpoint_measures_with_a_plain_permutation():
+    # hessian-trace is measured once a run: 15 run values, permuted as they are (not paired by training step)
+    verdict = pd.read_csv(RESULTS / "analysis" / "verdict.csv").set_index(["measure", "target"])
+    row = verdict.loc[("hessian-trace", "mean_accuracy")]
+    assert row["p_raw"] <= 0.002 and row["n_runs"] == 15 and row["n_checkpoints"] == 15
+    assert verdict.loc[("hessian-trace", "transfer_residual"), "verdict"] == "inconclusive"
+    fit = pd.read_csv(RESULTS / "analysis" / "fit.csv").set_index("target")
+    assert fit.loc["mean_target", "slope"] < 1 and fit.loc["mean_target", "r2"] > 0.9
 
 
 @pytest.mark.parametrize("name", ["report.html", "report.md", "README.md"])
