@@ -103,7 +103,9 @@ def fit_sentence(fit: pd.DataFrame | None, source: str) -> str:
         f"({fmt_count(r['n_folds'])} folds) the held-out R² is {fmt(r['oof_r2'])}, and the two residuals rank the "
         f"units alike (τ {fmt_signed(r['tau_residual_oof'])}). In sample the residual is uncorrelated with "
         f"{source} accuracy by construction (Pearson {fmt_signed(r['pearson_source_residual'])}; Kendall τ "
-        f"{fmt_signed(r['tau_source_residual'])}). Per target language the same line is fitted for that language."
+        f"{fmt_signed(r['tau_source_residual'])}). Per target language the same line is fitted for that language. "
+        "No partial rank correlation is reported: it would also remove the fit from the measure, which asks "
+        "another question, and its permutation test (Freedman-Lane) is not exact when whole runs are permuted."
     )
 
 
