@@ -35,6 +35,8 @@ MEASURE = """
       return r.getBoundingClientRect().height;
     }),
     wider: wide.slice(0, 5),
+    // how much the page shrinks each figure: below 1 its 8 pt text is drawn smaller than 8 pt
+    imageScale: Array.from(document.images).map(function (i) { return i.clientWidth / i.naturalWidth; }),
   };
   var pre = document.createElement("pre");
   pre.id = "xlgm-layout";
@@ -74,6 +76,7 @@ def check_layout(report: Path, tmp_path: Path, verdict_rows: int) -> None:
             rows = facts["verdictRows"]
             assert len(rows) == 2 * verdict_rows  # each measure: its numbers, then its line of text
             assert max(rows) < MAX_ROW_PX, f"verdict rows of {max(rows):.0f} px at 1400 px: {rows}"
+            assert facts["imageScale"] and min(facts["imageScale"]) >= 1.0, facts["imageScale"]
 
 
 def test_report_layout_with_the_shipped_verdict(tiny_study, tmp_path):

@@ -299,6 +299,25 @@ def test_colours_tell_fifteen_languages_apart():
         assert styles[i].marker != styles[i + 10].marker and styles[i].linestyle != styles[i + 10].linestyle
 
 
+def test_every_text_of_every_figure_is_at_least_8_pt(study_parts, tmp_path, monkeypatch):
+    from matplotlib.text import Text
+
+    from xlgm.study.report import figures
+
+    drawn = []
+
+    def keep(fig):
+        drawn.append(fig)
+        return real_png(fig)  # drawn: the tick labels exist
+
+    real_png = figures.png_bytes
+    monkeypatch.setattr(figures, "png_bytes", keep)
+    render(study_parts, write_analysis(tmp_path))
+    assert len(drawn) == 2 + len(MEASURES) + 1 + 1
+    sizes = [t.get_fontsize() for fig in drawn for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert len(sizes) > 100 and min(sizes) >= 8
+
+
 def fake_study(objectives: list[str], seeds: list[int]) -> SimpleNamespace:
     """What run_styles reads of a study: its runs (objective, seed) and their configs."""
     runs = pd.DataFrame([{"run_id": f"{o}-{s}", "objective": o, "seed": s} for o in objectives for s in seeds])
@@ -324,8 +343,8 @@ def test_verdict_summary_text_rows_and_adjustment_families(study_parts, tmp_path
     _, tables, _ = study_parts
     page, markdown = render(study_parts, write_analysis(tmp_path))
     summary = (
-        "2 measures vs mean target accuracy: 1 agree, 0 disagree, 0 inconclusive, 1 excluded · "
-        "vs mean gap: 0 agree, 0 disagree, 1 inconclusive, 1 excluded"
+        "2 measures · mean target accuracy: 1 agree, 0 disagree, 0 inconclusive, 1 excluded · "
+        "mean gap: 0 agree, 0 disagree, 1 inconclusive, 1 excluded"
     )
     assert f'<h2>Verdict</h2>\n<p class="summary">{summary}</p>' in page and f"**{summary}**" in markdown
     verdict = page.split('<table class="verdict">', 1)[1].split("</table>", 1)[0]

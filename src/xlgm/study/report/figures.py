@@ -100,7 +100,7 @@ def run_styles(data: StudyData, run_ids: list[str]) -> dict[str, Style]:
         row = runs.loc[run_id] if run_id in runs.index else pd.Series(dtype=object)
         configs.append(f"{row.get('objective', '')} {hyperparameters(data, run_id, row)}")
         seeds.append(str(row.get("seed", "")))
-    config_index = {c: i for i, c in enumerate(dict.fromkeys(configs))}
+    config_index = {c: i for i, c in enumerate(sorted(set(configs)))}  # the same colours in every figure
     seed_index = {s: i for i, s in enumerate(sorted(set(seeds), key=lambda s: (len(s), s)))}  # s0 first
     pairs = [(config_index[c], seed_index[s]) for c, s in zip(configs, seeds)]
     if len(set(pairs)) < len(pairs) or len(seed_index) > len(LINESTYLES) or len(config_index) > 20:

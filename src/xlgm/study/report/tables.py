@@ -63,9 +63,9 @@ def verdict_summary(verdict: pd.DataFrame) -> str:
         counts = rows["verdict"].astype(str).value_counts()
         # "2 agree, 4 disagree": the plural verb reads as a count of measures
         told = ", ".join(f"{int(counts.get(v, 0))} {v.removesuffix('s')}" for v in VERDICTS)
-        parts.append(f"vs {name}: {told}")
+        parts.append(f"{name}: {told}")
     measures = verdict["measure"].nunique()
-    return f"{measures} measure{'s' if measures != 1 else ''} " + " · ".join(parts)
+    return " · ".join([f"{measures} measure{'s' if measures != 1 else ''}", *parts])
 
 
 def once_a_run(data: StudyData) -> dict[str, str]:
