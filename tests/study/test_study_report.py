@@ -7,6 +7,7 @@ import html
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -29,6 +30,7 @@ from xlgm.study.report import (
     read_study_records,
     scatter_title,
 )
+from xlgm.study.report.figures import run_styles, series_styles
 
 MEASURES = ["margin", "frobenius-distance"]
 
@@ -289,6 +291,93 @@ def test_colours_tell_fifteen_languages_apart():
     for n in (4, 15, 25):
         colours = distinct_colours(n)
         assert len(colours) == n and len(set(colours)) == n
+        styles = series_styles(n)
+        assert len({(s.colour, s.marker) for s in styles}) == n
+    # the 11th to 20th colours are light twins of the first ten: they differ from their twin in marker and line style
+    styles = series_styles(15)
+    for i in range(5):
+        assert styles[i].marker != styles[i + 10].marker and styles[i].linestyle != styles[i + 10].linestyle
+
+
+def test_every_text_of_every_figure_is_at_least_8_pt(study_parts, tmp_path, monkeypatch):
+    from matplotlib.text import Text
+
+    from xlgm.study.report import figures
+
+    drawn = []
+
+    def keep(fig):
+        drawn.append(fig)
+        return real_png(fig)  # drawn: the tick labels exist
+
+    real_png = figures.png_bytes
+    monkeypatch.setattr(figures, "png_bytes", keep)
+    render(study_parts, write_analysis(tmp_path))
+    assert len(drawn) == 2 + len(MEASURES) + 1 + 1
+    sizes = [t.get_fontsize() for fig in drawn for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert len(sizes) > 100 and min(sizes) >= 8
+
+
+def fake_study(objectives: list[str], seeds: list[int]) -> SimpleNamespace:
+    """What run_styles reads of a study: its runs (objective, seed) and their configs."""
+    runs = pd.DataFrame([{"run_id": f"{o}-{s}", "objective": o, "seed": s} for o in objectives for s in seeds])
+    return SimpleNamespace(runs=runs, configs={}, axes=["objective", "seed"])
+
+
+def test_run_styles_colour_a_configuration_and_mark_its_seeds():
+    data = fake_study(["adamw", "sam", "fisher", "mvr", "sam2"], [0, 1, 2])
+    run_ids = list(reversed(data.runs["run_id"]))  # the styles follow the runs, not the order they come in
+    styles = run_styles(data, run_ids)
+    assert len({(s.colour, s.marker) for s in styles.values()}) == 15
+    assert len({(s.colour, s.linestyle) for s in styles.values()}) == 15
+    assert len({styles[f"{o}-0"].colour for o in ("adamw", "sam", "fisher", "mvr", "sam2")}) == 5
+    assert {styles[f"sam-{s}"].colour for s in (0, 1, 2)} == {styles["sam-0"].colour}
+    assert [styles[f"mvr-{s}"].linestyle for s in (0, 1, 2)] == ["-", "--", ":"]  # seed 0 solid, in every config
+    # more seeds than line styles, or more configurations than colours: each run its own colour and marker
+    for many in (fake_study(["adamw", "sam"], list(range(6))), fake_study([f"o{i}" for i in range(25)], [0])):
+        styles = run_styles(many, list(many.runs["run_id"]))
+        assert len({(s.colour, s.marker) for s in styles.values()}) == len(many.runs)
+
+
+def test_verdict_summary_text_rows_and_adjustment_families(study_parts, tmp_path):
+    _, tables, _ = study_parts
+    page, markdown = render(study_parts, write_analysis(tmp_path))
+    summary = (
+        "2 measures · mean target accuracy: 1 agree, 0 disagree, 0 inconclusive, 1 excluded · "
+        "mean gap: 0 agree, 0 disagree, 1 inconclusive, 1 excluded"
+    )
+    assert f'<h2>Verdict</h2>\n<p class="summary">{summary}</p>' in page and f"**{summary}**" in markdown
+    verdict = page.split('<table class="verdict">', 1)[1].split("</table>", 1)[0]
+    header = verdict.split("</thead>", 1)[0]
+    assert "reason" not in header and "reference" not in header  # the text columns are not squeezed into a column
+    assert verdict.count('<tr class="text">') == 2 and verdict.count('colspan="13"') == 2
+    assert '<span class="key">reason:</span> mean transfer gap: CI spans 0</td>' in verdict
+    # each table of adjusted p-values names its family
+    assert html.escape("Adjusted over this table's 2 tests (every measure against both targets") in page
+    tests = int(tables["correlations"]["tau_p"].notna().sum())
+    assert f"Holm and BH adjust over all {tests} tests of the correlation table" in page
+    for text in ("Adjusted over this table's 2 tests", f"adjust over all {tests} tests"):
+        assert text in markdown
+    # every table scrolls in its own box
+    assert page.count('<div class="scroll"><table') == page.count("<table")
+
+
+def test_measures_taken_once_a_run_are_described_as_such(study_parts, tmp_path):
+    data, tables, records = study_parts
+    items = tuple(dataclasses.replace(i, at="best") if i.name == "margin" else i for i in data.spec.measures.items)
+    spec = dataclasses.replace(data.spec, measures=dataclasses.replace(data.spec.measures, items=items))
+    once = dataclasses.replace(data, spec=spec, notes=list(data.notes))
+    corr = tables["correlations"].copy()
+    corr["note"] = "2 row(s) with NaN/inf dropped; x is constant: correlations undefined (NaN)"
+    analysis = dataclasses.replace(load_analysis_files(write_analysis(tmp_path)), correlations=corr)
+    page, markdown = build_report(once, tables, None, analysis, records)[:2]
+    assert "Taken once a run, at each run&#x27;s best checkpoint: margin." in page
+    shown = table_dicts(dict(parse_tables(page).tables)["correlations"])
+    notes = {m: [r["note"] for r in shown if r["measure"] == m] for m in ("margin", "frobenius-distance")}
+    assert notes["margin"] and notes["frobenius-distance"]
+    for note in notes["margin"]:
+        assert note.startswith("taken once a run (at: best): 2 checkpoint(s) without it left out; x is constant")
+    assert all(n.startswith("2 row(s) with NaN/inf dropped") for n in notes["frobenius-distance"])
 
 
 def test_unreadable_analysis_files_fail_on_one_line(tmp_path):

@@ -3,10 +3,11 @@
     OUT/report/report.html     figures embedded as base64 PNG, no outside files
     OUT/report/report.md       the same content; its figures are OUT/report/figures/*.png
 
-Contents, in order: a warning when the models did not leave chance; the verdict (one row per measure: Kendall tau
-against the mean target accuracy and the mean transfer gap with its confidence interval and adjusted p-values,
-granulated Psi, CMI K, the direction the literature expects, agrees / disagrees / inconclusive / excluded, and the
-measure's health), read from OUT/analysis/verdict.csv; the study's facts; accuracies with 95% Wilson intervals
+Contents, in order: a warning when the models did not leave chance; the verdict (a line counting the measures that
+agree, disagree, are inconclusive or excluded, then one row per measure: Kendall tau against the mean target accuracy
+and the mean transfer gap with its confidence interval and adjusted p-values, granulated Psi, CMI K, the direction
+the literature expects, agrees / disagrees / inconclusive / excluded, and under it the reference, the measure's
+health and the reason), read from OUT/analysis/verdict.csv; the study's facts; accuracies with 95% Wilson intervals
 (heatmap, per-language plot with the chance level, table); the per-run table; a scatter per measure against the mean
 target accuracy (unhealthy measures greyed, with the reason); a measure x language tau heatmap; the detailed
 correlation table with raw and adjusted p-values, the strongest correlations marking what survives correction,
@@ -14,7 +15,8 @@ granulated Psi and CMI K; measure health (OUT/analysis/health.csv); training cur
 prediction; the settings (OUT/analysis/settings.json, else rebuilt from the study's database and spec); and, when
 `xlgm predict` has run, the label-free predictor against its baselines. A file of OUT/analysis/ that the analysis did
 not write leaves a "not computed" note in its place. Every string from the user (spec name, measure options,
-labels) is escaped in both files.
+labels) is escaped in both files. Every table states which tests its adjusted p-values adjust over, scrolls in its
+own box when wider than the page, and the figures' smallest text is 8 pt at the size the page shows them.
 
 Where each part lives:
 

@@ -37,38 +37,52 @@ from xlgm.study.report.inputs import (
 from xlgm.study.report.prediction import PredictionSection, prediction_section, prediction_tables
 from xlgm.study.report.settings import settings_from_study, settings_sections
 from xlgm.study.report.tables import (
+    VERDICT_TEXT_COLUMNS,
     accuracy_table,
     chance_check,
     cmi_detail,
     correlation_detail,
+    describe_once_a_run,
     exclusions,
     granulated_detail,
     health_table,
+    once_a_run,
     run_labels,
     run_table,
     verdict_display_table,
+    verdict_summary,
     with_correlation_columns,
 )
 
 PNG_PREFIX = '<img src="data:image/png;base64,'
 
 
-def _html_table(table: pd.DataFrame, css: str = "") -> str:
-    """A table with one header row (the columns, each named) and no index; every cell escaped."""
+def _html_table(table: pd.DataFrame, css: str = "", text_columns: tuple[str, ...] = ()) -> str:
+    """A table with one header row (the columns, each named) and no index; every cell escaped. `text_columns`
+    leave the header row and go on a line of their own under each row, spanning the table, as `name: text`.
+    The table scrolls inside its own box when it is wider than the page."""
     if isinstance(table.columns, pd.MultiIndex):
         raise ValueError("_html_table: flatten the columns first")
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>\n"
-        for row in table.itertuples(index=False)
+    text_columns = tuple(c for c in text_columns if c in table.columns)
+    shown = table.drop(columns=list(text_columns))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    rows = []
+    for (_, row), values in zip(table.iterrows(), shown.itertuples(index=False)):
+        rows.append("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in values) + "</tr>\n")
+        texts = [(c, fmt(row[c])) for c in text_columns if fmt(row[c]).strip()]
+        if texts:
+            told = " · ".join(f'<span class="key">{html.escape(c)}:</span> {html.escape(v)}' for c, v in texts)
+            rows.append(f'<tr class="text"><td colspan="{len(shown.columns)}">{told}</td></tr>\n')
+    return (
+        f'<div class="scroll"><table class="{html.escape(css)}"><thead><tr>{head}</tr></thead><tbody>\n'
+        f"{''.join(rows)}</tbody></table></div>"
     )
-    return f'<table class="{html.escape(css)}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>'
 
 
 def _html_facts(facts: list[tuple[str, str]], css: str = "facts") -> str:
     """A key-value table: each row headed by its key, no header row."""
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>\n" for k, v in facts)
-    return f'<table class="{html.escape(css)}"><tbody>\n{body}</tbody></table>'
+    return f'<div class="scroll"><table class="{html.escape(css)}"><tbody>\n{body}</tbody></table></div>'
 
 
 def _html_image(fig: Figure) -> str:
@@ -103,18 +117,24 @@ def _md_image(fig: Figure) -> str:
 
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; padding: 0 1.5em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-h3 { font-size: 1.05em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+h3 { font-size: 1.05em; } p { max-width: 120ch; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 0.5em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 table.facts th { text-align: left; }
+table.verdict td, table.runs td, table.accuracy td { white-space: nowrap; }
+table.verdict tr.text td { white-space: normal; text-align: left; color: #444; border-top: none; padding-bottom: 6px; }
+table.verdict tr:not(.text) td { border-bottom: none; }
+.key { font-weight: 600; color: #222; }
+.summary { font-weight: 600; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px; } .figs figure { margin: 0; }
 figcaption { font-size: 0.8em; color: #555; } .note { color: #a50; font-size: 0.9em; }
 .warning { border: 2px solid #c33; background: #fdecea; padding: 0.6em 1em; margin: 1em 0; font-weight: 600; }
 pre { background: #f7f7f7; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
-img { max-width: 100%; }
+figure { margin: 0.5em 0; max-width: 100%; } img { max-width: 100%; }
 """
 
 
@@ -138,8 +158,17 @@ class Page:
         self.html.append(f'<div class="warning">{html.escape(text)}</div>')
         self.md += [f"> **Warning:** {_md_text(text)}", ""]
 
-    def table(self, table: pd.DataFrame, css: str, details: str | None = None) -> None:
-        block = _html_table(table, css)
+    def summary(self, text: str) -> None:
+        """A line in bold: what a section comes to."""
+        self.html.append(f'<p class="summary">{html.escape(text)}</p>')
+        self.md += [f"**{_md_text(text)}**", ""]
+
+    def table(
+        self, table: pd.DataFrame, css: str, details: str | None = None, text_columns: tuple[str, ...] = ()
+    ) -> None:
+        """The table in both files; `text_columns` go under each row in HTML (`_html_table`), in the table in
+        markdown."""
+        block = _html_table(table, css, text_columns)
         if details:
             block = f"<details><summary>{html.escape(details)}</summary>{block}</details>"
         self.html.append(block)
@@ -214,6 +243,7 @@ def gather_inputs(
     data: StudyData, tables: dict[str, pd.DataFrame], analysis: AnalysisFiles, records: StudyRecords
 ) -> ReportInputs:
     corr = analysis.correlations if analysis.correlations is not None else tables["correlations"]
+    corr = describe_once_a_run(corr, once_a_run(data))
     return ReportInputs(
         data,
         tables,
@@ -268,17 +298,16 @@ def study_facts(inputs: ReportInputs) -> list[tuple[str, str]]:
 
 
 def write_title(page: Page, inputs: ReportInputs) -> None:
-    """The title, a warning when the models did not leave chance, and the study's notes."""
+    """The title, and a warning when the models did not leave chance."""
     data = inputs.data
     page.heading(f"Study {data.spec.name}", 1)
     check = chance_check(data, inputs.rows, inputs.records)
     if check is not None and check.warn:
         page.warning(check.message(data.spec.source_language))
-    for note in data.notes:
-        page.paragraph(note, "note")
 
 
 def write_verdict(page: Page, inputs: ReportInputs) -> None:
+    """A line that counts the verdicts, the verdict table, what it shows and which tests its p-values adjust over."""
     verdict = inputs.analysis.verdict
     page.heading("Verdict")
     if verdict is None or verdict.empty:
@@ -288,15 +317,27 @@ def write_verdict(page: Page, inputs: ReportInputs) -> None:
             "note",
         )
         return
+    page.summary(verdict_summary(verdict))
+    page.table(verdict_display_table(verdict), "verdict", text_columns=VERDICT_TEXT_COLUMNS)
+    tests = int(pd.to_numeric(verdict.get("p_holm"), errors="coerce").notna().sum()) if "p_holm" in verdict else 0
     page.paragraph(
         "One row per measure: Kendall τ against the mean target accuracy (acc) and the mean transfer "
         "gap (gap, source minus target accuracy) with its 95% confidence interval and adjusted "
         "p-values (Holm: family-wise error; BH: false discovery rate), granulated Ψ, CMI K, the "
         "direction the literature expects, and the verdict: agrees or disagrees with that direction, "
         "inconclusive when the interval spans 0 or the adjusted p exceeds 0.05, excluded when the "
-        "measure is unhealthy."
+        "measure is unhealthy. "
+        f"Adjusted over this table's {tests} tests (every measure against both targets, excluded measures "
+        "included); the correlation tables below adjust over all their tests, so the same test has a larger "
+        "adjusted p-value there."
     )
-    page.table(verdict_display_table(verdict), "verdict")
+    once = [m for m in once_a_run(inputs.data) if m in set(verdict["measure"].astype(str))]
+    if once:
+        page.paragraph(
+            f"Taken once a run, at each run's best checkpoint: {', '.join(once)}. Their τ rests on one checkpoint "
+            "per run; the others' on every measured checkpoint.",
+            "note",
+        )
     absent = [m for m in inputs.data.measures if m not in set(verdict["measure"].astype(str))]
     if absent:
         page.paragraph(f"Not in the verdict: {', '.join(absent)}.", "note")
@@ -346,6 +387,13 @@ def write_correlations(page: Page, inputs: ReportInputs) -> None:
             "p-values below are raw, one per test, uncorrected for the number of tests.",
             "note",
         )
+    else:
+        tests = int(pd.to_numeric(corr["tau_p"], errors="coerce").notna().sum())
+        page.paragraph(
+            f"Holm and BH adjust over all {tests} tests of the correlation table (every measure against each "
+            "language's accuracy and gap and the two means, OUT/analysis/correlations.csv), not only the rows "
+            "shown: a larger family than the verdict's, so larger adjusted p-values for the same test."
+        )
     page.table(correlation_detail(corr), "correlations")
 
     page.heading("Strongest correlations")
@@ -353,7 +401,8 @@ def write_correlations(page: Page, inputs: ReportInputs) -> None:
     page.paragraph(
         f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
         + (
-            "✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false discovery rate)."
+            "✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false discovery rate; "
+            "both over every test of the correlation table, as above)."
             if adjusted
             else "Uncorrected: with this many tests, some of the largest |τ| are expected by chance."
         )
@@ -362,7 +411,7 @@ def write_correlations(page: Page, inputs: ReportInputs) -> None:
 
     page.heading("Granulated Kendall Ψ and CMI K")
     page.paragraph(RECONCILE)
-    psi = granulated_detail(tables.get("granulated"))
+    psi = granulated_detail(describe_once_a_run(tables.get("granulated"), once_a_run(inputs.data)))
     if psi.empty:
         page.paragraph("Granulated Ψ not computed (no hyperparameter axis varies).", "note")
     else:
@@ -450,6 +499,8 @@ def build_report(
     write_verdict(page, inputs)
     page.heading("About this study")
     page.facts(study_facts(inputs))
+    for note in data.notes:
+        page.paragraph(note, "note")
     write_accuracy_and_runs(page, inputs, figures)
     write_measure_figures(page, inputs, figures)
     write_correlations(page, inputs)

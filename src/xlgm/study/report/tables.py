@@ -3,6 +3,7 @@ details, granulated Psi and CMI K, one row per run, accuracies per run and langu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from xlgm.analysis import acc_column
 from xlgm.analysis.intervals import wilson_interval
+from xlgm.analysis.verdict import VERDICTS
 from xlgm.study.analyze import StudyData
 from xlgm.study.report.format import (
     fmt,
@@ -25,6 +27,9 @@ from xlgm.study.report.format import (
     truthy,
 )
 from xlgm.study.report.inputs import AnalysisFiles, StudyRecords, target_eval_rows, task_num_labels
+
+# the note of xlgm.analysis.correlation and .granulated for rows without a finite value
+DROPPED_NOTE = re.compile(r"(\d+) row\(s\) with NaN/inf dropped")
 
 
 def _expected_text(sign: Any) -> str:
@@ -41,6 +46,47 @@ def _joined_reasons(by_target: dict[str, Any]) -> str:
     if len(texts) == len(by_target) and len(set(texts.values())) == 1:
         return next(iter(texts.values()))
     return "; ".join(f"{target_name(t)}: {v}" for t, v in texts.items())
+
+
+# the verdict table's columns of free text: the page shows them on a line of their own under each measure's numbers,
+# so that the numbers keep one line and the text the page's width
+VERDICT_TEXT_COLUMNS = ("reference", "health", "reason")
+
+
+def verdict_summary(verdict: pd.DataFrame) -> str:
+    """One line: of how many measures the verdict agrees, disagrees, is inconclusive or excluded, per target."""
+    parts = []
+    for labels, name in ((("mean_accuracy", "mean_target"), "mean target accuracy"), (("mean_gap",), "mean gap")):
+        rows = verdict[verdict["target"].astype(str).isin(labels)]
+        if rows.empty:
+            continue
+        counts = rows["verdict"].astype(str).value_counts()
+        # "2 agree, 4 disagree": the plural verb reads as a count of measures
+        told = ", ".join(f"{int(counts.get(v, 0))} {v.removesuffix('s')}" for v in VERDICTS)
+        parts.append(f"{name}: {told}")
+    measures = verdict["measure"].nunique()
+    return " · ".join([f"{measures} measure{'s' if measures != 1 else ''}", *parts])
+
+
+def once_a_run(data: StudyData) -> dict[str, str]:
+    """measure -> the checkpoints it is taken at (`best`), for the measures not taken at every checkpoint."""
+    return {item.name: item.at for item in data.spec.measures.items if item.at != "all"}
+
+
+def describe_once_a_run(table: pd.DataFrame, once: dict[str, str]) -> pd.DataFrame:
+    """The table with the note of a measure taken once a run saying so: its other checkpoints have no value by
+    design, which the correlation's note counts as rows dropped for NaN/inf."""
+    if table is None or table.empty or "note" not in table.columns or not once:
+        return table
+    out = table.copy()
+    for i, r in out.iterrows():
+        at = once.get(str(r["measure"]))
+        note = r["note"]
+        if at is None or not isinstance(note, str):
+            continue
+        told = rf"taken once a run (at: {at}): \1 checkpoint(s) without it left out"
+        out.at[i, "note"] = DROPPED_NOTE.sub(told, note)
+    return out
 
 
 def verdict_display_table(verdict: pd.DataFrame) -> pd.DataFrame:
