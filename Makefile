@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PIP_QUIET = 2>&1 | { grep -v -e '^WARNING: Location' -e '^\[notice\]' || test $$? -eq 1; }
 
-.PHONY: setup demo cpu-study test test-fast lint bench clean
+.PHONY: setup demo cpu-study test test-fast lint bench browser clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,11 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src
+
+# Headless Chromium for the report's layout test (tests/study/test_report_browser.py), from Debian's packages;
+# quick when it is there. Without it (not root, no apt) that test skips.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the report layout test will skip"
 
 bench: setup
 	$(VENV)/bin/python bench/eval_throughput.py

@@ -186,6 +186,11 @@ CASES = [
     Case("measure-data-unknown-language", (*MEASURE, "--data", "xx-dev"), "unknown language code 'xx'"),
     # measures and their options
     Case("measure-unknown-measure", ("measure", "{run}", "--measures", "nope"), "unknown measure 'nope'"),
+    Case(
+        "measure-typo",
+        ("measure", "{run}", "--measures", "margn"),
+        "unknown measure 'margn' (did you mean 'margin'?); measures of a checkpoint: fisher-trace,",
+    ),
     Case("measure-no-measure", ("measure", "{run}", "--measures", ","), "--measures: expected a non-empty list"),
     Case(
         "measure-outputs-measure",

@@ -104,3 +104,15 @@ def test_language_codes_are_read_case_aside_and_typos_get_a_suggestion():
     assert XNLI.resolve_languages("EN,De") == ["en", "de"]
     with pytest.raises(XlgmError, match=r"unknown language code 'ge' for task xnli \(did you mean 'de'\?\)"):
         XNLI.resolve_languages("en,ge")
+
+
+def test_an_unknown_measure_lists_only_the_measures_the_caller_accepts_and_names_are_read_case_aside():
+    from xlgm.measures.base import get_measure, list_measures
+
+    assert get_measure("Sharpness-Diff").name == "sharpness-diff"
+    with pytest.raises(XlgmError) as err:
+        get_measure("margn", kind="model")
+    message = str(err.value)
+    assert "(did you mean 'margin'?)" in message
+    assert all(name in message for name in list_measures("model"))
+    assert not any(name in message for name in list_measures("outputs"))

@@ -68,6 +68,7 @@ class TableParser(HTMLParser):
         self._cell: list[str] | None = None
         self._tag = ""
         self._in_h2: list[str] | None = None
+        self._text_row = False
 
     def handle_starttag(self, tag, attrs):
         if tag == "table":
@@ -75,8 +76,10 @@ class TableParser(HTMLParser):
             self.order.append(f"table:{dict(attrs).get('class', '')}")
         elif tag == "tr" and self.tables:
             self.tables[-1][1].append([])
+            self._text_row = dict(attrs).get("class") == "text"
         elif tag in ("td", "th"):
-            self._cell, self._tag = [], tag
+            # a cell of a row of text columns (the verdict's reference, health, reason) is tagged "td.text"
+            self._cell, self._tag = [], f"{tag}.text" if self._text_row else tag
         elif tag == "h2":
             self._in_h2 = []
 
@@ -104,6 +107,13 @@ def parse_tables(page: str) -> TableParser:
 
 
 def table_dicts(rows: list[list[tuple[str, str]]]) -> list[dict[str, str]]:
-    """A parsed table with one header row as dicts keyed by the header."""
+    """A parsed table with one header row as dicts keyed by the header; a row of text columns under a row
+    (`name: text · name: text`) adds its columns to that row's dict."""
     header = [text for _, text in rows[0]]
-    return [dict(zip(header, (text for _, text in row))) for row in rows[1:]]
+    out: list[dict[str, str]] = []
+    for row in rows[1:]:
+        if len(row) == 1 and row[0][0] == "td.text":
+            out[-1].update(part.split(": ", 1) for part in row[0][1].split(" · "))
+        else:
+            out.append(dict(zip(header, (text for _, text in row))))
+    return out

@@ -7,6 +7,7 @@ import html
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -29,6 +30,8 @@ from xlgm.study.report import (
     read_study_records,
     scatter_title,
 )
+from xlgm.study.report.figures import run_styles, series_styles
+from xlgm.study.report.transfer import verdict_summary
 
 MEASURES = ["margin", "frobenius-distance"]
 
@@ -134,7 +137,6 @@ def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
         "level (target acc)": "between configurations only",
         "τ source acc (fit) [95% CI]": "+0.61 [+0.20, +0.90]",
         "p Holm (source acc (fit))": "0.009",
-        "verdict (beyond fit)": "inconclusive",
         "expected": "+ (higher: better transfer)",
         "reference": "Bassi et al. 2024",
         "runs / checkpoints": "2 / 4",
@@ -142,7 +144,7 @@ def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
         "reason": "beyond fit: CI spans 0",
     }
     assert frobenius["τ target acc [95% CI]"] == "n/a" and frobenius["finding"] == "excluded"
-    assert frobenius["verdict (beyond fit)"] == "excluded" and frobenius["health"] == "constant across units"
+    assert frobenius["τ beyond fit [95% CI]"] == "n/a" and frobenius["health"] == "constant across units"
     assert frobenius["expected"] == "− (higher: worse transfer)"
     # the answers resting on between-configuration differences only are named
     assert "rest on differences between configurations only" in page
@@ -305,6 +307,117 @@ def test_colours_tell_fifteen_languages_apart():
     for n in (4, 15, 25):
         colours = distinct_colours(n)
         assert len(colours) == n and len(set(colours)) == n
+        styles = series_styles(n)
+        assert len({(s.colour, s.marker) for s in styles}) == n
+    # the 11th to 20th colours are light twins of the first ten: they differ from their twin in marker and line style
+    styles = series_styles(15)
+    for i in range(5):
+        assert styles[i].marker != styles[i + 10].marker and styles[i].linestyle != styles[i + 10].linestyle
+
+
+def test_every_text_of_every_figure_is_at_least_8_pt(study_parts, tmp_path, monkeypatch):
+    from matplotlib.text import Text
+
+    from xlgm.study.report import figures, transfer
+
+    drawn = []
+
+    def keep(fig):
+        drawn.append(fig)
+        return real_png(fig)  # drawn: the tick labels exist
+
+    real_png = figures.png_bytes
+    monkeypatch.setattr(figures, "png_bytes", keep)
+    monkeypatch.setattr(transfer, "png_bytes", keep)  # the verdict section's per-language heatmap
+    render(study_parts, write_analysis(tmp_path))
+    assert len(drawn) == 1 + 2 + len(MEASURES) + 1 + 1
+    sizes = [t.get_fontsize() for fig in drawn for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert len(sizes) > 100 and min(sizes) >= 8
+
+
+def fake_study(objectives: list[str], seeds: list[int]) -> SimpleNamespace:
+    """What run_styles reads of a study: its runs (objective, seed) and their configs."""
+    runs = pd.DataFrame([{"run_id": f"{o}-{s}", "objective": o, "seed": s} for o in objectives for s in seeds])
+    return SimpleNamespace(runs=runs, configs={}, axes=["objective", "seed"])
+
+
+def test_run_styles_colour_a_configuration_and_mark_its_seeds():
+    data = fake_study(["adamw", "sam", "fisher", "mvr", "sam2"], [0, 1, 2])
+    run_ids = list(reversed(data.runs["run_id"]))  # the styles follow the runs, not the order they come in
+    styles = run_styles(data, run_ids)
+    assert len({(s.colour, s.marker) for s in styles.values()}) == 15
+    assert len({(s.colour, s.linestyle) for s in styles.values()}) == 15
+    assert len({styles[f"{o}-0"].colour for o in ("adamw", "sam", "fisher", "mvr", "sam2")}) == 5
+    assert {styles[f"sam-{s}"].colour for s in (0, 1, 2)} == {styles["sam-0"].colour}
+    assert [styles[f"mvr-{s}"].linestyle for s in (0, 1, 2)] == ["-", "--", ":"]  # seed 0 solid, in every config
+    # more seeds than line styles, or more configurations than colours: each run its own colour and marker
+    for many in (fake_study(["adamw", "sam"], list(range(6))), fake_study([f"o{i}" for i in range(25)], [0])):
+        styles = run_styles(many, list(many.runs["run_id"]))
+        assert len({(s.colour, s.marker) for s in styles.values()}) == len(many.runs)
+
+
+def test_verdict_summary_text_rows_and_adjustment_families(study_parts, tmp_path):
+    _, tables, _ = study_parts
+    page, markdown = render(study_parts, write_analysis(tmp_path))
+    summary = "2 measures: 0 predict transfer beyond fit, 1 track fit only, 0 inconclusive, 1 excluded"
+    heading = "<h2>Verdict: does it predict transfer beyond the fit?</h2>"
+    assert f'{heading}\n<p class="summary">{summary}</p>' in page and f"**{summary}**" in markdown
+    verdict = page.split('<table class="verdict">', 1)[1].split("</table>", 1)[0]
+    header = verdict.split("</thead>", 1)[0]
+    assert "reason" not in header and "reference" not in header  # the text columns are not squeezed into a column
+    assert "finding" in header and "τ beyond fit [95% CI]" in header
+    assert verdict.count('<tr class="text">') == 2 and verdict.count('colspan="11"') == 2
+    assert '<span class="key">reason:</span> beyond fit: CI spans 0</td>' in verdict
+    expected = '<tr class="text"><td colspan="11"><span class="key">expected:</span> + (higher: better transfer) · '
+    assert expected in verdict  # the expected direction leads the line of text, with its reference
+    # the finding and the levels are words that may wrap; the numbers keep one line
+    assert '<td class="words">tracks fit; does not predict transfer beyond fit</td>' in verdict
+    assert '<td class="words">between configurations only</td>' in verdict
+    assert '<td class="words">+0.58' not in verdict and "<td>+0.58 [+0.14, +0.90]</td>" in verdict
+    # each table of adjusted p-values names its family: the verdict's 3 rows with a p-value (margin's answers)
+    assert html.escape("Holm adjusts over this table's 3 tests (every measure's three answers") in page
+    assert "p within: seeds of one configuration permuted among themselves, Holm-adjusted over the verdict" in page
+    assert "Holm-adjusted over every measure x language of the same kind" in page
+    tests = int(tables["correlations"]["tau_p"].notna().sum())
+    assert f"Holm and BH adjust over all {tests} tests of the correlation table" in page
+    for text in ("Holm adjusts over this table's 3 tests", f"adjust over all {tests} tests"):
+        assert text in markdown
+    # every table scrolls in its own box
+    assert page.count('<div class="scroll"><table') == page.count("<table")
+
+
+def test_verdict_summary_counts_findings_one_per_measure():
+    findings = {
+        "a": "predicts transfer beyond fit (agrees with expected sign)",
+        "b": "predicts transfer beyond fit (disagrees with expected sign)",
+        "c": "tracks fit; does not predict transfer beyond fit",
+        "d": "inconclusive",
+        "e": "excluded",
+    }
+    # three rows a measure, one finding each
+    verdict = pd.DataFrame([{"measure": m, "target": t, "finding": f} for m, f in findings.items() for t in "xyz"])
+    assert verdict_summary(verdict) == (
+        "5 measures: 2 predict transfer beyond fit (1 as expected, 1 against the expected sign), "
+        "1 track fit only, 1 inconclusive, 1 excluded"
+    )
+
+
+def test_measures_taken_once_a_run_are_described_as_such(study_parts, tmp_path):
+    data, tables, records = study_parts
+    items = tuple(dataclasses.replace(i, at="best") if i.name == "margin" else i for i in data.spec.measures.items)
+    spec = dataclasses.replace(data.spec, measures=dataclasses.replace(data.spec.measures, items=items))
+    once = dataclasses.replace(data, spec=spec, notes=list(data.notes))
+    corr = tables["correlations"].copy()
+    corr["note"] = "2 row(s) with NaN/inf dropped; x is constant: correlations undefined (NaN)"
+    analysis = dataclasses.replace(load_analysis_files(write_analysis(tmp_path)), correlations=corr)
+    page, markdown = build_report(once, tables, None, analysis, records)[:2]
+    assert "Taken once a run, at each run&#x27;s best checkpoint: margin." in page
+    shown = table_dicts(dict(parse_tables(page).tables)["correlations"])
+    notes = {m: [r["note"] for r in shown if r["measure"] == m] for m in ("margin", "frobenius-distance")}
+    assert notes["margin"] and notes["frobenius-distance"]
+    for note in notes["margin"]:
+        assert note.startswith("taken once a run (at: best): 2 checkpoint(s) without it left out; x is constant")
+    assert all(n.startswith("2 row(s) with NaN/inf dropped") for n in notes["frobenius-distance"])
 
 
 def test_unreadable_analysis_files_fail_on_one_line(tmp_path):

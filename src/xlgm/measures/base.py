@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import XlgmError, did_you_mean
 from xlgm.core.options import choices_of, default_of, help_of, parse_options, type_hints
 from xlgm.measures import loss as loss_lib
 from xlgm.measures.guard import preserved
@@ -415,13 +415,23 @@ def list_measures(kind: str | None = "model") -> list[str]:
     return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
-def get_measure(name: str) -> MeasureSpec:
+_KIND_TITLES = {
+    "model": "measures of a checkpoint",
+    "group": "measures of a run group",
+    "outputs": "label-free measures",
+}
+
+
+def get_measure(name: str, kind: str | None = None) -> MeasureSpec:
+    """The measure called `name` (case aside). An unknown name is one line with the nearest names and the list of
+    the measures of `kind` (those the caller accepts; all when None)."""
     _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise XlgmError(f"unknown measure {name!r}; known measures: {known}") from None
+    spec = _REGISTRY.get(str(name).strip().lower())
+    if spec is not None:
+        return spec
+    known = list_measures(kind)
+    title = _KIND_TITLES.get(kind or "", "known measures")
+    raise XlgmError(f"unknown measure {name!r}{did_you_mean(name, known)}; {title}: {', '.join(known)}")
 
 
 def option_help(spec: MeasureSpec) -> list[tuple[str, str]]:

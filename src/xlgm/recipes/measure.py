@@ -100,12 +100,12 @@ class MeasureConfig:
 
     def __post_init__(self) -> None:
         v, flag = validation, validation.flag
-        names = v.non_empty_list(flag("measures"), list(self.measures))
+        given = v.non_empty_list(flag("measures"), list(self.measures))
+        names = [get_measure(name, kind="model").name for name in given]  # an unknown name is a one-line error
         object.__setattr__(self, "measures", tuple(names))
         for name in names:
-            spec = get_measure(name)  # an unknown name is a one-line error
             v.require(
-                spec.kind == "model",
+                get_measure(name).kind == "model",
                 f"--measures: {name} is not a measure of one checkpoint (see `xlgm measure --list`)",
             )
         unknown = sorted(set(self.options) - set(names))
@@ -144,9 +144,7 @@ def resolve_measures(spec: str | Sequence[str]) -> list[str]:
         if spec in ("all", ["all"])
         else ([s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
     )
-    for name in names:
-        get_measure(name)  # raises a clear error for an unknown name
-    return names
+    return [get_measure(name, kind="model").name for name in names]  # an unknown name is a one-line error
 
 
 @contextlib.contextmanager

@@ -4,19 +4,22 @@
     OUT/report/report.md       the same content; its figures are OUT/report/figures/*.png
 
 Contents, in order: a warning when the models did not leave chance; the verdict, which asks first whether a measure
-predicts transfer beyond the fit (one row per measure: its finding and Kendall tau with the transfer residual, the
-mean target accuracy and the source accuracy, each with its confidence interval, Holm-adjusted p and the level it
-rests on; the direction the literature expects and the measure's health), read from OUT/analysis/verdict.csv, with
-the line behind the residual (fit.csv), the within/between-configuration tests and each target language's tau for
-accuracy and residual (languages.csv: table and heatmap); the study's facts; accuracies with 95% Wilson intervals
-(heatmap, per-language plot with the chance level, table); the per-run table; a scatter per measure against the mean
-target accuracy (unhealthy measures greyed, with the reason); a measure x language tau heatmap; the detailed
-correlation table with raw and adjusted p-values, the strongest correlations marking what survives correction,
-granulated Psi and CMI K; measure health (OUT/analysis/health.csv); training curves with the loss of a uniform
-prediction; the settings (OUT/analysis/settings.json, else rebuilt from the study's database and spec); and, when
-`xlgm predict` has run, the label-free predictor against its baselines. A file of OUT/analysis/ that the analysis
-did not write leaves a "not computed" note in its place. Every string from the user (spec name, measure options,
-labels) is escaped in both files.
+predicts transfer beyond the fit (a line counting the measures that predict transfer beyond the fit, track the fit
+only, are inconclusive or excluded; then one row per measure: its finding and Kendall tau with the transfer
+residual, the mean target accuracy and the source accuracy, each with its confidence interval, Holm-adjusted p and
+the level it rests on, the direction the literature expects, and under it the reference, the measure's health and
+the reason), read from OUT/analysis/verdict.csv, with the line behind the residual (fit.csv), the tests within and
+between configurations and each target language's tau for accuracy and residual (languages.csv: table and heatmap);
+the study's facts; accuracies with 95% Wilson intervals (heatmap, per-language plot with the chance level, table);
+the per-run table; a scatter per measure against the mean target accuracy (unhealthy measures greyed, with the
+reason); a measure x language tau heatmap; the detailed correlation table with raw and adjusted p-values, the
+strongest correlations marking what survives correction, granulated Psi and CMI K; measure health
+(OUT/analysis/health.csv); training curves with the loss of a uniform prediction; the settings
+(OUT/analysis/settings.json, else rebuilt from the study's database and spec); and, when `xlgm predict` has run, the
+label-free predictor against its baselines. A file of OUT/analysis/ that the analysis did not write leaves a "not
+computed" note in its place. Every string from the user (spec name, measure options, labels) is escaped in both
+files. Every table states which tests its adjusted p-values adjust over, scrolls in its own box when wider than the
+page, and the figures' smallest text is 8 pt at the size the page shows them.
 
 Where each part lives:
 

@@ -18,6 +18,7 @@ from xlgm.analysis.intervals import wilson_interval
 from xlgm.study.analyze import StudyData
 from xlgm.study.report.format import fmt, fmt_coefficient, fmt_pvalue, is_missing, to_number
 from xlgm.study.report.inputs import StudyRecords, task_num_labels
+from xlgm.study.report.tables import hyperparameters
 
 GREY = "#9a9a9a"
 
@@ -63,6 +64,51 @@ def distinct_colours(n: int) -> list:
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+# the smallest text of a figure, in points at its drawn size (the page shows a figure at 100%, one PNG pixel a
+# CSS pixel): cell numbers, legends, tick labels
+SMALL_FONT = 8
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one series is drawn: no two series of a figure share colour and marker, or colour and line style."""
+
+    colour: Any
+    marker: str
+    linestyle: str
+
+
+def series_styles(n: int) -> list[Style]:
+    """n series told apart by colour and marker (or line style). The 11th to 20th colours are light shades of the
+    first ten: they take other markers and line styles than their dark twins."""
+    colours = distinct_colours(n)
+    return [
+        Style(colours[i], MARKERS[(i + 5 * (i // 10)) % len(MARKERS)], LINESTYLES[(i // 10) % len(LINESTYLES)])
+        for i in range(n)
+    ]
+
+
+def run_styles(data: StudyData, run_ids: list[str]) -> dict[str, Style]:
+    """A style per run: its configuration (objective and hyperparameters) picks the colour, its seed the marker and
+    line style, so that the seeds of one configuration read as one family. Where that would repeat a combination
+    (two runs of one configuration and seed, or more seeds than line styles), each run gets its own
+    `series_styles` entry instead."""
+    runs = data.runs.set_index("run_id") if "run_id" in data.runs else pd.DataFrame()
+    configs, seeds = [], []
+    for run_id in run_ids:
+        row = runs.loc[run_id] if run_id in runs.index else pd.Series(dtype=object)
+        configs.append(f"{row.get('objective', '')} {hyperparameters(data, run_id, row)}")
+        seeds.append(str(row.get("seed", "")))
+    config_index = {c: i for i, c in enumerate(sorted(set(configs)))}  # the same colours in every figure
+    seed_index = {s: i for i, s in enumerate(sorted(set(seeds), key=lambda s: (len(s), s)))}  # s0 first
+    pairs = [(config_index[c], seed_index[s]) for c, s in zip(configs, seeds)]
+    if len(set(pairs)) < len(pairs) or len(seed_index) > len(LINESTYLES) or len(config_index) > 20:
+        return dict(zip(run_ids, series_styles(len(run_ids))))
+    colours = distinct_colours(len(config_index))
+    return {
+        run_id: Style(colours[c], MARKERS[s % len(MARKERS)], LINESTYLES[s]) for run_id, (c, s) in zip(run_ids, pairs)
+    }
 
 
 def accuracy_heatmap(data: StudyData, per_run: pd.DataFrame, labels: dict[str, str]) -> Figure:
@@ -82,7 +128,7 @@ def accuracy_heatmap(data: StudyData, per_run: pd.DataFrame, labels: dict[str, s
                     f"{v:.2f}",
                     ha="center",
                     va="center",
-                    fontsize=6,
+                    fontsize=SMALL_FONT,
                     color="white" if v < np.nanmean(values) else "black",
                 )
     fig.colorbar(image, ax=ax, label="accuracy")
@@ -96,9 +142,11 @@ def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str,
     chance = 1.0 / task_num_labels(data)
     fig = new_figure(max(6.0, 0.5 * len(langs) + 3.5), 4.0)
     ax = fig.add_subplot()
-    colours = distinct_colours(len(per_run))
+    styles = run_styles(data, list(per_run["run_id"]))
     width = 0.7 / max(len(per_run), 1)
-    for i, (_, r) in enumerate(per_run.iterrows()):
+    # in the order of their labels: the seeds of a configuration stand side by side
+    ordered = per_run.assign(_label=[labels.get(r, r) for r in per_run["run_id"]]).sort_values("_label", kind="stable")
+    for i, (_, r) in enumerate(ordered.iterrows()):
         x = np.arange(len(langs)) - 0.35 + width * (i + 0.5)
         acc = np.array([to_number(r.get(acc_column(lang))) for lang in langs])
         rows = np.array([records.eval_rows.get(lang, 0) for lang in langs], dtype=float)
@@ -110,18 +158,18 @@ def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str,
             x[ok],
             acc[ok],
             yerr=[acc[ok] - low[ok], high[ok] - acc[ok]],
-            fmt=MARKERS[i % len(MARKERS)],
+            fmt=styles[r["run_id"]].marker,
             markersize=4,
             capsize=2,
             linewidth=1,
-            color=colours[i],
+            color=styles[r["run_id"]].colour,
             label=mpl_text(labels.get(r["run_id"], r["run_id"])),
         )
     ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance (1/{task_num_labels(data)})")
     ax.set_xticks(range(len(langs)), [mpl_text(lang) for lang in langs])
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title("Accuracy per language: each run's checkpoint, with 95% intervals", fontsize=10)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(fontsize=SMALL_FONT, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return Figure("accuracy-intervals", "Accuracy per language with 95% intervals and chance", png_bytes(fig))
 
 
@@ -158,15 +206,15 @@ def measure_scatter(
         yerr = np.vstack([y - low, high - y])
     groups = rows["objective"].astype(str) if "objective" in rows else pd.Series(["runs"] * len(rows))
     names = list(dict.fromkeys(groups))
-    colours = distinct_colours(len(names))
+    styles = series_styles(len(names))
     for i, name in enumerate(names):
         mask = (groups == name).to_numpy()
-        colour = GREY if excluded else colours[i]
+        colour = GREY if excluded else styles[i].colour
         ax.errorbar(
             x[mask],
             y[mask],
             yerr=None if yerr is None else yerr[:, mask],
-            fmt=MARKERS[i % len(MARKERS)],
+            fmt=styles[i].marker,
             markersize=4,
             capsize=2,
             linewidth=0.8,
@@ -184,7 +232,7 @@ def measure_scatter(
     ax.set_title(mpl_text("\n".join(textwrap.wrap(title, 52))), fontsize=9, color=GREY if excluded else "black")
     ax.set_xlabel(mpl_text(measure))
     ax.set_ylabel("mean target accuracy" + (" (95% interval)" if yerr is not None else ""))
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=SMALL_FONT)
     return Figure(f"scatter-{measure}", f"{measure} vs mean target accuracy", png_bytes(fig))
 
 
@@ -222,7 +270,7 @@ def tau_heatmap(data: StudyData, corr: pd.DataFrame, excluded: dict[str, str] | 
     names = [mpl_text(lang) for lang in data.languages] + ["mean"]
     table = corr.pivot(index="measure", columns="target", values="tau").reindex(index=data.measures, columns=targets)
     values = table.to_numpy(dtype=float)
-    fig = new_figure(max(6.0, 0.55 * len(targets) + 3.5), max(2.4, 0.4 * len(data.measures) + 1.4))
+    fig = new_figure(max(6.0, 0.6 * len(targets) + 3.5), max(2.4, 0.4 * len(data.measures) + 1.4))
     ax = fig.add_subplot()
     shown = values.copy()
     for i, measure in enumerate(data.measures):
@@ -241,7 +289,7 @@ def tau_heatmap(data: StudyData, corr: pd.DataFrame, excluded: dict[str, str] | 
             mpl_text("\n".join(textwrap.wrap(text, wrap))),
             ha="center",
             va="center",
-            fontsize=7,
+            fontsize=SMALL_FONT,
             color="#555555",
             clip_on=True,
         )
@@ -257,7 +305,8 @@ def tau_heatmap(data: StudyData, corr: pd.DataFrame, excluded: dict[str, str] | 
             continue
         for j, v in enumerate(values[i]):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=6)
+                colour = "white" if abs(v) > 0.6 else "black"  # dark cells at both ends of the scale
+                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=SMALL_FONT, color=colour)
     fig.colorbar(image, ax=ax, label="Kendall τ")
     ax.set_title("Kendall τ: measure vs accuracy per language (unadjusted)", fontsize=10)
     return Figure("tau-heatmap", "Kendall τ: measure x language", png_bytes(fig))
@@ -282,23 +331,27 @@ def training_curves(data: StudyData, labels: dict[str, str]) -> Figure:
                 points.append((record["step"], record["loss"]))
         if points:
             series.append((run_id, points))
-    colours = distinct_colours(len(series))
-    for i, (run_id, points) in enumerate(series):
+    series.sort(key=lambda s: labels.get(s[0], s[0]))  # a configuration's seeds side by side in the legend
+    styles = run_styles(data, [run_id for run_id, _ in series])
+    for run_id, points in series:
         steps, losses = zip(*points)
+        style = styles[run_id]
         ax.plot(
             steps,
             losses,
-            marker="." if len(points) < 30 else None,
-            linewidth=1,
-            color=colours[i],
+            marker=style.marker if len(points) < 30 else None,
+            markersize=3,
+            linestyle=style.linestyle,
+            linewidth=1.2,
+            color=style.colour,
             label=mpl_text(labels.get(run_id, run_id)),
         )
         if len(series) > 20:  # more runs than a legend can tell apart: label the line ends
             ax.annotate(
                 mpl_text(labels.get(run_id, run_id)),
                 (steps[-1], losses[-1]),
-                fontsize=5,
-                color=colours[i],
+                fontsize=SMALL_FONT,
+                color=style.colour,
                 xytext=(2, 0),
                 textcoords="offset points",
                 va="center",
@@ -319,12 +372,12 @@ def training_curves(data: StudyData, labels: dict[str, str]) -> Figure:
         textcoords="offset points",
         ha="right",
         va="bottom",
-        fontsize=7,
+        fontsize=SMALL_FONT,
     )
     if not series:
         ax.text(0.5, 0.75, "no training log", ha="center", va="center", transform=ax.transAxes)
     if len(series) <= 20:
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.legend(fontsize=SMALL_FONT, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("Training curves")

@@ -41,14 +41,18 @@ from xlgm.study.report.tables import (
     chance_check,
     cmi_detail,
     correlation_detail,
+    describe_once_a_run,
     exclusions,
     granulated_detail,
     health_table,
+    once_a_run,
     run_labels,
     run_table,
     with_correlation_columns,
 )
 from xlgm.study.report.transfer import (
+    VERDICT_TEXT_COLUMNS,
+    VERDICT_WRAP_COLUMNS,
     between_only,
     fit_display_table,
     fit_sentence,
@@ -56,27 +60,43 @@ from xlgm.study.report.transfer import (
     language_heatmap,
     level_display_table,
     verdict_display_table,
+    verdict_family,
+    verdict_summary,
 )
 
 PNG_PREFIX = '<img src="data:image/png;base64,'
 
 
-def _html_table(table: pd.DataFrame, css: str = "") -> str:
-    """A table with one header row (the columns, each named) and no index; every cell escaped."""
+def _html_table(
+    table: pd.DataFrame, css: str = "", text_columns: tuple[str, ...] = (), wrap_columns: tuple[str, ...] = ()
+) -> str:
+    """A table with one header row (the columns, each named) and no index; every cell escaped. `text_columns`
+    leave the header row and go on a line of their own under each row, spanning the table, as `name: text`.
+    The cells of `wrap_columns` (words, not numbers) may wrap where the table's CSS keeps the others on one line.
+    The table scrolls inside its own box when it is wider than the page."""
     if isinstance(table.columns, pd.MultiIndex):
         raise ValueError("_html_table: flatten the columns first")
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>\n"
-        for row in table.itertuples(index=False)
+    text_columns = tuple(c for c in text_columns if c in table.columns)
+    shown = table.drop(columns=list(text_columns))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    opening = ['<td class="words">' if c in wrap_columns else "<td>" for c in shown.columns]
+    rows = []
+    for (_, row), values in zip(table.iterrows(), shown.itertuples(index=False)):
+        rows.append("<tr>" + "".join(f"{td}{html.escape(fmt(v))}</td>" for td, v in zip(opening, values)) + "</tr>\n")
+        texts = [(c, fmt(row[c])) for c in text_columns if fmt(row[c]).strip()]
+        if texts:
+            told = " · ".join(f'<span class="key">{html.escape(c)}:</span> {html.escape(v)}' for c, v in texts)
+            rows.append(f'<tr class="text"><td colspan="{len(shown.columns)}">{told}</td></tr>\n')
+    return (
+        f'<div class="scroll"><table class="{html.escape(css)}"><thead><tr>{head}</tr></thead><tbody>\n'
+        f"{''.join(rows)}</tbody></table></div>"
     )
-    return f'<table class="{html.escape(css)}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>'
 
 
 def _html_facts(facts: list[tuple[str, str]], css: str = "facts") -> str:
     """A key-value table: each row headed by its key, no header row."""
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>\n" for k, v in facts)
-    return f'<table class="{html.escape(css)}"><tbody>\n{body}</tbody></table>'
+    return f'<div class="scroll"><table class="{html.escape(css)}"><tbody>\n{body}</tbody></table></div>'
 
 
 def _html_image(fig: Figure) -> str:
@@ -111,18 +131,25 @@ def _md_image(fig: Figure) -> str:
 
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1500px; padding: 0 1.5em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-h3 { font-size: 1.05em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+h3 { font-size: 1.05em; } p { max-width: 120ch; }
+.scroll { overflow-x: auto; max-width: 100%; margin: 0.5em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 table.facts th { text-align: left; }
+table.verdict td, table.runs td, table.accuracy td { white-space: nowrap; }
+table.verdict td.words { white-space: normal; min-width: 7em; text-align: left; }
+table.verdict tr.text td { white-space: normal; text-align: left; color: #444; border-top: none; padding-bottom: 6px; }
+table.verdict tr:not(.text) td { border-bottom: none; }
+.key { font-weight: 600; color: #222; }
+.summary { font-weight: 600; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px; } .figs figure { margin: 0; }
 figcaption { font-size: 0.8em; color: #555; } .note { color: #a50; font-size: 0.9em; }
 .warning { border: 2px solid #c33; background: #fdecea; padding: 0.6em 1em; margin: 1em 0; font-weight: 600; }
 pre { background: #f7f7f7; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
-img { max-width: 100%; }
+figure { margin: 0.5em 0; max-width: 100%; } img { max-width: 100%; }
 """
 
 
@@ -146,8 +173,22 @@ class Page:
         self.html.append(f'<div class="warning">{html.escape(text)}</div>')
         self.md += [f"> **Warning:** {_md_text(text)}", ""]
 
-    def table(self, table: pd.DataFrame, css: str, details: str | None = None) -> None:
-        block = _html_table(table, css)
+    def summary(self, text: str) -> None:
+        """A line in bold: what a section comes to."""
+        self.html.append(f'<p class="summary">{html.escape(text)}</p>')
+        self.md += [f"**{_md_text(text)}**", ""]
+
+    def table(
+        self,
+        table: pd.DataFrame,
+        css: str,
+        details: str | None = None,
+        text_columns: tuple[str, ...] = (),
+        wrap_columns: tuple[str, ...] = (),
+    ) -> None:
+        """The table in both files; `text_columns` go under each row in HTML (`_html_table`), in the table in
+        markdown."""
+        block = _html_table(table, css, text_columns, wrap_columns)
         if details:
             block = f"<details><summary>{html.escape(details)}</summary>{block}</details>"
         self.html.append(block)
@@ -223,6 +264,7 @@ def gather_inputs(
     data: StudyData, tables: dict[str, pd.DataFrame], analysis: AnalysisFiles, records: StudyRecords
 ) -> ReportInputs:
     corr = analysis.correlations if analysis.correlations is not None else tables["correlations"]
+    corr = describe_once_a_run(corr, once_a_run(data))
     return ReportInputs(
         data,
         tables,
@@ -282,14 +324,12 @@ def study_facts(inputs: ReportInputs) -> list[tuple[str, str]]:
 
 
 def write_title(page: Page, inputs: ReportInputs) -> None:
-    """The title, a warning when the models did not leave chance, and the study's notes."""
+    """The title, and a warning when the models did not leave chance."""
     data = inputs.data
     page.heading(f"Study {data.spec.name}", 1)
     check = chance_check(data, inputs.rows, inputs.records)
     if check is not None and check.warn:
         page.warning(check.message(data.spec.source_language))
-    for note in data.notes:
-        page.paragraph(note, "note")
 
 
 VERDICT_INTRO = (
@@ -300,15 +340,17 @@ VERDICT_INTRO = (
     "part of mean target accuracy that source accuracy does not predict), with the mean target accuracy, and "
     "with the source accuracy (the fit); each with its 95% run-level bootstrap interval and its p-value from "
     "permuting whole runs (a measure taken once a run: a plain permutation of its run values), Holm-adjusted "
-    "over the verdict's rows. An answer is decided when the adjusted p ≤ 0.05 and the interval excludes 0. "
+    "(see below). An answer is decided when the adjusted p ≤ 0.05 and the interval excludes 0. "
     "Finding: 'predicts transfer beyond fit' when the residual answer is decided; 'tracks fit; does not predict "
     "transfer beyond fit' when only the fit is; excluded when the measure is unhealthy. Level: 'within "
-    "configurations' when seeds of the same hyperparameters, permuted only among themselves, show it too "
-    "(Holm over the verdict's rows); 'between configurations only' when they do not."
+    "configurations' when seeds of the same hyperparameters, permuted only among themselves, show it too; "
+    "'between configurations only' when they do not."
 )
 
 
 def write_verdict(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
+    """A line that counts the findings, the verdict table, what it shows and which tests its p-values adjust over,
+    then the residual's line, the levels and the answers per target language."""
     verdict = inputs.analysis.verdict
     page.heading("Verdict: does it predict transfer beyond the fit?")
     if verdict is None or verdict.empty:
@@ -318,8 +360,18 @@ def write_verdict(page: Page, inputs: ReportInputs, figures: ReportFigures) -> N
             "note",
         )
         return
-    page.paragraph(VERDICT_INTRO)
-    page.table(verdict_display_table(verdict), "verdict")
+    page.summary(verdict_summary(verdict))
+    page.table(
+        verdict_display_table(verdict), "verdict", text_columns=VERDICT_TEXT_COLUMNS, wrap_columns=VERDICT_WRAP_COLUMNS
+    )
+    page.paragraph(VERDICT_INTRO + " " + verdict_family(verdict))
+    once = [m for m in once_a_run(inputs.data) if m in set(verdict["measure"].astype(str))]
+    if once:
+        page.paragraph(
+            f"Taken once a run, at each run's best checkpoint: {', '.join(once)}. Their τ rests on one checkpoint "
+            "per run; the others' on every measured checkpoint.",
+            "note",
+        )
     absent = [m for m in inputs.data.measures if m not in set(verdict["measure"].astype(str))]
     if absent:
         page.paragraph(f"Not in the verdict: {', '.join(absent)}.", "note")
@@ -337,6 +389,11 @@ def write_verdict(page: Page, inputs: ReportInputs, figures: ReportFigures) -> N
     if fit is not None and not fit.empty:
         page.table(fit_display_table(fit), "fit", details="the line per target")
     page.heading("Levels: within and between configurations", 3)
+    page.paragraph(
+        "p within: seeds of one configuration permuted among themselves, Holm-adjusted over the verdict's rows (a "
+        "family of its own); p between: the configurations' means, unadjusted, one test per row (with C "
+        "configurations it cannot go below 2/C!)."
+    )
     page.table(level_display_table(verdict), "levels")
     languages = inputs.tables.get("languages")
     if languages is not None and not languages.empty and figures.languages is not None:
@@ -394,6 +451,13 @@ def write_correlations(page: Page, inputs: ReportInputs) -> None:
             "p-values below are raw, one per test, uncorrected for the number of tests.",
             "note",
         )
+    else:
+        tests = int(pd.to_numeric(corr["tau_p"], errors="coerce").notna().sum())
+        page.paragraph(
+            f"Holm and BH adjust over all {tests} tests of the correlation table (every measure against each "
+            "language's accuracy and gap and the two means, OUT/analysis/correlations.csv), not only the rows "
+            "shown: a larger family than the verdict's, so larger adjusted p-values for the same test."
+        )
     page.table(correlation_detail(corr), "correlations")
 
     page.heading("Strongest correlations")
@@ -401,7 +465,8 @@ def write_correlations(page: Page, inputs: ReportInputs) -> None:
     page.paragraph(
         f"The {len(top)} largest |τ| of {len(corr)} tests (measure x target). "
         + (
-            "✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false discovery rate)."
+            "✓ marks a test whose adjusted p-value stays below 0.05 (Holm: family-wise; BH: false discovery rate; "
+            "both over every test of the correlation table, as above)."
             if adjusted
             else "Uncorrected: with this many tests, some of the largest |τ| are expected by chance."
         )
@@ -410,7 +475,7 @@ def write_correlations(page: Page, inputs: ReportInputs) -> None:
 
     page.heading("Granulated Kendall Ψ and CMI K")
     page.paragraph(RECONCILE)
-    psi = granulated_detail(tables.get("granulated"))
+    psi = granulated_detail(describe_once_a_run(tables.get("granulated"), once_a_run(inputs.data)))
     if psi.empty:
         page.paragraph("Granulated Ψ not computed (no hyperparameter axis varies).", "note")
     else:
@@ -498,6 +563,8 @@ def build_report(
     write_verdict(page, inputs, figures)
     page.heading("About this study")
     page.facts(study_facts(inputs))
+    for note in data.notes:
+        page.paragraph(note, "note")
     write_accuracy_and_runs(page, inputs, figures)
     write_measure_figures(page, inputs, figures)
     write_correlations(page, inputs)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from xlgm.analysis.intervals import wilson_interval
-from xlgm.study.report.figures import MARKERS, Figure, distinct_colours, mpl_text, new_figure, png_bytes
+from xlgm.study.report.figures import SMALL_FONT, Figure, mpl_text, new_figure, png_bytes, series_styles
 from xlgm.study.report.format import fmt, interval_text
 
 
@@ -60,7 +60,7 @@ def prediction_section(folder: Path, eval_rows: dict[str, int] | None = None) ->
     fig = new_figure(5.8, 4.6)
     ax = fig.add_subplot()
     languages = list(dict.fromkeys(cv["language"]))
-    colours = distinct_colours(len(languages))
+    styles = series_styles(len(languages))
     for i, lang in enumerate(languages):
         rows = cv[cv["language"] == lang]
         acc = rows["accuracy"].to_numpy(dtype=float)
@@ -70,19 +70,30 @@ def prediction_section(folder: Path, eval_rows: dict[str, int] | None = None) ->
             low, high = wilson_interval(acc * n, n)
             xerr = [acc - low, high - acc]
         if xerr is not None:  # light: with a point per checkpoint, dark bars would hide the points
-            ax.errorbar(acc, rows["predicted"], xerr=xerr, fmt="none", elinewidth=0.5, alpha=0.15, color=colours[i])
+            ax.errorbar(
+                acc, rows["predicted"], xerr=xerr, fmt="none", elinewidth=0.5, alpha=0.15, color=styles[i].colour
+            )
         ax.scatter(
             acc,
             rows["predicted"],
             s=18,
-            marker=MARKERS[i % len(MARKERS)],
+            marker=styles[i].marker,
             alpha=0.85,
-            color=colours[i],
+            color=styles[i].colour,
             label=mpl_text(lang),
         )
     lo = float(min(cv["accuracy"].min(), cv["predicted"].min())) - 0.02
     hi = float(max(cv["accuracy"].max(), cv["predicted"].max())) + 0.02
-    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="y = x (exact prediction)")
+    ax.annotate(
+        "y = x",
+        (hi, hi),
+        xytext=(-6, 2),
+        textcoords="offset points",
+        ha="right",
+        va="bottom",
+        fontsize=SMALL_FONT,
+    )
     mae = summary.get("schemes", {}).get("leave-one-language-out", {}).get("mae", {})
     ax.set_title(
         f"Leave-one-language-out: MAE {fmt(mae.get('predicted'))} (same as source {fmt(mae.get('same_as_source'))})",
@@ -90,7 +101,7 @@ def prediction_section(folder: Path, eval_rows: dict[str, int] | None = None) ->
     )
     ax.set_xlabel("actual accuracy (95% interval)")
     ax.set_ylabel("predicted from unlabelled text")
-    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(fontsize=SMALL_FONT, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return PredictionSection(summary, errors, Figure("prediction", "Predicted vs actual accuracy", png_bytes(fig)))
 
 

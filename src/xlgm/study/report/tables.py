@@ -3,6 +3,7 @@ details, granulated Psi and CMI K, one row per run, accuracies per run and langu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,30 @@ from xlgm.study.report.format import (
     truthy,
 )
 from xlgm.study.report.inputs import AnalysisFiles, StudyRecords, target_eval_rows, task_num_labels
+
+# the note of xlgm.analysis.correlation and .granulated for rows without a finite value
+DROPPED_NOTE = re.compile(r"(\d+) row\(s\) with NaN/inf dropped")
+
+
+def once_a_run(data: StudyData) -> dict[str, str]:
+    """measure -> the checkpoints it is taken at (`best`), for the measures not taken at every checkpoint."""
+    return {item.name: item.at for item in data.spec.measures.items if item.at != "all"}
+
+
+def describe_once_a_run(table: pd.DataFrame, once: dict[str, str]) -> pd.DataFrame:
+    """The table with the note of a measure taken once a run saying so: its other checkpoints have no value by
+    design, which the correlation's note counts as rows dropped for NaN/inf."""
+    if table is None or table.empty or "note" not in table.columns or not once:
+        return table
+    out = table.copy()
+    for i, r in out.iterrows():
+        at = once.get(str(r["measure"]))
+        note = r["note"]
+        if at is None or not isinstance(note, str):
+            continue
+        told = rf"taken once a run (at: {at}): \1 checkpoint(s) without it left out"
+        out.at[i, "note"] = DROPPED_NOTE.sub(told, note)
+    return out
 
 
 def exclusions(analysis: AnalysisFiles) -> dict[str, str]:

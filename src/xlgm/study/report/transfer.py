@@ -9,12 +9,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xlgm.analysis.verdict import BETWEEN_ONLY, BEYOND_FIT, QUESTIONS, SOURCE_ACCURACY, TARGET_ACCURACY
-from xlgm.study.report.figures import Figure, mpl_text, new_figure, png_bytes
+from xlgm.analysis.verdict import (
+    BETWEEN_ONLY,
+    BEYOND_FIT,
+    EXCLUDED,
+    INCONCLUSIVE,
+    QUESTIONS,
+    SOURCE_ACCURACY,
+    TARGET_ACCURACY,
+    TRACKS_FIT,
+)
+from xlgm.study.report.figures import SMALL_FONT, Figure, mpl_text, new_figure, png_bytes
 from xlgm.study.report.format import fmt, fmt_coefficient, fmt_count, fmt_pvalue, fmt_signed, is_missing, to_number
 
 ANSWER_NAMES = {BEYOND_FIT: "beyond fit", TARGET_ACCURACY: "target acc", SOURCE_ACCURACY: "source acc (fit)"}
 ALPHA = 0.05
+# the verdict table's columns of free text: the page shows them on a line of their own under each measure's numbers,
+# so that the numbers keep one line and the text the page's width
+VERDICT_TEXT_COLUMNS = ("expected", "reference", "runs / checkpoints", "health", "reason")
+# its columns of words, not numbers, that may wrap so that the table fits a 1280 px page
+VERDICT_WRAP_COLUMNS = ("finding", *(f"level ({ANSWER_NAMES[t]})" for t in (BEYOND_FIT, TARGET_ACCURACY)))
 
 
 def _expected_text(sign: Any) -> str:
@@ -37,6 +51,36 @@ def _joined(by_target: dict[str, Any], column: str) -> str:
     return "; ".join(f"{ANSWER_NAMES.get(t, t)}: {v}" for t, v in texts.items())
 
 
+def verdict_summary(verdict: pd.DataFrame) -> str:
+    """One line: how many measures predict transfer beyond the fit, track the fit only, are inconclusive or
+    excluded (verdict.csv's finding, one per measure)."""
+    findings = verdict.groupby("measure", sort=False)["finding"].first().astype(str)
+    beyond = findings[findings.str.startswith("predicts transfer beyond fit")]
+    signs = ""
+    if len(beyond):  # which way: a measure may predict transfer against the literature's direction
+        agree = int(beyond.str.contains("(agrees with", regex=False).sum())
+        disagree = int(beyond.str.contains("(disagrees with", regex=False).sum())
+        signs = f" ({agree} as expected, {disagree} against the expected sign)"
+    counts = findings.value_counts()
+    n = len(findings)
+    return (
+        f"{n} measure{'s' if n != 1 else ''}: {len(beyond)} predict transfer beyond fit{signs}, "
+        f"{int(counts.get(TRACKS_FIT, 0))} track fit only, {int(counts.get(INCONCLUSIVE, 0))} inconclusive, "
+        f"{int(counts.get(EXCLUDED, 0))} excluded"
+    )
+
+
+def verdict_family(verdict: pd.DataFrame) -> str:
+    """Which tests the verdict's adjusted p-values adjust over, and how that family differs from the correlation
+    tables' (the same test, a larger adjusted p there)."""
+    tests = int(pd.to_numeric(verdict["p_holm"], errors="coerce").notna().sum()) if "p_holm" in verdict else 0
+    return (
+        f"Holm adjusts over this table's {tests} tests (every measure's three answers, excluded measures included); "
+        "the within-configuration p-values are Holm-adjusted over the same rows, as a family of their own. The "
+        "correlation tables below adjust over all their tests, so the same test has a larger adjusted p-value there."
+    )
+
+
 def verdict_display_table(verdict: pd.DataFrame) -> pd.DataFrame:
     """One row per measure (verdict.csv's order): its finding, then tau with its run-level CI, Holm p and level
     for each of the three questions, beyond the fit first; expected direction, runs, health and reasons."""
@@ -53,7 +97,6 @@ def verdict_display_table(verdict: pd.DataFrame) -> pd.DataFrame:
             row[f"p Holm ({name})"] = fmt_pvalue(_get(r, "p_holm"))
             if target != SOURCE_ACCURACY:
                 row[f"level ({name})"] = fmt(_get(r, "level"))
-        row["verdict (beyond fit)"] = fmt(_get(by.get(BEYOND_FIT), "verdict"))
         row["expected"] = _expected_text(first.get("expected_sign"))
         row["reference"] = fmt(first.get("reference"))
         row["runs / checkpoints"] = f"{fmt_count(first.get('n_runs'))} / {fmt_count(first.get('n_checkpoints'))}"
@@ -140,11 +183,14 @@ def language_display_table(languages: pd.DataFrame) -> pd.DataFrame:
 
 
 def language_heatmap(languages: pd.DataFrame, measures: list[str], excluded: dict[str, str]) -> Figure:
-    """Two panels, measure x target language: Kendall tau with the language's accuracy and with its residual;
-    * marks a Holm-adjusted p <= 0.05 (family: every measure x language of that panel); excluded measures blank."""
+    """Two panels, one above the other, measure x target language: Kendall tau with the language's accuracy and
+    with its residual; * marks a Holm-adjusted p <= 0.05 (family: every measure x language of that panel); excluded
+    measures blank. Stacked rather than side by side so that the figure fits the page at full size (its text
+    stays SMALL_FONT at the size shown)."""
     langs = list(dict.fromkeys(languages["language"].astype(str)))
-    fig = new_figure(max(8.0, 0.75 * len(langs) + 4.0), max(2.6, 0.38 * len(measures) + 1.6))
-    axes = fig.subplots(1, 2, sharey=True)
+    panel_height = max(1.6, 0.26 * len(measures) + 0.9)
+    fig = new_figure(max(6.0, 0.55 * len(langs) + 3.5), 2 * panel_height)
+    axes = fig.subplots(2, 1, sharex=True)
     image = None
     for ax, kind, title in zip(axes, ("accuracy", "residual"), ("accuracy", "transfer residual")):
         table = languages.pivot(index="measure", columns="language", values=f"tau_{kind}")
@@ -155,13 +201,15 @@ def language_heatmap(languages: pd.DataFrame, measures: list[str], excluded: dic
             if measure in excluded:
                 values[i, :] = np.nan
         image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(langs)), [mpl_text(lang) for lang in langs], fontsize=8)
-        ax.set_yticks(range(len(measures)), [mpl_text(m) for m in measures], fontsize=8)
+        ax.set_xticks(range(len(langs)), [mpl_text(lang) for lang in langs], fontsize=SMALL_FONT)
+        ax.set_yticks(range(len(measures)), [mpl_text(m) for m in measures], fontsize=SMALL_FONT)
         for i in range(len(measures)):
             for j in range(len(langs)):
-                if np.isfinite(values[i, j]):
+                v = values[i, j]
+                if np.isfinite(v):
                     star = "*" if not is_missing(adjusted[i, j]) and adjusted[i, j] <= ALPHA else ""
-                    ax.text(j, i, f"{values[i, j]:+.2f}{star}", ha="center", va="center", fontsize=5.5)
+                    colour = "white" if abs(v) > 0.6 else "black"  # dark cells at both ends of the scale
+                    ax.text(j, i, f"{v:+.2f}{star}", ha="center", va="center", fontsize=SMALL_FONT, color=colour)
         ax.set_title(f"τ with each language's {title}", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="Kendall τ")
