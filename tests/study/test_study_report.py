@@ -366,9 +366,9 @@ def test_verdict_summary_text_rows_and_adjustment_families(study_parts, tmp_path
     header = verdict.split("</thead>", 1)[0]
     assert "reason" not in header and "reference" not in header  # the text columns are not squeezed into a column
     assert "finding" in header and "τ beyond fit [95% CI]" in header
-    assert verdict.count('<tr class="text">') == 2 and verdict.count('colspan="11"') == 2
+    assert verdict.count('<tr class="text">') == 2 and verdict.count('colspan="10"') == 2
     assert '<span class="key">reason:</span> beyond fit: CI spans 0</td>' in verdict
-    expected = '<tr class="text"><td colspan="11"><span class="key">expected:</span> + (higher: better transfer) · '
+    expected = '<tr class="text"><td colspan="10"><span class="key">expected:</span> + (higher: better transfer) · '
     assert expected in verdict  # the expected direction leads the line of text, with its reference
     # the finding and the levels are words that may wrap; the numbers keep one line
     assert '<td class="words">tracks fit; does not predict transfer beyond fit</td>' in verdict
