@@ -85,7 +85,6 @@ def _train_parser(sub) -> None:
         TrainConfig,
         exclude=NOT_TRAIN_FLAGS,
         types_={"task": _task, "train_split": _split, "select_split": _split},
-        defaults={"freeze": None},  # the model's default (default_freeze)
     )
     _add_data_arguments(p)
     p.add_argument(
@@ -256,15 +255,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from xlgm.core.options import config_kwargs
     from xlgm.objectives import objective_options
-    from xlgm.recipes.train import TrainConfig, default_freeze, lost_cpu_processes, relaunch_in_processes, train
+    from xlgm.recipes.train import TrainConfig, train
 
     processes = lost_cpu_processes()
     if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
         raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
     name, options = objective_options(args)
-    freeze = args.freeze or default_freeze(args.model)
     config = TrainConfig(
-        **{**config_kwargs(args, TrainConfig, exclude=NOT_TRAIN_FLAGS), "freeze": freeze},
+        **config_kwargs(args, TrainConfig, exclude=NOT_TRAIN_FLAGS),
         data="hf" if args.hub else ("local" if args.data_dir else "bundled"),
         data_dir=args.data_dir,
         objective=name,

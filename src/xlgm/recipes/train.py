@@ -43,7 +43,7 @@ from xlgm.core import validation
 from xlgm.core.devices import Precision, resolve_device, resolve_precision
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, option
-from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
+from xlgm.data.batching import MAX_LENGTH, BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import SPLIT_HELP, check_split, group_holdout
 from xlgm.data.tasks import Example, Task, get_task, write_run_task
@@ -66,8 +66,8 @@ from xlgm.runs import (
     write_json,
 )
 
-Freeze = Literal["none", "word", "embeddings"]
-FREEZE_CHOICES: tuple[str, ...] = typing.get_args(Freeze)
+# What a run freezes; `auto` is the model's default (`default_freeze`), resolved when the config is made.
+Freeze = Literal["auto", "none", "word", "embeddings"]
 # Held-out rows for checkpoint selection are drawn with a fixed seed, not the run's, so every run of a
 # study selects on the same rows.
 HOLDOUT_SEED = 1234
@@ -96,7 +96,7 @@ class TrainConfig:
         default=0.1, metadata=option(help="the held-out part when --select-split is the train split")
     )
     max_train_examples: int | None = field(default=None, metadata=option(help="train on at most N rows (all)"))
-    max_length: int = field(default=128, metadata=option(help="tokens a row is truncated to"))
+    max_length: int = field(default=MAX_LENGTH, metadata=option(help="tokens a row is truncated to"))
     epochs: float = field(default=1.0, metadata=option(help="passes over the training rows (may be fractional)"))
     batch_size: int = field(default=32, metadata=option(help="micro-batch size per device"))
     grad_accum: int = field(default=1, metadata=option(help="micro-batches an optimizer step accumulates"))
@@ -113,10 +113,8 @@ class TrainConfig:
         ),
     )
     freeze: Freeze = field(
-        default="none",
-        metadata=option(
-            help="freeze word embeddings or all embeddings (default: word for the embedded model, else none)"
-        ),
+        default="auto",
+        metadata=option(help="freeze word embeddings or all embeddings (auto: word for the embedded model, else none)"),
     )
     save_every: int = field(default=0, metadata=option(help="checkpoint every N steps (0: the last only)"))
     # Early stopping (the learning-rate schedule still spans `epochs`).
@@ -131,6 +129,8 @@ class TrainConfig:
     objective_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.freeze == "auto":  # the config holds what the run freezes: its run id hashes that
+            object.__setattr__(self, "freeze", default_freeze(self.model))
         check_fields(self)
         validation.one_of("--data", self.data, ("bundled", "local", "hf"))
         check_split(self.train_split)
@@ -163,8 +163,8 @@ class TrainConfig:
         return DataSource(self.data, self.data_dir)
 
 
-def default_freeze(model: str) -> str:
-    """`word` for the embedded model: AdamW over its 96M word-embedding parameters would dominate a CPU step and
+def default_freeze(model: str) -> Freeze:
+    """What `--freeze auto` freezes: `word` for the embedded model: AdamW over its 96M word-embedding parameters would dominate a CPU step and
     they are most of its size; `none` for every other model."""
     return "word" if model == EMBEDDED else "none"
 
