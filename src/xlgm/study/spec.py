@@ -164,6 +164,7 @@ class StudySpec:
     ) -> TrainConfig:
         """The TrainConfig of one grid point: the spec's settings, its `train:` section, the point's training axes
         (`overrides`) and objective options, and `seed` (None: TrainConfig's default)."""
+        seeded: dict[str, Any] = {} if seed is None else {"seed": seed}
         return TrainConfig(
             model=self.model,
             task=self.task,
@@ -173,7 +174,7 @@ class StudySpec:
             save_every=self.checkpoints.save_every,
             objective=objective,
             objective_options=objective_options,
-            **({} if seed is None else {"seed": seed}),
+            **seeded,
             **{**self.train_options, **overrides},
         )
 
