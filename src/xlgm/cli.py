@@ -330,22 +330,29 @@ def relaunch_in_processes(processes: int, argv: list[str]) -> int:
     return subprocess.call(command)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def train_config(args: argparse.Namespace):
+    """The TrainConfig of `xlgm train`'s flags."""
     from xlgm.core.options import config_kwargs
     from xlgm.objectives import objective_options
-    from xlgm.recipes.train import TrainConfig, train
+    from xlgm.recipes.train import TrainConfig
 
-    processes = lost_cpu_processes()
-    if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
-        raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
     name, options = objective_options(args)
-    config = TrainConfig(
+    return TrainConfig(
         **config_kwargs(args, TrainConfig, exclude=NOT_TRAIN_FLAGS),
         data="hf" if args.hub else ("local" if args.data_dir else "bundled"),
         data_dir=args.data_dir,
         objective=name,
         objective_options=options,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from xlgm.recipes.train import train
+
+    processes = lost_cpu_processes()
+    if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
+        raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
+    config = train_config(args)
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
     out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")

@@ -57,8 +57,8 @@ from xlgm.core.files import write_json
 from xlgm.measures.base import get_measure
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
-from xlgm.study.runner import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
 from xlgm.study.spec import StudySpec, load_spec
+from xlgm.study.units import DB_NAME, SPEC_NAME, default_out, eval_data_label, planned_units, train_unit_id
 
 AXIS_PRIORITY = ("objective", "seed", "lr")
 
