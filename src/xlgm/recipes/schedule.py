@@ -56,5 +56,5 @@ def step_schedule(
 
 
 def config_schedule(config, num_rows: int, processes: int = 1) -> StepSchedule:
-    """The schedule of a `TrainConfig` (read by field: this module sits below the recipe that defines it)."""
+    """The schedule of a `TrainConfig`, read field by field (recipes.train imports this module, not the reverse)."""
     return step_schedule(num_rows, config.batch_size, config.grad_accum, config.epochs, config.save_every, processes)

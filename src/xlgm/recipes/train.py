@@ -11,6 +11,12 @@ epoch's shuffled order, process r the r-th run of `grad_accum` of them, and the 
 micro-batch (dropout, the objective's sampling) are seeded from (seed, its global index). So N processes
 train exactly as one process with N times the accumulation, and a run resumed from a checkpoint
 continues as if it had never stopped.
+
+`train` reads top to bottom: claim the run folder (`prepare_run_dir`), load the rows, build the model and the
+objective, take the step schedule (recipes/schedule.py), find a resume's starting point, write the run's files,
+build the optimizer, run the loop (`run_steps`: `TrainingLoop.optimizer_step`, `CheckpointSaver.save`) and
+`finish_run`. The accelerate side (device, trackers, collectives) is recipes/accelerator.py; the training state
+a checkpoint keeps for resuming is written by xlgm.runs.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
 
 
 def load_run_model(config, run_dir: Path, checkpoint: Path, task_def, device):
-    """A run's checkpoint as the model its units see: with the run's frozen parameters frozen, on `device`."""
+    """A run's checkpoint as its evaluations and measures see it: the run's frozen parameters frozen, on `device`."""
     target = ResolvedTarget(config.model, run_dir, checkpoint)
     model, tokenizer = load_target(target, task_def.num_labels, task_def.label_names)
     freeze_parameters(model, config.freeze)  # the measures perturb what the run trained
