@@ -71,3 +71,12 @@ class TextOutputs:
             emb = z["embeddings"].astype(np.float32) if "embeddings" in z else None
             labels = z["labels"] if "labels" in z else None
             return cls(str(z["language"]), z["logits"], emb, labels)
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """One sentence of a token task: its words, as the data splits them, and each word's tag id (-1 where
+    unknown)."""
+
+    words: tuple[str, ...]
+    tags: tuple[int, ...]
