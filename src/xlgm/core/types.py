@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# What a task's model outputs: one label per sentence pair, or one tag per word (a task file's `output`).
+CLASSIFICATION = "classification"
+TOKENS = "tokens"
+
 # A batch: `input_ids`, `attention_mask`, optionally `token_type_ids`, `labels` (long) and `idx` (long, the
 # row's index in its data set), each with the batch on dimension 0.
 Batch = dict[str, torch.Tensor]

@@ -41,16 +41,17 @@ from typing import Any
 
 from xlgm.core.errors import XlgmError, did_you_mean
 from xlgm.core.files import write_text
+from xlgm.core.types import CLASSIFICATION, TOKENS
 from xlgm.core.types import Example as Example  # re-exported: the type of a loaded row
 
 TASK_FILES_DIR = Path(__file__).parent / "task_files"
 # A run of a task that is not built in keeps its task file here, so later stages know the task by itself.
 RUN_TASK_FILE = "task.yaml"
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
-CLASSIFICATION = "classification"
-TOKENS = "tokens"
+TOKEN_ACCURACY = "token_accuracy"
+ENTITY_F1 = "entity_f1"
 # Each output type and its metrics, the default first.
-METRICS = {CLASSIFICATION: ("accuracy",), TOKENS: ("token_accuracy", "entity_f1")}
+METRICS = {CLASSIFICATION: ("accuracy",), TOKENS: (TOKEN_ACCURACY, ENTITY_F1)}
 OUTPUT_TYPES = tuple(METRICS)
 EVALUATION_SPLITS = ("test", "dev")
 # The Hub columns of a token task, when its task file does not name them: words, tags.
@@ -185,7 +186,7 @@ class _TaskFile:
         source = self.string("source_language", raw.get("source_language", "en"), languages)
         evaluation_split = self.string("evaluation_split", raw.get("evaluation_split", "test"), EVALUATION_SPLITS)
         labels = self.strings("labels", self.required("labels"), minimum=2)
-        if metric == "entity_f1":
+        if metric == ENTITY_F1:
             self.check_iob2(labels)
         tsv = self.mapping("tsv", raw.get("tsv", {}), ("labels",))
         tsv_labels = self.strings("tsv.labels", tsv.get("labels", list(labels)), length=len(labels))
@@ -214,9 +215,10 @@ class _TaskFile:
             hf_text_fields=(hub_columns[0], hub_columns[1]),
             group_fields=groups,
             source_language=source,
-            hf_configs=tuple(
+            hf_configs=tuple(  # in the task's language order, whatever the file's: equal files, equal tasks
                 (lang, "" if configs[lang] is None else self.string(f"hub.configs.{lang}", configs[lang]))
-                for lang in configs
+                for lang in languages
+                if lang in configs
             ),
             output=output,
             metric=metric,
@@ -238,8 +240,11 @@ class _TaskFile:
             prefix, _, kind = label.partition("-")
             if label != "O" and (prefix not in ("B", "I") or not kind):
                 raise self.fail(f"labels[{i}]", f"entity_f1 needs IOB2 tags (O, B-TYPE, I-TYPE), got {label!r}")
-            if prefix in ("B", "I") and f"{'I' if prefix == 'B' else 'B'}-{kind}" not in labels:
-                raise self.fail(f"labels[{i}]", f"{label!r} has no {'I' if prefix == 'B' else 'B'}-{kind} beside it")
+        for i, label in enumerate(labels):
+            prefix, _, kind = label.partition("-")
+            partner = f"{'I' if prefix == 'B' else 'B'}-{kind}"
+            if label != "O" and partner not in labels:
+                raise self.fail(f"labels[{i}]", f"{label!r} has no {partner} beside it")
         if "O" not in labels:
             raise self.fail("labels", "entity_f1 needs the IOB2 tag O (outside every entity)")
 
