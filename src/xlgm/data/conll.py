@@ -42,7 +42,9 @@ def read_conll(path: str | Path, task: Task, *, labelled: bool = True) -> list[T
         if len(fields) == 2:
             tag_text = fields[1].strip()
             if tag_text not in ids:
-                raise DataFormatError(path, line_no, f"a {task.name} tag ({' / '.join(task.tsv_labels)})", repr(tag_text))
+                raise DataFormatError(
+                    path, line_no, f"a {task.name} tag ({' / '.join(task.tsv_labels)})", repr(tag_text)
+                )
             tag = ids[tag_text]
         words.append(fields[0])
         tags.append(tag)

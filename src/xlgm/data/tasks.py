@@ -190,15 +190,15 @@ class _TaskFile:
             self.check_iob2(labels)
         tsv = self.mapping("tsv", raw.get("tsv", {}), ("labels",))
         tsv_labels = self.strings("tsv.labels", tsv.get("labels", list(labels)), length=len(labels))
-        hub_keys = ("dataset", "token_columns", "configs") if output == TOKENS else ("dataset", "text_columns", "configs")
+        hub_keys = ("dataset", "token_columns" if output == TOKENS else "text_columns", "configs")
         hub = self.mapping("hub", raw.get("hub", {}), hub_keys)
         dataset = self.string("hub.dataset", hub["dataset"]) if "dataset" in hub else ""
         configs = self.mapping("hub.configs", hub.get("configs", {}), languages)
         if output == TOKENS:
             for key in ("text_columns", "group_columns"):
                 if key in raw:
-                    raise self.fail(key, "a token task (output: tokens) has no text columns; its files are word<TAB>tag")
-            columns = DEFAULT_TOKEN_COLUMNS
+                    raise self.fail(key, "a token task (output: tokens) has no text columns (its files: word<TAB>tag)")
+            columns: tuple[str, ...] = DEFAULT_TOKEN_COLUMNS
             hub_columns = self.strings("hub.token_columns", hub.get("token_columns", list(columns)), length=2)
             groups: tuple[int, ...] = ()
         else:

@@ -14,7 +14,6 @@ from pathlib import Path
 from xlgm.core.errors import DataFormatError
 from xlgm.data.tasks import Example, Task
 
-
 GZIP_SUFFIX = ".gz"
 
 
