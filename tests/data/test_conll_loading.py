@@ -147,3 +147,15 @@ def test_shared_data_reads_cleanly_and_the_bundle_samples_it(shared_data, task):
         assert all(any(s == t for t in remaining) for s in bundled)  # a subsequence: sampled in file order
     for path in sorted((shared_data / task.name).glob("*.tsv")):
         assert read_conll(path, task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", [UDPOS, PANX])
+def test_bundled_token_files_rebuild_byte_for_byte(shared_data, tmp_path, task):
+    from xlgm.data.bundled import build_token_subset
+
+    build_token_subset(task, shared_data, tmp_path)
+    shipped = sorted((bundled_dir() / task.name).iterdir())
+    assert [p.name for p in shipped] == sorted(p.name for p in (tmp_path / task.name).iterdir())
+    for path in shipped:
+        assert (tmp_path / task.name / path.name).read_bytes() == path.read_bytes(), path.name
