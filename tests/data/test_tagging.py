@@ -175,6 +175,11 @@ def test_unknown_tags_leave_positions_unlabelled_but_mapped():
     assert [data.labels[0][p] for p in labelled] == [IGNORE_INDEX, 3]
 
 
+def test_no_sentences_no_rows():
+    data = tokenize_tagged(wordpiece_tokenizer(), [], 16)
+    assert len(data) == 0 and data.counts.words == 0 and word_outputs(data, []) == []
+
+
 def test_too_short_a_max_length_is_refused():
     from xlgm.core.errors import XlgmError
 

@@ -118,6 +118,8 @@ def tokenize_tagged(
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     if budget < 1:
         raise XlgmError(f"max_length {max_length} leaves no room for a word beside the special tokens")
+    if not sentences:
+        return TaggedTokenizedSet([], [], [], [], AlignmentCounts(0, 0, 0, 0, 0, 0, 0))
     pieces = _word_pieces(tokenizer, sentences)
     if any(0 in counts for counts in pieces) and tokenizer.unk_token is None:
         raise XlgmError("a word has no subword and the tokenizer has no unknown token to stand for it")
