@@ -118,3 +118,15 @@ def test_embedded_model_under_a_token_head(embedded_dir, embedded_model, hf_offl
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert logits.shape == (*batch["input_ids"].shape, 17) and torch.isfinite(logits).all()
+
+
+def test_an_mt5_gets_a_token_head_on_its_encoder(tiny_mt5_dir, capsys):
+    from transformers import AutoTokenizer
+
+    model = load_classifier(str(tiny_mt5_dir), UDPOS.num_labels, UDPOS.label_names, output="tokens").eval()
+    assert type(model).__name__ == "MT5ForTokenClassification"
+    assert "start random" not in capsys.readouterr().err  # the encoder's weights all came from the file
+    batch = batch_of(AutoTokenizer.from_pretrained(tiny_mt5_dir))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (*batch["input_ids"].shape, UDPOS.num_labels)

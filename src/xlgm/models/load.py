@@ -15,9 +15,8 @@ does not exist is "no such run or model folder" at once, with no Hub lookup.
 The classification head, for a task with label names (entailment, neutral, contradiction):
 
 - a base model (no `*ForSequenceClassification` in its config; for tokens, no `*ForTokenClassification`)
-  has no trained head. Training gives it a
-  fresh one; evaluating it refuses unless a random head is asked for (`random_head=SEED`, said on
-  screen: its accuracy is chance);
+  has no trained head. Training gives it a fresh one; evaluating it refuses unless a random head is asked
+  for (`random_head=SEED`, said on screen: its accuracy is chance);
 - a classifier whose `id2label` names the task's labels (case-insensitive, in any order) keeps its
   head, with the head's rows reordered to the task's label order, so logit i is the task's label i;
 - a classifier with other labels is refused for evaluation, and gets a fresh head for training.
