@@ -54,10 +54,10 @@ def read_pairs(path: Path, n: int) -> list[tuple[str, str, int]]:
 
 
 def batches_from_tokenizer(tokenizer, rows, batch_size: int, device) -> list[dict[str, torch.Tensor]]:
-    from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
+    from xlgm.data.batching import MAX_LENGTH, BatchCollator, length_sorted_batches, tokenize_examples
     from xlgm.data.tasks import Example
 
-    data = tokenize_examples(tokenizer, [Example(a, b, y) for a, b, y in rows], max_length=128)
+    data = tokenize_examples(tokenizer, [Example(a, b, y) for a, b, y in rows], max_length=MAX_LENGTH)
     collate = BatchCollator(tokenizer, data)
     out = []
     for indices in length_sorted_batches(data.lengths, batch_size):

@@ -50,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from xlgm.core.devices import autocast, cpu_flags, resolve_precision
-from xlgm.data.batching import BatchCollator, bucketed_shuffled_batches, tokenize_examples
+from xlgm.data.batching import MAX_LENGTH, BatchCollator, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import load_examples
 from xlgm.data.tasks import XNLI
 from xlgm.models.load import load_classifier, load_target, load_tokenizer
@@ -80,12 +80,14 @@ def describe_cpu() -> None:
 def evaluation(model, tokenizer, languages: list[str], rows: int, batch_size: int, repeats: int) -> dict:
     """Logits of the first pass in both precisions, and every pass's seconds, paired by language."""
     data = {
-        lang: tokenize_examples(tokenizer, load_examples(XNLI, "test", lang, max_examples=rows), 128)
+        lang: tokenize_examples(tokenizer, load_examples(XNLI, "test", lang, max_examples=rows), MAX_LENGTH)
         for lang in languages
     }
     logits: dict[str, dict[str, np.ndarray]] = {p: {} for p in PRECISIONS}
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    warm_up = tokenize_examples(tokenizer, load_examples(XNLI, "test", languages[0], max_examples=batch_size), 128)
+    warm_up = tokenize_examples(
+        tokenizer, load_examples(XNLI, "test", languages[0], max_examples=batch_size), MAX_LENGTH
+    )
     for precision in PRECISIONS:  # oneDNN builds its kernels on first use, once per precision: not timed
         with autocast(precision, "cpu"):
             predict_logits(model, tokenizer, warm_up, batch_size)
@@ -167,7 +169,7 @@ def training_steps(model_name: str, tokenizer, steps: int, batch_size: int) -> d
             [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4
         )
     rows = load_examples(XNLI, "dev", "en")
-    data = tokenize_examples(tokenizer, rows, 128)
+    data = tokenize_examples(tokenizer, rows, MAX_LENGTH)
     collator = BatchCollator(tokenizer, data)
     batches = bucketed_shuffled_batches(data.lengths, batch_size, seed=0)[: steps + 1]
     tokens = [sum(data.lengths[i] for i in b) / len(b) for b in batches[1:]]

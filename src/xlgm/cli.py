@@ -11,8 +11,10 @@ flag answer without importing torch, transformers or the study's analysis stack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,7 +87,6 @@ def _train_parser(sub) -> None:
         TrainConfig,
         exclude=NOT_TRAIN_FLAGS,
         types_={"task": _task, "train_split": _split, "select_split": _split},
-        defaults={"freeze": None},  # the model's default (default_freeze)
     )
     _add_data_arguments(p)
     p.add_argument(
@@ -253,23 +254,105 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(table[["checkpoint_id", "source_accuracy", "predicted_accuracy"]].to_string(index=False, float_format="%.3f"))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+# ------------------------------------------------------------------------------------------------------------
+# `accelerate launch --cpu --num_processes N`: the launcher starts one process; `xlgm train` starts the N
+# ------------------------------------------------------------------------------------------------------------
+
+# Variables a launcher sets in each of the processes it starts (torch.distributed.run, accelerate, mpirun).
+LAUNCHED_PROCESS_VARIABLES = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+)
+
+
+def lost_cpu_processes() -> int | None:
+    """N when this process was started by `accelerate launch --cpu --num_processes N` with N > 1.
+
+    accelerate's launcher starts several CPU processes only through mpirun (`--mpirun_hostfile`); without it
+    `--cpu` starts this one process and DDP never begins. N is read from the launcher's command line."""
+    from accelerate.utils import parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_CPU") or "MASTER_ADDR" not in os.environ:
+        return None  # the launcher sets MASTER_ADDR only when asked for several processes
+    if any(name in os.environ for name in LAUNCHED_PROCESS_VARIABLES):
+        return None
+    import psutil
+    from accelerate.commands.launch import launch_command_parser
+
+    try:
+        command = psutil.Process().parent().cmdline()
+    except (psutil.Error, AttributeError):
+        return None
+    starts = [
+        i
+        for i, part in enumerate(command)
+        if part == "launch" or Path(part).name in ("accelerate-launch", "accelerate.commands.launch")
+    ]
+    if not starts:
+        return None
+    try:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            launch = launch_command_parser().parse_args(command[starts[0] + 1 :])
+    except SystemExit:
+        raise XlgmError(
+            "accelerate launch --cpu started one process and its command line could not be read; run "
+            "python -m torch.distributed.run --nproc_per_node N -m xlgm.cli train ... instead"
+        ) from None
+    if (launch.num_machines or 1) > 1:
+        raise XlgmError("accelerate launch --cpu on several machines needs mpirun (--mpirun_hostfile)")
+    return launch.num_processes if (launch.num_processes or 1) > 1 else None
+
+
+def relaunch_in_processes(processes: int, argv: list[str]) -> int:
+    """Run `xlgm argv` in `processes` CPU processes with torch.distributed.run; its exit code."""
+    print(
+        f"xlgm: accelerate launch --cpu starts one process; starting {processes} with torch.distributed.run",
+        file=sys.stderr,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        os.environ["MASTER_ADDR"],
+        "--master_port",
+        os.environ.get("MASTER_PORT", "29500"),
+        "-m",
+        "xlgm.cli",
+        *argv,
+    ]
+    return subprocess.call(command)
+
+
+def train_config(args: argparse.Namespace):
+    """The TrainConfig of `xlgm train`'s flags."""
     from xlgm.core.options import config_kwargs
     from xlgm.objectives import objective_options
-    from xlgm.recipes.train import TrainConfig, default_freeze, lost_cpu_processes, relaunch_in_processes, train
+    from xlgm.recipes.train import TrainConfig
 
-    processes = lost_cpu_processes()
-    if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
-        raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
     name, options = objective_options(args)
-    freeze = args.freeze or default_freeze(args.model)
-    config = TrainConfig(
-        **{**config_kwargs(args, TrainConfig, exclude=NOT_TRAIN_FLAGS), "freeze": freeze},
+    return TrainConfig(
+        **config_kwargs(args, TrainConfig, exclude=NOT_TRAIN_FLAGS),
         data="hf" if args.hub else ("local" if args.data_dir else "bundled"),
         data_dir=args.data_dir,
         objective=name,
         objective_options=options,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from xlgm.recipes.train import train
+
+    processes = lost_cpu_processes()
+    if processes:  # `accelerate launch --cpu --num_processes N` started this one process only
+        raise SystemExit(relaunch_in_processes(processes, sys.argv[1:]))
+    config = train_config(args)
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise XlgmError(f"{args.data_dir}: expected a folder in XTREME's layout ({{split}}-{{lang}}.tsv)")
     out = Path(args.out or f"runs/{config.task}-{config.objective}-{config.run_id[:8]}")

@@ -22,11 +22,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 
 from xlgm.core.errors import XlgmError
@@ -78,6 +80,11 @@ RUN_ENTRIES = (
 def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters being trained (tied parameters appear once, as in named_parameters)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder a run keeps the checkpoint of optimizer step `step` in (RUN/checkpoints/NAME)."""
+    return f"step-{step:06d}"
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,65 @@ class RunDir:
             tmp = log.with_suffix(log.suffix + ".tmp")
             tmp.write_text("".join(r + "\n" for r in records))
             os.replace(tmp, log)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training state: what a checkpoint of an unfinished run holds besides its weights, so that training resumes
+# exactly where it stopped
+# ------------------------------------------------------------------------------------------------------------
+
+
+def training_state(optimizer, scheduler, scaler, generator: torch.Generator) -> tuple[dict, dict]:
+    """Optimizer, schedule, loss scale and random states as (tensors, JSON): nothing needs pickle."""
+    optimizer_state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict] = {}
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{index}/{key}"] = value
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    tensors["rng/objective"] = generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
+    # numpy's stubs type the no-argument call as returning a dict; with its default legacy=True it returns
+    # the global MT19937 state as this tuple
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    name, keys, position, has_gauss, gauss = numpy_state
+    meta = {
+        "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain},
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(gauss)],
+        },
+    }
+    return tensors, meta
+
+
+def restore_training_state(tensors: dict, meta: dict, optimizer, scheduler, scaler, generator: torch.Generator) -> None:
+    state: dict[int, dict] = {int(i): dict(v) for i, v in meta["optimizer"]["state"].items()}
+    for key, value in tensors.items():
+        kind, *rest = key.split("/")
+        if kind == "optimizer":
+            state.setdefault(int(rest[0]), {})[rest[1]] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    generator.set_state(tensors["rng/objective"])
+    cuda = sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k.rsplit("/", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
+    version, internal, gauss = meta["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = meta["rng"]["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
 
 
 def _remove(path: Path) -> None:

@@ -66,8 +66,7 @@ def test_train_flags_are_the_train_config_fields():
         action = by_dest[f.name]
         assert action.option_strings == ["--" + f.name.replace("_", "-")]
         assert action.help.startswith(help_of(f)), f.name
-        if f.name != "freeze":  # its default is the model's (default_freeze)
-            assert action.default == f.default, f.name
+        assert action.default == f.default, f.name
     spec_keys = set(train_model().model_fields)
     assert spec_keys == {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_IN_TRAIN)
 

@@ -10,7 +10,8 @@ import torch
 
 from xlgm.cli import main
 from xlgm.core.errors import XlgmError
-from xlgm.recipes.train import TrainConfig, make_accelerator, train
+from xlgm.recipes.accelerator import make_accelerator
+from xlgm.recipes.train import TrainConfig, train
 from xlgm.runs import RunDir, claim_run_dir, require_finished
 
 

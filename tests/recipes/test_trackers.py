@@ -10,7 +10,8 @@ from accelerate.tracking import GeneralTracker
 
 from xlgm.cli import main
 from xlgm.core.errors import XlgmError
-from xlgm.recipes.train import TrainConfig, check_report_to, train
+from xlgm.recipes.accelerator import check_report_to
+from xlgm.recipes.train import TrainConfig, train
 
 
 class RecordingTracker(GeneralTracker):

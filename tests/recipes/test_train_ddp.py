@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 import xlgm
-from xlgm.recipes.train import TrainConfig, lost_cpu_processes, train
+from xlgm.cli import lost_cpu_processes
+from xlgm.recipes.train import TrainConfig, train
 
 SRC = str(Path(xlgm.__file__).resolve().parents[1])
 ROWS, BATCH, LR = 80, 8, 1e-3  # 72 training rows after the held-out 10%: 9 micro-batches, 4 steps of 2

@@ -19,9 +19,11 @@ from study_testlib import UNITS, table_rows
 from xlgm.core.errors import XlgmError
 from xlgm.study.cli import main
 from xlgm.study.db import StudyDB
+from xlgm.study.executors import worker_device
 from xlgm.study.lock import study_lock
-from xlgm.study.runner import outputs_path, run_study, worker_device
+from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec
+from xlgm.study.units import outputs_path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 OUTPUT_FOLDERS = ("analysis", "prediction", "report")
@@ -305,10 +307,10 @@ def test_ray_tasks_use_their_gpu():
 def test_the_study_runs_on_the_gpu(tiny_spec_path, tmp_path, monkeypatch):
     """With --device cuda the models and batches of evaluation and measures are on the GPU."""
     import xlgm.recipes.measure as measure_recipe
-    import xlgm.study.runner as runner
+    import xlgm.study.executors as executors
 
     seen: list[str] = []
-    load, build = runner._load, measure_recipe.build_batches
+    load, build = executors.load_run_model, measure_recipe.build_batches
 
     def spy_load(*args, **kwargs):
         model, tokenizer = load(*args, **kwargs)
@@ -320,8 +322,8 @@ def test_the_study_runs_on_the_gpu(tiny_spec_path, tmp_path, monkeypatch):
         seen.extend(b["input_ids"].device.type for b in batches)
         return batches
 
-    monkeypatch.setattr(runner, "_load", spy_load)
-    monkeypatch.setattr(runner, "build_batches", spy_build)
+    monkeypatch.setattr(executors, "load_run_model", spy_load)
+    monkeypatch.setattr(executors, "build_batches", spy_build)
     result = run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=False, device="cuda")
     assert result.units_done == UNITS and seen and set(seen) == {"cuda"}
 
@@ -329,7 +331,7 @@ def test_the_study_runs_on_the_gpu(tiny_spec_path, tmp_path, monkeypatch):
 def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_path, tmp_path, monkeypatch):
     """A run folder whose training has no done-mark is handed to `train(..., resume=True)` and stays where it
     is; a folder that cannot be resumed is moved aside and the run is trained from the start."""
-    import xlgm.study.runner as runner
+    import xlgm.study.executors as executors
 
     out = tmp_path / "study"
     shutil.copytree(tiny_study, out)
@@ -339,13 +341,13 @@ def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_
         db.forget_units([f"train/{config.run_id}"])
     run_dir = out / "runs" / config.run_id
     calls = []
-    real_train = runner.train
+    real_train = executors.train
 
     def recording_train(cfg, path, *args, **kwargs):
         calls.append((cfg.run_id, kwargs.get("resume", False)))
         return real_train(cfg, path, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "train", recording_train)
+    monkeypatch.setattr(executors, "train", recording_train)
     run_study(spec, out, show_progress=False)
     # the finished run's folder answers `resume` with "finished": nothing retrained, nothing moved aside
     assert calls == [(config.run_id, True)]

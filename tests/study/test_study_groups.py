@@ -12,8 +12,9 @@ from study_testlib import TINY_SPEC, write_spec
 
 from xlgm.study.analyze import analyze_study
 from xlgm.study.report import report_study
-from xlgm.study.runner import run_study, seed_group_id
+from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec
+from xlgm.study.units import seed_group_id
 
 SPEC = TINY_SPEC.replace("  - {{objective: sam, rho: 0.05}}\n", "").replace("seeds: [0]", "seeds: [0, 1, 2]")
 

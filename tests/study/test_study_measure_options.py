@@ -11,9 +11,9 @@ import pytest
 
 from xlgm.measures.base import get_measure, list_measures, resolve_config
 from xlgm.recipes.measure import parse_measure_options
-from xlgm.study.runner import measure_unit_id
 from xlgm.study.schema import document_schema
 from xlgm.study.spec import SpecError, load_spec, parse_text
+from xlgm.study.units import measure_unit_id
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

@@ -14,15 +14,10 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from xlgm.measures.base import compute_measure
-from xlgm.study.runner import (
-    WorkClock,
-    eta_text,
-    expected_checkpoint_steps,
-    run_study,
-    training_rows,
-    unit_cost_key,
-)
+from xlgm.study.progress import WorkClock, eta_text, unit_cost_key
+from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec
+from xlgm.study.units import expected_checkpoint_steps, training_rows
 
 
 class RecordingBar(tqdm):
@@ -45,10 +40,12 @@ class RecordingBar(tqdm):
 @pytest.fixture
 def recording_bars(monkeypatch):
     import xlgm.recipes.measure as measure_recipe
-    import xlgm.study.runner as runner
+    import xlgm.study.executors as executors
+    import xlgm.study.progress as progress
 
     RecordingBar.bars = []
-    monkeypatch.setattr(runner, "tqdm", RecordingBar)
+    monkeypatch.setattr(progress, "tqdm", RecordingBar)
+    monkeypatch.setattr(executors, "tqdm", RecordingBar)
     monkeypatch.setattr(measure_recipe, "tqdm", RecordingBar)
     return RecordingBar.bars
 
@@ -86,10 +83,10 @@ def test_the_study_bar_shows_the_weighted_eta(tiny_spec_path, tmp_path, recordin
 def test_a_wrong_expectation_closes_the_bar_at_the_real_total(tiny_spec_path, tmp_path, recording_bars, monkeypatch):
     """Should training save other checkpoints than expected (here: one expected checkpoint too many per run),
     the total follows the real checkpoints when each run is trained, and the bar never moves backward."""
-    import xlgm.study.runner as runner
+    import xlgm.study.units as units
 
-    expected = runner.expected_checkpoint_steps
-    monkeypatch.setattr(runner, "expected_checkpoint_steps", lambda config, n: [1, *expected(config, n)])
+    expected = units.expected_checkpoint_steps
+    monkeypatch.setattr(units, "expected_checkpoint_steps", lambda config, n: [1, *expected(config, n)])
     per_checkpoint = LANGUAGES + MEASURES
     result = run_study(load_spec(tiny_spec_path), tmp_path / "out", show_progress=True)
     [bar] = [b for b in recording_bars if str(b.desc).startswith("study tiny")]
@@ -214,3 +211,34 @@ def test_the_nested_measure_bar(recording_bars):
     with measure_progress("margin") as hook:  # a measure without steps shows no bar
         compute_measure("margin", LinearSoftmax(), data, progress=hook)
     assert len(recording_bars) == 1
+
+
+def test_the_plan_follows_the_schedules_rounding(tiny_spec_path, tmp_path, monkeypatch):
+    """The step schedule is written once (`recipes.schedule`): change its rounding there, and the study's plan
+    and the checkpoints training saves both follow."""
+    import dataclasses
+    import math
+
+    import xlgm.recipes.schedule as schedule
+    from xlgm.recipes.train import train
+    from xlgm.study.units import planned_units, unit_plans
+
+    spec = load_spec(tiny_spec_path)
+    spec = dataclasses.replace(spec, train=tuple(sorted({**spec.train_options, "epochs": 1.6}.items())))
+    config = spec.run_configs()[0]
+    rows = training_rows(config)
+    assert expected_checkpoint_steps(config, rows) == [2, 4, 6]  # 4 steps an epoch: round(6.4) = 6 steps
+
+    monkeypatch.setattr(schedule, "total_steps", lambda steps_per_epoch, epochs: math.ceil(steps_per_epoch * epochs))
+    assert expected_checkpoint_steps(config, rows) == [2, 4, 6, 7]
+    plan = unit_plans(spec, None, spec.run_configs(), set())[config.run_id]  # no run trained: no database read
+    assert len(plan) == 1 + 4 * (LANGUAGES + MEASURES)
+
+    run = train(config, tmp_path / "run", show_progress=False)
+    index = json.loads((run / "checkpoints.json").read_text())
+    assert [c["step"] for c in index["checkpoints"]] == [2, 4, 6, 7]
+    trained = [
+        {"checkpoint_id": f"{config.run_id}/{c['name']}", "step": c["step"], "is_last": c["name"] == index["last"]}
+        for c in index["checkpoints"]
+    ]
+    assert plan == planned_units(spec, config.run_id, trained)

@@ -179,7 +179,7 @@ def test_every_shipped_spec_loads():
 
 
 def test_evaluation_precision_is_checked_and_keys_only_non_fp32_evaluations():
-    from xlgm.study.runner import eval_key
+    from xlgm.study.units import eval_key
 
     fp32 = parse_text(BASE, "studies/x.yaml")
     assert fp32.evaluation.mixed_precision == "no"

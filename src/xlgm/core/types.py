@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# What a task's model outputs: one label per sentence pair, or one tag per word (a task file's `output`).
+CLASSIFICATION = "classification"
+TOKENS = "tokens"
+
 # A batch: `input_ids`, `attention_mask`, optionally `token_type_ids`, `labels` (long) and `idx` (long, the
 # row's index in its data set), each with the batch on dimension 0.
 Batch = dict[str, torch.Tensor]
@@ -71,3 +75,12 @@ class TextOutputs:
             emb = z["embeddings"].astype(np.float32) if "embeddings" in z else None
             labels = z["labels"] if "labels" in z else None
             return cls(str(z["language"]), z["logits"], emb, labels)
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """One sentence of a token task: its words, as the data splits them, and each word's tag id (-1 where
+    unknown)."""
+
+    words: tuple[str, ...]
+    tags: tuple[int, ...]

@@ -17,6 +17,9 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from xlgm.data.tasks import Example
 
+# Tokens a row is truncated to unless a command or spec says otherwise (training, evaluation and measures).
+MAX_LENGTH = 128
+
 
 @dataclass
 class TokenizedSet:
@@ -34,7 +37,7 @@ class TokenizedSet:
 
 
 def tokenize_examples(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int = 128
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int = MAX_LENGTH
 ) -> TokenizedSet:
     """Tokenize sentence pairs in one batched call of the fast tokenizer."""
     enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples], truncation=True, max_length=max_length)

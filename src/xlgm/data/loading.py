@@ -6,6 +6,9 @@ Sources:
 - `hf`: Hugging Face datasets (`facebook/xnli`, `google-research-datasets/paws-x`).
 
 Split names are those of `xlgm.data.splits`: `dev`, `test`, `train` and `train-minus-test-N`.
+Sentence-pair tasks load with `load_examples` (rows of `Example`), token tasks (`output: tokens`) with
+`load_tagged_sentences` (sentences of `TaggedSentence`); a token task has a real train split, so
+`train-minus-test-N` is for sentence pairs only.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xlgm.core.errors import XlgmError
+from xlgm.core.types import TaggedSentence
 from xlgm.data.bundled import bundled_dir
+from xlgm.data.conll import read_tagged_split
 from xlgm.data.splits import check_split, disjoint_positions, excluded_test_rows, pick
 from xlgm.data.tasks import Example, Task
 from xlgm.data.tsv import read_split, tsv_path
@@ -56,6 +61,10 @@ def load_examples(
     task: Task, split: str, lang: str, source: DataSource = DataSource(), max_examples: int | None = None
 ) -> list[Example]:
     """Labelled examples of one split and language, in file order (truncated to `max_examples`)."""
+    if task.is_token_task:
+        raise XlgmError(
+            f"task {task.name} labels words (output: tokens), not sentence pairs: this stage does not read token tasks"
+        )
     lang = task.language(lang)
     check_split(split)
     exclude = excluded_test_rows(split)
@@ -66,17 +75,53 @@ def load_examples(
 
         rows = load_hub_split(task, split, lang)
     else:
-        root = bundled_dir() if source.kind == "bundled" else source.folder
+        root = _root(source)
         if split == "train" and not tsv_path(root, task, split, lang).is_file():
-            if source.kind == "bundled":
-                raise XlgmError(f"the bundled train split is {task.source_language} only (asked for {lang})")
-            raise XlgmError(
-                f"{source.data_dir} has no {task.name} train-{lang}.tsv; `train-minus-test-N` "
-                f"builds a training split from {task.source_language} dev and the test rows that "
-                "share nothing with test rows 1..N"
+            raise _no_train_file(
+                task,
+                lang,
+                source,
+                f"; `train-minus-test-N` builds a training split from {task.source_language} dev and the test "
+                "rows that share nothing with test rows 1..N",
             )
         rows = read_split(root, task, split, lang)
     return rows[:max_examples] if max_examples else rows
+
+
+def load_tagged_sentences(
+    task: Task, split: str, lang: str, source: DataSource = DataSource(), max_sentences: int | None = None
+) -> list[TaggedSentence]:
+    """A token task's labelled sentences of one split and language, in file order (the first
+    `max_sentences`)."""
+    if not task.is_token_task:
+        raise XlgmError(f"task {task.name} classifies sentence pairs (output: {task.output}); it has no word tags")
+    lang = task.language(lang)
+    check_split(split)
+    if excluded_test_rows(split) is not None:
+        raise XlgmError(
+            f"the {split} split is for sentence-pair tasks; token task {task.name} has its own train split (train)"
+        )
+    if source.kind == "hf":
+        from xlgm.data.hub import load_hub_tagged  # here: `datasets` is slow to import and needed only for the Hub
+
+        sentences = load_hub_tagged(task, split, lang)
+    else:
+        root = _root(source)
+        if split == "train" and not tsv_path(root, task, split, lang).is_file():
+            raise _no_train_file(task, lang, source)
+        sentences = read_tagged_split(root, task, split, lang)
+    return sentences[:max_sentences] if max_sentences else sentences
+
+
+def _root(source: DataSource) -> Path:
+    return bundled_dir() if source.kind == "bundled" else source.folder
+
+
+def _no_train_file(task: Task, lang: str, source: DataSource, hint: str = "") -> XlgmError:
+    """The error for a train split a folder does not have (the bundled subset's is the source language's)."""
+    if source.kind == "bundled":
+        return XlgmError(f"the bundled train split is {task.source_language} only (asked for {lang})")
+    return XlgmError(f"{source.data_dir} has no {task.name} train-{lang}.tsv{hint}")
 
 
 def _train_minus_test(task: Task, split: str, lang: str, source: DataSource, exclude: int) -> list[Example]:

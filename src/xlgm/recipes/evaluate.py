@@ -27,7 +27,7 @@ from xlgm.core.files import write_json
 from xlgm.core.options import check_fields, option
 from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `predict_outputs` returns
-from xlgm.data.batching import BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
+from xlgm.data.batching import MAX_LENGTH, BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import Split
 from xlgm.data.tasks import Example, Task, check_task
@@ -51,7 +51,7 @@ class EvaluateConfig:
     checkpoint: Literal["best", "last"] = field(default="best", metadata=option(help="which checkpoint of a run"))
     max_examples: int | None = field(default=None, metadata=option(help="at most N (>= 1) examples per language"))
     batch_size: int = field(default=64, metadata=option(help="rows a forward pass"))
-    max_length: int = field(default=128, metadata=option(help=MAX_LENGTH_HELP))
+    max_length: int = field(default=MAX_LENGTH, metadata=option(help=MAX_LENGTH_HELP))
     source: DataSource = field(default_factory=DataSource)
     device: str = field(default="auto", metadata=option(help=DEVICE_HELP))
     mixed_precision: Precision = field(
@@ -144,7 +144,7 @@ def accuracy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     batch_size: int = 64,
     precision: str = "no",
 ) -> float:
@@ -161,7 +161,7 @@ def evaluate_languages(
     source: DataSource = DataSource(),
     split: str = "test",
     max_examples: int | None = None,
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     batch_size: int = 64,
     show_progress: bool = True,
     examples: dict[str, list[Example]] | None = None,

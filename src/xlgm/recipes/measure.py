@@ -26,7 +26,7 @@ from xlgm.core.devices import Precision, autocast, resolve_device, resolve_preci
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_json, write_json
 from xlgm.core.options import check_fields, option
-from xlgm.data.batching import BatchCollator, length_sorted_batches, tokenize_examples
+from xlgm.data.batching import MAX_LENGTH, BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST, Split
 from xlgm.data.tasks import Task, check_task
@@ -50,7 +50,7 @@ class MeasureData:
     max_examples: int | None = field(default=256, metadata=option(help="rows the measures see"))
     batch_size: int = field(default=32, metadata=option(help="rows a forward and backward pass"))
     # None (a study spec's default): the run's training max_length
-    max_length: int | None = field(default=128, metadata=option(help=MAX_LENGTH_HELP))
+    max_length: int | None = field(default=MAX_LENGTH, metadata=option(help=MAX_LENGTH_HELP))
 
     def __post_init__(self) -> None:
         validation.require(

@@ -70,7 +70,8 @@ from xlgm.core.files import write_json
 from xlgm.measures.base import get_measure
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
-from xlgm.study.runner import (
+from xlgm.study.spec import StudySpec, load_spec
+from xlgm.study.units import (
     DB_NAME,
     SPEC_NAME,
     default_out,
@@ -79,7 +80,6 @@ from xlgm.study.runner import (
     seed_group_id,
     train_unit_id,
 )
-from xlgm.study.spec import StudySpec, load_spec
 
 AXIS_PRIORITY = ("objective", "seed", "lr")
 

@@ -221,7 +221,7 @@ class StudyDB(ResultsDB):
         return {row[0] for row in self.conn.execute("SELECT unit_id FROM work")}
 
     def commit_unit(self, unit: dict[str, Any]) -> None:
-        """Write a unit's rows (see `runner.py` for the three kinds) and its done-mark in one transaction."""
+        """Write a unit's rows (see `executors.py` for the kinds) and its done-mark in one transaction."""
         delay = float(os.environ.get(DELAY_ENV) or 0)
         if delay:
             time.sleep(delay)

@@ -1,7 +1,7 @@
 """`xlgm predict STUDY`: predict each checkpoint's accuracy in each language from unlabelled text alone.
 
 1. Label-free measures. The study's evaluations kept their outputs (logits + sentence embeddings, one .npz per
-   checkpoint and language, `runner.outputs_path`). For every checkpoint and target language the outputs
+   checkpoint and language, `units.outputs_path`). For every checkpoint and target language the outputs
    measures of measures/label_free.py are computed from them: the target's labels are dropped before anything
    is computed, the source language (English) keeps its labels. They are stored in the study's `measures` table
    (data `LANG-SPLIT-text`) and in OUT/prediction/label_free.csv.
@@ -48,8 +48,9 @@ from xlgm.data.tsv import read_tsv
 from xlgm.measures.base import compute_output_measure
 from xlgm.recipes.evaluate import predict_outputs
 from xlgm.study.db import StudyDB
-from xlgm.study.runner import DB_NAME, _load, eval_data_label, outputs_path, train_unit_id
+from xlgm.study.executors import load_run_model
 from xlgm.study.spec import StudySpec
+from xlgm.study.units import DB_NAME, eval_data_label, outputs_path, train_unit_id
 
 OUTPUT_MEASURES = ("confidence-margin", "prediction-entropy", "atc-accuracy", "doc-accuracy")
 PARALLEL_MEASURES = ("translation-agreement", "translation-gap", "linear-cka", "retrieval-accuracy")
@@ -295,7 +296,8 @@ def predict_text(
             )
         config = configs[row.run_id]
         name = row.checkpoint_id.split("/", 1)[1]
-        model, tokenizer = _load(config, Path(row.run_dir), Path(row.run_dir) / "checkpoints" / name, task, device)
+        run_dir = Path(row.run_dir)
+        model, tokenizer = load_run_model(config, run_dir, run_dir / "checkpoints" / name, task, device)
         data = tokenize_examples(tokenizer, rows, spec.eval_max_length())
         embed = spec.prediction.embedding_rows > 0
         target = predict_outputs(

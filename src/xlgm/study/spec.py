@@ -52,6 +52,7 @@ from pydantic import ValidationError
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import error_message, got
+from xlgm.data.batching import MAX_LENGTH
 from xlgm.data.tasks import Task, get_task, is_task_file
 from xlgm.objectives import build_config, config_fields
 from xlgm.recipes.measure import MeasureData
@@ -152,23 +153,30 @@ class StudySpec:
         for entry in self.grid:
             for objective_options, overrides in entry.points():
                 for seed in self.seeds:
-                    kwargs = {**self.train_options, **overrides}
-                    config = TrainConfig(
-                        model=self.model,
-                        task=self.task,
-                        source_language=self.source_language,
-                        data=self.data.kind,
-                        data_dir=self.data.dir,
-                        seed=seed,
-                        save_every=self.checkpoints.save_every,
-                        objective=entry.objective,
-                        objective_options=objective_options,
-                        **kwargs,
-                    )
+                    config = self.train_config(entry.objective, objective_options, overrides, seed)
                     if config.run_id not in seen:
                         seen.add(config.run_id)
                         configs.append(config)
         return configs
+
+    def train_config(
+        self, objective: str, objective_options: dict[str, Any], overrides: dict[str, Any], seed: int | None = None
+    ) -> TrainConfig:
+        """The TrainConfig of one grid point: the spec's settings, its `train:` section, the point's training axes
+        (`overrides`) and objective options, and `seed` (None: TrainConfig's default)."""
+        seeded: dict[str, Any] = {} if seed is None else {"seed": seed}
+        return TrainConfig(
+            model=self.model,
+            task=self.task,
+            source_language=self.source_language,
+            data=self.data.kind,
+            data_dir=self.data.dir,
+            save_every=self.checkpoints.save_every,
+            objective=objective,
+            objective_options=objective_options,
+            **seeded,
+            **{**self.train_options, **overrides},
+        )
 
     def to_yaml(self) -> str:
         """The spec as YAML that `parse_text` reads back to an equal spec (same study id), with every default
@@ -221,14 +229,19 @@ class StudySpec:
         }
         return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
+    @property
+    def train_max_length(self) -> int:
+        """The runs' max_length: the `train:` section's, else the default."""
+        return self.train_options.get("max_length", MAX_LENGTH)
+
     def eval_max_length(self) -> int:
-        return self.evaluation.max_length or self.train_options.get("max_length", 128)
+        return self.evaluation.max_length or self.train_max_length
 
     def measure_data(self):
         """The `MeasureData` the measures see."""
 
         d = self.measures.data
-        return dataclasses.replace(d, max_length=d.max_length or self.train_options.get("max_length", 128))
+        return dataclasses.replace(d, max_length=d.max_length or self.train_max_length)
 
     def measure_config(self, item: MeasureItem) -> dict[str, Any]:
         """What identifies a measurement besides its name and data (as `xlgm measure` records it)."""
@@ -485,17 +498,7 @@ class _Reader:
                     self.fail(("grid", i), str(err))
                     return
                 try:
-                    TrainConfig(
-                        model=spec.model,
-                        task=spec.task,
-                        source_language=spec.source_language,
-                        data=spec.data.kind,
-                        data_dir=spec.data.dir,
-                        **{**spec.train_options, **overrides},
-                        save_every=spec.checkpoints.save_every,
-                        objective=entry.objective,
-                        objective_options=options,
-                    )
+                    spec.train_config(entry.objective, options, overrides)
                 except XlgmError as err:
                     self.fail(("grid", i) if set(overrides) else ("train",), str(err))
                     return
@@ -508,7 +511,9 @@ class _Reader:
         if source_language not in task.languages:
             self.fail(("source_language",), f"expected one of {', '.join(task.languages)}, got {source_language!r}")
         train = doc.train.model_dump(include=doc.train.model_fields_set)
-        if "freeze" not in train and default_freeze(doc.model) != "none":  # as `xlgm train`
+        # TrainConfig resolves `freeze: auto` itself; the spec writes the model's default into its `train:`
+        # section too, because study ids were first hashed with it there (a spec's id must not change).
+        if "freeze" not in train and default_freeze(doc.model) != "none":
             train["freeze"] = default_freeze(doc.model)
         analysis = doc.analysis.model_dump()
         analysis["axes"] = None if analysis["axes"] in ("auto", None) else tuple(analysis["axes"])

@@ -1,0 +1,402 @@
+"""Running a study's units: one grid point at a time in this process (`local`), or as Ray tasks (`ray`).
+
+A grid point's units run in `run_point`: its training (resumed when its folder holds an unfinished run), then the
+evaluations and measures of its selected checkpoints; each finished unit's rows are handed to `emit` at once.
+
+`local` runs the grid points one after the other in this process, on `--device`. `ray` runs each grid point as a
+Ray task (one GPU per task when the cluster has GPUs and the device is not `cpu`, else `cpus_per_task` CPUs) that
+trains, evaluates and measures one run on its GPU (or CPU) and RETURNS its unit rows; only the driver writes the
+SQLite file. The tasks write their run directories under OUT, so on a multi-node cluster OUT must be on a shared
+filesystem.
+
+The group measures (`run_groups`) run in the driver once every run of a group of seeds is trained.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from xlgm.core.devices import resolve_device, resolve_precision
+from xlgm.core.errors import XlgmError
+from xlgm.core.files import read_safetensors
+from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.tasks import get_task
+from xlgm.measures.base import compute_group_measure
+from xlgm.models.load import load_target
+from xlgm.recipes.evaluate import evaluate_languages
+from xlgm.recipes.measure import build_batches, cached_initial_state, compute_measures
+from xlgm.recipes.train import freeze_parameters, train
+from xlgm.runs import WEIGHTS, ResolvedTarget, RunDir
+from xlgm.study.db import RUNS_FOLDER, StudyDB
+from xlgm.study.repair import Quarantine
+from xlgm.study.spec import StudySpec
+from xlgm.study.units import (
+    eval_data_label,
+    eval_unit_id,
+    group_measure_names,
+    group_unit_id,
+    measure_unit_id,
+    outputs_path,
+    seed_groups,
+    train_unit_id,
+)
+
+Emit = Callable[[dict[str, Any]], None]  # takes a finished unit's rows
+
+EXECUTORS = ("local", "ray")
+
+
+def check_device(device: str, executor: str) -> str:
+    """The device choice as tasks get it: resolved here for the local executor (a missing GPU fails at once);
+    Ray tasks resolve it on their worker."""
+
+    if executor == "local":
+        return str(resolve_device(device))
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise XlgmError(f"--device {device!r}: with --executor ray, expected auto, cpu or cuda (a GPU per task)")
+    return device
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One grid point: train, evaluate, measure (runs in the driver or in a Ray worker)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunTask:
+    spec: StudySpec
+    config: Any  # TrainConfig
+    out: str  # the study directory (absolute)
+    done: frozenset[str]
+    show_progress: bool = True
+    device: str = "auto"  # where training, evaluation and measures run (`core.devices.resolve_device`)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / RUNS_FOLDER / self.config.run_id
+
+    @property
+    def stored_run_dir(self) -> str:
+        """The run directory as the study's database keeps it: relative to the study folder."""
+        return f"{RUNS_FOLDER}/{self.config.run_id}"
+
+
+def _checkpoint_rows(task: RunTask) -> list[dict[str, Any]]:
+    """The run's checkpoints as database rows (paths relative to the study folder)."""
+
+    run_id = task.config.run_id
+    index = RunDir(task.run_dir).index
+    return [
+        {
+            "checkpoint_id": f"{run_id}/{c['name']}",
+            "name": c["name"],
+            "step": c["step"],
+            "epoch": c["epoch"],
+            "path": f"{task.stored_run_dir}/checkpoints/{c['name']}",
+            "dev_accuracy": c["dev_accuracy"],
+            "is_best": c["name"] == index["best"],
+            "is_last": c["name"] == index["last"],
+        }
+        for c in index["checkpoints"]
+    ]
+
+
+def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Do the unfinished units of one run, handing each finished unit's rows to `emit` as soon as it is done."""
+
+    spec, config, done = task.spec, task.config, task.done
+    run_id, run_dir = config.run_id, task.run_dir
+    source = DataSource(spec.data.kind, spec.data.dir)
+    device = resolve_device(task.device)
+    if train_unit_id(run_id) not in done:
+        start = time.perf_counter()
+        resumed = False
+        if run_dir.exists():  # an interrupted training: continue it (bitwise as if never stopped) if it can be
+            try:
+                train(config, run_dir, show_progress=task.show_progress, device=str(device), resume=True)
+                resumed = True
+            except XlgmError as err:
+                dest = Quarantine(Path(task.out)).move(run_dir)
+                print(
+                    f"xlgm: note: {run_dir} could not be resumed ({err}); moved to {dest}, trained again",
+                    file=sys.stderr,
+                )
+        if not resumed:
+            train(config, run_dir, show_progress=task.show_progress, device=str(device))
+        emit(
+            {
+                "kind": "train",
+                "unit_id": train_unit_id(run_id),
+                "run_id": run_id,
+                "config": asdict(config),
+                "run_dir": task.stored_run_dir,
+                "checkpoints": _checkpoint_rows(task),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    elif not run_dir.is_dir():  # the driver's check redoes such runs; a folder removed since is an error
+        raise XlgmError(
+            f"{run_dir}: the study records run {run_id} as trained but its directory is gone; "
+            "run the study again to train it again"
+        )
+
+    task_def = get_task(spec.task)
+    init_cache: dict[str, dict] = {}
+    rows = _checkpoint_rows(task)
+    for ckpt, keep in zip(rows, spec.checkpoints.selects([run_id] * len(rows), [c["step"] for c in rows])):
+        if not keep:
+            continue
+        cid = ckpt["checkpoint_id"]
+        languages = [lang for lang in spec.languages if eval_unit_id(spec, cid, lang) not in done]
+        measures = [
+            m for m in spec.measures.items if m.applies(ckpt["is_best"]) and measure_unit_id(spec, cid, m) not in done
+        ]
+        if not languages and not measures:
+            continue
+        checkpoint = run_dir / "checkpoints" / ckpt["name"]
+        model, tokenizer = load_run_model(config, run_dir, checkpoint, task_def, device)
+        if languages:
+            _evaluate(task, model, tokenizer, task_def, source, ckpt, languages, device, emit)
+        if measures:
+            _measure(task, model, tokenizer, task_def, source, ckpt, checkpoint, measures, device, init_cache, emit)
+        del model
+
+
+def load_run_model(config, run_dir: Path, checkpoint: Path, task_def, device):
+    """A run's checkpoint as its evaluations and measures see it: the run's frozen parameters frozen, on `device`."""
+    target = ResolvedTarget(config.model, run_dir, checkpoint)
+    model, tokenizer = load_target(target, task_def.num_labels, task_def.label_names)
+    freeze_parameters(model, config.freeze)  # the measures perturb what the run trained
+    return model.to(device), tokenizer
+
+
+def _evaluate(
+    task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], device, emit
+) -> None:
+    """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
+    kept on disk (before the unit is marked done) for the label-free measures."""
+    spec = task.spec
+    ev, pred = spec.evaluation, spec.prediction
+    checkpoint_id = ckpt["checkpoint_id"]
+    keep = pred.enabled
+    embed = keep and pred.embedding_rows > 0
+    rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
+
+    def record(lang: str, outputs, seconds: float, accuracy: float) -> None:
+        if keep:
+            if embed:
+                outputs = replace(outputs, embeddings=outputs.embeddings[: pred.embedding_rows])
+            outputs.save(outputs_path(spec, task.run_dir, ckpt["name"], lang))
+        emit(
+            {
+                "kind": "eval",
+                "unit_id": eval_unit_id(spec, checkpoint_id, lang),
+                "run_id": task.config.run_id,
+                "checkpoint_id": checkpoint_id,
+                "task": spec.task,
+                "language": lang,
+                "split": ev.split,
+                "data": eval_data_label(spec),
+                "num_examples": len(rows[lang]),
+                "accuracy": accuracy,
+                "seconds": seconds,
+            }
+        )
+
+    evaluate_languages(
+        model,
+        tokenizer,
+        task_def,
+        languages,
+        source,
+        split=ev.split,
+        max_length=spec.eval_max_length(),
+        batch_size=ev.batch_size,
+        show_progress=task.show_progress,
+        examples=rows,
+        precision=resolve_precision(ev.mixed_precision, device),
+        embeddings=embed,
+        layer=pred.embedding_layer,
+        on_language=record,
+        desc=f"evaluate {checkpoint_id}",
+        leave=False,
+    )
+
+
+def _measure(
+    task: RunTask, model, tokenizer, task_def, source, ckpt: dict, checkpoint: Path, measures, device, init_cache, emit
+) -> None:
+
+    spec = task.spec
+    data = spec.measure_data()
+    batches = build_batches(tokenizer, task_def, data, source, device)
+    run_id = task.config.run_id
+    with tqdm(
+        total=len(measures),
+        desc=f"measure {ckpt['checkpoint_id']}",
+        unit="measure",
+        leave=False,
+        disable=not task.show_progress,
+    ) as bar:
+        items = {item.name: item for item in measures}
+        target = ResolvedTarget(task.config.model, task.run_dir, checkpoint)
+        for name, result, seconds in compute_measures(
+            model,
+            batches,
+            [(item.name, item.config) for item in measures],
+            spec.measures.params,
+            spec.measures.seed,
+            init_state=cached_initial_state(init_cache, run_id, target, task_def, model),
+            bar=bar,
+            show_progress=task.show_progress,
+        ):
+            record = result.to_dict()
+            emit(
+                {
+                    "kind": "measure",
+                    "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], items[name]),
+                    "run_id": run_id,
+                    "checkpoint_id": ckpt["checkpoint_id"],
+                    "measure": name,
+                    "config": spec.measure_config(items[name]),
+                    "data": data.key,
+                    "value": record["value"],
+                    "spread": record["spread"],
+                    "num_samples": record["num_samples"],
+                    "seconds": seconds,
+                    "details": record,
+                }
+            )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Ray: each grid point a task; the driver commits the units they return
+# ------------------------------------------------------------------------------------------------------------
+
+
+def worker_device(choice: str, gpu_ids: Sequence[Any]) -> str:
+    """The device of a Ray task: its GPU when Ray gave it one (Ray shows the task only that GPU, as `cuda`),
+    unless the study runs on the CPU."""
+    if choice == "cpu":
+        return "cpu"
+    return "cuda" if gpu_ids else choice
+
+
+def ray_run_point(task: RunTask) -> list[dict[str, Any]]:
+    """The Ray task: one grid point, its unit rows returned (the driver writes them)."""
+    from dataclasses import replace
+
+    import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if task.spec.task_file:  # a worker process knows a file task only once it has read the file
+        get_task(task.spec.task_file)
+    gpu_ids: list[Any] = []
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus:
+            torch.set_num_threads(max(1, int(cpus)))
+        gpu_ids = list(ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001 - outside Ray (e.g. a test calling it directly) keep the defaults
+        pass
+    units: list[dict[str, Any]] = []
+    run_point(replace(task, device=worker_device(task.device, gpu_ids)), units.append)
+    return units
+
+
+def run_on_ray(
+    tasks: list[RunTask], commit: Emit, address: str | None, cpus_per_task: int | None, device: str = "auto"
+) -> None:
+    """Run `tasks` on a Ray cluster (`address`, else a local instance started and stopped here), handing each
+    unit a task returns to `commit`."""
+    try:
+        import ray
+    except ImportError:
+        raise XlgmError("--executor ray needs Ray: pip install 'xlgm[ray]' (or 'ray[default]>=2.9,<3')") from None
+    if not tasks:
+        return
+    started = not ray.is_initialized()
+    if started:  # a local instance (address None) or a running cluster; stopped again below
+        ray.init(**({"address": address} if address else {"include_dashboard": False}))
+    try:
+        _submit_and_collect(ray, tasks, commit, cpus_per_task, device)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _submit_and_collect(
+    ray, tasks: list[RunTask], commit: Emit, cpus_per_task: int | None, device: str = "auto"
+) -> None:
+    resources = ray.cluster_resources()
+    if device != "cpu" and resources.get("GPU", 0) >= 1:
+        options = {"num_gpus": 1, "num_cpus": cpus_per_task or 1}
+    elif device.startswith("cuda"):
+        raise XlgmError(f"--device {device}: the Ray cluster has no GPU")
+    else:
+        cpus = cpus_per_task or max(1, int(resources.get("CPU", 1) // max(1, len(tasks))))
+        options = {"num_cpus": cpus}
+    remote = ray.remote(**options)(ray_run_point)
+    # Workers never show bars (their output is forwarded to the driver's terminal): the study bar is enough.
+    refs = {remote.remote(RunTask(t.spec, t.config, t.out, t.done, False, t.device)): t for t in tasks}
+    pending, failures = list(refs), []
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            try:
+                units = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - report every failed run after the others are recorded
+                failures.append((refs[ref].config.run_id, err))
+                continue
+            for unit in units:
+                commit(unit)
+    if failures:
+        detail = "; ".join(f"run {run_id}: {str(err).strip().splitlines()[-1]}" for run_id, err in failures)
+        raise XlgmError(
+            f"{len(failures)} of {len(tasks)} Ray task(s) failed ({detail}); the others are recorded, "
+            "run the study again to retry"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Measures of groups of runs (seeds), in the driver
+# ------------------------------------------------------------------------------------------------------------
+
+
+def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str], emit) -> None:
+    """The group measures of every group of seeds whose runs are all trained, at each run's best checkpoint
+    (the model the study picks from the run); the same trained parameters the checkpoints hold."""
+
+    for group, members in seed_groups(configs).items():
+        todo = [m for m in group_measure_names() if group_unit_id(group, m) not in done]
+        if not todo or any(train_unit_id(c.run_id) not in done for c in members):
+            continue
+        best = [next(c for c in db.checkpoints_of(m.run_id) if c["is_best"]) for m in members]
+        states = [read_safetensors(Path(db.resolve_path(c["path"]) or c["path"]) / WEIGHTS) for c in best]
+        for name in todo:
+            start = time.perf_counter()
+            result = compute_group_measure(name, states, param_filter=spec.measures.params).to_dict()
+            emit(
+                {
+                    "kind": "group",
+                    "unit_id": group_unit_id(group, name),
+                    "run_id": group,
+                    "measure": name,
+                    "run_ids": [m.run_id for m in members],
+                    "checkpoint_ids": [c["checkpoint_id"] for c in best],
+                    "value": result["value"],
+                    "details": result,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
