@@ -128,8 +128,74 @@ def test_leave_one_run_out_never_sees_the_held_out_run():
     changed.loc[mask, "accuracy"] = 0.0
     again = cross_validate(changed, ["disagreement", "cka"], "leave-one-run-out")
     np.testing.assert_allclose(again.loc[mask, "predicted"], base.loc[mask, "predicted"])
-    # a held-out run has no labelled rows left to anchor on: the source alone anchors it
-    np.testing.assert_array_equal(base["predicted"], base["predicted_source_anchor"])
+    # a held-out run has no labelled rows of its own: its languages' rows in the other runs anchor it
+    model = GapRegressor(["disagreement", "cka"], model_groups="run_id").fit(frame.loc[~mask])
+    np.testing.assert_allclose(base.loc[mask, "predicted"], model.predict(frame.loc[mask], anchors=frame.loc[~mask]))
+    assert not np.allclose(base["predicted"], base["predicted_source_anchor"])
+
+
+def model_study(signal: float, seed: int = 0, noise: float = 0.005) -> pd.DataFrame:
+    """9 runs (3 configurations x 3 seeds, 2 checkpoints each) x 5 languages whose gap is the language's own
+    offset (-0.04 .. -0.20, which no feature measures) plus `signal` times a label-free feature `z` that varies
+    between checkpoints, plus noise; `junk` is a feature unrelated to the gap."""
+    rng = np.random.default_rng(seed)
+    languages = {"ar": -0.20, "de": -0.04, "hi": -0.16, "sw": -0.12, "zh": -0.08}
+    rows = []
+    for run in range(9):
+        for step in range(2):
+            src = rng.uniform(0.6, 0.8)
+            for lang, offset in languages.items():
+                z = rng.normal()
+                rows.append(
+                    {
+                        "checkpoint_id": f"r{run}/s{step}",
+                        "run_id": f"r{run}",
+                        "configuration": f"c{run % 3}",
+                        "language": lang,
+                        "source_accuracy": src,
+                        "accuracy": src + offset + signal * z + noise * rng.normal(),
+                        "z": z,
+                        "junk": rng.normal(),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("scheme", ["leave-one-run-out", "leave-one-configuration-out"])
+def test_a_new_model_is_predicted_from_its_features_beyond_its_languages_mean_gap(scheme):
+    """Features that tell checkpoints apart within a language beat every rival without target labels; the
+    language offsets, which no feature measures, come from the other models' rows of the language."""
+    cv = cross_validate(model_study(signal=0.02), ["z", "junk"], scheme)
+    maes = cv[["error", "error_source_anchor", "error_language_gap", "error_source"]].mean()
+    assert maes["error"] < 0.5 * maes["error_language_gap"]  # the features add what the language's mean misses
+    assert maes["error"] < 0.2 * maes["error_source_anchor"]  # and the language offsets what the features miss
+    assert maes["error_language_gap"] < maes["error_source"]
+    versus = compare_with_baselines(cv, n_boot=200).set_index("baseline")
+    assert versus.loc[["same_as_source", "language_gap", "source_anchor_only"], "beats"].all()
+    assert versus.loc["other_languages", "uses_own_target_labels"]
+    assert not versus.loc["language_gap", "uses_own_target_labels"]
+
+
+def test_features_without_signal_cost_little_against_the_languages_mean_gap():
+    for seed in range(3):
+        cv = cross_validate(model_study(signal=0.0, seed=seed), ["z", "junk"], "leave-one-run-out")
+        assert cv["error"].mean() < 1.05 * cv["error_language_gap"].mean()
+
+
+def test_leave_one_configuration_out_never_sees_the_held_out_runs_seed_mates():
+    frame = model_study(signal=0.02)
+    base = cross_validate(frame, ["z", "junk"], "leave-one-configuration-out")
+    mask = (frame.configuration == "c1").to_numpy()
+    changed = frame.copy()
+    changed.loc[mask, "accuracy"] = 0.0
+    again = cross_validate(changed, ["z", "junk"], "leave-one-configuration-out")
+    np.testing.assert_allclose(again.loc[mask, "predicted"], base.loc[mask, "predicted"])
+    # leave one run out, a run's seed-mates do reach its prediction: the check above could have failed
+    runs = cross_validate(changed, ["z", "junk"], "leave-one-run-out")
+    base_runs = cross_validate(frame, ["z", "junk"], "leave-one-run-out")
+    assert not np.allclose(runs.loc[mask, "predicted"], base_runs.loc[mask, "predicted"])
+    with pytest.raises(XlgmError, match="configuration column"):
+        cross_validate(frame.drop(columns="configuration"), ["z"], "leave-one-configuration-out")
 
 
 def test_summary_and_errors():
@@ -207,6 +273,7 @@ def test_paired_bootstrap_resamples_languages_together():
 def test_summary_names_the_best_rival():
     cv = cross_validate(synthetic(noise=0.01), ["disagreement", "cka"])
     s = summarize(cv, n_boot=200)
+    # leave one language out, the held-out language has no mean gap to add: that rival has no rows
     assert set(s["versus"]) == {"same_as_source", "other_languages", "source_anchor_only"}
     maes = {k: v["mae_baseline"] for k, v in s["versus"].items()}
     assert s["best_rival"] == min(maes, key=maes.get)

@@ -14,24 +14,35 @@ the same), so the gap is exactly a sum over the changed rows: it is zero when no
 Scaling by s builds that in (a checkpoint that predicts one class everywhere gets the source accuracy).
 
 u_c is the checkpoint's own offset: the part of its gap that its features do not explain and that its target
-languages share (its source accuracy, on a few hundred rows, is itself a noisy anchor). Two parts are fitted:
+languages share (its source accuracy, on a few hundred rows, is itself a noisy anchor). v_l is the language's
+own offset: the part of its gap that the features do not explain and that the study's checkpoints share (how
+hard the language's test rows are, and how far it is from the source). Three parts are fitted:
 - anchored, for a checkpoint with labelled rows in other target languages (its *anchors*): (b, w) fitted on
   the variation within each checkpoint (gaps and design centred per checkpoint: a fixed-effects regression),
   and u_c = the sum of the anchors' residuals over their number plus one, the source language counting as one
   more anchor of residual 0 (exactly so on parallel text, where s = 0 for the source; elsewhere a shrinkage
   towards the pooled intercept);
-- pooled, for a checkpoint without anchors: (b, w) fitted on the gaps as they are, u_c = 0.
+- by language, for a checkpoint without anchors in a language that other checkpoints have labelled rows of
+  (a new model of the study's languages): (b, w) fitted on the variation within each language, and v_l = the
+  mean residual of the language's labelled rows. Its features then only have to tell checkpoints apart within a
+  language, not languages apart, which a language's other checkpoints already do;
+- pooled, for a checkpoint without anchors in a language without labelled rows: (b, w) fitted on the gaps as
+  they are, u_c = v_l = 0.
 Which rows anchor is the caller's: in leave-one-language-out, the checkpoint's other target languages; in
-leave-one-run-out, none (the held-out run's target labels are all hidden, so the source alone anchors); for a
-new language's text, every labelled target language of the study.
+leave-one-run-out, the other runs' rows of the same language (the held-out run's target labels are all hidden);
+for a new language's text, every labelled target language of the study.
 
 Each part's ridge penalty is chosen from `alphas` by a grouped cross-validation inside the training rows, each
-held-out group predicted the way the part is used: anchored by language, pooled by run.
+held-out group predicted the way the part is used: anchored by language; by language and pooled by model
+(`model_groups`: runs, or configurations when seeds of one configuration must not help each other).
 
 Cross-validation is by groups: leave-one-language-out (every row of the held-out language leaves the training
-and anchor rows, so no language's accuracy reaches its own prediction) and leave-one-run-out. Each prediction
-is compared with (a) the naive baseline "same as the source language", (b) the mean accuracy of the
-checkpoint's other target languages (which uses their labels, as the anchors do) and (c) the pooled part alone.
+and anchor rows, so no language's accuracy reaches its own prediction), leave-one-run-out and
+leave-one-configuration-out (a run's other seeds leave with it). Each prediction is compared with (a) the naive
+baseline "same as the source language", (b) the source accuracy plus the language's mean gap over the training
+checkpoints (the same anchors without features), (c) the mean accuracy of the checkpoint's other target
+languages (which uses their labels, as the anchors do: not a rival for a model without target labels) and
+(d) the pooled part alone (the source as the only anchor).
 """
 
 from __future__ import annotations
@@ -96,7 +107,7 @@ def available_features(frame: pd.DataFrame, wanted: Sequence[str] | None = None)
 
 @dataclass
 class _Fit:
-    """One fitted part of the predictor: gap = x . coef + intercept (+ the checkpoint's offset when anchored)."""
+    """One fitted part of the predictor: gap = x . coef + intercept (+ the unit's offset when anchored)."""
 
     coef: np.ndarray
     intercept: float
@@ -106,18 +117,28 @@ class _Fit:
         return x @ self.coef + self.intercept
 
 
+# How many rows of residual 0 each anchored part's offset is shrunk with: a checkpoint's source language counts
+# as one more anchor (its gap is 0 by definition); a language has no such row.
+_PRIOR_ROWS = {"checkpoint_id": 1, "language": 0}
+
+
 @dataclass
 class GapRegressor:
-    """accuracy_hat = source_accuracy + s * (b + w . z) + u_c; see the module docstring.
+    """accuracy_hat = source_accuracy + s * (b + w . z) + u_c (or + v_l); see the module docstring.
 
-    Two parts are fitted: `anchored` (within-checkpoint fit, u_c from anchor rows) predicts the rows whose
-    checkpoint has anchors; `pooled` (fit on the gaps as they are, u_c = 0) predicts the others."""
+    Three parts are fitted: `anchored` (within-checkpoint fit, u_c from the checkpoint's anchor rows) predicts
+    the rows whose checkpoint has anchors; `by_language` (within-language fit, v_l from the language's anchor
+    rows) the rows whose language has them; `pooled` (fit on the gaps as they are) the others. `model_groups`
+    is the column whose values the pooled and by-language parts' penalty is cross-validated over (a new model:
+    `run_id`, or a configuration column so that a run's seed-mates never help predict it)."""
 
     features: list[str]
     alphas: Sequence[float] = DEFAULT_ALPHAS
     scale_by_disagreement: bool = True
     use_anchors: bool = True
+    model_groups: str = "run_id"
     anchored: _Fit | None = field(default=None, repr=False)
+    by_language: _Fit | None = field(default=None, repr=False)
     pooled: _Fit | None = field(default=None, repr=False)
     scaler: Any = field(default=None, repr=False)  # a fitted sklearn StandardScaler
 
@@ -136,53 +157,56 @@ class GapRegressor:
     def _gap(frame: pd.DataFrame) -> np.ndarray:
         return (frame["accuracy"] - frame["source_accuracy"]).to_numpy(dtype=np.float64)
 
-    def _solve(self, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, alpha: float, within: bool) -> _Fit:
-        """Ridge for one penalty, on the within-checkpoint variation (gaps and design centred per checkpoint)
-        or pooled. The scaled design has no free intercept: zero disagreement means zero gap."""
+    def _solve(self, x: np.ndarray, y: np.ndarray, units: np.ndarray | None, alpha: float) -> _Fit:
+        """Ridge for one penalty, on the variation within each unit (gaps and design centred per checkpoint or
+        per language: the units' offsets come from their anchors) or, with no units, pooled. The scaled design
+        has no free intercept: zero disagreement means zero gap."""
         from sklearn.linear_model import Ridge
 
-        if within:
+        if units is not None:
             coef = (
-                Ridge(alpha=alpha, fit_intercept=False)
-                .fit(x - _group_mean(x, checkpoints), y - _group_mean(y, checkpoints))
-                .coef_
+                Ridge(alpha=alpha, fit_intercept=False).fit(x - _group_mean(x, units), y - _group_mean(y, units)).coef_
             )
             return _Fit(coef, 0.0 if self.scaled else float(np.mean(y - x @ coef)), alpha)
         model = Ridge(alpha=alpha, fit_intercept=not self.scaled).fit(x, y)
         return _Fit(model.coef_, 0.0 if self.scaled else float(model.intercept_), alpha)
 
+    @staticmethod
     def _offsets(
-        self, fit: _Fit, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, wanted: np.ndarray
+        fit: _Fit, x: np.ndarray, y: np.ndarray, units: np.ndarray, wanted: np.ndarray, prior: int
     ) -> np.ndarray:
-        """u_c for each checkpoint in `wanted`: the sum of its anchor rows' residuals over their number plus
-        one (the source, residual 0); NaN for a checkpoint without anchors."""
-        residual = pd.Series(y - fit.gap(x)).groupby(checkpoints)
-        offset = residual.sum() / (residual.count() + 1)
+        """The offset of each unit in `wanted`: the sum of its anchor rows' residuals over their number plus
+        `prior` (rows of residual 0); NaN for a unit without anchors."""
+        residual = pd.Series(y - fit.gap(x)).groupby(units)
+        offset = residual.sum() / (residual.count() + prior)
         return pd.Series(wanted).map(offset).to_numpy(dtype=np.float64)
 
-    def _choose(self, x: np.ndarray, y: np.ndarray, checkpoints: np.ndarray, groups: np.ndarray, within: bool) -> _Fit:
+    def _choose(self, x: np.ndarray, y: np.ndarray, units: pd.Series | None, groups: np.ndarray) -> _Fit:
         """The penalty with the least squared error in a grouped cross-validation inside these rows, each
-        held-out group predicted the way the part is used (anchored on the other groups' rows, or not)."""
+        held-out group predicted the way the part is used: offset by its units' rows in the other groups (a
+        held-out row whose unit has none gets no offset), or with no offset for the pooled part."""
         names = pd.unique(groups)
         alphas = list(self.alphas)
+        unit = None if units is None else units.to_numpy()
+        prior = 0 if units is None else _PRIOR_ROWS[str(units.name)]
         if len(alphas) > 1 and len(names) >= 3:
             errors = []
             for alpha in alphas:
                 sq = 0.0
                 for g in names:
                     held = groups == g
-                    fit = self._solve(x[~held], y[~held], checkpoints[~held], alpha, within)
+                    fit = self._solve(x[~held], y[~held], None if unit is None else unit[~held], alpha)
                     pred = fit.gap(x[held])
-                    if within:
+                    if unit is not None:
                         pred = pred + np.nan_to_num(
-                            self._offsets(fit, x[~held], y[~held], checkpoints[~held], checkpoints[held])
+                            self._offsets(fit, x[~held], y[~held], unit[~held], unit[held], prior)
                         )
                     sq += float(np.sum((pred - y[held]) ** 2))
                 errors.append(sq)
             alpha = alphas[int(np.argmin(errors))]  # ties: the first listed
         else:
             alpha = alphas[len(alphas) // 2]
-        return self._solve(x, y, checkpoints, float(alpha), within)
+        return self._solve(x, y, unit, float(alpha))
 
     def fit(self, frame: pd.DataFrame) -> GapRegressor:
         from sklearn.preprocessing import StandardScaler
@@ -193,39 +217,55 @@ class GapRegressor:
             raise XlgmError(f"too few rows to fit a predictor ({len(frame)}; need at least 3)")
         self.scaler = StandardScaler().fit(frame[self.features].to_numpy(dtype=np.float64))
         x, y = self._design(frame), self._gap(frame)
-        checkpoints = frame["checkpoint_id"].to_numpy()
         languages = frame["language"].to_numpy()
-        runs = frame["run_id"].to_numpy() if "run_id" in frame.columns else checkpoints
-        # each part's penalty is tested the way the part is used: anchored on new languages, pooled on new runs
-        self.pooled = self._choose(x, y, checkpoints, runs if len(pd.unique(runs)) >= 3 else languages, False)
-        self.anchored = self._choose(x, y, checkpoints, languages, True) if self.use_anchors else None
+        # each part's penalty is tested the way the part is used: anchored on new languages, the others on new
+        # models (the finest grouping that leaves at least 3 groups: configurations, runs, checkpoints)
+        by_model = next(
+            frame[c].to_numpy()
+            for c in (self.model_groups, "run_id", "checkpoint_id")
+            if c in frame.columns and (frame[c].nunique() >= 3 or c == "checkpoint_id")
+        )
+        self.pooled = self._choose(x, y, None, by_model)
+        self.anchored = self._choose(x, y, frame["checkpoint_id"], languages) if self.use_anchors else None
+        self.by_language = self._choose(x, y, frame["language"], by_model) if self.use_anchors else None
         return self
 
+    def _anchor_offsets(self, part: str, frame: pd.DataFrame, x: np.ndarray, anchors: pd.DataFrame) -> np.ndarray:
+        """The offset of each row's checkpoint (part `anchored`) or language (`by_language`) from the anchor rows
+        (NaN where there are none), plus the part's gap."""
+        fit = self.anchored if part == "anchored" else self.by_language
+        assert fit is not None
+        unit = "checkpoint_id" if part == "anchored" else "language"
+        offset = self._offsets(
+            fit,
+            self._design(anchors),
+            self._gap(anchors),
+            anchors[unit].to_numpy(),
+            frame[unit].to_numpy(),
+            _PRIOR_ROWS[unit],
+        )
+        return fit.gap(x) + offset
+
     def predict(self, frame: pd.DataFrame, anchors: pd.DataFrame | None = None) -> np.ndarray:
-        """Predicted accuracy of each row. `anchors` are labelled rows of other languages: a row whose checkpoint
-        has some is predicted by the anchored part, the others by the pooled part. The caller keeps a row's own
-        language (and, for a new run, its checkpoints) out of the anchors."""
+        """Predicted accuracy of each row. `anchors` are labelled rows the row's own labels are not among: a row
+        whose checkpoint has some is predicted by the anchored part; else a row whose language has some (of other
+        checkpoints) by the by-language part; else by the pooled part. The caller keeps a row's own language (and,
+        for a new model, its checkpoints) out of the anchors."""
         if self.pooled is None:
             raise XlgmError("the predictor is not fitted")
         x = self._design(frame)
         gap = self.pooled.gap(x)
-        if self.anchored is not None and anchors is not None and len(anchors):
-            fit = self.anchored
-            offset = self._offsets(
-                fit,
-                self._design(anchors),
-                self._gap(anchors),
-                anchors["checkpoint_id"].to_numpy(),
-                frame["checkpoint_id"].to_numpy(),
-            )
-            has = ~np.isnan(offset)
-            gap[has] = fit.gap(x[has]) + offset[has]
+        if self.anchored is not None and self.by_language is not None and anchors is not None and len(anchors):
+            for part in ("by_language", "anchored"):  # the checkpoint's own anchors, where it has any, win
+                anchored = self._anchor_offsets(part, frame, x, anchors)
+                has = ~np.isnan(anchored)
+                gap[has] = anchored[has]
         return np.clip(frame["source_accuracy"].to_numpy(dtype=np.float64) + gap, 0.0, 1.0)
 
     def coefficients(self) -> dict[str, dict[str, float]]:
         names = (["scale"] if self.scaled else []) + self.features
         out = {}
-        for part, fit in (("anchored", self.anchored), ("pooled", self.pooled)):
+        for part, fit in (("anchored", self.anchored), ("by_language", self.by_language), ("pooled", self.pooled)):
             if fit is None:
                 continue
             out[part] = dict(zip(names, map(float, np.ravel(fit.coef))))
@@ -246,14 +286,27 @@ def _group_mean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 def other_languages_mean(frame: pd.DataFrame) -> np.ndarray:
-    """Baseline (b): for each row, the mean accuracy of the same checkpoint's other target languages."""
+    """Baseline (c): for each row, the mean accuracy of the same checkpoint's other target languages."""
     sums = frame.groupby("checkpoint_id")["accuracy"].transform("sum")
     counts = frame.groupby("checkpoint_id")["accuracy"].transform("count")
     with np.errstate(invalid="ignore", divide="ignore"):
         return ((sums - frame["accuracy"]) / (counts - 1)).to_numpy(dtype=np.float64)
 
 
-SCHEMES = {"leave-one-language-out": "language", "leave-one-run-out": "run_id"}
+def language_gap(frame: pd.DataFrame, train: pd.DataFrame) -> np.ndarray:
+    """Baseline (b): each row's source accuracy plus its language's mean gap over the `train` rows (other
+    checkpoints' labels only); NaN for a language `train` has no rows of."""
+    mean_gap = (train["accuracy"] - train["source_accuracy"]).groupby(train["language"]).mean()
+    return (frame["source_accuracy"] + frame["language"].map(mean_gap)).to_numpy(dtype=np.float64)
+
+
+# scheme -> the column whose values are held out one at a time. A configuration is a run without its seed
+# (the caller's `configuration` column): holding a run out leaves its seed-mates among the training rows.
+SCHEMES = {
+    "leave-one-language-out": "language",
+    "leave-one-run-out": "run_id",
+    "leave-one-configuration-out": "configuration",
+}
 
 
 def cross_validate(
@@ -264,34 +317,42 @@ def cross_validate(
     scale_by_disagreement: bool = True,
     use_anchors: bool = True,
 ) -> pd.DataFrame:
-    """One prediction per row, each from a model fitted, and anchored, without the row's group (its language
-    or its run): the held-out rows are neither training rows, nor anchors, nor in the penalty's inner CV.
+    """One prediction per row, each from a model fitted, and anchored, without the row's group (its language,
+    run or configuration): the held-out rows are neither training rows, nor anchors, nor in the penalty's inner
+    CV. Holding out models, the penalty's inner CV holds out the same kind of group.
 
-    Returns the keys, the actual accuracy, the prediction, both baselines and the absolute errors."""
+    Returns the keys, the actual accuracy, the prediction, the baselines and the absolute errors."""
     if scheme not in SCHEMES:
         raise XlgmError(f"unknown scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     group = SCHEMES[scheme]
+    if group not in frame.columns:
+        raise XlgmError(f"{scheme} needs a {group} column in the rows")
     groups = frame[group].unique()
     if len(groups) < 2:
         raise XlgmError(f"{scheme} needs at least two values of {group}, got {len(groups)}")
+    model_groups = "run_id" if group == "language" else group
     pred = np.full(len(frame), np.nan)
     pooled = np.full(len(frame), np.nan)  # the same models with the source as the only anchor
+    by_language = np.full(len(frame), np.nan)
     for g in groups:
         held = (frame[group] == g).to_numpy()
         train = frame.loc[~held]
-        model = GapRegressor(list(features), alphas, scale_by_disagreement, use_anchors).fit(train)
+        model = GapRegressor(list(features), alphas, scale_by_disagreement, use_anchors, model_groups).fit(train)
         pred[held] = model.predict(frame.loc[held], anchors=train)
         pooled[held] = model.predict(frame.loc[held])
+        by_language[held] = language_gap(frame.loc[held], train)
     out = frame[list(KEYS) + ["accuracy", "source_accuracy"]].copy()
     out["scheme"] = scheme
     out["predicted"] = pred
     out["predicted_source_anchor"] = pooled
     out["baseline_source"] = frame["source_accuracy"].to_numpy(dtype=np.float64)
+    out["baseline_language_gap"] = by_language
     out["baseline_other_languages"] = other_languages_mean(frame)
     for col, name in (
         ("predicted", "error"),
         ("predicted_source_anchor", "error_source_anchor"),
         ("baseline_source", "error_source"),
+        ("baseline_language_gap", "error_language_gap"),
         ("baseline_other_languages", "error_other_languages"),
     ):
         out[name] = (out[col] - out["accuracy"]).abs()
@@ -301,9 +362,13 @@ def cross_validate(
 # The predictor's rivals: the errors cross_validate writes for each.
 BASELINES = {
     "same_as_source": "error_source",
+    "language_gap": "error_language_gap",
     "other_languages": "error_other_languages",
     "source_anchor_only": "error_source_anchor",
 }
+# The rivals that use target labels of the checkpoint they predict (its other languages'): no rival for a model
+# that has none (leave-one-run-out, leave-one-configuration-out).
+USES_OWN_TARGET_LABELS = ("other_languages",)
 ROUNDING = 1e-12  # MAE differences below this are floating-point noise, not a win
 BASELINE_COLUMNS = [
     "scheme",
@@ -316,6 +381,7 @@ BASELINE_COLUMNS = [
     "ci_high",
     "share_better",
     "beats",
+    "uses_own_target_labels",
     "best_rival",
     "n_languages",
     "rows",
@@ -344,6 +410,8 @@ def compare_with_baselines(
     weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws]).astype(float) if n_boot else None
     alpha = (1.0 - confidence) / 2.0
     for baseline, column in BASELINES.items():
+        if column not in cv.columns:  # a table written before this rival existed
+            continue
         both = cv["error"].notna() & cv[column].notna()
         if not both.any():
             continue
@@ -373,6 +441,7 @@ def compare_with_baselines(
                 "ci_high": float(hi),
                 "share_better": share,
                 "beats": bool(np.isfinite(hi) and hi < -ROUNDING),
+                "uses_own_target_labels": baseline in USES_OWN_TARGET_LABELS,
                 "n_languages": int((count > 0).sum()),
                 "rows": int(both.sum()),
             }
@@ -395,6 +464,7 @@ def summarize(cv: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> dict:
             "predicted": float(rows["error"].mean()),
             "predicted_source_anchor": float(rows["error_source_anchor"].mean()),
             "same_as_source": float(rows["error_source"].mean()),
+            "language_gap": float(rows["error_language_gap"].mean()) if "error_language_gap" in rows else np.nan,
             "other_languages": float(rows["error_other_languages"].mean()),
             "rows": int(len(rows)),
         }
