@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ from study_testlib import one_thread, write_spec
 
 from xlgm.cli import main as xlgm_main
 from xlgm.recipes.evaluate import TextOutputs
-from xlgm.study.predict import label_free_measures, predict_study
+from xlgm.study.predict import label_free_measures, predict_study, write_predictions
 from xlgm.study.spec import load_spec
 
 PREDICT_SPEC = """\
@@ -63,7 +64,7 @@ def test_the_study_keeps_each_evaluations_outputs(predict_study_dir):
 def test_predict_writes_cross_validated_errors_and_measures(predict_study_dir, capsys):
     assert xlgm_main(["predict", str(predict_study_dir)]) == 0
     printed = capsys.readouterr().out
-    assert "leave-one-language-out" in printed and "leave-one-run-out" in printed
+    assert all(s in printed for s in ("leave-one-language-out", "leave-one-run-out", "leave-one-configuration-out"))
     folder = predict_study_dir / "prediction"
     cv = pd.read_csv(folder / "cv.csv")
     lolo = cv[cv.scheme == "leave-one-language-out"]
@@ -81,6 +82,21 @@ def test_predict_writes_cross_validated_errors_and_measures(predict_study_dir, c
             "SELECT COUNT(*) FROM measures WHERE data='sw-test-text' OR data='de-test-text'"
         ).fetchone()[0]
     assert stored >= RUNS * CHECKPOINTS * 10  # ten measures per checkpoint for de
+    versus = pd.read_csv(folder / "baselines.csv")
+    assert set(versus.loc[versus.uses_own_target_labels, "baseline"]) == {"other_languages"}
+    assert "language_gap" in set(versus.loc[versus.scheme == "leave-one-run-out", "baseline"])
+
+
+def test_predictions_are_rewritten_from_the_label_free_table_alone(predict_study_dir, tmp_path):
+    """The kept outputs are only needed for the label-free table: its csv, read back, gives the same tables."""
+    predict_study(load_spec(predict_study_dir / "spec.yaml"), predict_study_dir, echo=False, show_progress=False)
+    shutil.copy(predict_study_dir / "spec.yaml", tmp_path / "spec.yaml")
+    written = predict_study_dir / "prediction"
+    write_predictions(load_spec(tmp_path / "spec.yaml"), pd.read_csv(written / "label_free.csv"), tmp_path, False)
+    for name in ("label_free", "cv", "baselines"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "prediction" / f"{name}.csv"), pd.read_csv(written / f"{name}.csv"), obj=name
+        )
 
 
 def test_label_free_measures_ignore_target_labels(predict_study_dir):

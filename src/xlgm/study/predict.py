@@ -5,11 +5,13 @@
    measures of measures/label_free.py are computed from them: the target's labels are dropped before anything
    is computed, the source language (English) keeps its labels. They are stored in the study's `measures` table
    (data `LANG-SPLIT-text`) and in OUT/prediction/label_free.csv.
-2. The predictor (analysis/predict.py) is cross-validated leave-one-language-out and leave-one-run-out and
-   compared with the baselines "same as the source" and "mean of the other languages", and with itself
-   anchored on the source alone: OUT/prediction/{cv.csv, summary.json}. baselines.csv has one row per (scheme,
-   baseline): both MAEs, their ratio and difference with a paired bootstrap interval over languages, whether the
-   predictor beats it, and which baseline is the best rival (`analysis.predict.compare_with_baselines`).
+2. The predictor (analysis/predict.py) is cross-validated leave-one-language-out, leave-one-run-out and
+   leave-one-configuration-out (a run and its seed-mates) and compared with the baselines "same as the
+   source", "source plus the language's mean gap in the other models" and "mean of the other languages", and
+   with itself anchored on the source alone: OUT/prediction/{cv.csv, summary.json}. baselines.csv has one row
+   per (scheme, baseline): both MAEs, their ratio and difference with a paired bootstrap interval over
+   languages, whether the predictor beats it, whether the baseline uses the predicted checkpoint's own target
+   labels, and which baseline is the best rival (`analysis.predict.compare_with_baselines`).
 3. `--text FILE --language XX`: the predictor, fitted on the study's labelled target languages (XX's own
    rows left out if the study has them) and anchored on them, predicts the accuracy of the study's
    checkpoints on the language's unlabelled text (a TSV of text_a, text_b; a label column is ignored).
@@ -50,7 +52,7 @@ from xlgm.recipes.evaluate import predict_outputs
 from xlgm.study.db import StudyDB
 from xlgm.study.executors import load_run_model
 from xlgm.study.spec import StudySpec
-from xlgm.study.units import DB_NAME, eval_data_label, outputs_path, train_unit_id
+from xlgm.study.units import DB_NAME, eval_data_label, outputs_path, seed_group_id, train_unit_id
 
 OUTPUT_MEASURES = ("confidence-margin", "prediction-entropy", "atc-accuracy", "doc-accuracy")
 PARALLEL_MEASURES = ("translation-agreement", "translation-gap", "linear-cka", "retrieval-accuracy")
@@ -190,8 +192,16 @@ def _store(spec: StudySpec, out: Path, frame: pd.DataFrame) -> None:
 
 def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: bool = True) -> dict[str, Any]:
     """Label-free measures, cross-validated predictions and their errors; written to OUT/prediction/."""
-    frame = derive_features(label_free_frame(spec, out, show_progress))
+    return write_predictions(spec, label_free_frame(spec, out, show_progress), out, echo)
+
+
+def write_predictions(spec: StudySpec, label_free: pd.DataFrame, out: Path, echo: bool = True) -> dict[str, Any]:
+    """The predictor cross-validated on a label-free frame (`label_free_frame`, or its label_free.csv read
+    back): OUT/prediction/{label_free,cv,baselines}.csv and summary.json."""
+    frame = derive_features(label_free)
     frame = frame[frame["accuracy"].notna()].reset_index(drop=True)
+    configurations = {c.run_id: seed_group_id(c) for c in spec.run_configs()}
+    frame["configuration"] = frame["run_id"].map(configurations)
     features = available_features(frame, spec.prediction.features)
     if not features:
         raise XlgmError("none of the predictor's features could be computed from the kept outputs")
@@ -223,17 +233,17 @@ def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: 
 def format_summary(results: dict[str, Any]) -> str:
     lines = [
         f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows)",
-        f"{'scheme':<24}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'other langs':>13}"
-        f"{'ratio to best rival':>21}",
+        f"{'scheme':<28}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'en + lang gap':>15}"
+        f"{'other langs':>13}{'ratio to best rival':>21}",
     ]
     for scheme, s in results["schemes"].items():
         if "skipped" in s:
-            lines.append(f"{scheme:<24} skipped: {s['skipped']}")
+            lines.append(f"{scheme:<28} skipped: {s['skipped']}")
             continue
         m = s["mae"]
         lines.append(
-            f"{scheme:<24}{m['predicted']:8.4f}{m['predicted_source_anchor']:16.4f}"
-            f"{m['same_as_source']:12.4f}{m['other_languages']:13.4f}"
+            f"{scheme:<28}{m['predicted']:8.4f}{m['predicted_source_anchor']:16.4f}"
+            f"{m['same_as_source']:12.4f}{m['language_gap']:15.4f}{m['other_languages']:13.4f}"
             f"{s['ratio_to_best_rival']:8.2f} ({s['best_rival']})"
         )
     lines.append("against each rival (MAE difference, predictor - rival, 95% interval resampling languages):")
@@ -241,9 +251,10 @@ def format_summary(results: dict[str, Any]) -> str:
         for name, v in s.get("versus", {}).items():
             verdict = "beats it" if v["beats"] else "does not beat it"
             best = " (best rival)" if v["best_rival"] else ""
+            own = ", uses the checkpoint's target labels" if v.get("uses_own_target_labels") else ""
             lines.append(
-                f"  {scheme:<24}{name + best:<32}{v['difference']:+8.4f} [{v['ci_low']:+.4f}, "
-                f"{v['ci_high']:+.4f}]  ratio {v['ratio']:.2f}, {verdict}"
+                f"  {scheme:<28}{name + best:<32}{v['difference']:+8.4f} [{v['ci_low']:+.4f}, "
+                f"{v['ci_high']:+.4f}]  ratio {v['ratio']:.2f}, {verdict}{own}"
             )
     return "\n".join(lines)
 
