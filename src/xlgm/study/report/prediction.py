@@ -110,7 +110,7 @@ def prediction_tables(section: PredictionSection) -> tuple[str, pd.DataFrame]:
     rows = []
     for scheme, r in s.get("schemes", {}).items():
         if "skipped" in r:
-            rows.append((scheme, "", "", "", "", "", r["skipped"]))
+            rows.append((scheme, "", "", "", "", "", "", r["skipped"]))
         else:
             m = r.get("mae", {})
             rows.append(
@@ -119,6 +119,7 @@ def prediction_tables(section: PredictionSection) -> tuple[str, pd.DataFrame]:
                     m.get("predicted"),
                     m.get("predicted_source_anchor", math.nan),
                     m.get("same_as_source"),
+                    m.get("language_gap", math.nan),
                     m.get("other_languages"),
                     r.get("ratio_to_same_as_source"),
                     m.get("rows"),
@@ -131,6 +132,7 @@ def prediction_tables(section: PredictionSection) -> tuple[str, pd.DataFrame]:
             "MAE",
             "MAE source anchor only",
             "MAE same as source",
+            "MAE language gap",
             "MAE other languages",
             "ratio",
             "rows",
@@ -138,11 +140,14 @@ def prediction_tables(section: PredictionSection) -> tuple[str, pd.DataFrame]:
     )
     intro = (
         "Accuracy per (checkpoint, language) predicted from unlabelled target text: a ridge regression on "
-        f"label-free measures ({', '.join(s.get('features', []))}) of the gap to the source accuracy, plus "
-        "the checkpoint's offset estimated from its other labelled languages where the scheme leaves any "
-        "(leave-one-run-out leaves none: the source alone anchors). Each language's predictions come from "
-        "a model fitted and anchored without that language's rows. 'Source anchor only' is the same "
-        "model without the offsets; ratio = MAE / MAE same as source. An error below the 95% half-width of "
-        "one accuracy is within the sampling noise of the labelled target itself."
+        f"label-free measures ({', '.join(s.get('features', []))}) of the gap to the source accuracy, anchored "
+        "on what the scheme leaves labelled: the checkpoint's own other languages (leave one language out), or "
+        "the other models' rows of the same language (leave one run or one configuration out: the model itself "
+        "has no target labels). Rivals: 'same as source' (the source accuracy), 'language gap' (the source "
+        "accuracy minus the language's mean gap in the other models: no target labels of the model), 'source "
+        "anchor only' (the regression without any anchor), and 'other languages' (the mean accuracy of the "
+        "model's other target languages: it needs the model's own target labels, so it is no rival for a "
+        "model without them). ratio = MAE / MAE same as source. An error below the 95% half-width of one "
+        "accuracy is within the sampling noise of the labelled target itself."
     )
     return intro, table
