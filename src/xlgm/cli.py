@@ -428,7 +428,14 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         write_report(report, out)  # after the results file opened: a damaged one leaves the report as it was
         for lang, r in report["languages"].items():
             db.add_evaluation(
-                checkpoint_id, task.name, lang, config.split, report["data"], r["num_examples"], r["accuracy"]
+                checkpoint_id,
+                task.name,
+                lang,
+                config.split,
+                report["data"],
+                r["num_examples"],
+                r["accuracy"],
+                report["machine"],
             )
     print(format_table(report))
     print(f"{report['examples_per_second']:.0f} examples/s; report: {out}")

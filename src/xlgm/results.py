@@ -1,5 +1,7 @@
 """Results in SQLite: runs, checkpoints, evaluations and measures, keyed by config hashes.
 
+Each row that holds a result names the machine that computed it (`machine_id`, a hash of its record in the
+`machines` table: `xlgm.core.machine`); rows of files written before machines were recorded hold NULL.
 One file per run directory (`results.sqlite`) or per study. Writes are idempotent (`INSERT ... ON CONFLICT
 DO UPDATE`), so a rerun after a crash replaces rows rather than duplicating them.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xlgm.core.errors import XlgmError
+from xlgm.core.machine import machine_kind
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -25,7 +28,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     run_dir TEXT,
     status TEXT NOT NULL DEFAULT 'created',
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    machine_id TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     checkpoint_id TEXT PRIMARY KEY,
@@ -46,6 +50,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     num_examples INTEGER NOT NULL,
     accuracy REAL NOT NULL,
     created REAL NOT NULL,
+    machine_id TEXT,
     PRIMARY KEY (checkpoint_id, task, language, split, data)
 );
 CREATE TABLE IF NOT EXISTS measures (
@@ -60,9 +65,19 @@ CREATE TABLE IF NOT EXISTS measures (
     details TEXT,
     config TEXT,
     created REAL NOT NULL,
+    machine_id TEXT,
     PRIMARY KEY (checkpoint_id, measure, config_hash, data)
 );
+CREATE TABLE IF NOT EXISTS machines (
+    machine_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
+# Columns added after files were first written, with their type: an older file gains them when it is opened, its
+# rows holding NULL (`machine_id` NULL: the machine that computed the row was not recorded).
+ADDED_COLUMNS = {table: {"machine_id": "TEXT"} for table in ("runs", "evaluations", "measures")}
 
 
 def config_hash(config: Any, length: int = 12) -> str:
@@ -95,6 +110,15 @@ COLUMNS = {
 }
 
 
+def add_missing_columns(conn: sqlite3.Connection, added: dict[str, dict[str, str]]) -> None:
+    """Give an older file's tables the columns `added` names (table -> column -> type) that they lack."""
+    for table, columns in added.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column, sql_type in columns.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
+
+
 class ResultsDB:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -108,6 +132,7 @@ class ResultsDB:
             self._check_tables()
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.executescript(SCHEMA)
+            add_missing_columns(self.conn, ADDED_COLUMNS)
             self.conn.commit()
         except sqlite3.DatabaseError as err:
             self.conn.close()
@@ -139,13 +164,34 @@ class ResultsDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add_run(self, run_id: str, config: dict, run_dir: str | None, status: str = "created") -> None:
+    def add_machine(self, record: dict | None) -> str | None:
+        """Keep a machine record (`xlgm.core.machine`) and return its id, a hash of the record (None for None)."""
+        if not record:
+            return None
+        machine_id = config_hash(record)
         with self.conn:
             self.conn.execute(
-                "INSERT INTO runs (run_id, config, run_dir, status, created) VALUES (?, ?, ?, ?, ?) "
+                "INSERT OR IGNORE INTO machines (machine_id, kind, record, created) VALUES (?, ?, ?, ?)",
+                (machine_id, machine_kind(record), json.dumps(record, sort_keys=True, default=str), time.time()),
+            )
+        return machine_id
+
+    def machine(self, machine_id: str | None) -> dict | None:
+        """The record kept under `machine_id` (None when unknown)."""
+        row = self.conn.execute("SELECT record FROM machines WHERE machine_id=?", (machine_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def add_run(
+        self, run_id: str, config: dict, run_dir: str | None, status: str = "created", machine: dict | None = None
+    ) -> None:
+        """`machine`: the record of what trained the run (`core.machine.combined_record` of its sessions)."""
+        machine_id = self.add_machine(machine)
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (run_id, config, run_dir, status, created, machine_id) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(run_id) DO UPDATE SET config=excluded.config, run_dir=excluded.run_dir, "
-                "status=excluded.status",
-                (run_id, json.dumps(config, sort_keys=True, default=str), run_dir, status, time.time()),
+                "status=excluded.status, machine_id=excluded.machine_id",
+                (run_id, json.dumps(config, sort_keys=True, default=str), run_dir, status, time.time(), machine_id),
             )
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -177,13 +223,24 @@ class ResultsDB:
             )
 
     def add_evaluation(
-        self, checkpoint_id: str, task: str, language: str, split: str, data: str, num_examples: int, accuracy: float
+        self,
+        checkpoint_id: str,
+        task: str,
+        language: str,
+        split: str,
+        data: str,
+        num_examples: int,
+        accuracy: float,
+        machine: dict | None = None,
     ) -> None:
+        machine_id = self.add_machine(machine)
         with self.conn:
             self.conn.execute(
-                "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                "num_examples=excluded.num_examples, accuracy=excluded.accuracy, created=excluded.created",
-                (checkpoint_id, task, language, split, data, num_examples, accuracy, time.time()),
+                "INSERT INTO evaluations (checkpoint_id, task, language, split, data, num_examples, accuracy, created, "
+                "machine_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "num_examples=excluded.num_examples, accuracy=excluded.accuracy, created=excluded.created, "
+                "machine_id=excluded.machine_id",
+                (checkpoint_id, task, language, split, data, num_examples, accuracy, time.time(), machine_id),
             )
 
     def add_measure(
@@ -197,12 +254,16 @@ class ResultsDB:
         num_samples: int | None,
         seconds: float,
         details: dict,
+        machine: dict | None = None,
     ) -> None:
+        machine_id = self.add_machine(machine)
         with self.conn:
             self.conn.execute(
-                "INSERT INTO measures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                "value=excluded.value, spread=excluded.spread, num_samples=excluded.num_samples, "
-                "seconds=excluded.seconds, details=excluded.details, created=excluded.created",
+                "INSERT INTO measures (checkpoint_id, measure, config_hash, data, value, spread, num_samples, seconds, "
+                "details, config, created, machine_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET value=excluded.value, spread=excluded.spread, "
+                "num_samples=excluded.num_samples, seconds=excluded.seconds, details=excluded.details, "
+                "created=excluded.created, machine_id=excluded.machine_id",
                 (
                     checkpoint_id,
                     measure,
@@ -215,6 +276,7 @@ class ResultsDB:
                     json.dumps(details, default=str),
                     json.dumps(config, sort_keys=True, default=str),
                     time.time(),
+                    machine_id,
                 ),
             )
 

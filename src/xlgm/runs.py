@@ -7,7 +7,9 @@
                                checkpoint of an unfinished run also holds training-state.safetensors +
                                training-state.json (optimizer, schedule, data position, random states)
     RUN/checkpoints.json       index: every checkpoint with its dev accuracy, and which is `best`/`last`
-    RUN/state.json             whether training finished, on which device and in how many processes
+    RUN/state.json             whether training finished, on which device, in how many processes and in which
+                               (resolved) precision, and the machine of each training session (`machines`:
+                               from_step, machine: `xlgm.core.machine.machine_record`)
     RUN/train_log.jsonl        one JSON object per logged step / evaluation
     RUN/trackers/              with `--report-to`: the trackers' local files (TensorBoard events, ...)
     RUN/results.sqlite         runs, checkpoints, evaluations, measures (see results.py)
@@ -35,6 +37,7 @@ from xlgm.core.errors import XlgmError
 
 # read_json, write_json and save_tensors live in core.files; callers also know them as xlgm.runs names.
 from xlgm.core.files import read_json, read_safetensors, save_tensors, write_json
+from xlgm.core.machine import combined_record
 
 # How a run's weights are stored and loaded into a model belongs to the models layer; re-exported here, where
 # the rest of a run's layout is.
@@ -107,6 +110,13 @@ class RunDir:
         """state.json, or None for a run written before runs recorded it."""
         path = self.path / STATE
         return read_json(path) if path.exists() else None
+
+    @property
+    def machine(self) -> dict | None:
+        """The machine that trained the run: one record, or `{"mixed": [...]}` when its sessions ran on different
+        kinds of machine (`core.machine.combined_record`); None for a run written before runs recorded it."""
+        sessions = (self.state or {}).get("machines") or []
+        return combined_record([s.get("machine") for s in sessions])
 
     def write_state(self, **fields: Any) -> dict:
         state = {**(self.state or {}), **fields}

@@ -104,6 +104,8 @@ def machine_kind(record: dict[str, Any] | None) -> str:
     """A short text that is equal for two records exactly when their results should agree bit for bit."""
     if not record:
         return "unknown"
+    if "mixed" in record:
+        return "mixed: " + " | ".join(machine_kind(r) for r in record["mixed"])
     isa = "+".join(record.get("isa") or []) or "no-simd-flags"
     device = record.get("gpu") or "cpu"
     threads, precision, version = record.get("threads"), record.get("precision"), record.get("torch")
@@ -114,5 +116,20 @@ def describe_machine(record: dict[str, Any] | None) -> str:
     """One line for people: the CPU or GPU by name, then the kind."""
     if not record:
         return "unknown machine"
+    if "mixed" in record:
+        return "mixed: " + " | ".join(describe_machine(r) for r in record["mixed"])
     name = record.get("gpu") or record.get("cpu") or "unknown"
     return f"{name}; {machine_kind(record)}"
+
+
+def combined_record(records: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One record for a result that several sessions computed (a run's training, resumed): the last session's when
+    all are of one kind, else `{"mixed": [each kind's first record]}` (None stands for a session not recorded)."""
+    if not records:
+        return None
+    kinds: dict[str, dict[str, Any] | None] = {}
+    for record in records:
+        kinds.setdefault(machine_kind(record), record)
+    if len(kinds) == 1:
+        return records[-1]
+    return {"mixed": list(kinds.values())}

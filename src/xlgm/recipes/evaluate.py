@@ -24,6 +24,7 @@ from xlgm.core import validation
 from xlgm.core.devices import Precision, autocast
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
+from xlgm.core.machine import machine_record
 from xlgm.core.options import check_fields, option
 from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `predict_outputs` returns
@@ -173,7 +174,7 @@ def evaluate_languages(
     leave: bool = True,
 ) -> dict:
     """The evaluation stage on one loaded model: accuracy per language, the mean over target languages and each
-    language's gap to the source.
+    language's gap to the source, with the machine that computed them (`xlgm.core.machine`).
 
     `examples` (language -> rows) skips reading the files again when the caller already has them;
     `precision` (no, fp16, bf16) is the autocast of the forward passes. `on_language(language, outputs, seconds,
@@ -214,6 +215,7 @@ def evaluate_languages(
         **summary,
         "device": str(model_device(model)),
         "precision": precision,
+        "machine": machine_record(model_device(model), precision),
         "seconds": seconds,
         "examples_per_second": total / seconds if seconds else None,
     }

@@ -3,7 +3,8 @@
 For each checkpoint the model is loaded once, the data tokenized once into fixed length-sorted batches, and
 every requested measure computed on them (each measure leaves the model exactly as it found it). The
 trained parameters of the run (its `--freeze` choice respected) are what the measures perturb unless a
-parameter filter says otherwise. Results go to the run's SQLite file and a JSON file beside it.
+parameter filter says otherwise. Results go to the run's SQLite file and a JSON file beside it, each with the
+machine that computed it (`xlgm.core.machine`).
 Measures run in float32 on the model's device unless a mixed precision is asked for (curvature estimates
 in bf16 are not exact).
 """
@@ -25,6 +26,7 @@ from xlgm.core import validation
 from xlgm.core.devices import Precision, autocast, resolve_device, resolve_precision
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_json, write_json
+from xlgm.core.machine import machine_record
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import MAX_LENGTH, BatchCollator, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
@@ -288,6 +290,7 @@ def measure_checkpoints(
         freeze_parameters(model, run_config.get("freeze", "none"))
         module: torch.nn.Module = model  # transformers' `to` is typed through functools.wraps, unbound to mypy
         module.to(device)
+        machine = machine_record(model_device(model), precision)
         batches = build_batches(tokenizer, task, data, config.source, model_device(model))
         if bar is None:
             bar = tqdm(total=len(targets) * len(measures), desc="measure", unit="measure", disable=not show_progress)
@@ -316,6 +319,7 @@ def measure_checkpoints(
                 "seed": seed,
                 "seconds": seconds,
                 **result.to_dict(),
+                "machine": machine,
             }
             records.append(record)
             if db is not None:
@@ -330,6 +334,7 @@ def measure_checkpoints(
                     result.num_samples,
                     seconds,
                     result.to_dict(),
+                    machine,
                 )
         del model
     if bar is not None:

@@ -42,6 +42,7 @@ import xlgm.objectives as objectives
 from xlgm.core import validation
 from xlgm.core.devices import Precision
 from xlgm.core.errors import XlgmError
+from xlgm.core.machine import describe_machine, machine_kind, machine_record
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import MAX_LENGTH, BatchCollator, TokenizedSet, bucketed_shuffled_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
@@ -266,14 +267,19 @@ def train(
         "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
     }
+    machine = machine_record(accelerator.device, accelerator.mixed_precision)
     resumed = resume_point(run, model, session, len(train_rows), schedule) if mode == "resume" else None
     start_step = resumed.step if resumed is not None else 0
     if main and mode == "new":
         counts = {"num_train": len(train_rows), "num_select": len(select_rows), "frozen_parameters": frozen}
-        write_run_files(run, config, task, model, new_parameters, session, counts)
+        write_run_files(run, config, task, model, new_parameters, {**session, **first_session(machine)}, counts)
     elif main:  # what a resumed run wrote after its last checkpoint is forgotten
         run.rewind(start_step)
-        run.write_state(resumed_at=[*(run.state or {}).get("resumed_at", []), start_step], **session)
+        run.write_state(
+            resumed_at=[*(run.state or {}).get("resumed_at", []), start_step],
+            machines=resumed_sessions(run, machine, start_step),
+            **session,
+        )
     if trackers:
         start_trackers(accelerator, config, run)
     collator = BatchCollator(tokenizer, data)
@@ -291,7 +297,7 @@ def train(
         loop.restore(resumed)
     db = ResultsDB(db_path or run.path / "results.sqlite") if main else None
     if db:
-        db.add_run(config.run_id, asdict(config), str(run.path), status="training")
+        db.add_run(config.run_id, asdict(config), str(run.path), status="training", machine=run.machine)
     log = TrainLog(accelerator, (run.path / LOG).open("a") if main else None)
     checkpoints = CheckpointSaver(run, loop, tokenizer, select_rows, db, log)
     step, stopped = run_steps(
@@ -389,11 +395,35 @@ def resume_point(run: RunDir, model: PreTrainedModel, session: dict, num_train: 
     return Resumed(meta["step"], tensors, meta)
 
 
+def first_session(machine: dict[str, Any]) -> dict[str, Any]:
+    """state.json's `machines` of a new run: this session's machine from step 0."""
+    return {"machines": [{"from_step": 0, "machine": machine}]}
+
+
+def resumed_sessions(run: RunDir, machine: dict[str, Any], start_step: int) -> list[dict[str, Any]]:
+    """state.json's `machines` once this session resumes the run at `start_step`: the sessions whose steps are
+    kept, then this one. Warns on one line when this machine is of another kind than the one that trained the
+    steps before: the run then no longer matches an uninterrupted one bit for bit."""
+    kept = [s for s in (run.state or {}).get("machines") or [] if s["from_step"] < start_step]
+    if start_step and not kept:  # trained before runs recorded their machine
+        kept = [{"from_step": 0, "machine": None}]
+    before = kept[-1]["machine"] if kept else None
+    if before is not None and machine_kind(before) != machine_kind(machine):
+        print(
+            f"xlgm: warning: {run.path}: resuming at step {start_step} on another kind of machine "
+            f"({describe_machine(machine)}) than trained it so far ({describe_machine(before)}); "
+            "its numbers will not match an uninterrupted run's bit for bit",
+            file=sys.stderr,
+        )
+    return [*kept, {"from_step": start_step, "machine": machine}]
+
+
 def write_run_files(
     run: RunDir, config: TrainConfig, task: Task, model: PreTrainedModel, new_parameters, session: dict, counts: dict
 ) -> None:
-    """A new run's files: state.json, the task, the initial head and init.json, and config.json last (a folder
-    holds a run once its config is there). `counts`: the rows trained on and held out, the frozen parameters."""
+    """A new run's files: state.json (`session`: the device, the processes, the resolved precision and the machine),
+    the task, the initial head and init.json, and config.json last (a folder holds a run once its config is there).
+    `counts`: the rows trained on and held out, the frozen parameters."""
     run.write_state(run_id=config.run_id, finished=False, resumed_at=[], **session)
     write_run_task(task, run.path)
     head: dict[str, torch.Tensor] = {n: p for n, p in model.named_parameters() if n in new_parameters}

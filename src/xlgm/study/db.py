@@ -2,9 +2,11 @@
 
     study       study_id, name, spec (canonical JSON), text (the YAML as written), created
     study_runs  study_id, run_id, position: which runs a study's grid expands to
-    work        unit_id, kind (train | eval | measure | group), run_id, checkpoint_id, item, seconds, finished
-    group_measures  group_id, measure, run_ids, checkpoint_ids (JSON lists), value, details, seconds, created:
-                measures of a group of runs that differ only in their seed (parameter-variance-across-seeds)
+    work        unit_id, kind (train | eval | measure | group), run_id, checkpoint_id, item, seconds, finished,
+                machine_id (what computed the unit: the `machines` table; NULL in files older than that)
+    group_measures  group_id, measure, run_ids, checkpoint_ids (JSON lists), value, details, seconds, created,
+                machine_id: measures of a group of runs that differ only in their seed
+                (parameter-variance-across-seeds)
 
 Paths (runs.run_dir, checkpoints.path) are stored relative to the study folder and resolved against the folder
 the file is read from, so a study folder can be moved or copied. Files written by older versions hold absolute
@@ -31,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from xlgm.core.errors import XlgmError
-from xlgm.results import ResultsDB
+from xlgm.results import ResultsDB, add_missing_columns
 
 STUDY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (
@@ -56,6 +58,7 @@ CREATE TABLE IF NOT EXISTS group_measures (
     details TEXT,
     seconds REAL,
     created REAL NOT NULL,
+    machine_id TEXT,
     PRIMARY KEY (group_id, measure)
 );
 CREATE TABLE IF NOT EXISTS work (
@@ -65,9 +68,12 @@ CREATE TABLE IF NOT EXISTS work (
     checkpoint_id TEXT,
     item TEXT,
     seconds REAL,
-    finished REAL NOT NULL
+    finished REAL NOT NULL,
+    machine_id TEXT
 );
 """
+# Columns added after study files were first written (see `xlgm.results.ADDED_COLUMNS`).
+STUDY_ADDED_COLUMNS = {"group_measures": {"machine_id": "TEXT"}, "work": {"machine_id": "TEXT"}}
 # For tests of interruption: seconds to sleep between computing a unit and committing it (kill -9 lands there).
 DELAY_ENV = "XLGM_STUDY_COMMIT_DELAY"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -120,6 +126,7 @@ class StudyDB(ResultsDB):
             if problem != "ok":
                 raise sqlite3.DatabaseError(problem)
             self.conn.executescript(STUDY_SCHEMA)
+            add_missing_columns(self.conn, STUDY_ADDED_COLUMNS)
             self.conn.commit()
         except sqlite3.DatabaseError as err:
             self.close()
@@ -226,9 +233,10 @@ class StudyDB(ResultsDB):
         if delay:
             time.sleep(delay)
         with self.transaction():
-            kind = unit["kind"]
+            kind, machine = unit["kind"], unit.get("machine")
+            machine_id = self.add_machine(machine)
             if kind == "train":
-                self.add_run(unit["run_id"], unit["config"], unit["run_dir"], status="trained")
+                self.add_run(unit["run_id"], unit["config"], unit["run_dir"], status="trained", machine=machine)
                 self.conn.execute("DELETE FROM checkpoints WHERE run_id=?", (unit["run_id"],))
                 for c in unit["checkpoints"]:
                     self.add_checkpoint(
@@ -251,6 +259,7 @@ class StudyDB(ResultsDB):
                     unit["data"],
                     unit["num_examples"],
                     unit["accuracy"],
+                    machine,
                 )
                 checkpoint_id, item = unit["checkpoint_id"], unit["language"]
             elif kind == "measure":
@@ -264,12 +273,13 @@ class StudyDB(ResultsDB):
                     unit["num_samples"],
                     unit["seconds"],
                     unit["details"],
+                    machine,
                 )
                 checkpoint_id, item = unit["checkpoint_id"], unit["measure"]
             elif kind == "group":
                 self.conn.execute(
                     "INSERT OR REPLACE INTO group_measures (group_id, measure, run_ids, checkpoint_ids, value, "
-                    "details, seconds, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "details, seconds, created, machine_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         unit["run_id"],
                         unit["measure"],
@@ -279,16 +289,18 @@ class StudyDB(ResultsDB):
                         json.dumps(unit["details"], default=str),
                         unit["seconds"],
                         time.time(),
+                        machine_id,
                     ),
                 )
                 checkpoint_id, item = None, unit["measure"]
             else:
                 raise ValueError(f"unknown unit kind {kind!r}")
             self.conn.execute(
-                "INSERT INTO work (unit_id, kind, run_id, checkpoint_id, item, seconds, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(unit_id) DO UPDATE SET seconds=excluded.seconds, "
-                "finished=excluded.finished",
-                (unit["unit_id"], kind, unit["run_id"], checkpoint_id, item, unit.get("seconds"), time.time()),
+                "INSERT INTO work (unit_id, kind, run_id, checkpoint_id, item, seconds, finished, machine_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(unit_id) DO UPDATE SET seconds=excluded.seconds, "
+                "finished=excluded.finished, machine_id=excluded.machine_id",
+                (unit["unit_id"], kind, unit["run_id"], checkpoint_id, item, unit.get("seconds"), time.time())
+                + (machine_id,),
             )
 
     def forget_units(self, unit_ids: Iterable[str]) -> None:

@@ -6,8 +6,9 @@ evaluations and measures of its selected checkpoints; each finished unit's rows 
 `local` runs the grid points one after the other in this process, on `--device`. `ray` runs each grid point as a
 Ray task (one GPU per task when the cluster has GPUs and the device is not `cpu`, else `cpus_per_task` CPUs) that
 trains, evaluates and measures one run on its GPU (or CPU) and RETURNS its unit rows; only the driver writes the
-SQLite file. The tasks write their run directories under OUT, so on a multi-node cluster OUT must be on a shared
-filesystem.
+SQLite file. Every unit's rows carry the machine that computed it (`xlgm.core.machine`; a training's is that of
+its sessions, from the run folder's state.json). The tasks write their run directories under OUT, so on a
+multi-node cluster OUT must be on a shared filesystem.
 
 The group measures (`run_groups`) run in the driver once every run of a group of seeds is trained.
 """
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from xlgm.core.devices import resolve_device, resolve_precision
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_safetensors
+from xlgm.core.machine import machine_record
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.tasks import get_task
 from xlgm.measures.base import compute_group_measure
@@ -141,6 +143,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
                 "run_dir": task.stored_run_dir,
                 "checkpoints": _checkpoint_rows(task),
                 "seconds": time.perf_counter() - start,
+                "machine": RunDir(run_dir).machine,
             }
         )
     elif not run_dir.is_dir():  # the driver's check redoes such runs; a folder removed since is an error
@@ -190,6 +193,8 @@ def _evaluate(
     keep = pred.enabled
     embed = keep and pred.embedding_rows > 0
     rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
+    precision = resolve_precision(ev.mixed_precision, device)
+    machine = machine_record(device, precision)
 
     def record(lang: str, outputs, seconds: float, accuracy: float) -> None:
         if keep:
@@ -209,6 +214,7 @@ def _evaluate(
                 "num_examples": len(rows[lang]),
                 "accuracy": accuracy,
                 "seconds": seconds,
+                "machine": machine,
             }
         )
 
@@ -223,7 +229,7 @@ def _evaluate(
         batch_size=ev.batch_size,
         show_progress=task.show_progress,
         examples=rows,
-        precision=resolve_precision(ev.mixed_precision, device),
+        precision=precision,
         embeddings=embed,
         layer=pred.embedding_layer,
         on_language=record,
@@ -240,6 +246,7 @@ def _measure(
     data = spec.measure_data()
     batches = build_batches(tokenizer, task_def, data, source, device)
     run_id = task.config.run_id
+    machine = machine_record(device, "no")  # a study's measures run in float32 (compute_measures' default)
     with tqdm(
         total=len(measures),
         desc=f"measure {ckpt['checkpoint_id']}",
@@ -274,6 +281,7 @@ def _measure(
                     "num_samples": record["num_samples"],
                     "seconds": seconds,
                     "details": record,
+                    "machine": machine,
                 }
             )
 
@@ -378,6 +386,7 @@ def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str],
     """The group measures of every group of seeds whose runs are all trained, at each run's best checkpoint
     (the model the study picks from the run); the same trained parameters the checkpoints hold."""
 
+    machine = machine_record("cpu", "no")  # the weights' arithmetic, in float32 on the driver's CPU
     for group, members in seed_groups(configs).items():
         todo = [m for m in group_measure_names() if group_unit_id(group, m) not in done]
         if not todo or any(train_unit_id(c.run_id) not in done for c in members):
@@ -398,5 +407,6 @@ def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str],
                     "value": result["value"],
                     "details": result,
                     "seconds": time.perf_counter() - start,
+                    "machine": machine,
                 }
             )

@@ -43,6 +43,7 @@ from xlgm.analysis.predict import (
 )
 from xlgm.core.devices import resolve_device
 from xlgm.core.errors import XlgmError
+from xlgm.core.machine import machine_record
 from xlgm.core.types import TextOutputs
 from xlgm.data.batching import tokenize_examples
 from xlgm.data.tasks import get_task
@@ -182,12 +183,14 @@ def _store(spec: StudySpec, out: Path, frame: pd.DataFrame) -> None:
     skip = {"checkpoint_id", "run_id", "language", "accuracy"}
     measure_cols = [c for c in frame.columns if c not in skip and not c.startswith("source_")]
     config = {"label_free": True, "parallel": spec.prediction.parallel}
+    machine = machine_record("cpu", "no")  # computed from the kept outputs, in numpy
     with StudyDB(out / DB_NAME) as db:
         for rec in frame.to_dict("records"):
             data = f"{rec['language']}-{spec.evaluation.split}-text"
             for col in measure_cols:
                 if pd.notna(rec[col]):
-                    db.add_measure(rec["checkpoint_id"], col, config, data, float(rec[col]), None, None, 0.0, {})
+                    value = float(rec[col])
+                    db.add_measure(rec["checkpoint_id"], col, config, data, value, None, None, 0.0, {}, machine)
 
 
 def predict_study(spec: StudySpec, out: Path, echo: bool = True, show_progress: bool = True) -> dict[str, Any]:
