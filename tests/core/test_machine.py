@@ -26,3 +26,16 @@ def test_kind_changes_with_what_picks_kernels_and_not_with_the_cpu_name():
         assert machine.machine_kind(base) != machine.machine_kind({**base, **change}), change
     assert machine.machine_kind(None) == "unknown"
     assert "AMD EPYC" in machine.describe_machine(base)
+
+
+def test_combined_record_is_the_last_session_of_one_kind_else_mixed():
+    amd = {"cpu": "AMD EPYC", "isa": ["avx512_bf16"], "gpu": None, "threads": 2, "precision": "bf16", "torch": "2"}
+    amd_again = {**amd, "versions": {"xlgm": "later"}}
+    intel = {**amd, "cpu": "Intel Xeon", "isa": ["amx_bf16", "avx512_bf16"]}
+    assert machine.combined_record([]) is None
+    assert machine.combined_record([amd, amd_again]) == amd_again
+    mixed = machine.combined_record([amd, intel, amd_again])
+    assert mixed == {"mixed": [amd, intel]}
+    assert machine.machine_kind(mixed) == f"mixed: {machine.machine_kind(amd)} | {machine.machine_kind(intel)}"
+    assert "AMD EPYC" in machine.describe_machine(mixed) and "Intel Xeon" in machine.describe_machine(mixed)
+    assert machine.combined_record([None, amd]) == {"mixed": [None, amd]}  # a session before machines were recorded

@@ -48,8 +48,10 @@ def test_measure_every_checkpoint_of_a_run(tiny_run, capsys):
     assert all(r["num_samples"] == 2 and r["spread"] is not None for r in diff)
     frob = [r for r in records if r["name"] == "frobenius-distance"]
     assert all(r["value"] > 0 for r in frob)
+    assert all(r["machine"]["precision"] == "no" for r in records)  # --mixed-precision's default
     with sqlite3.connect(tiny_run / "results.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM measures").fetchone()[0] == 6
+        assert db.execute("SELECT COUNT(*) FROM measures WHERE machine_id IS NULL").fetchone()[0] == 0
     # Measuring again replaces rows rather than adding them.
     assert main(["measure", str(tiny_run), "--measures", "margin", "--max-examples", "32"]) == 0
     with sqlite3.connect(tiny_run / "results.sqlite") as db:

@@ -203,8 +203,15 @@ def test_cli_train_and_evaluate(tiny_bert_dir, tmp_path, capsys):
     assert main(["evaluate", str(out), "--languages", "en,de,sw", "--max-examples", "24"]) == 0
     report = json.loads((out / "eval-test.json").read_text())
     assert set(report["languages"]) == {"en", "de", "sw"}
+    # which machine made the numbers: in the report and beside the rows, as the run records its training's
+    assert report["machine"]["precision"] == report["precision"] and report["machine"]["cpu"]
+    trained_on = json.loads((out / "state.json").read_text())["machines"][0]["machine"]
     with sqlite3.connect(out / "results.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 3
+        records = db.execute("SELECT DISTINCT m.record FROM evaluations JOIN machines AS m USING (machine_id)")
+        assert [json.loads(r) for (r,) in records] == [report["machine"]]
+        [(run_machine,)] = db.execute("SELECT m.record FROM runs JOIN machines AS m USING (machine_id)")
+        assert json.loads(run_machine) == trained_on
     # Run again: the same rows are replaced, not duplicated.
     assert main(["evaluate", str(out), "--languages", "en,de,sw", "--max-examples", "24"]) == 0
     with sqlite3.connect(out / "results.sqlite") as db:

@@ -29,7 +29,10 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
     groups.csv                group measures (parameter-variance-across-seeds) of each group of seeds, with the
                               group's mean accuracy; group_correlations.csv: Kendall tau over the groups, exact p
     summary.json              study id, unit, axes, measures, languages, rows, completeness
-    settings.json             the spec, every measure's options, data sizes, library versions, wall times
+    settings.json             the spec, every measure's options, data sizes, library versions, wall times, and
+                              the machines that computed the units (with their units per stage)
+    machines.csv              every finished unit's machine (`xlgm.study.machines`); a study whose units of one
+                              stage come from more than one kind of machine gets a note saying so
 
 The terminal summary prints the verdict first. The unit of correlation is the checkpoint or the run
 (`analysis.unit`, `analysis.run_reduce`); either way the intervals and p-values resample and permute whole runs,
@@ -70,6 +73,7 @@ from xlgm.core.files import write_json
 from xlgm.measures.base import get_measure
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
+from xlgm.study.machines import machine_counts, mixed_machines_note, study_unit_machines
 from xlgm.study.spec import StudySpec, load_spec
 from xlgm.study.units import (
     DB_NAME,
@@ -99,6 +103,7 @@ class StudyData:
     units_total: int
     notes: list[str] = field(default_factory=list)
     configs: dict[str, dict] = field(default_factory=dict)  # run_id -> the TrainConfig as recorded
+    machines: pd.DataFrame = field(default_factory=pd.DataFrame)  # each finished unit's machine (`study.machines`)
 
     @property
     def languages(self) -> list[str]:
@@ -201,7 +206,10 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
             f"known: {', '.join(c for c in flat.columns if c != 'run_id')}"
         )
     configs = {r: json.loads(c) for r, c in zip(runs["run_id"], runs["config"])}
-    return StudyData(spec, out, frame, flat, ckpts, measures, axes, units_done, len(planned), notes, configs)
+    machines = study_unit_machines(spec, out)
+    if (note := mixed_machines_note(machines)) is not None:
+        notes.append(note)
+    return StudyData(spec, out, frame, flat, ckpts, measures, axes, units_done, len(planned), notes, configs, machines)
 
 
 def auto_axes(runs: pd.DataFrame) -> list[str]:
@@ -416,6 +424,7 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     folder = data.out / "analysis"
     folder.mkdir(parents=True, exist_ok=True)
     data.frame.to_csv(folder / "frame.csv", index=False)
+    data.machines.to_csv(folder / "machines.csv", index=False)
     for name in ("correlations", "granulated", "cmi"):
         tables[name].to_csv(folder / f"{name}.csv", index=False)
         write_json(folder / f"{name}.json", _jsonable(tables[name]), indent=1, sort_keys=False)
@@ -466,8 +475,8 @@ def evaluated_rows_and_work(data: StudyData) -> tuple[list[tuple], list[tuple]]:
 
 def study_settings(data: StudyData) -> dict[str, Any]:
     """What the results were made with: the spec, every measure's options (as given and with the defaults
-    filled in), data sizes, library versions and the wall time of each kind of work (seconds summed over the
-    study's work table)."""
+    filled in), data sizes, library versions, the wall time of each kind of work (seconds summed over the
+    study's work table) and the machines that computed the units."""
     import dataclasses
     import platform
     from importlib import metadata
@@ -498,6 +507,7 @@ def study_settings(data: StudyData) -> dict[str, Any]:
         },
         "versions": versions,
         "wall_seconds": {kind: {"units": int(count), "seconds": float(total or 0.0)} for kind, count, total in work},
+        "machines": machine_counts(data.machines),
     }
 
 
