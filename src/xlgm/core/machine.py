@@ -124,12 +124,14 @@ def describe_machine(record: dict[str, Any] | None) -> str:
 
 def combined_record(records: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     """One record for a result that several sessions computed (a run's training, resumed): the last session's when
-    all are of one kind, else `{"mixed": [each kind's first record]}` (None stands for a session not recorded)."""
-    if not records:
+    all are of one kind, else `{"mixed": [each kind's first record]}`. A session whose machine was not recorded
+    (None) is left out: unknown is not another kind. None when no session's machine is known."""
+    known = [record for record in records if record]
+    if not known:
         return None
-    kinds: dict[str, dict[str, Any] | None] = {}
-    for record in records:
+    kinds: dict[str, dict[str, Any]] = {}
+    for record in known:
         kinds.setdefault(machine_kind(record), record)
     if len(kinds) == 1:
-        return records[-1]
+        return known[-1]
     return {"mixed": list(kinds.values())}
