@@ -90,6 +90,7 @@ def test_a_run_resumed_on_another_kind_of_machine_warns_and_the_study_names_the_
 ):
     from xlgm.recipes import train as train_module
     from xlgm.study.analyze import analyze_study
+    from xlgm.study.report import report_study
     from xlgm.study.runner import run_study
     from xlgm.study.spec import load_spec
 
@@ -128,3 +129,9 @@ def test_a_run_resumed_on_another_kind_of_machine_warns_and_the_study_names_the_
     machines = pd.read_csv(out / "analysis" / "machines.csv")
     mixed = machines[machines["kinds"] > 1]
     assert list(mixed["unit_id"]) == [f"train/{first}"] and "AMD EPYC" in mixed["description"].iloc[0]
+
+    # the report's verdict section names the units; its settings list the machines
+    report = (report_study(out, echo=False).parent / "report.md").read_text()
+    verdict = report.split("## About this study")[0]
+    assert "Mixed machines" in verdict and f"train/{first}" in verdict and "AMD EPYC" in verdict
+    assert "AMD EPYC" in report.split("## Settings")[1]

@@ -48,6 +48,8 @@ def study_unit_machines(spec: StudySpec, out: Path) -> pd.DataFrame:
 def machine_counts(units: pd.DataFrame) -> dict[str, str]:
     """Each machine (its description) with its units per stage, e.g. `3 train, 12 eval`; for the settings."""
     counts: dict[str, str] = {}
+    if units.empty:
+        return counts
     for description, group in units.groupby("description", sort=True):
         per_stage = group["stage"].value_counts()
         counts[str(description)] = ", ".join(f"{int(n)} {stage}" for stage, n in per_stage.sort_index().items())

@@ -9,8 +9,9 @@ only, are inconclusive or excluded; then one row per measure: its finding and Ke
 residual, the mean target accuracy and the source accuracy, each with its confidence interval, Holm-adjusted p and
 the level it rests on, the direction the literature expects, and under it the reference, the measure's health and
 the reason), read from OUT/analysis/verdict.csv, with the line behind the residual (fit.csv), the tests within and
-between configurations and each target language's tau for accuracy and residual (languages.csv: table and heatmap);
-the study's facts; accuracies with 95% Wilson intervals (heatmap, per-language plot with the chance level, table);
+between configurations and each target language's tau for accuracy and residual (languages.csv: table and heatmap),
+and a warning naming the units when one stage's units come from more than one kind of machine; the study's facts;
+accuracies with 95% Wilson intervals (heatmap, per-language plot with the chance level, table);
 the per-run table; a scatter per measure against the mean target accuracy (unhealthy measures greyed, with the
 reason); a measure x language tau heatmap; the detailed correlation table with raw and adjusted p-values, the
 strongest correlations marking what survives correction, granulated Psi and CMI K; measure health
@@ -29,6 +30,7 @@ Where each part lives:
     figures.py      the matplotlib figures
     prediction.py   the section on accuracy predicted from unlabelled text
     settings.py     the settings section
+    machines.py     the warning and table of units computed on more than one kind of machine
     inputs.py       what the report reads: OUT/analysis/ files and the study database's records
     format.py       how numbers, p-values, intervals and target names are written
 """

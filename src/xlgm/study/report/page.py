@@ -34,6 +34,7 @@ from xlgm.study.report.inputs import (
     target_eval_rows,
     task_num_labels,
 )
+from xlgm.study.report.machines import write_mixed_machines
 from xlgm.study.report.prediction import PredictionSection, prediction_section, prediction_tables
 from xlgm.study.report.settings import settings_from_study, settings_sections
 from xlgm.study.report.tables import (
@@ -561,6 +562,7 @@ def build_report(
     page = Page()
     write_title(page, inputs)
     write_verdict(page, inputs, figures)
+    write_mixed_machines(page, data)  # in the verdict section: its numbers may come from more than one machine
     page.heading("About this study")
     page.facts(study_facts(inputs))
     for note in data.notes:

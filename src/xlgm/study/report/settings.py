@@ -1,5 +1,5 @@
 """The report's settings section: settings.json of the analysis, or the same facts rebuilt from the spec, the
-runs' recorded configs and the study database (data sizes, library versions, wall time)."""
+runs' recorded configs and the study database (data sizes, library versions, wall time, machines)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from xlgm.study.analyze import StudyData
+from xlgm.study.machines import machine_counts
 from xlgm.study.report.format import fmt
 from xlgm.study.report.inputs import StudyRecords
 
@@ -71,6 +72,7 @@ def settings_from_study(data: StudyData, records: StudyRecords) -> dict[str, Any
         "data sizes": sizes,
         "library versions": versions,
         "wall time": seconds,
+        "machines": machine_counts(data.machines),
     }
 
 
