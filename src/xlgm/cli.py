@@ -16,10 +16,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from xlgm.core.errors import OneLineParser, XlgmError, exit_status
-from xlgm.study.cli import add_study_parser, cmd_study
+from xlgm.study.cli import STUDY_DESCRIPTION, STUDY_HELP, add_study_arguments, cmd_study
 
 
 def _add_device_arguments(p: argparse.ArgumentParser, precision_default: str, precision_help: str) -> None:
@@ -75,12 +77,11 @@ def _add_random_head_argument(p: argparse.ArgumentParser) -> None:
 NOT_TRAIN_FLAGS = ("data", "data_dir", "objective", "objective_options")
 
 
-def _train_parser(sub) -> None:
+def _train_parser(p: argparse.ArgumentParser) -> None:
     from xlgm.core.options import add_config_arguments
     from xlgm.objectives import add_objective_arguments
     from xlgm.recipes.train import TrainConfig
 
-    p = sub.add_parser("train", help="fine-tune on the source language and write a run directory")
     group = p.add_argument_group("training (TrainConfig; a study spec's `train:` takes the same options)")
     add_config_arguments(
         group,
@@ -110,11 +111,10 @@ def _train_parser(sub) -> None:
     add_objective_arguments(p)
 
 
-def _evaluate_parser(sub) -> None:
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     from xlgm.core.options import add_config_arguments
     from xlgm.recipes.evaluate import EvaluateConfig
 
-    p = sub.add_parser("evaluate", help="zero-shot accuracy on every language of a task")
     p.add_argument("target", help="a run directory, a checkpoint, or a model (embedded, a Hub id, a path)")
     p.add_argument("--languages", default="all", help="`all` or a comma list, e.g. en,de,sw")
     add_config_arguments(p, EvaluateConfig, exclude=EVALUATE_NOT_FLAGS, types_={"task": _task})
@@ -132,12 +132,11 @@ MEASURE_NOT_FLAGS = ("measures", "options", "data", "source")
 MEASURE_DATA_NOT_FLAGS = ("language", "split")
 
 
-def _measure_parser(sub) -> None:
+def _measure_parser(p: argparse.ArgumentParser) -> None:
     from xlgm.core.options import add_config_arguments
     from xlgm.recipes.measure import MeasureConfig, MeasureData
 
     d = MeasureConfig()
-    p = sub.add_parser("measure", help="generalization measures of a checkpoint, or of every checkpoint of a run")
     p.add_argument("target", nargs="?", help="a run directory (every checkpoint), a checkpoint directory, or a model")
     p.add_argument(
         "--measures",
@@ -168,16 +167,10 @@ def _measure_parser(sub) -> None:
     )
 
 
-def _export_parser(sub) -> None:
+def _export_parser(p: argparse.ArgumentParser) -> None:
     from xlgm.recipes.export import CHECKPOINT_CHOICES, ExportConfig
 
     d = ExportConfig()
-    p = sub.add_parser(
-        "export",
-        help="write a run's checkpoint as a Hugging Face model folder",
-        description="A folder AutoModelForSequenceClassification and AutoTokenizer load: the full "
-        "weights (safetensors), a config naming the task's labels, the tokenizer.",
-    )
     p.add_argument("run", help="a run directory")
     p.add_argument("out", help="the folder to write (must not exist or be empty, unless --overwrite)")
     p.add_argument("--checkpoint", default=d.checkpoint, choices=CHECKPOINT_CHOICES, help="which checkpoint")
@@ -193,21 +186,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.run} ({config.checkpoint} checkpoint) to {out}")
 
 
-def _demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the embedded demo study: train, evaluate, measure, analyse, report (no downloads)")
+def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/study-demo", help="where the demo writes (default: runs/study-demo)")
     p.add_argument("--spec", default=None, help="another spec than the shipped studies/demo.yaml")
 
 
-def _predict_parser(sub) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="predict accuracy per language from unlabelled text (label-free measures)",
-        description="Label-free measures of a study's kept outputs, a ridge predictor of accuracy "
-        "per (checkpoint, language), cross-validated leave-one-language-out and "
-        "leave-one-run-out against the baselines; or, with --text, predictions for "
-        "a new language's unlabelled text.",
-    )
+def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="a study folder, or its spec (then --out or the default folder)")
     p.add_argument("--out", help="the study folder when TARGET is a spec")
     p.add_argument(
@@ -530,14 +514,42 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {(time.perf_counter() - start) / 60:.1f} min; results: {result.out / 'study.sqlite'}")
 
 
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, its longer description, what adds its flags, what runs it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], object]
+    description: str | None = None
+
+
 COMMANDS = {
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "measure": cmd_measure,
-    "predict": cmd_predict,
-    "export": cmd_export,
-    "demo": cmd_demo,
-    "study": cmd_study,
+    "train": Command("fine-tune on the source language and write a run directory", _train_parser, cmd_train),
+    "evaluate": Command("zero-shot accuracy on every language of a task", _evaluate_parser, cmd_evaluate),
+    "measure": Command(
+        "generalization measures of a checkpoint, or of every checkpoint of a run", _measure_parser, cmd_measure
+    ),
+    "predict": Command(
+        "predict accuracy per language from unlabelled text (label-free measures)",
+        _predict_parser,
+        cmd_predict,
+        description="Label-free measures of a study's kept outputs, a ridge predictor of accuracy "
+        "per (checkpoint, language), cross-validated leave-one-language-out and "
+        "leave-one-run-out against the baselines; or, with --text, predictions for "
+        "a new language's unlabelled text.",
+    ),
+    "export": Command(
+        "write a run's checkpoint as a Hugging Face model folder",
+        _export_parser,
+        cmd_export,
+        description="A folder AutoModelForSequenceClassification and AutoTokenizer load: the full "
+        "weights (safetensors), a config naming the task's labels, the tokenizer.",
+    ),
+    "demo": Command(
+        "the embedded demo study: train, evaluate, measure, analyse, report (no downloads)", _demo_parser, cmd_demo
+    ),
+    "study": Command(STUDY_HELP, add_study_arguments, cmd_study, description=STUDY_DESCRIPTION),
 }
 
 
@@ -571,29 +583,37 @@ def _show_defaults(parser: argparse.ArgumentParser, seen: set[int] | None = None
             action.help += " (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The `xlgm` parser; `commands`: the subcommands that get their flags (default: all). The others get their
+    name and help only, which is all `xlgm --help` shows: the flags of train, evaluate, measure and export come
+    from configs whose modules import torch, seconds a command that does not run them need not wait."""
     from xlgm import __version__
 
+    wanted = set(COMMANDS if commands is None else commands)
     parser = OneLineParser(prog="xlgm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"xlgm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    _evaluate_parser(sub)
-    _measure_parser(sub)
-    _predict_parser(sub)
-    _export_parser(sub)
-    _demo_parser(sub)
-    add_study_parser(sub)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.description)
+        if name in wanted:
+            command.add_arguments(p)
     _show_defaults(parser)
     return parser
 
 
+def named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names: its first word that is not a flag (`xlgm` itself takes no flag with a
+    value), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    words = sys.argv[1:] if argv is None else argv
 
     def run() -> None:
-        args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        args = build_parser(commands=[named_command(words) or ""]).parse_args(words)
+        COMMANDS[args.command].run(args)
 
     return exit_status(run)
 

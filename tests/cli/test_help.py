@@ -117,3 +117,42 @@ def test_objective_flags_say_each_objectives_default():
     train_help = " ".join(dict(_subparsers(build_parser()))["train"].format_help().split())
     assert "--rho RHO sam/asam neighbourhood size (default: sam 0.05, asam 0.5)" in train_help
     assert "--asam-eta ETA asam: eta in T_w = |w| + eta (default: 0.01)" in train_help
+
+
+HEAVY_MODULES = ("torch", "transformers", "accelerate", "pandas", "scipy")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--version"], ["--help"], ["demo", "--help"], ["predict", "--help"], ["study", "--help"], ["study", "run", "-h"]],
+)
+def test_version_and_help_import_no_heavy_library(argv):
+    """The start-up cost of `xlgm --help` is its imports: these must not import torch and friends (the flags of
+    train, evaluate, measure and export come from configs in torch modules, so their --help does)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, contextlib, io\n"
+        "from xlgm.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        main({argv!r})\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", (argv, done.stdout, done.stderr)
+
+
+def test_a_named_command_gets_its_flags_and_the_others_only_their_help():
+    from xlgm.cli import COMMANDS, named_command
+
+    assert named_command(["--version"]) is None
+    assert named_command(["study", "run", "x.yaml"]) == "study"
+    parser = build_parser(commands=["export"])
+    subs = dict(_subparsers(parser))
+    assert set(subs) >= set(COMMANDS)
+    assert "--checkpoint" in subs["export"].format_help()
+    assert "--lr" not in subs["train"].format_help()

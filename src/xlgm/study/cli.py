@@ -1,6 +1,6 @@
 """`xlgm study run|analyze|report|check|schema`: the command-line side of studies.
 
-Hooked into `xlgm` by `add_study_parser(sub)` (the `study` subcommand, handler `cmd_study`); also runnable on its
+Hooked into `xlgm` by `add_study_arguments` (the `study` subcommand, run by `cmd_study`); also runnable on its
 own as `python -m xlgm.study.cli run SPEC ...`. Like `xlgm.cli` it imports the study modules inside its handlers,
 so that `xlgm --help` imports neither torch nor pandas.
 """
@@ -14,15 +14,21 @@ from pathlib import Path
 
 from xlgm.core.errors import OneLineParser, XlgmError, exit_status
 
+STUDY_HELP = "run a grid of fine-tuning runs from a YAML spec, analyse it, report it"
+STUDY_DESCRIPTION = (
+    "Studies: train every grid point of a spec, evaluate and measure its "
+    "checkpoints (resumable), correlate measures with cross-lingual accuracy."
+)
+
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "study",
-        help="run a grid of fine-tuning runs from a YAML spec, analyse it, report it",
-        description="Studies: train every grid point of a spec, evaluate and measure its "
-        "checkpoints (resumable), correlate measures with cross-lingual accuracy.",
-    )
-    p.set_defaults(handler=cmd_study)
+    p = subparsers.add_parser("study", help=STUDY_HELP, description=STUDY_DESCRIPTION)
+    add_study_arguments(p)
+    return p
+
+
+def add_study_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `xlgm study`: its subcommands run, analyze, report, check and schema."""
     sub = p.add_subparsers(dest="study_command", required=True)
 
     r = sub.add_parser("run", help="train, evaluate and measure every grid point (finished work is skipped)")
@@ -63,7 +69,6 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
         "schema",
         help="print the spec's JSON Schema (for editors: `# yaml-language-server: $schema=FILE` in a spec)",
     )
-    return p
 
 
 def cmd_study(args: argparse.Namespace) -> None:
