@@ -59,6 +59,14 @@ def _task(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _add_no_verify_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="load a run's weights without checking them against the SHA-256 the run recorded",
+    )
+
+
 def _add_random_head_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--random-head",
@@ -123,6 +131,7 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="JSON report (default: RUN/eval-SPLIT.json, or ./eval-SPLIT.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
+    _add_no_verify_argument(p)
 
 
 # Config fields that are not flags of their own: --languages, --measures, --set and --data are read by hand
@@ -160,6 +169,7 @@ def _measure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="JSON results (default: RUN/measures.json, or ./measures.json)")
     p.add_argument("--db", help="SQLite results file (default: RUN/results.sqlite, or ./xlgm-results.sqlite)")
     p.add_argument("--allow-partial", action="store_true", help="use a run whose training did not finish")
+    _add_no_verify_argument(p)
     p.add_argument(
         "--list",
         action="store_true",
@@ -176,12 +186,18 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=d.checkpoint, choices=CHECKPOINT_CHOICES, help="which checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--allow-partial", action="store_true", help="export a run whose training did not finish")
+    _add_no_verify_argument(p)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from xlgm.recipes.export import ExportConfig, export_run
 
-    config = ExportConfig(checkpoint=args.checkpoint, overwrite=args.overwrite, allow_partial=args.allow_partial)
+    config = ExportConfig(
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+        allow_partial=args.allow_partial,
+        verify=not args.no_verify,
+    )
     out = export_run(args.run, args.out, config)
     print(f"exported {args.run} ({config.checkpoint} checkpoint) to {out}")
 
@@ -373,7 +389,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     )
     device = resolve_device(config.device)
     precision = resolve_precision(config.mixed_precision, device)
-    target = resolve_target(args.target, config.checkpoint)
+    target = resolve_target(args.target, config.checkpoint, verify=not args.no_verify)
     if target.run_dir:
         require_finished(target.run_dir, args.allow_partial)
     read_run_task(target.run_dir)
@@ -468,7 +484,7 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
         data=MeasureData.parse(args.data, **config_kwargs(args, MeasureData, exclude=MEASURE_DATA_NOT_FLAGS)),
         source=DataSource.from_args(args.data_dir, args.hub),
     )
-    targets = expand_targets(args.target, config.checkpoint)
+    targets = expand_targets(args.target, config.checkpoint, verify=not args.no_verify)
     run_dir = targets[0].run_dir
     if run_dir:
         require_finished(run_dir, args.allow_partial)

@@ -2,11 +2,13 @@
 
     RUN/config.json            the TrainConfig, its run_id (hash of the config) and library versions
     RUN/init.json              how to rebuild the initial weights: the base model + init-head.safetensors
+                               (and its SHA-256)
     RUN/init-head.safetensors  the freshly initialised parameters (the classification head)
     RUN/checkpoints/step-N/    model.safetensors (the trained parameters only) + meta.json; the latest
                                checkpoint of an unfinished run also holds training-state.safetensors +
                                training-state.json (optimizer, schedule, data position, random states)
-    RUN/checkpoints.json       index: every checkpoint with its dev accuracy, and which is `best`/`last`
+    RUN/checkpoints.json       index: every checkpoint with its dev accuracy and the SHA-256 of its weights
+                               (`sha256`), and which is `best`/`last`
     RUN/state.json             whether training finished, on which device, in how many processes and in which
                                (resolved) precision, and the machine of each training session (`machines`:
                                from_step, machine: `xlgm.core.machine.machine_record`)
@@ -16,7 +18,9 @@
 
 Weights are stored as safetensors and metadata as JSON: nothing is ever unpickled. A checkpoint stores the
 parameters that were trained; frozen ones (e.g. word embeddings) are the initial weights, so a checkpoint
-of the embedded model is 90 MB rather than 470 MB.
+of the embedded model is 90 MB rather than 470 MB. Loading a run's weights checks them against the SHA-256
+recorded when they were written (bytes flipped inside a tensor leave a readable file); runs written before
+checksums were recorded load unchecked.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 from xlgm.core.errors import XlgmError
 
 # read_json, write_json and save_tensors live in core.files; callers also know them as xlgm.runs names.
-from xlgm.core.files import read_json, read_safetensors, save_tensors, write_json
+from xlgm.core.files import file_sha256, read_json, read_safetensors, save_tensors, write_json
 from xlgm.core.machine import combined_record
 
 # How a run's weights are stored and loaded into a model belongs to the models layer; re-exported here, where
@@ -139,11 +143,36 @@ class RunDir:
     def checkpoint_dir(self, name: str) -> Path:
         return self.path / "checkpoints" / name
 
-    def record_checkpoint(self, name: str, step: int, epoch: float, dev_accuracy: float | None) -> dict:
-        """Add a checkpoint to the index; it becomes `last`, and `best` if its accuracy is the highest."""
+    def checksums(self, name: str) -> dict[str, str]:
+        """file name -> SHA-256 of checkpoint `name`'s weight files, as the index records them (none for a
+        checkpoint of a run written before checksums, or one the index does not hold)."""
+        entry = next((c for c in self.index["checkpoints"] if c["name"] == name), None)
+        return dict(entry.get("sha256") or {}) if entry else {}
+
+    @property
+    def init_head_sha256(self) -> str | None:
+        """The SHA-256 init.json records for the initial head, or None (a run written before checksums)."""
+        return (read_json(self.path / INIT).get("sha256") or {}).get(INIT_HEAD)
+
+    def target(self, name: str, verify: bool = True) -> ResolvedTarget:
+        """Checkpoint `name` of this run as a TARGET; `verify`: loading it checks the recorded checksums."""
+        return ResolvedTarget(
+            self.config["model"],
+            self.path,
+            self.checkpoint_dir(name),
+            weights_sha256=self.checksums(name).get(WEIGHTS) if verify else None,
+            init_head_sha256=self.init_head_sha256 if verify else None,
+        )
+
+    def record_checkpoint(
+        self, name: str, step: int, epoch: float, dev_accuracy: float | None, sha256: dict[str, str] | None = None
+    ) -> dict:
+        """Add a checkpoint to the index, with the checksums of its weight files (`save_checkpoint`'s); it becomes
+        `last`, and `best` if its accuracy is the highest."""
         index = self.index
         index["checkpoints"] = [c for c in index["checkpoints"] if c["name"] != name]
-        index["checkpoints"].append({"name": name, "step": step, "epoch": epoch, "dev_accuracy": dev_accuracy})
+        entry = {"name": name, "step": step, "epoch": epoch, "dev_accuracy": dev_accuracy}
+        index["checkpoints"].append({**entry, "sha256": sha256} if sha256 else entry)
         index["checkpoints"].sort(key=lambda c: c["step"])
         scored = [c for c in index["checkpoints"] if c["dev_accuracy"] is not None]
         if scored:  # ties go to the earlier checkpoint
@@ -374,31 +403,48 @@ def is_checkpoint_dir(path: Path) -> bool:
     return (path / WEIGHTS).is_file() and (path / META).is_file()
 
 
-def save_checkpoint(run: RunDir, model: torch.nn.Module, name: str, meta: dict) -> Path:
+def save_checkpoint(run: RunDir, model: torch.nn.Module, name: str, meta: dict) -> dict[str, str]:
+    """Write checkpoint `name` (the trained parameters and `meta`); returns the SHA-256 of its weight file, for
+    the index (`RunDir.record_checkpoint`)."""
     out = run.checkpoint_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(trained_state(model), out / WEIGHTS)
     write_json(out / META, meta)
-    return out
+    return {WEIGHTS: file_sha256(out / WEIGHTS)}
 
 
-def resolve_target(target: str, which: str = "best") -> ResolvedTarget:
+def save_initial_head(run: RunDir, head: dict[str, torch.Tensor], model: str) -> None:
+    """The freshly initialised parameters and init.json, which names the base model and records their SHA-256."""
+    save_tensors(head, run.path / INIT_HEAD)
+    write_json(
+        run.path / INIT,
+        {
+            "model": model,
+            "head": INIT_HEAD,
+            "head_parameters": sorted(head),
+            "sha256": {INIT_HEAD: file_sha256(run.path / INIT_HEAD)},
+        },
+    )
+
+
+def resolve_target(target: str, which: str = "best", verify: bool = True) -> ResolvedTarget:
     """A run directory (its `best` or `last` checkpoint), a checkpoint directory, a model folder, or a model
-    name (`embedded`, a Hub id). A TARGET that looks like a path (`looks_like_path`) must exist."""
+    name (`embedded`, a Hub id). A TARGET that looks like a path (`looks_like_path`) must exist. `verify`:
+    loading a run's checkpoint checks its recorded checksums."""
     path = Path(target).expanduser()
     if path.is_dir() and is_run_dir(path):
         run = RunDir(path)
         name = run.index.get(which)
         if name is None:
             raise XlgmError(f"{path}: the run has no {which!r} checkpoint yet (see {path / INDEX})")
-        return ResolvedTarget(run.config["model"], path, run.checkpoint_dir(name))
+        return run.target(name, verify)
     if path.is_dir() and is_checkpoint_dir(path):
         run_path = path.parent.parent
         if not is_run_dir(run_path):
             raise XlgmError(f"{path}: a checkpoint outside its run directory (expected {run_path / CONFIG})")
-        return ResolvedTarget(RunDir(run_path).config["model"], run_path, path)
+        return RunDir(run_path).target(path.name, verify)
     if path.parent.is_dir() and is_run_dir(path.parent) and path.name in ("best", "last"):
-        return resolve_target(str(path.parent), path.name)
+        return resolve_target(str(path.parent), path.name, verify)
     if path.is_dir():
         return ResolvedTarget(str(path) if target.startswith("~") else target)  # a model folder
     if path.exists():

@@ -110,6 +110,16 @@ def truncated_checkpoint(run: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-100])
 
 
+def flipped_tensor_bytes(run: Path) -> None:
+    """Bytes flipped inside the best checkpoint's tensors, its header intact: a readable file of wrong weights."""
+    index = json.loads((run / "checkpoints.json").read_text())
+    weights = run / "checkpoints" / index["best"] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # past the header
+    data[start + 100 : start + 116] = bytes(b ^ 0xFF for b in data[start + 100 : start + 116])
+    weights.write_bytes(bytes(data))
+
+
 def pickle_only_model(folder: Path, run: Path) -> None:
     model = folder / "pickled"
     model.mkdir()
@@ -368,6 +378,20 @@ CASES = [
         "model.safetensors: truncated",
         run_setup=copy_of_run(truncated_checkpoint),
     ),
+    # issue 25: bytes flipped inside a tensor fail the checksum the run recorded
+    *(
+        Case(
+            f"{argv[0]}-flipped-tensor-bytes",
+            argv,
+            "model.safetensors: corrupt: its SHA-256 is",
+            run_setup=copy_of_run(flipped_tensor_bytes),
+        )
+        for argv in (
+            ("evaluate", "{tmp}/run"),
+            ("measure", "{tmp}/run", "--measures", "margin", "--checkpoint", "best"),
+            ("export", "{tmp}/run", "{tmp}/exported"),
+        )
+    ),
     # item 9: no silent random head
     Case("evaluate-base-model-without-head", ("evaluate", "{model}"), "has no trained classification head"),
     # item 10: nothing unpickled
@@ -475,3 +499,22 @@ def test_the_spec_of_the_spec_cases_is_valid(tmp_path, tiny_bert_dir):
     (tmp_path / "ok.yaml").write_text(SPEC.replace("MODEL", str(tiny_bert_dir)))
     spec = load_spec(tmp_path / "ok.yaml")
     assert spec.evaluation.max_examples == 8 and spec.seeds == (0,) and spec.target_languages == ("de",)
+
+
+def test_no_verify_loads_flipped_weights_and_a_run_without_checksums_loads(tiny_run, tmp_path, capsys):
+    """--no-verify skips the checksum; a run written before checksums (none in its index) loads unchecked."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    flipped_tensor_bytes(run)
+    argv = ["evaluate", str(run), "--languages", "en", "--max-examples", "8", "--out", str(tmp_path / "e.json")]
+    assert main(argv) == 2
+    assert main([*argv, "--no-verify"]) == 0
+    index = json.loads((run / "checkpoints.json").read_text())
+    assert all(len(c["sha256"]["model.safetensors"]) == 64 for c in index["checkpoints"])
+    for c in index["checkpoints"]:
+        del c["sha256"]
+    (run / "checkpoints.json").write_text(json.dumps(index))
+    init = json.loads((run / "init.json").read_text())
+    del init["sha256"]
+    (run / "init.json").write_text(json.dumps(init))
+    assert main(argv) == 0

@@ -18,7 +18,7 @@ import torch
 
 from xlgm.cli import main
 from xlgm.core.errors import XlgmError
-from xlgm.core.files import read_json, read_safetensors, save_tensors, write_json
+from xlgm.core.files import file_sha256, read_json, read_safetensors, save_tensors, write_json
 from xlgm.results import ResultsDB
 
 
@@ -166,19 +166,31 @@ def checkpoint_weights(run: Path) -> Path:
     return weights
 
 
+def save_recorded(state: dict, run: Path) -> None:
+    """Replace the checkpoint's weights with `state` and record their checksum in the index, as training would:
+    the file is sound as far as its checksum goes, and what is wrong with it is the test's subject."""
+    weights = checkpoint_weights(run)
+    save_tensors(state, weights)
+    index = read_json(run / "checkpoints.json")
+    for entry in index["checkpoints"]:
+        if entry["name"] == weights.parent.name:
+            entry["sha256"] = {weights.name: file_sha256(weights)}
+    write_json(run / "checkpoints.json", index)
+
+
 def other_architecture(run: Path, tiny_bert_dir: Path) -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig.from_pretrained(tiny_bert_dir)
     config.hidden_size, config.num_labels = 48, 3
     model = BertForSequenceClassification(config)
-    save_tensors(dict(model.named_parameters()), checkpoint_weights(run))
+    save_recorded(dict(model.named_parameters()), run)
 
 
 def foreign_tensor(run: Path, tiny_bert_dir: Path) -> None:
     state = read_safetensors(checkpoint_weights(run))
     state["bert.encoder.layer.7.output.dense.weight"] = torch.zeros(2, 2)
-    save_tensors(state, checkpoint_weights(run))
+    save_recorded(state, run)
 
 
 def write(relative: str, content: bytes):

@@ -187,14 +187,23 @@ def _zero(path: Path) -> None:
     path.write_bytes(bytes(path.stat().st_size))
 
 
+def _flip_tensor_bytes(path: Path) -> None:
+    """Bytes flipped inside the tensors, the header intact: a readable file that its checksum alone betrays."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start + 100 : start + 116] = bytes(b ^ 0xFF for b in data[start + 100 : start + 116])
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize(
     "damage, file",
     [
         (_truncate, "checkpoints/step-000002/model.safetensors"),
         (_zero, "checkpoints/step-000004/model.safetensors"),
         (lambda p: p.write_text("{ not json"), "checkpoints.json"),
+        (_flip_tensor_bytes, "checkpoints/step-000004/model.safetensors"),
     ],
-    ids=["truncated-checkpoint", "zeroed-checkpoint", "garbage-index"],
+    ids=["truncated-checkpoint", "zeroed-checkpoint", "garbage-index", "flipped-tensor-bytes"],
 )
 def test_a_run_with_a_corrupt_file_is_moved_aside_and_redone(tiny_study, tiny_spec_path, tmp_path, damage, file):
     out = copy_study(tiny_study, tmp_path / "out")

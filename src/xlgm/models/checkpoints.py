@@ -25,6 +25,10 @@ class ResolvedTarget:
     model: str  # the base model spec (embedded, Hub id, path)
     run_dir: Path | None = None
     checkpoint: Path | None = None
+    # The SHA-256 the run recorded for the checkpoint's weights and for its initial head; None: not recorded (a
+    # run written before checksums) or not to be checked (--no-verify).
+    weights_sha256: str | None = None
+    init_head_sha256: str | None = None
 
     @property
     def label(self) -> str:
@@ -119,16 +123,18 @@ def copy_tensors_into(model: torch.nn.Module, state: dict[str, torch.Tensor], so
             own[name].copy_(tensor)
 
 
-def load_initial_into(model: torch.nn.Module, run_path: Path) -> None:
-    """Put back the run's initial head (the base weights come from `from_pretrained`)."""
+def load_initial_into(model: torch.nn.Module, run_path: Path, sha256: str | None = None) -> None:
+    """Put back the run's initial head (the base weights come from `from_pretrained`); with `sha256`, the file
+    must have that checksum."""
     path = Path(run_path) / INIT_HEAD
-    copy_tensors_into(model, read_safetensors(path), path)
+    copy_tensors_into(model, read_safetensors(path, sha256), path)
 
 
-def load_checkpoint_into(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Put a checkpoint's trained parameters into the model (the rest stays as loaded)."""
+def load_checkpoint_into(model: torch.nn.Module, checkpoint: Path, sha256: str | None = None) -> None:
+    """Put a checkpoint's trained parameters into the model (the rest stays as loaded); with `sha256`, the
+    weights file must have that checksum."""
     path = Path(checkpoint) / WEIGHTS
-    state = read_safetensors(path)
+    state = read_safetensors(path, sha256)
     if not state:
         raise XlgmError(f"{path}: holds no tensors")
     copy_tensors_into(model, state, path)

@@ -320,9 +320,9 @@ def load_target(
         if random_head is not None:
             raise XlgmError(f"--random-head applies to a base model, not to a run's checkpoint ({target.label})")
         model = load_classifier(target.model, num_labels, label_names, output=output)
-        load_initial_into(model, target.run_dir)
+        load_initial_into(model, target.run_dir, target.init_head_sha256)
         if target.checkpoint is not None:
-            load_checkpoint_into(model, target.checkpoint)
+            load_checkpoint_into(model, target.checkpoint, target.weights_sha256)
     elif random_head is not None:
         seed = validation.seed("--random-head", random_head)
         with torch.random.fork_rng(devices=[]):

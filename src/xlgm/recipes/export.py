@@ -36,6 +36,7 @@ class ExportConfig:
     checkpoint: str = "best"  # best | last
     overwrite: bool = False  # replace a non-empty OUT
     allow_partial: bool = False  # export a run whose training did not finish
+    verify: bool = True  # check the weights against the checksums the run recorded
 
     def __post_init__(self) -> None:
         validation.one_of(validation.flag("checkpoint"), self.checkpoint, CHECKPOINT_CHOICES)
@@ -63,7 +64,7 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig = ExportCo
         raise XlgmError(f"{run}: not a run directory (expected {run_path / 'config.json'} and init.json)")
     _check_out(out, run_path, config.overwrite)
     require_finished(run_path, config.allow_partial)
-    target = resolve_target(str(run_path), config.checkpoint)
+    target = resolve_target(str(run_path), config.checkpoint, config.verify)
     task = get_task(RunDir(run_path).config["task"])
     model, tokenizer = load_target(target, task.num_labels, task.label_names)
     # load_classifier gave a fresh head the task's label names; said again here, as the folder's contract.

@@ -228,7 +228,7 @@ def initial_state(target: ResolvedTarget, task: Task, names: Sequence[str]) -> d
     if target.run_dir is None:
         raise XlgmError(f"{target.label}: the initial weights belong to a run; this is not one")
     model = load_classifier(target.model, task.num_labels, task.label_names)
-    load_initial_into(model, target.run_dir)
+    load_initial_into(model, target.run_dir, target.init_head_sha256)
     params = dict(model.named_parameters())
     return {n: params[n].detach().clone() for n in names}
 
@@ -248,17 +248,16 @@ def cached_initial_state(
     return get
 
 
-def expand_targets(target: str, which: str = "all") -> list[ResolvedTarget]:
-    """A run directory -> all its checkpoints (or `best`/`last`); anything else -> itself."""
+def expand_targets(target: str, which: str = "all", verify: bool = True) -> list[ResolvedTarget]:
+    """A run directory -> all its checkpoints (or `best`/`last`); anything else -> itself. `verify`: loading a
+    checkpoint checks its recorded checksums."""
     path = Path(target)
     if which == "all" and path.is_dir() and is_run_dir(path):
         run = RunDir(path)
         if not run.index["checkpoints"]:
             raise XlgmError(f"{path}: the run has no checkpoints yet")
-        return [
-            ResolvedTarget(run.config["model"], path, run.checkpoint_dir(c["name"])) for c in run.index["checkpoints"]
-        ]
-    return [resolve_target(target, "best" if which == "all" else which)]
+        return [run.target(c["name"], verify) for c in run.index["checkpoints"]]
+    return [resolve_target(target, "best" if which == "all" else which, verify)]
 
 
 def measure_checkpoints(

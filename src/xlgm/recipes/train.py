@@ -56,9 +56,8 @@ from xlgm.recipes.schedule import StepSchedule, config_schedule
 from xlgm.results import ResultsDB, config_hash
 from xlgm.runs import (
     CONFIG,
-    INIT,
-    INIT_HEAD,
     LOG,
+    WEIGHTS,
     RunDir,
     checkpoint_name,
     claim_run_dir,
@@ -66,7 +65,7 @@ from xlgm.runs import (
     load_checkpoint_into,
     restore_training_state,
     save_checkpoint,
-    save_tensors,
+    save_initial_head,
     training_state,
     write_json,
 )
@@ -388,7 +387,7 @@ def resume_point(run: RunDir, model: PreTrainedModel, session: dict, num_train: 
         return None
     if not run.has_training_state(last["name"]):
         raise XlgmError(f"{run.checkpoint_dir(last['name'])}: no training state to resume from")
-    load_checkpoint_into(model, run.checkpoint_dir(last["name"]))
+    load_checkpoint_into(model, run.checkpoint_dir(last["name"]), run.checksums(last["name"]).get(WEIGHTS))
     tensors, meta = run.load_training_state(last["name"])
     if meta["total_steps"] != schedule.total_steps:
         raise XlgmError(f"{run.path}: the run has {meta['total_steps']} steps, this config {schedule.total_steps} here")
@@ -427,8 +426,7 @@ def write_run_files(
     run.write_state(run_id=config.run_id, finished=False, resumed_at=[], **session)
     write_run_task(task, run.path)
     head: dict[str, torch.Tensor] = {n: p for n, p in model.named_parameters() if n in new_parameters}
-    save_tensors(head, run.path / INIT_HEAD)
-    write_json(run.path / INIT, {"model": config.model, "head": INIT_HEAD, "head_parameters": sorted(head)})
+    save_initial_head(run, head, config.model)
     write_json(run.path / CONFIG, {**asdict(config), "run_id": config.run_id, **counts, "versions": _versions()})
 
 
@@ -589,13 +587,13 @@ class CheckpointSaver:
         dev_acc = accuracy(model, self.tokenizer, self.select_rows, config.max_length) if self.select_rows else None
         name = checkpoint_name(step)
         previous = run.last_checkpoint
-        save_checkpoint(
+        checksums = save_checkpoint(
             run, model, name, {"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "run_id": config.run_id}
         )
         run.save_training_state(name, *self.loop.training_state(step))
         self.log.write({"step": step, "epoch": epoch, "dev_accuracy": dev_acc, "checkpoint": name})
         # The index names the checkpoint only once all its files are written: resuming starts from it.
-        index = run.record_checkpoint(name, step, epoch, dev_acc)
+        index = run.record_checkpoint(name, step, epoch, dev_acc, checksums)
         for c in index["checkpoints"]:
             self.db.add_checkpoint(
                 f"{config.run_id}/{c['name']}",

@@ -37,7 +37,7 @@ from xlgm.models.load import load_target
 from xlgm.recipes.evaluate import evaluate_languages
 from xlgm.recipes.measure import build_batches, cached_initial_state, compute_measures
 from xlgm.recipes.train import freeze_parameters, train
-from xlgm.runs import WEIGHTS, ResolvedTarget, RunDir
+from xlgm.runs import WEIGHTS, RunDir
 from xlgm.study.db import RUNS_FOLDER, StudyDB
 from xlgm.study.repair import Quarantine
 from xlgm.study.spec import StudySpec
@@ -176,7 +176,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
 
 def load_run_model(config, run_dir: Path, checkpoint: Path, task_def, device):
     """A run's checkpoint as its evaluations and measures see it: the run's frozen parameters frozen, on `device`."""
-    target = ResolvedTarget(config.model, run_dir, checkpoint)
+    target = RunDir(run_dir).target(checkpoint.name)  # checked against the checksums the run recorded
     model, tokenizer = load_target(target, task_def.num_labels, task_def.label_names)
     freeze_parameters(model, config.freeze)  # the measures perturb what the run trained
     return model.to(device), tokenizer
@@ -255,7 +255,7 @@ def _measure(
         disable=not task.show_progress,
     ) as bar:
         items = {item.name: item for item in measures}
-        target = ResolvedTarget(task.config.model, task.run_dir, checkpoint)
+        target = RunDir(task.run_dir).target(checkpoint.name)
         for name, result, seconds in compute_measures(
             model,
             batches,
@@ -382,6 +382,12 @@ def _submit_and_collect(
 # ------------------------------------------------------------------------------------------------------------
 
 
+def checkpoint_weights(checkpoint: Path) -> dict:
+    """A checkpoint's trained parameters, checked against the checksum its run recorded."""
+    recorded = RunDir(checkpoint.parent.parent).checksums(checkpoint.name)
+    return read_safetensors(checkpoint / WEIGHTS, recorded.get(WEIGHTS))
+
+
 def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str], emit) -> None:
     """The group measures of every group of seeds whose runs are all trained, at each run's best checkpoint
     (the model the study picks from the run); the same trained parameters the checkpoints hold."""
@@ -392,7 +398,7 @@ def run_groups(spec: StudySpec, out: Path, db: StudyDB, configs, done: set[str],
         if not todo or any(train_unit_id(c.run_id) not in done for c in members):
             continue
         best = [next(c for c in db.checkpoints_of(m.run_id) if c["is_best"]) for m in members]
-        states = [read_safetensors(Path(db.resolve_path(c["path"]) or c["path"]) / WEIGHTS) for c in best]
+        states = [checkpoint_weights(Path(db.resolve_path(c["path"]) or c["path"])) for c in best]
         for name in todo:
             start = time.perf_counter()
             result = compute_group_measure(name, states, param_filter=spec.measures.params).to_dict()
