@@ -95,3 +95,23 @@ def test_list_needs_no_target_and_shows_every_kind(capsys):
     assert "sharpness-diff " in out and "parameter-variance-across-seeds" in out and "retrieval-accuracy" in out
     assert main(["measure"]) == 2
     assert "needs a TARGET" in capsys.readouterr().err
+
+
+def test_a_given_init_state_path_is_measured_from_and_a_missing_one_refused(tiny_run, tmp_path, capsys):
+    """init_state_path names the weights the distance is measured from, also for a run with its own initial
+    weights: the best checkpoint's own weights give 0. A file that is not there is one line, before any work."""
+    best = json.loads((tiny_run / "checkpoints.json").read_text())["best"]
+    own = tiny_run / "checkpoints" / best / "model.safetensors"
+    argv = ["measure", str(tiny_run), "--checkpoint", "best", "--measures", "frobenius-distance"]
+    argv += ["--max-examples", "8", "--out", str(tmp_path / "m.json"), "--db", str(tmp_path / "m.sqlite")]
+    assert main([*argv, "--set", f"frobenius-distance.init_state_path={own}"]) == 0
+    [record] = json.loads((tmp_path / "m.json").read_text())
+    assert record["value"] == 0.0
+    assert main(argv) == 0
+    [record] = json.loads((tmp_path / "m.json").read_text())
+    assert record["value"] > 0  # from the run's own initial weights
+    capsys.readouterr()
+    missing = tmp_path / "missing.safetensors"
+    assert main([*argv, "--set", f"frobenius-distance.init_state_path={missing}"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "init_state_path" in err[0] and f"{missing}: file not found" in err[0], err

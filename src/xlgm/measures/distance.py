@@ -3,7 +3,9 @@
 For fine-tuning, the initialization is the pre-trained encoder plus the freshly initialised head, so the
 distance measures how far fine-tuning moved the weights. Needs the initial weights: pass `init_state=` (a
 state dict, parameter name -> tensor) to `compute_measure`, or `init_state_path` in the config (a
-`.safetensors` file; nothing is unpickled).
+`.safetensors` file; nothing is unpickled). A given `init_state_path` is what the distance is measured from,
+also for a run that has initial weights of its own: the option says which reference the user wants, and a
+file that is not there is an error when the option is read, not silence.
 """
 
 from __future__ import annotations
@@ -21,30 +23,42 @@ from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
 from xlgm.measures.params import layer_of
 
 
+def safetensors_file(label: str, value: object) -> str:
+    """An existing .safetensors file (a pickled torch.save file is never loaded)."""
+    path = Path(str(value)).expanduser()
+    if path.suffix != ".safetensors":
+        raise XlgmError(
+            f"{label}: {path}: the initial state must be a .safetensors file (a pickled torch.save file is never "
+            "loaded)"
+        )
+    if not path.is_file():
+        raise XlgmError(f"{label}: {path}: {'a folder, not a file' if path.is_dir() else 'file not found'}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class FrobeniusDistanceConfig:
     init_state_path: str | None = field(
         default=None,
-        metadata=option(help="a .safetensors file of the initial weights, read when no `init_state=` is passed"),
+        metadata=option(
+            help="a .safetensors file of the initial weights to measure from, instead of the run's own",
+            rule=safetensors_file,
+        ),
     )
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file (a damaged one is one line naming it)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise XlgmError(
-            f"{path}: the initial state must be a .safetensors file (a pickled torch.save file is never loaded)"
-        )
-    return read_safetensors(path)
+    return read_safetensors(safetensors_file("init_state_path", path))
 
 
 def _init_state(ctx: MeasureContext, config: FrobeniusDistanceConfig) -> Mapping[str, torch.Tensor]:
-    state = ctx.inputs.get("init_state")
-    if state is None and config.init_state_path is not None:
-        state = load_state(config.init_state_path)
+    state = load_state(config.init_state_path) if config.init_state_path else ctx.inputs.get("init_state")
     if state is None:
-        raise XlgmError("frobenius-distance needs the initial weights: pass init_state= or set init_state_path")
+        raise XlgmError(
+            "frobenius-distance needs the initial weights: measure a run or a checkpoint of one, or set "
+            "init_state_path (init_state= in Python)"
+        )
     if not isinstance(state, Mapping):
         raise XlgmError(f"init_state must be a mapping of parameter names to tensors, got {type(state).__name__}")
     return state

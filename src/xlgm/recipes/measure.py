@@ -196,7 +196,8 @@ def compute_measures(
         if bar is not None:
             bar.set_postfix_str(f"{label}{name}")
         inputs: dict[str, Any] = {}
-        if "init_state" in get_measure(name).inputs:
+        # A measure's own init_state_path option names the initial weights it measures from: the run's are not read.
+        if "init_state" in get_measure(name).inputs and not getattr(options, "init_state_path", None):
             if init_state is None:
                 raise XlgmError(f"{name} needs the initial weights: measure a run or a checkpoint of one")
             inputs["init_state"] = init_state()
