@@ -191,6 +191,7 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from xlgm.recipes.export import ExportConfig, export_run
+    from xlgm.runs import RunDir
 
     config = ExportConfig(
         checkpoint=args.checkpoint,
@@ -199,7 +200,10 @@ def cmd_export(args: argparse.Namespace) -> None:
         verify=not args.no_verify,
     )
     out = export_run(args.run, args.out, config)
-    print(f"exported {args.run} ({config.checkpoint} checkpoint) to {out}")
+    index = RunDir(Path(args.run)).index
+    chosen = next(c for c in index["checkpoints"] if c["name"] == index[config.checkpoint])
+    accuracy = f", held-out accuracy {chosen['dev_accuracy']:.3f}" if chosen.get("dev_accuracy") is not None else ""
+    print(f"exported {args.run} ({config.checkpoint} checkpoint: step {chosen['step']}{accuracy}) to {out}")
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:

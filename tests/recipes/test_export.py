@@ -29,9 +29,13 @@ def tiny_run(tiny_bert_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["best", "last"])
-def test_export_loads_with_auto_classes_and_gives_xlgm_logits(tiny_run, tiny_bert_dir, tmp_path, which):
+def test_export_loads_with_auto_classes_and_gives_xlgm_logits(tiny_run, tiny_bert_dir, tmp_path, which, capsys):
     out = tmp_path / "hf"
     assert main(["export", str(tiny_run), str(out), "--checkpoint", which]) == 0
+    index = RunDir(tiny_run).index
+    chosen = next(c for c in index["checkpoints"] if c["name"] == index[which])
+    said = capsys.readouterr().out
+    assert f"({which} checkpoint: step {chosen['step']}, held-out accuracy {chosen['dev_accuracy']:.3f})" in said
     assert "model.safetensors" in {p.name for p in out.iterdir()}
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)

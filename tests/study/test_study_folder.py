@@ -20,6 +20,7 @@ from xlgm.core.errors import XlgmError
 from xlgm.study.cli import main
 from xlgm.study.db import StudyDB
 from xlgm.study.executors import worker_device
+from xlgm.study.folders import run_dir
 from xlgm.study.lock import study_lock
 from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec
@@ -78,7 +79,7 @@ def test_a_copied_study_with_the_original_deleted_gives_the_same_tables(original
     folder, want = original
     paths = stored_paths(folder / "study.sqlite")
     assert len(paths) == 2 + 4 and all(
-        re.fullmatch(r"runs/[0-9a-f]{12}(/checkpoints/step-00000[24])?", p) for p in paths
+        re.fullmatch(r"runs/[\w.+-]+-[0-9a-f]{12}(/checkpoints/step-00000[24])?", p) for p in paths
     )
     assert {
         "analysis/correlations.csv",
@@ -165,7 +166,7 @@ def test_study_run_holds_the_lock_while_it_works(tiny_study, tiny_spec_path, tmp
 
     out = copy_study(tiny_study, tmp_path / "out")
     spec = load_spec(tiny_spec_path)
-    (out / "runs" / spec.run_configs()[0].run_id / "checkpoints" / "step-000002" / "model.safetensors").unlink()
+    (run_dir(out, spec.run_configs()[0].run_id) / "checkpoints" / "step-000002" / "model.safetensors").unlink()
     refused = []
 
     def run_point(task, emit):
@@ -209,14 +210,14 @@ def test_a_run_with_a_corrupt_file_is_moved_aside_and_redone(tiny_study, tiny_sp
     out = copy_study(tiny_study, tmp_path / "out")
     spec = load_spec(tiny_spec_path)
     run_id = spec.run_configs()[1].run_id
-    bad = out / "runs" / run_id / file
+    bad = run_dir(out, run_id) / file
     damage(bad)
     damaged = bad.read_bytes()
     result = run_study(spec, out, show_progress=False)
     assert result.units_done == result.units_total == UNITS
     assert result.units_now == UNITS // 2  # the run's training, evaluations and measures
     assert len(result.repairs) == 1 and result.repairs[0].startswith(f"{bad}:") and run_id in result.repairs[0]
-    [kept] = (out / "quarantine").glob(f"*/runs/{run_id}/{file}")
+    [kept] = (out / "quarantine").glob(f"*/runs/{bad.relative_to(out / 'runs')}")
     assert kept.read_bytes() == damaged  # the bad file is kept aside, as it was
     [rows] = (out / "quarantine").glob(f"*/rows/{run_id}.json")
     assert '"work"' in rows.read_text() and run_id in rows.read_text()
@@ -230,8 +231,7 @@ def test_a_run_with_a_corrupt_file_is_moved_aside_and_redone(tiny_study, tiny_sp
 def test_garbage_kept_outputs_are_moved_aside_and_their_evaluation_redone(tiny_study, tiny_spec_path, tmp_path):
     out = copy_study(tiny_study, tmp_path / "out")
     spec = load_spec(tiny_spec_path)
-    run_dir = out / "runs" / spec.run_configs()[0].run_id
-    bad = outputs_path(spec, run_dir, "step-000004", "de")
+    bad = outputs_path(spec, run_dir(out, spec.run_configs()[0].run_id), "step-000004", "de")
     good = bad.read_bytes()
     bad.write_bytes(b"garbage" * 10)
     result = run_study(spec, out, show_progress=False)
@@ -348,7 +348,7 @@ def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_
     config = spec.run_configs()[0]
     with StudyDB(out / "study.sqlite") as db:
         db.forget_units([f"train/{config.run_id}"])
-    run_dir = out / "runs" / config.run_id
+    folder = run_dir(out, config.run_id)
     calls = []
     real_train = executors.train
 
@@ -365,8 +365,27 @@ def test_an_interrupted_training_is_resumed_not_retrained(tiny_study, tiny_spec_
     calls.clear()
     with StudyDB(out / "study.sqlite") as db:
         db.forget_units([f"train/{config.run_id}"])
-    (run_dir / "config.json").write_text("{broken")
+    (folder / "config.json").write_text("{broken")
     run_study(spec, out, show_progress=False)
     assert calls == [(config.run_id, True), (config.run_id, False)]
-    [kept] = out.glob(f"quarantine/*/runs/{config.run_id}/config.json")
+    [kept] = out.glob(f"quarantine/*/runs/{folder.name}/config.json")
     assert kept.read_text() == "{broken"
+
+
+def test_a_study_with_bare_run_folders_resumes_and_reports(tiny_study, tiny_spec_path, tmp_path):
+    """A study written before run folders had a prefix (OUT/runs/RUNID) finds its runs: nothing is redone or
+    moved aside, and the report reads each run's config and log."""
+    out = copy_study(tiny_study, tmp_path / "old")
+    spec = load_spec(tiny_spec_path)
+    for config in spec.run_configs():
+        run_dir(out, config.run_id).rename(out / "runs" / config.run_id)
+    with sqlite3.connect(out / "study.sqlite") as db:
+        db.execute("UPDATE runs SET run_dir = 'runs/' || run_id")
+        db.execute("UPDATE checkpoints SET path = 'runs/' || run_id || '/checkpoints/' || substr(checkpoint_id, 14)")
+    result = run_study(spec, out, show_progress=False)
+    assert result.units_now == 0 and result.units_done == UNITS and not result.repairs
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(c.run_id for c in spec.run_configs())
+    from xlgm.study.analyze import load_study
+    from xlgm.study.report.inputs import run_records
+
+    assert set(run_records(load_study(spec, out))) == {c.run_id for c in spec.run_configs()}

@@ -14,6 +14,7 @@ import pytest
 from study_testlib import CHECKPOINTS, LANGUAGES, MEASURES, RUNS, UNITS, table_rows
 
 from xlgm.study.cli import main
+from xlgm.study.folders import run_dir, run_folder_name
 from xlgm.study.runner import run_study
 from xlgm.study.spec import load_spec
 
@@ -48,8 +49,10 @@ def test_study_records_every_unit(tiny_study, tiny_spec_path):
     assert {r[1] for r in rows["measures"]} == {"margin", "frobenius-distance"}
     assert all(r[3] == "en-dev-16" for r in rows["measures"])
     assert all(r[4] > 0 for r in rows["measures"] if r[1] == "frobenius-distance")
-    for config in spec.run_configs():  # run directories named by the run id, with their logs
-        assert (tiny_study / "runs" / config.run_id / "train_log.jsonl").is_file()
+    for config in spec.run_configs():  # run directories named by a readable prefix and the run id, with their logs
+        folder = tiny_study / "runs" / run_folder_name(config)
+        assert folder.name.startswith(f"{config.objective}-") and folder.name.endswith(f"-{config.run_id}")
+        assert (folder / "train_log.jsonl").is_file()
     kept = load_spec(tiny_study / "spec.yaml")
     assert kept == spec and kept.study_id == spec.study_id
 
@@ -113,7 +116,7 @@ def test_resume_after_kill_9(tiny_study, tiny_spec_path, tmp_path):
     assert 2 <= partial["evaluations"] and partial["work"] < UNITS
     # An interrupted training (a run folder without its done-mark) is moved aside and trained again.
     spec = load_spec(tiny_spec_path)
-    second = out / "runs" / spec.run_configs()[1].run_id
+    second = run_dir(out, spec.run_configs()[1].run_id, spec.run_configs()[1])
     second.mkdir(parents=True, exist_ok=True)
     (second / "partial.bin").write_bytes(b"interrupted")
 

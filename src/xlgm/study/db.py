@@ -187,12 +187,17 @@ class StudyDB(ResultsDB):
         return path
 
     def old_roots(self) -> list[Path]:
-        """The folders this study was written in when it stored absolute paths: ROOT of every ROOT/runs/RUN_ID."""
+        """The folders this study was written in when it stored absolute paths: ROOT of every ROOT/runs/RUN_ID
+        (or ROOT/runs/PREFIX-RUN_ID, `study.folders`)."""
+
+        def names_run(name: str, run_id: str) -> bool:
+            return name == run_id or name.endswith(f"-{run_id}")
+
         if self._old_roots is None:
             roots: set[Path] = set()
             for run_id, run_dir in self.conn.execute("SELECT run_id, run_dir FROM runs WHERE run_dir IS NOT NULL"):
                 path = Path(run_dir)
-                if path.is_absolute() and path.name == run_id and path.parent.name == RUNS_FOLDER:
+                if path.is_absolute() and names_run(path.name, run_id) and path.parent.name == RUNS_FOLDER:
                     roots.add(path.parent.parent)
             for run_id, stored in self.conn.execute("SELECT run_id, path FROM checkpoints WHERE path IS NOT NULL"):
                 parts = Path(stored).parts
@@ -200,7 +205,7 @@ class StudyDB(ResultsDB):
                     roots.update(
                         Path(*parts[:i])
                         for i in range(1, len(parts) - 1)
-                        if parts[i] == RUNS_FOLDER and parts[i + 1] == run_id
+                        if parts[i] == RUNS_FOLDER and names_run(parts[i + 1], run_id)
                     )
             self._old_roots = sorted(roots, key=lambda p: -len(p.parts))  # the deepest first
         return self._old_roots

@@ -39,6 +39,7 @@ from xlgm.recipes.measure import build_batches, cached_initial_state, compute_me
 from xlgm.recipes.train import freeze_parameters, train
 from xlgm.runs import WEIGHTS, RunDir
 from xlgm.study.db import RUNS_FOLDER, StudyDB
+from xlgm.study.folders import run_dir
 from xlgm.study.repair import Quarantine
 from xlgm.study.spec import StudySpec
 from xlgm.study.units import (
@@ -84,12 +85,13 @@ class RunTask:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out) / RUNS_FOLDER / self.config.run_id
+        """OUT/runs/PREFIX-RUNID, or the bare OUT/runs/RUNID of a study written before prefixes (`folders`)."""
+        return run_dir(self.out, self.config.run_id, self.config)
 
     @property
     def stored_run_dir(self) -> str:
         """The run directory as the study's database keeps it: relative to the study folder."""
-        return f"{RUNS_FOLDER}/{self.config.run_id}"
+        return f"{RUNS_FOLDER}/{self.run_dir.name}"
 
 
 def _checkpoint_rows(task: RunTask) -> list[dict[str, Any]]:

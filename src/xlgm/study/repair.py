@@ -19,7 +19,8 @@ from pathlib import Path
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import sha256_problem
 from xlgm.runs import CONFIG, INDEX, INIT, INIT_HEAD, META, WEIGHTS, RunDir, read_json
-from xlgm.study.db import RUNS_FOLDER, StudyDB
+from xlgm.study.db import StudyDB
+from xlgm.study.folders import run_dir as study_run_dir
 from xlgm.study.spec import StudySpec
 from xlgm.study.units import eval_unit_id, outputs_path, train_unit_id
 
@@ -146,7 +147,7 @@ def repair(
     done = db.done_units()
     for config in configs:
         run_id = config.run_id
-        run_dir = out / RUNS_FOLDER / run_id
+        run_dir = study_run_dir(out, run_id, config)
         if train_unit_id(run_id) not in done:
             if run_dir.exists():  # `run_point` resumes it from its last checkpoint, or sets it aside
                 report(f"{run_dir}: its training did not finish; it resumes from its last checkpoint")

@@ -3,7 +3,8 @@
     OUT/spec.yaml        the validated spec as last run (every default written out; `analyze OUT` reads it)
     OUT/study.sqlite     runs, checkpoints, evaluations, measures (`xlgm.results`) + study, study_runs, work;
                          its paths are relative to OUT, so the folder can be moved or copied
-    OUT/runs/<run_id>/   one run directory per grid point (`xlgm.runs`), named by its config hash
+    OUT/runs/<prefix>-<run_id>/  one run directory per grid point (`xlgm.runs`): its config hash after a readable
+                         prefix (`folders`; a bare <run_id> in studies written before)
     OUT/quarantine/<time>/  files found unfinished or corrupt, moved aside (same layout as OUT) before redoing
                          their unit, and the database rows of a run that is redone (rows/<run_id>.json)
     OUT/.lock            held by the running `study run` (`xlgm.study.lock`): one at a time per folder

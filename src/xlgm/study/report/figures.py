@@ -16,6 +16,7 @@ import pandas as pd
 from xlgm.analysis import acc_column
 from xlgm.analysis.intervals import wilson_interval
 from xlgm.study.analyze import StudyData
+from xlgm.study.folders import run_dir
 from xlgm.study.report.format import fmt, fmt_coefficient, fmt_pvalue, is_missing, to_number
 from xlgm.study.report.inputs import StudyRecords, task_num_labels
 from xlgm.study.report.tables import hyperparameters
@@ -318,7 +319,7 @@ def training_curves(data: StudyData, labels: dict[str, str]) -> Figure:
     ax = fig.add_subplot()
     series = []
     for run_id in data.runs["run_id"]:
-        path = data.out / "runs" / run_id / "train_log.jsonl"
+        path = run_dir(data.out, run_id) / "train_log.jsonl"
         if not path.is_file():
             continue
         points = []

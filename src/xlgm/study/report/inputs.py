@@ -13,6 +13,7 @@ from xlgm.analysis.frame import select_unit
 from xlgm.core.errors import XlgmError
 from xlgm.data.tasks import get_task
 from xlgm.study.analyze import StudyData, evaluated_rows_and_work
+from xlgm.study.folders import run_dir
 from xlgm.study.report.format import truthy
 
 ANALYSIS_DIR = "analysis"
@@ -94,7 +95,7 @@ def run_records(data: StudyData) -> dict[str, dict]:
     """run_id -> RUN/config.json (rows trained on and held out, library versions), for the runs that have one."""
     out = {}
     for run_id in data.runs["run_id"]:
-        path = data.out / "runs" / str(run_id) / "config.json"
+        path = run_dir(data.out, str(run_id)) / "config.json"
         if not path.is_file():
             continue
         try:
