@@ -37,7 +37,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import ArgumentError, XlgmError
 
 # read_json, write_json and save_tensors live in core.files; callers also know them as xlgm.runs names.
 from xlgm.core.files import file_sha256, read_json, read_safetensors, save_tensors, write_json
@@ -324,19 +324,28 @@ def claim_run_dir(path: Path, config: dict, run_id: str, *, resume: bool = False
         raise XlgmError(f"{path}: exists and is not a folder")
     if not path.exists() or not any(path.iterdir()):
         if resume and not overwrite:
-            raise XlgmError(f"{path}: --resume, but the folder holds no run to resume")
+            raise ArgumentError(
+                lambda pick: f"{path}: {pick('resume=True', '--resume')}, but the folder holds no run to resume"
+            )
         return "new"
     _, other = _run_entries(path)
     if not (path / CONFIG).is_file():
         if other:
-            raise XlgmError(f"{path}: not empty and not an xlgm run (it holds {other[0].name}); choose another --out")
+            raise XlgmError(f"{path}: not empty and not an xlgm run (it holds {other[0].name}); choose another folder")
         if overwrite:
             return "new"
-        raise XlgmError(f"{path}: holds parts of a run without its {CONFIG}; pass --overwrite to replace them")
+        raise ArgumentError(
+            lambda pick: (
+                f"{path}: holds parts of a run without its {CONFIG}; pass "
+                f"{pick('overwrite=True', '--overwrite')} to replace them"
+            )
+        )
     if overwrite and other:
-        raise XlgmError(
-            f"{path}: --overwrite deletes only what xlgm wrote, and the folder also holds "
-            f"{other[0].name}; move it away first"
+        raise ArgumentError(
+            lambda pick: (
+                f"{path}: {pick('overwrite=True', '--overwrite')} deletes only what xlgm wrote, and the "
+                f"folder also holds {other[0].name}; move it away first"
+            )
         )
     if overwrite and not resume:
         return "new"
@@ -353,16 +362,21 @@ def claim_run_dir(path: Path, config: dict, run_id: str, *, resume: bool = False
         return "new"
     if not same:
         difference = _config_difference(stored, config) if isinstance(stored, dict) else "unreadable config"
-        raise XlgmError(
-            f"{path}: holds run {stored.get('run_id') if isinstance(stored, dict) else '?'} of another "
-            f"config ({difference}); pass --overwrite to replace it, or choose another --out"
+        other_run = stored.get("run_id") if isinstance(stored, dict) else "?"
+        raise ArgumentError(
+            lambda pick: (
+                f"{path}: holds run {other_run} of another config ({difference}); pass "
+                f"{pick('overwrite=True', '--overwrite')} to replace it, or choose another folder"
+            )
         )
     run = RunDir(path)
     last = run.last_checkpoint
     where = "finished" if run.finished else f"unfinished, last checkpoint {last['name'] if last else 'none'}"
-    raise XlgmError(
-        f"{path}: already holds this run ({run_id}, {where}); pass --resume to continue it or "
-        f"--overwrite to train it again"
+    raise ArgumentError(
+        lambda pick: (
+            f"{path}: already holds this run ({run_id}, {where}); pass {pick('resume=True', '--resume')} "
+            f"to continue it or {pick('overwrite=True', '--overwrite')} to train it again"
+        )
     )
 
 
@@ -391,7 +405,9 @@ def require_finished(run_dir: Path, allow_partial: bool = False) -> None:
         else f"{run_dir}: training did not finish (no checkpoint yet)"
     )
     if not allow_partial:
-        raise XlgmError(f"{message}; pass --allow-partial to use it anyway")
+        raise ArgumentError(
+            lambda pick: f"{message}; pass {pick('allow_partial=True', '--allow-partial')} to use it anyway"
+        )
     print(f"xlgm: note: {message}; using it as --allow-partial says", file=sys.stderr)
 
 

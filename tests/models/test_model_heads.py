@@ -92,20 +92,21 @@ def test_classifier_with_other_labels_is_refused(tiny_bert_dir, tmp_path, capsys
     with pytest.raises(
         XlgmError,
         match=f"its classification head's labels \\({shown}\\) are not the task's "
-        r"\(entailment, neutral, contradiction\); pass --random-head",
+        r"\(entailment, neutral, contradiction\); pass random_head=SEED",  # load_target's argument, from Python
     ):
         load_target(ResolvedTarget(str(folder)), XNLI.num_labels, XNLI.label_names)
     capsys.readouterr()  # (save_pretrained's own bar)
     assert main(["evaluate", str(folder), "--languages", "en", "--max-examples", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"xlgm: error: {folder}: its classification head's labels")
+    assert "pass --random-head" in err  # the flag, on the command line
 
 
 def test_base_model_without_head_is_refused(tiny_bert_dir, tmp_path, capsys):
     with pytest.raises(
         XlgmError,
         match="has no trained classification head for the task's labels "
-        r"\(entailment, neutral, contradiction\).*--random-head",
+        r"\(entailment, neutral, contradiction\).*random_head=SEED",
     ):
         load_target(ResolvedTarget(str(tiny_bert_dir)), XNLI.num_labels, XNLI.label_names)
     out = tmp_path / "eval.json"

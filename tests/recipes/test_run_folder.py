@@ -65,6 +65,12 @@ def test_existing_run_is_refused_unless_resume_or_overwrite(tiny_bert_dir, tmp_p
     assert f"holds run {run_id} of another config (lr 0.0001 there, 0.001 here" in err and "--overwrite" in err
     assert main(_args(tiny_bert_dir, out, "--lr", "0.001", "--resume")) == 2  # resume needs the same config
     assert f"holds run {run_id} of another config" in _one_line_error(capsys)
+    # From Python, the same refusal names train()'s arguments, not the command line's flags.
+    config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=24, batch_size=8, save_every=1)
+    assert config.run_id == run_id
+    with pytest.raises(XlgmError) as refused:
+        train(config, out, show_progress=False, device="cpu")
+    assert str(refused.value).endswith("pass resume=True to continue it or overwrite=True to train it again")
     # Nothing was touched by the refusals, and resuming a finished run is a no-op.
     assert main(_args(tiny_bert_dir, out, "--save-every", "1", "--resume")) == 0
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
@@ -112,7 +118,7 @@ def test_parts_of_a_run_without_config_are_replaced_only_with_overwrite(tmp_path
     out = tmp_path / "run"
     (out / "checkpoints" / "step-000001").mkdir(parents=True)
     (out / "init.json").write_text("{}")
-    with pytest.raises(XlgmError, match="holds parts of a run without its config.json; pass --overwrite"):
+    with pytest.raises(XlgmError, match="holds parts of a run without its config.json; pass overwrite=True"):
         claim_run_dir(out, {}, "abc")
     assert claim_run_dir(out, {}, "abc", overwrite=True) == "new"
     assert claim_run_dir(tmp_path / "absent", {}, "abc") == "new"
@@ -137,8 +143,9 @@ def test_require_finished(tmp_path, capsys):
     with pytest.raises(XlgmError) as err:
         require_finished(tmp_path)
     assert str(err.value) == (
-        f"{tmp_path}: training did not finish (last checkpoint step-000004); pass --allow-partial to use it anyway"
+        f"{tmp_path}: training did not finish (last checkpoint step-000004); pass allow_partial=True to use it anyway"
     )
+    assert err.value.command_line.endswith("pass --allow-partial to use it anyway")  # what `xlgm` prints
     run.write_state(finished=False)
     with pytest.raises(XlgmError, match="did not finish"):
         require_finished(tmp_path)
@@ -171,3 +178,24 @@ def test_device_and_precision_choices(tiny_bert_dir, tmp_path, capsys):
     )
     state = json.loads((run / "state.json").read_text())
     assert state["device"].startswith("cpu") and state["mixed_precision"] == "no" and state["processes"] == 1
+
+
+def test_a_corrupt_last_checkpoint_is_no_point_to_resume_from(tiny_bert_dir, tmp_path):
+    """Bytes flipped inside the last checkpoint's tensors: resuming refuses it on one line naming the file (and
+    the way out, from Python: overwrite=True), rather than training on from wrong weights."""
+    out = tmp_path / "run"
+    config = TrainConfig(model=str(tiny_bert_dir), max_train_examples=24, batch_size=8, save_every=1)
+    train(config, out, show_progress=False, device="cpu")
+    run = RunDir(out)
+    last = run.last_checkpoint["name"]
+    run.save_training_state(last, {"unused": torch.zeros(1)}, {})  # the checksum is checked before it is read
+    run.write_state(finished=False)
+    weights = run.checkpoint_dir(last) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    weights.write_bytes(bytes(data))
+    with pytest.raises(XlgmError) as refused:
+        train(config, out, show_progress=False, device="cpu", resume=True)
+    assert str(refused.value).startswith(f"{weights}: corrupt: its SHA-256 is ")
+    assert str(refused.value).endswith("the run cannot resume from it: pass overwrite=True to train it again")

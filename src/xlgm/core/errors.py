@@ -19,6 +19,23 @@ class XlgmError(Exception):
     """A problem with user input, reported as one line by the CLI."""
 
 
+class ArgumentError(XlgmError):
+    """A user error that says which argument to pass, in the words of whoever called: `str(err)` names Python's
+    keyword (`resume=True`), `err.command_line` (what the CLI prints) the flag (`--resume`).
+
+    `message` builds the text from `pick(python, flag)`, which returns one of its two arguments:
+    `ArgumentError(lambda pick: f"{path}: pass {pick('resume=True', '--resume')} to continue it")`.
+    """
+
+    def __init__(self, message: Callable[[Callable[[str, str], str]], str]):
+        self._message = message
+        super().__init__(message(lambda python, flag: python))
+
+    @property
+    def command_line(self) -> str:
+        return self._message(lambda python, flag: flag)
+
+
 class DataFormatError(XlgmError):
     """A data file is malformed. The message names the file, the line and what was expected."""
 
@@ -40,7 +57,7 @@ def exit_status(action: Callable[[], object]) -> int:
     try:
         action()
     except XlgmError as err:
-        print(f"xlgm: error: {err}", file=sys.stderr)
+        print(f"xlgm: error: {err.command_line if isinstance(err, ArgumentError) else err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xlgm: interrupted", file=sys.stderr)

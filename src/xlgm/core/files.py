@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import ArgumentError, XlgmError
 
 # safetensors refuses headers above 100 MB; a larger length read from the first 8 bytes means another format.
 MAX_SAFETENSORS_HEADER = 100_000_000
@@ -196,11 +196,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-# What a checksum error tells the user to do when they want the file anyway: the flag of the commands that load
-# checkpoints, and the argument of the Python functions.
-NO_VERIFY = "--no-verify (verify=False in Python) loads it anyway"
-
-
 def sha256_problem(path: str | Path, expected: str | None) -> str | None:
     """`corrupt: ...` when the file's SHA-256 is not `expected` (its bytes changed after they were written,
     header intact or not), else None; None as `expected` (nothing recorded) checks nothing."""
@@ -219,7 +214,9 @@ def verify_sha256(path: str | Path, expected: str | None) -> None:
     check_safetensors(path)  # a truncated or missing file says so, rather than "checksum mismatch"
     problem = sha256_problem(path, expected)
     if problem:
-        raise XlgmError(f"{path}: {problem}; {NO_VERIFY}")
+        raise ArgumentError(
+            lambda pick: f"{path}: {problem}; pass {pick('verify=False', '--no-verify')} to load it anyway"
+        )
 
 
 def read_safetensors(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from xlgm.core import validation
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import ArgumentError, XlgmError
 from xlgm.core.files import first_line
 from xlgm.core.types import CLASSIFICATION, TOKENS
 from xlgm.models.checkpoints import ResolvedTarget, load_checkpoint_into, load_initial_into, looks_like_path
@@ -226,14 +226,19 @@ def load_classifier(
     if head == "keep" and match.kind != "match":
         names = _describe(tuple(label_names)) if label_names else f"{num_labels} labels"
         if match.kind == "none":
-            raise XlgmError(
-                f"{name_or_path} has no trained classification head for the task's labels ({names}): "
-                "its accuracy would be chance; train a run of it, or pass --random-head to evaluate "
-                "it with a seeded random head"
+            raise ArgumentError(
+                lambda pick: (
+                    f"{name_or_path} has no trained classification head for the task's labels ({names}): "
+                    "its accuracy would be chance; train a run of it, or pass "
+                    f"{pick('random_head=SEED', '--random-head')} to evaluate it with a seeded random head"
+                )
             )
-        raise XlgmError(
-            f"{name_or_path}: its classification head's labels ({_describe(match.labels)}) are not the "
-            f"task's ({names}); pass --random-head to replace its head by a seeded random one"
+        raise ArgumentError(
+            lambda pick: (
+                f"{name_or_path}: its classification head's labels ({_describe(match.labels)}) are not the "
+                f"task's ({names}); pass {pick('random_head=SEED', '--random-head')} to replace its head by a seeded "
+                "random one"
+            )
         )
     keep = match.kind == "match" and head != "fresh"
     if not keep:

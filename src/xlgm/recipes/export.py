@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from xlgm.core import validation
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import ArgumentError, XlgmError
 from xlgm.core.files import current_umask
 from xlgm.data.tasks import get_task
 from xlgm.models.load import load_target
@@ -52,7 +52,11 @@ def _check_out(out: Path, run_dir: Path, overwrite: bool) -> None:
         if is_run_dir(out):
             raise XlgmError(f"{out}: holds an xlgm run; export into another folder")
         if not overwrite:
-            raise XlgmError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+            raise ArgumentError(
+                lambda pick: (
+                    f"{out}: exists and is not empty; pass {pick('overwrite=True', '--overwrite')} to replace it"
+                )
+            )
 
 
 def export_run(run: str | Path, out: str | Path, config: ExportConfig = ExportConfig()) -> Path:

@@ -41,7 +41,8 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 import xlgm.objectives as objectives
 from xlgm.core import validation
 from xlgm.core.devices import Precision
-from xlgm.core.errors import XlgmError
+from xlgm.core.errors import ArgumentError, XlgmError
+from xlgm.core.files import sha256_problem
 from xlgm.core.machine import describe_machine, machine_kind, machine_record
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import MAX_LENGTH, BatchCollator, TokenizedSet, bucketed_shuffled_batches, tokenize_examples
@@ -387,7 +388,16 @@ def resume_point(run: RunDir, model: PreTrainedModel, session: dict, num_train: 
         return None
     if not run.has_training_state(last["name"]):
         raise XlgmError(f"{run.checkpoint_dir(last['name'])}: no training state to resume from")
-    load_checkpoint_into(model, run.checkpoint_dir(last["name"]), run.checksums(last["name"]).get(WEIGHTS))
+    weights = run.checkpoint_dir(last["name"]) / WEIGHTS
+    problem = sha256_problem(weights, run.checksums(last["name"]).get(WEIGHTS))
+    if problem:  # checked here, not by the loader: its advice (verify=False) is no way to resume
+        raise ArgumentError(
+            lambda pick: (
+                f"{weights}: {problem}; the run cannot resume from it: pass "
+                f"{pick('overwrite=True', '--overwrite')} to train it again"
+            )
+        )
+    load_checkpoint_into(model, run.checkpoint_dir(last["name"]))
     tensors, meta = run.load_training_state(last["name"])
     if meta["total_steps"] != schedule.total_steps:
         raise XlgmError(f"{run.path}: the run has {meta['total_steps']} steps, this config {schedule.total_steps} here")
