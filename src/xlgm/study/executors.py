@@ -8,7 +8,12 @@ Ray task (one GPU per task when the cluster has GPUs and the device is not `cpu`
 trains, evaluates and measures one run on its GPU (or CPU) and RETURNS its unit rows; only the driver writes the
 SQLite file. Every unit's rows carry the machine that computed it (`xlgm.core.machine`; a training's is that of
 its sessions, from the run folder's state.json). The tasks write their run directories under OUT, so on a
-multi-node cluster OUT must be on a shared filesystem.
+multi-node cluster OUT must be on a shared filesystem: before the first task, one tiny task per node reads a marker
+the driver wrote under OUT and writes one back (`check_nodes_see`), and a node that cannot is named on one line.
+
+A Ray task sets torch's thread count to the CPUs Ray gave it; the local executor keeps the process's. Float sums
+in another order give measures that differ in the last digits (about 1e-7 relative; sharpness-diff, a difference
+of two losses, about 1e-4); accuracies are counts and agree exactly.
 
 The group measures (`run_groups`) run in the driver once every run of a group of seeds is trained.
 """
@@ -325,6 +330,76 @@ def ray_run_point(task: RunTask) -> list[dict[str, Any]]:
     return units
 
 
+# How long the check that every node sees the study folder waits for its tasks (each starts a worker process).
+NODE_CHECK_SECONDS = 120.0
+NODE_CHECK_MARKER = ".node-check"
+
+
+def probe_folder(out: str, marker: str, node_id: str) -> str | None:
+    """Run on a node: read the driver's marker under `out` and write one back; what went wrong, or None."""
+    import socket
+
+    path = Path(out) / marker
+    try:
+        if path.read_text(encoding="utf-8") != marker:
+            return f"{path} holds other content"
+        path.with_name(f"{marker}.{node_id}").write_text(socket.gethostname(), encoding="utf-8")
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
+
+
+def node_problems(ray, out: Path, marker: str) -> dict[str, str]:
+    """node -> what went wrong when a task on it read `out/marker` and wrote `out/marker.NODE` back (checked
+    here, so a node that writes to a folder of its own is caught too); empty when every alive node sees `out`."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(probe_folder)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {
+        f"{n.get('NodeManagerAddress', '?')} ({n['NodeID'][:8]})": (
+            n["NodeID"],
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+                str(out), marker, n["NodeID"]
+            ),
+        )
+        for n in nodes
+    }
+    problems: dict[str, str] = {}
+    for name, (node_id, ref) in refs.items():
+        try:
+            problem = ray.get(ref, timeout=NODE_CHECK_SECONDS)
+        except Exception as err:  # noqa: BLE001 - Ray's timeout and task errors: a node that did not answer
+            problem = f"no answer ({type(err).__name__})"
+        written = out / f"{marker}.{node_id}"
+        if problem is None and not written.is_file():
+            problem = "what it wrote there is not in the driver's folder (a folder of its own)"
+        written.unlink(missing_ok=True)
+        if problem is not None:
+            problems[name] = problem
+    return problems
+
+
+def check_nodes_see(ray, out: Path) -> None:
+    """Every alive node of the cluster reads and writes the study folder `out` as the driver does, or one line
+    naming the nodes that do not."""
+    import secrets
+
+    out.mkdir(parents=True, exist_ok=True)
+    marker = f"{NODE_CHECK_MARKER}-{secrets.token_hex(6)}"
+    (out / marker).write_text(marker, encoding="utf-8")
+    try:
+        problems = node_problems(ray, out, marker)
+    finally:
+        (out / marker).unlink(missing_ok=True)
+    if problems:
+        listed = "; ".join(f"node {name}: {problem}" for name, problem in problems.items())
+        raise XlgmError(
+            f"{out}: {len(problems)} Ray node(s) do not see the study folder ({listed}); put it on storage every "
+            "node mounts at the same path"
+        )
+
+
 def run_on_ray(
     tasks: list[RunTask], commit: Emit, address: str | None, cpus_per_task: int | None, device: str = "auto"
 ) -> None:
@@ -340,6 +415,7 @@ def run_on_ray(
     if started:  # a local instance (address None) or a running cluster; stopped again below
         ray.init(**({"address": address} if address else {"include_dashboard": False}))
     try:
+        check_nodes_see(ray, Path(tasks[0].out))
         _submit_and_collect(ray, tasks, commit, cpus_per_task, device)
     finally:
         if started:
