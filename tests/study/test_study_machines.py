@@ -16,6 +16,7 @@ from xlgm.core.devices import resolve_precision
 from xlgm.core.machine import kernel_flags, machine_kind
 from xlgm.results import ResultsDB
 from xlgm.study.db import StudyDB
+from xlgm.study.folders import run_dir
 
 # What the shipped study ran on (results/xnli-e5-cpu/README.md): a record another kind of machine than this one.
 AMD_EPYC = {
@@ -42,7 +43,7 @@ def test_a_runs_machine_and_resolved_precision_are_in_its_folder_and_in_the_stud
         assert session["from_step"] == 0
         assert machine["precision"] == precision and machine["isa"] == kernel_flags()
         assert machine["threads"] == 1 and machine["torch"] == torch.__version__ and machine["gpu"] is None
-        recorded[run.name] = machine
+        recorded[run.name.rsplit("-", 1)[-1]] = machine  # the folder: a readable prefix, then the run id
     with sqlite3.connect(tiny_study / "study.sqlite") as db:
         runs = db.execute("SELECT r.run_id, m.record FROM runs AS r JOIN machines AS m USING (machine_id)").fetchall()
         assert {run_id: json.loads(record) for run_id, record in runs} == recorded
@@ -110,7 +111,7 @@ def test_a_run_resumed_on_another_kind_of_machine_warns_and_the_study_names_the_
     with pytest.raises(RuntimeError, match="killed"):
         run_study(spec, out, show_progress=False)
     monkeypatch.undo()
-    run = out / "runs" / first
+    run = run_dir(out, first)
     state = json.loads((run / "state.json").read_text())
     assert state["finished"] is False
     state["machines"] = [{"from_step": 0, "machine": AMD_EPYC}]  # as if it had started on the AMD machine
