@@ -24,6 +24,7 @@ SHIPPED_STUDY_IDS = {
     "pawsx-mbert.yaml": "3d4a5cbc5673",
     "predict-embedded.yaml": "df9fd5c3633c",
     "xnli-e5-cpu.yaml": "195232095f4f",
+    "xnli-e5-design.yaml": "eaf03bbaf466",
     "xnli-mbert.yaml": "175582b51da2",
     "xnli-mt5.yaml": "77d71bfe28ba",
 }
