@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 import sqlite3
 
+import pandas as pd
 import pytest
 from study_testlib import CHECKPOINTS, RUNS, TINY_SPEC, write_spec
 
+from xlgm.study.report import report_study
 from xlgm.study.runner import run_study
 from xlgm.study.spec import SpecError, load_spec, parse_text
 from xlgm.study.units import measure_unit_id
@@ -180,3 +182,12 @@ def test_an_extended_study_computes_only_the_new_values(tiny_study, tiny_bert_di
         (p75, d) for p75 in (False, True) for d in ("en-dev-16", "en-dev-8") for _ in range(checkpoints)
     )
     assert len(spec.measures.items) == 2 * 4  # two sizes of margin, frobenius-distance and two logit-margins
+
+    # the analysis: each setting a measure of its own, and the sensitivity table and figure over them
+    html = report_study(out, echo=False).read_text()
+    table = pd.read_csv(out / "analysis" / "sensitivity.csv")
+    assert list(table["setting"].drop_duplicates()) == spec.measures.labels
+    assert set(table["rows"]) == {16, 8} and set(table["percentile"].dropna()) == {50, 75}
+    verdict = pd.read_csv(out / "analysis" / "verdict.csv")
+    assert set(verdict["measure"]) == set(spec.measures.labels)
+    assert "Sensitivity to the measures" in html and (out / "report" / "figures" / "sensitivity.png").is_file()
