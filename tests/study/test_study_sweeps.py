@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -191,3 +192,19 @@ def test_an_extended_study_computes_only_the_new_values(tiny_study, tiny_bert_di
     verdict = pd.read_csv(out / "analysis" / "verdict.csv")
     assert set(verdict["measure"]) == set(spec.measures.labels)
     assert "Sensitivity to the measures" in html and (out / "report" / "figures" / "sensitivity.png").is_file()
+
+
+def test_the_study_folder_spec_gives_back_the_entries_as_written():
+    """OUT/spec.yaml (`to_yaml`) gathers a measure's settings back into the entries the file wrote."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "src" / "xlgm" / "studies" / "xnli-e5-design.yaml"
+    spec = load_spec(path)
+    written = yaml.safe_load(path.read_text())["measures"]
+    kept = yaml.safe_load(spec.to_yaml())["measures"]
+    assert kept["names"] == written["names"] and kept["data"]["max_examples"] == [16, 64, 256]
+    assert parse_text(spec.to_yaml()) == spec
+    labels = spec.measures.labels
+    assert len(labels) == 22 and len(set(labels)) == 22
+    sigma = [m.config.sigma for m in spec.measures.items if m.name == "sharpness-diff"]
+    assert sorted(set(sigma)) == [1e-4, 1e-3, 1e-2, 1e-1]  # three orders of magnitude around the default

@@ -256,7 +256,8 @@ def measure_entries(measures: MeasuresSpec) -> list[Any]:
     """`measures.names` as a file writes it: a measure's items gathered back into one entry when they are the
     product of some options' values (an option that takes several values a list, in the items' order, which is
     the order the file listed them in) over its data sizes (its own `max_examples` where they are not the
-    spec's), else one entry an item; either way the entries give these items again."""
+    spec's); items that no one entry gives are split into the longest runs that one does (a single item always
+    does), so the entries give these items again, in order."""
     spec_sizes = list(measures.sizes) or [measures.data.max_examples]
 
     def entry(name: str, items: list[MeasureItem]) -> Any:
@@ -288,8 +289,13 @@ def measure_entries(measures: MeasuresSpec) -> list[Any]:
     entries: list[Any] = []
     for name in measures.names:
         items = [m for m in measures.items if m.name == name]
-        together = entry(name, items)
-        entries += [together] if expands_to(name, together, items) else [entry(name, [m]) for m in items]
+        start = 0
+        while start < len(items):  # the longest run of items from `start` that one entry gives
+            end = next(
+                e for e in range(len(items), start, -1) if expands_to(name, entry(name, items[start:e]), items[start:e])
+            )
+            entries.append(entry(name, items[start:end]))
+            start = end
     return entries
 
 
