@@ -9,6 +9,10 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
                               level the answer rests on, Psi, CMI K, the expected sign, agrees / disagrees /
                               inconclusive / excluded, the measure's finding and health (`xlgm.analysis.verdict`)
     findings.csv              one row per measure: its finding and the three answers (tau, Holm p, verdict, level)
+    sensitivity.csv           per measure setting (a swept measure's settings are measures of their own, named
+                              `sharpness-diff[rows=64,alpha=0.05,sigma=0.001]`) and verdict target: the rows it
+                              saw and its swept options, tau with its run-level CI, Holm p and verdict, and its
+                              draw-to-draw and seed-to-seed spread (`xlgm.analysis.sensitivity`)
     levels.csv                the within-configuration (exact permutation among seeds), between-configuration
                               (configuration means) and two-level bootstrap results behind the verdict
                               (`xlgm.analysis.levels`)
