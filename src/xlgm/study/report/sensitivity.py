@@ -83,6 +83,7 @@ def sensitivity_figure(table: pd.DataFrame) -> Figure | None:
             ax.axhline(0, color="#9a9a9a", linewidth=0.8)
             if not any(np.isfinite(p["tau"].to_numpy(dtype=float)).any() for _, p in lines):
                 ax.text(0.5, 0.5, "τ undefined at every setting", transform=ax.transAxes, ha="center", fontsize=8)
+                ax.set_xticks([])
                 lines = []
             else:
                 ax.set_xscale("log", base=2 if axis == ROWS else 10)
