@@ -19,6 +19,7 @@ SHIPPED = {
     "demo.yaml": ("a0f6ba585430", 4, "82e2d628dcd4", "74b9f95cbc53"),
     "predict-embedded.yaml": ("df9fd5c3633c", 2, "82e2d628dcd4", "a26317930958"),
     "xnli-e5-cpu.yaml": ("195232095f4f", 15, "c9143ebc3a97", "723d8dd03f7f"),
+    "xnli-e5-design.yaml": ("eaf03bbaf466", 27, "75096f5d2bb4", "949a627e767b"),
     "xnli-mbert.yaml": ("175582b51da2", 18, "dececf4f53b7", "616e8229e4c4"),
     "pawsx-mbert.yaml": ("3d4a5cbc5673", 18, "3cf26b8e5af4", "37379419362d"),
     "xnli-mt5.yaml": ("77d71bfe28ba", 12, "d4e57332b803", "4124078d573f"),

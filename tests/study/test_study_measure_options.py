@@ -24,6 +24,7 @@ SHIPPED_STUDY_IDS = {
     "pawsx-mbert.yaml": "3d4a5cbc5673",
     "predict-embedded.yaml": "df9fd5c3633c",
     "xnli-e5-cpu.yaml": "195232095f4f",
+    "xnli-e5-design.yaml": "eaf03bbaf466",
     "xnli-mbert.yaml": "175582b51da2",
     "xnli-mt5.yaml": "77d71bfe28ba",
 }
@@ -108,16 +109,18 @@ def test_the_json_schema_types_every_measure_option():
     for name in list_measures("model"):
         config = get_measure(name).config_cls
         properties = defs[f"Measure_{name}"]["properties"]
-        assert set(properties) == {f.name for f in dataclasses.fields(config)} | {"at"}, name
+        assert set(properties) == {f.name for f in dataclasses.fields(config)} | {"at", "max_examples"}, name
         for field in dataclasses.fields(config):
             prop = properties[field.name]
             assert prop.get("description"), (name, field.name)  # its help
             assert "type" in prop or "enum" in prop or "anyOf" in prop, (name, field.name)
             assert prop["default"] == field.default, (name, field.name)
     sigma = defs["Measure_sharpness-diff"]["properties"]["sigma"]
-    assert sigma["anyOf"] == [{"type": "number"}, {"type": "null"}] and "noise" in sigma["description"]
-    assert defs["Measure_sharpness-diff"]["properties"]["mode"]["enum"] == ["default", "paper"]
-    assert defs["Measure_hessian-top-eig"]["properties"]["k"]["type"] == "integer"
-    assert defs["Measure_spectral-norm"]["properties"]["include_embeddings"]["type"] == "boolean"
+    one = {"anyOf": [{"type": "number"}, {"type": "null"}]}
+    assert sigma["anyOf"] == [one, {"type": "array", "items": one, "minItems": 1}]  # a value or a sweep
+    assert "noise" in sigma["description"]
+    assert defs["Measure_sharpness-diff"]["properties"]["mode"]["anyOf"][0]["enum"] == ["default", "paper"]
+    assert defs["Measure_hessian-top-eig"]["properties"]["k"]["anyOf"][0]["type"] == "integer"
+    assert defs["Measure_spectral-norm"]["properties"]["include_embeddings"]["anyOf"][0]["type"] == "boolean"
     names = defs["Measures"]["properties"]["names"]
     assert {"$ref": "#/$defs/MeasuresByName"} in names["anyOf"]  # the mapping form too

@@ -71,6 +71,15 @@ def test_the_eta_weighs_each_unit_by_the_finished_units_like_it():
     clock.add("measure/r1/step-000002/hessian-trace/k", 41.0)
     assert clock.remaining(["measure/r3/s/hessian-trace/k", "measure/r3/s/pacbayes-flatness/k"]) == (41.0 + 21.0, True)
     assert clock.remaining(["group/g/parameter-variance-across-seeds"]) == (0.0, False)  # no group finished yet
+    # a swept measure's settings: each as the same setting's finished units, a new one as its measure's
+    clock.add("measure/r1/step-000002/sharpness-diff/rows16", 2.0)
+    clock.add("measure/r1/step-000002/sharpness-diff/rows256", 30.0)
+    todo = [
+        "measure/r3/s/sharpness-diff/rows16",
+        "measure/r3/s/sharpness-diff/rows256",
+        "measure/r3/s/sharpness-diff/new",
+    ]
+    assert clock.remaining(todo) == (2.0 + 30.0 + 16.0, True)
     assert eta_text(3 * 3600 + 7 * 60, True) == "eta 3h07m" and eta_text(50, False) == "eta >1m"
 
 

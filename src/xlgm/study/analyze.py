@@ -9,6 +9,10 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
                               level the answer rests on, Psi, CMI K, the expected sign, agrees / disagrees /
                               inconclusive / excluded, the measure's finding and health (`xlgm.analysis.verdict`)
     findings.csv              one row per measure: its finding and the three answers (tau, Holm p, verdict, level)
+    sensitivity.csv           per measure setting (a swept measure's settings are measures of their own, named
+                              `sharpness-diff[rows=64,alpha=0.05,sigma=0.001]`) and verdict target: the rows it
+                              saw and its swept options, tau with its run-level CI, Holm p and verdict, and its
+                              draw-to-draw and seed-to-seed spread (`xlgm.analysis.sensitivity`)
     levels.csv                the within-configuration (exact permutation among seeds), between-configuration
                               (configuration means) and two-level bootstrap results behind the verdict
                               (`xlgm.analysis.levels`)
@@ -67,6 +71,7 @@ from xlgm.analysis.health import measure_health
 from xlgm.analysis.levels import level_table
 from xlgm.analysis.multiple import adjust_table
 from xlgm.analysis.report_table import fit_table, language_table, prepare_frame
+from xlgm.analysis.sensitivity import ROWS, SETTING, sensitivity_table
 from xlgm.analysis.verdict import findings_table, verdict_table, verdict_targets
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
@@ -175,15 +180,7 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
             ),
             columns=["checkpoint_id", "language", "accuracy", "num_examples"],
         )
-        data_key = spec.measure_data().key
-        rows = []
-        for item in spec.measures.items:
-            rows += db.query(
-                f"SELECT checkpoint_id, measure, value FROM measures WHERE measure=? AND config_hash=? AND data=? "
-                f"AND checkpoint_id IN ({_in(ids)})",
-                (item.name, config_hash(spec.measure_config(item)), data_key, *ids),
-            )
-        meas = pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value"])
+        meas = stored_measures(db, spec, ids)[["checkpoint_id", "measure", "value"]]
     if units_done < len(planned):
         notes.append(f"the study is not finished: {units_done} of {len(planned)} known units done")
     if evals.empty:
@@ -193,8 +190,8 @@ def load_study(spec: StudySpec, out: Path) -> StudyData:
     configuration = {c.run_id: seed_group_id(c) for c in spec.run_configs()}
     frame.insert(2, CONFIGURATION, frame["run_id"].map(configuration))
     frame = add_targets(frame, list(spec.languages), spec.source_language)
-    measures = [m for m in spec.measures.names if m in frame.columns]
-    missing = [m for m in spec.measures.names if m not in frame.columns]
+    measures = [m for m in spec.measures.labels if m in frame.columns]  # a swept measure: one column a setting
+    missing = [m for m in spec.measures.labels if m not in frame.columns]
     if missing:
         notes.append(f"no values yet for measure(s) {', '.join(missing)}")
     flat = flatten_configs(runs)
@@ -228,34 +225,42 @@ def auto_axes(runs: pd.DataFrame) -> list[str]:
     return kept
 
 
-def measure_directions(names: list[str]) -> dict[str, tuple[int | None, str]]:
-    """measure -> (expected sign vs accuracy, citation) as registered; (None, "") for an unregistered name."""
+def stored_measures(db: StudyDB, spec: StudySpec, ids: list[str]) -> pd.DataFrame:
+    """The stored results (checkpoint_id, measure, value, spread, details) of the spec's measure items at these
+    checkpoints, `measure` being the item's name in the analysis (a swept measure's setting: its label)."""
+    rows: list[tuple] = []
+    for item in spec.measures.items:
+        found = db.query(
+            f"SELECT checkpoint_id, value, spread, details FROM measures WHERE measure=? AND config_hash=? "
+            f"AND data=? AND checkpoint_id IN ({_in(ids)})",
+            (item.name, config_hash(spec.measure_config(item)), spec.measure_data(item).key, *ids),
+        )
+        label = spec.measures.label(item)
+        rows += [(c, label, value, spread, details) for c, value, spread, details in found]
+    return pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value", "spread", "details"])
 
+
+def measure_directions(names: list[str], spec: StudySpec | None = None) -> dict[str, tuple[int | None, str]]:
+    """measure -> (expected sign vs accuracy, citation) as registered; (None, "") for an unregistered name. With
+    the spec, a swept measure's settings (its labels) take their measure's."""
+
+    measure_of = {} if spec is None else {spec.measures.label(m): m.name for m in spec.measures.items}
     out: dict[str, tuple[int | None, str]] = {}
     for name in names:
         try:
-            spec = get_measure(name)
+            registered = get_measure(measure_of.get(name, name))
         except XlgmError:
             out[name] = (None, "")
             continue
-        out[name] = (spec.expected_sign, spec.direction_reference)
+        out[name] = (registered.expected_sign, registered.direction_reference)
     return out
 
 
 def measure_rows(data: StudyData) -> pd.DataFrame:
-    """The stored results (checkpoint_id, measure, value, details) of the spec's measures at the frame's
+    """The stored results (checkpoint_id, measure, value, spread, details) of the spec's measures at the frame's
     checkpoints: what `xlgm.analysis.health.measure_health` reads."""
-    spec = data.spec
-    ids = list(data.frame["checkpoint_id"])
-    rows: list[tuple] = []
     with StudyDB(data.out / DB_NAME) as db:
-        for item in spec.measures.items:
-            rows += db.query(
-                f"SELECT checkpoint_id, measure, value, details FROM measures WHERE measure=? AND config_hash=? "
-                f"AND data=? AND checkpoint_id IN ({_in(ids)})",
-                (item.name, config_hash(spec.measure_config(item)), spec.measure_data().key, *ids),
-            )
-    return pd.DataFrame(rows, columns=["checkpoint_id", "measure", "value", "details"])
+        return stored_measures(db, data.spec, list(data.frame["checkpoint_id"]))
 
 
 def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
@@ -266,7 +271,7 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         raise XlgmError(f"{data.out}: no measure values yet; nothing to correlate")
     frame = _base_frame(data)
     unit, run_reduce = a.unit, a.run_reduce
-    directions = measure_directions(data.measures)
+    directions = measure_directions(data.measures, spec)
     targets = verdict_targets(spec.source_language)
     signs = {m: s for m, (s, _) in directions.items() if s is not None}
     corr = correlation_table(
@@ -308,7 +313,8 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         tables["granulated"] = pd.DataFrame()
         tables["cmi"] = verdict_cmi = pd.DataFrame()
         data.notes.append("no hyperparameter axis varies: granulated Kendall and CMI left out")
-    tables["health"] = measure_health(measure_rows(data), data.measures)
+    stored = measure_rows(data)
+    tables["health"] = measure_health(stored, data.measures)
     tables["levels"] = level_table(
         frame,
         data.measures,
@@ -332,6 +338,12 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         source=spec.source_language,
     )
     tables["findings"] = findings_table(tables["verdict"])
+    tables["sensitivity"] = sensitivity_table(
+        tables["verdict"],
+        measure_settings(spec, data.measures),
+        run_frame(data),
+        stored.rename(columns={"measure": SETTING}),
+    )
     tables["languages"] = language_table(corr)
     tables["fit"] = fit_table(
         frame, data.measures, data.languages, spec.source_language, unit=unit, run_reduce=run_reduce
@@ -396,6 +408,31 @@ def group_tables(data: StudyData) -> tuple[pd.DataFrame, pd.DataFrame]:
     return groups, pd.DataFrame(summary, columns=["measure", "groups", "tau", "p", "finding"])
 
 
+def measure_settings(spec: StudySpec, labels: list[str]) -> pd.DataFrame:
+    """One row per measure setting in the analysis: its label, measure, rows (NaN: all) and the value of each
+    option some setting of its measure sweeps (sensitivity_table's `settings`)."""
+    by_label = {spec.measures.label(m): m for m in spec.measures.items}
+    rows = []
+    for label in labels:
+        item = by_label[label]
+        options = {k: v for k, v in spec.measures.setting(item).items() if k != "max_examples"}
+        rows.append({SETTING: label, "measure": item.name, ROWS: spec.measure_data(item).max_examples, **options})
+    table = pd.DataFrame(rows)
+    return table.astype({ROWS: float}) if not table.empty else pd.DataFrame(columns=[SETTING, "measure", ROWS])
+
+
+def run_frame(data: StudyData) -> pd.DataFrame:
+    """One row per run (its checkpoint by `analysis.run_reduce`), with its configuration."""
+    return prepare_frame(
+        _base_frame(data),
+        data.measures,
+        data.languages,
+        data.spec.source_language,
+        unit="run",
+        run_reduce=data.spec.analysis.run_reduce,
+    )
+
+
 def _base_frame(data: StudyData) -> pd.DataFrame:
     """The frame without the derived targets (the analysis functions add them after reducing to the unit)."""
     derived = [c for c in data.frame.columns if c.startswith("gap_") or c in ("mean_target", "mean_gap")]
@@ -428,7 +465,18 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
     for name in ("correlations", "granulated", "cmi"):
         tables[name].to_csv(folder / f"{name}.csv", index=False)
         write_json(folder / f"{name}.json", _jsonable(tables[name]), indent=1, sort_keys=False)
-    for name in ("top", "verdict", "findings", "levels", "languages", "fit", "health", "groups", "group_correlations"):
+    for name in (
+        "top",
+        "verdict",
+        "findings",
+        "sensitivity",
+        "levels",
+        "languages",
+        "fit",
+        "health",
+        "groups",
+        "group_correlations",
+    ):
         if name in tables and (name not in ("groups", "group_correlations") or not tables[name].empty):
             tables[name].to_csv(folder / f"{name}.csv", index=False)
     summary = {
@@ -486,7 +534,9 @@ def study_settings(data: StudyData) -> dict[str, Any]:
     spec = data.spec
     measures = {}
     for item in spec.measures.items:
-        measures[item.name] = {**spec.measure_config(item), "resolved": dataclasses.asdict(item.config)}
+        measures[spec.measures.label(item)] = {**spec.measure_config(item), "resolved": dataclasses.asdict(item.config)}
+        if spec.measures.data_of(item) != spec.measures.data:
+            measures[spec.measures.label(item)]["rows"] = spec.measure_data(item).max_examples
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
@@ -503,7 +553,10 @@ def study_settings(data: StudyData) -> dict[str, Any]:
             "train_max_examples": train.get("max_train_examples"),
             "eval_split": spec.evaluation.split,
             "eval_rows": {lang: lo if lo == hi else [lo, hi] for lang, lo, hi in eval_rows},
-            "measure_data": dataclasses.asdict(spec.measure_data()),
+            "measure_data": {
+                **dataclasses.asdict(spec.measure_data()),
+                **({"max_examples": list(spec.measures.sizes)} if spec.measures.sizes else {}),
+            },
         },
         "versions": versions,
         "wall_seconds": {kind: {"units": int(count), "seconds": float(total or 0.0)} for kind, count, total in work},

@@ -87,9 +87,11 @@ def cmd_study(args: argparse.Namespace) -> None:
 
         spec = load_spec(args.spec)
         configs = spec.run_configs()
+        measures, settings = len(spec.measures.names), len(spec.measures.items)
         print(
             f"{args.spec}: valid; study {spec.name} ({spec.study_id}): {len(configs)} runs, "
-            f"{len(spec.languages)} languages, {len(spec.measures.items)} measures"
+            f"{len(spec.languages)} languages, {measures} measures"
+            + (f" at {settings} settings" if settings > measures else "")
         )
     elif args.study_command == "schema":
         import json

@@ -250,10 +250,11 @@ def _measure(
 ) -> None:
 
     spec = task.spec
-    data = spec.measure_data()
-    batches = build_batches(tokenizer, task_def, data, source, device)
     run_id = task.config.run_id
     machine = machine_record(device, "no")  # a study's measures run in float32 (compute_measures' default)
+    by_data: dict[Any, list] = {}  # the items of each data size (a sweep's), each data's batches built once
+    for item in measures:
+        by_data.setdefault(spec.measure_data(item), []).append(item)
     with tqdm(
         total=len(measures),
         desc=f"measure {ckpt['checkpoint_id']}",
@@ -261,36 +262,39 @@ def _measure(
         leave=False,
         disable=not task.show_progress,
     ) as bar:
-        items = {item.name: item for item in measures}
         target = RunDir(task.run_dir).target(checkpoint.name)
-        for name, result, seconds in compute_measures(
-            model,
-            batches,
-            [(item.name, item.config) for item in measures],
-            spec.measures.params,
-            spec.measures.seed,
-            init_state=cached_initial_state(init_cache, run_id, target, task_def, model),
-            bar=bar,
-            show_progress=task.show_progress,
-        ):
-            record = result.to_dict()
-            emit(
-                {
-                    "kind": "measure",
-                    "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], items[name]),
-                    "run_id": run_id,
-                    "checkpoint_id": ckpt["checkpoint_id"],
-                    "measure": name,
-                    "config": spec.measure_config(items[name]),
-                    "data": data.key,
-                    "value": record["value"],
-                    "spread": record["spread"],
-                    "num_samples": record["num_samples"],
-                    "seconds": seconds,
-                    "details": record,
-                    "machine": machine,
-                }
+        for data, items in by_data.items():
+            batches = build_batches(tokenizer, task_def, data, source, device)
+            results = compute_measures(
+                model,
+                batches,
+                [(item.name, item.config) for item in items],
+                spec.measures.params,
+                spec.measures.seed,
+                init_state=cached_initial_state(init_cache, run_id, target, task_def, model),
+                bar=bar,
+                show_progress=task.show_progress,
             )
+            # in the order given; the results first, so the generator finishes (and moves the bar) each time
+            for (_, result, seconds), item in zip(results, items):
+                record = result.to_dict()
+                emit(
+                    {
+                        "kind": "measure",
+                        "unit_id": measure_unit_id(spec, ckpt["checkpoint_id"], item),
+                        "run_id": run_id,
+                        "checkpoint_id": ckpt["checkpoint_id"],
+                        "measure": item.name,
+                        "config": spec.measure_config(item),
+                        "data": data.key,
+                        "value": record["value"],
+                        "spread": record["spread"],
+                        "num_samples": record["num_samples"],
+                        "seconds": seconds,
+                        "details": record,
+                        "machine": machine,
+                    }
+                )
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -27,9 +27,17 @@ def unit_cost_key(unit_id: str, objectives: dict[str, str]) -> tuple[str, str]:
     return kind, ""
 
 
+def unit_cost_keys(unit_id: str, objectives: dict[str, str]) -> list[tuple[str, str]]:
+    """The keys a unit's cost is estimated from, the closest first: for a measure, the same setting (its name and
+    config hash: a sweep's settings may see 16 rows or 256), then `unit_cost_key`, then the unit's kind."""
+    key = unit_cost_key(unit_id, objectives)
+    setting = [(key[0], "/".join(unit_id.split("/")[-2:]))] if key[0] == "measure" else []
+    return [*setting, key, (key[0], "*")]
+
+
 class WorkClock:
     """The time the study's unfinished units will take, from the seconds its finished units took: each unit costs
-    the mean of finished units of its key (`unit_cost_key`), else of its kind; a kind none of whose units has
+    the mean of finished units of its closest key with any (`unit_cost_keys`); a kind none of whose units has
     finished is unknown (the estimate is then a lower bound)."""
 
     def __init__(self, objectives: dict[str, str], finished: dict[str, float]):
@@ -41,8 +49,7 @@ class WorkClock:
     def add(self, unit_id: str, seconds: float | None) -> None:
         if seconds is None:
             return
-        key = unit_cost_key(unit_id, self.objectives)
-        for k in (key, (key[0], "*")):
+        for k in unit_cost_keys(unit_id, self.objectives):
             total = self.sums.setdefault(k, [0.0, 0])
             total[0] += seconds
             total[1] += 1
@@ -51,8 +58,7 @@ class WorkClock:
         """(seconds, complete): the estimate and whether every unit's kind has a finished unit to go by."""
         seconds, complete = 0.0, True
         for unit_id in units:
-            key = unit_cost_key(unit_id, self.objectives)
-            total = self.sums.get(key) or self.sums.get((key[0], "*"))
+            total = next((t for k in unit_cost_keys(unit_id, self.objectives) if (t := self.sums.get(k))), None)
             if total is None:
                 complete = False
                 continue

@@ -122,4 +122,5 @@ def _check_data(spec: StudySpec) -> None:
     source = DataSource(spec.data.kind, spec.data.dir)
     for lang in spec.languages:
         load_examples(task, spec.evaluation.split, lang, source, spec.evaluation.max_examples)
-    load_examples(task, spec.measures.data.split, spec.measures.data.language, source, spec.measures.data.max_examples)
+    for data in dict.fromkeys(spec.measures.data_of(item) for item in spec.measures.items):  # a sweep's sizes
+        load_examples(task, data.split, data.language, source, data.max_examples)

@@ -12,30 +12,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import operator
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     Discriminator,
     Field,
+    PlainSerializer,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     WithJsonSchema,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from xlgm.analysis.predict import FEATURES
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import (
-    Options,
     Section,
+    default_of,
     field_annotation,
     help_of,
-    options_model,
     rule_validator,
     section_model,
     type_hints,
@@ -72,7 +76,9 @@ def axis(annotation: Any) -> Any:
     """A grid axis: one value or a non-empty list of values, each of `annotation`."""
     item = TypeAdapter(annotation).json_schema()
     schema = {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
-    return Annotated[list[annotation], BeforeValidator(as_list), Field(min_length=1), WithJsonSchema(schema)]
+    # kept as it is when written out: a default (the JSON Schema's) is one value, not a list
+    keep = PlainSerializer(lambda value: value)
+    return Annotated[list[annotation], BeforeValidator(as_list), Field(min_length=1), WithJsonSchema(schema), keep]
 
 
 def train_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
@@ -126,13 +132,23 @@ def grid_entry_type() -> Any:
     return Annotated[union, Discriminator(grid_entry_tag), BeforeValidator(entry_mapping)]
 
 
+def data_rows() -> Any:
+    """The measures' data size (MeasureData.max_examples: a row limit, null for all rows), or a list of sizes."""
+    field = next(f for f in dataclasses.fields(MeasureData) if f.name == "max_examples")
+    return axis(field_annotation(field, type_hints(MeasureData)[field.name]))
+
+
 Checkpoints = section_model(CheckpointSpec, "Checkpoints")
 Evaluation = section_model(EvaluationSpec, "Evaluation")
 MeasureDataSection = section_model(
     MeasureData,
     "MeasureData",
     defaults={"language": None, "max_length": None},
-    types_={"language": Text | None, "split": Split},
+    types_={
+        "language": Text | None,
+        "split": Split,
+        "max_examples": data_rows(),  # a list: every measure at each size (a sweep)
+    },
 )
 Analysis = section_model(
     AnalysisSpec,
@@ -148,11 +164,79 @@ Prediction = section_model(
 )
 
 
+class MeasureOptions(Section):
+    """A measure entry's options: its config's fields, each a value or a list of values (a sweep), `at`, and
+    `max_examples` (a size or a list of sizes; not given: `measures.data.max_examples`). `settings` is every
+    point of the product of the options' lists, as (the options as written, the config they give), in the order
+    of the options' names (sorted) and of each list; `sizes` the entry's own data sizes, or None."""
+
+    config_class: ClassVar[type]
+    max_examples: list[int | None] | None = None  # typed and described by `measure_options_model`
+    _written: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _settings: list[tuple[dict[str, Any], Any]] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_written(cls, value: Any, handler: Callable[[Any], Any]) -> Any:
+        model = handler(value)
+        if isinstance(value, Mapping):
+            model._written = dict(value)
+        return model
+
+    @field_validator("*")
+    @classmethod
+    def _once_each(cls, value: Any) -> Any:
+        if isinstance(value, list) and len({repr(v) for v in value}) < len(value):
+            raise ValueError(f"a value is listed twice in {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _build_settings(self) -> MeasureOptions:
+        names = sorted({f.name for f in dataclasses.fields(self.config_class)} & self.model_fields_set)
+        # pydantic read a scalar as a one-value list: the value as written is the scalar itself
+        written = [self._written[n] if isinstance(self._written[n], list) else [self._written[n]] for n in names]
+        values = [getattr(self, n) for n in names]
+        self._settings = []
+        for index in itertools.product(*(range(len(v)) for v in values)):
+            try:
+                config = self.config_class(**{n: v[i] for n, v, i in zip(names, values, index)})
+            except XlgmError as err:
+                raise ValueError(str(err)) from None
+            self._settings.append(({n: w[i] for n, w, i in zip(names, written, index)}, config))
+        return self
+
+    @property
+    def settings(self) -> list[tuple[dict[str, Any], Any]]:
+        return list(self._settings)
+
+    @property
+    def sizes(self) -> tuple[int | None, ...] | None:
+        return tuple(self.max_examples or ()) if "max_examples" in self.model_fields_set else None
+
+
+def sweep_fields(config: type) -> dict[str, Any]:
+    """A config's fields as a measure entry's: each a value or a list of values, with its help and default."""
+    hints = type_hints(config)
+    return {
+        f.name: (axis(field_annotation(f, hints[f.name])), Field(default=default_of(f), description=help_of(f) or None))
+        for f in dataclasses.fields(config)
+    }
+
+
 @functools.cache
-def measure_options_model(name: str) -> type[Options]:
-    """A measure's options in a spec entry: its config's fields, and `at`."""
-    at: Any = (MeasureAt, Field(default="all", description="which measured checkpoints: all, or each run's best only"))
-    model: type[Options] = create_model(f"Measure_{name}", __base__=options_model(get_measure(name).config_cls), at=at)
+def measure_options_model(name: str) -> type[MeasureOptions]:
+    """A measure's options in a spec entry: its config's fields (each a value or a list), `at`, `max_examples`."""
+    config = get_measure(name).config_cls
+    fields: dict[str, Any] = {
+        **sweep_fields(config),
+        "at": (MeasureAt, Field(default="all", description="which measured checkpoints: all, or each run's best only")),
+        "max_examples": (
+            data_rows(),
+            Field(default=None, description="rows this measure sees, or a list (a sweep); default: measures.data's"),
+        ),
+    }
+    base = type(f"{config.__name__}Entry", (MeasureOptions,), {"config_class": config, "__module__": __name__})
+    model: type[MeasureOptions] = create_model(f"Measure_{name}", __base__=base, **fields)
     return model
 
 

@@ -116,14 +116,17 @@ class EvaluationSpec:
 
 @dataclass(frozen=True)
 class MeasureItem:
-    """A measure of the spec: its options as the file wrote them (what the study id and the measure units' ids
-    hash, so they are kept as written: `75` for a float option stays 75), and the config they give, which is what
-    the measure computes with."""
+    """One setting of a measure of the spec (an entry that lists values, a sweep, gives one item a value): its
+    options as the file wrote them (what the study id and the measure units' ids hash, so they are kept as
+    written: `75` for a float option stays 75), the config they give, which is what the measure computes with,
+    and the data it sees when that is not the spec's `measures.data` (a data-size sweep, or the entry's own
+    `max_examples`)."""
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
     at: MeasureAt = "all"  # which of the measured checkpoints: all, or only each run's best (for costly measures)
     config: Any = None  # the measure's config (None: its defaults); not part of the study id
+    data: MeasureData | None = None  # None: the spec's `measures.data`
 
     def applies(self, is_best: bool) -> bool:
         return self.at == "all" or is_best
@@ -133,16 +136,63 @@ class MeasureItem:
         return dict(self.options)
 
 
+# How the analysis names a setting's data size (`margin[rows=64]`).
+ROWS = "rows"
+
+
 @dataclass(frozen=True)
 class MeasuresSpec:
     items: tuple[MeasureItem, ...] = ()
-    data: MeasureData = MeasureData(max_length=None)  # None: the training max_length
+    data: MeasureData = MeasureData(max_length=None)  # None: the training max_length; a size sweep: its first size
     params: str | None = None
     seed: int = 0
+    sizes: tuple[int | None, ...] = ()  # `data.max_examples` given as a list of two or more: every measure's sizes
 
     @property
     def names(self) -> list[str]:
-        return [m.name for m in self.items]
+        """The measures, once each (a swept measure has several items)."""
+        return list(dict.fromkeys(m.name for m in self.items))
+
+    def data_of(self, item: MeasureItem) -> MeasureData:
+        return item.data or self.data
+
+    def swept(self, name: str) -> tuple[str, ...]:
+        """What varies over a measure's items: `max_examples` first, then its options (sorted)."""
+        items = [m for m in self.items if m.name == name]
+        keys = sorted({k for m in items for k, _ in m.options})
+        varying = [k for k in keys if len({repr(m.options_dict.get(k)) for m in items}) > 1]
+        sizes = {self.data_of(m).max_examples for m in items}
+        return (("max_examples",) if len(sizes) > 1 else ()) + tuple(varying)
+
+    def setting(self, item: MeasureItem) -> dict[str, Any]:
+        """The values that tell a swept measure's item from its others (empty when the measure is not swept):
+        `max_examples`, and each swept option as its config holds it (a number written as text is the number)."""
+        return {
+            key: self.data_of(item).max_examples if key == "max_examples" else getattr(item.config, key)
+            for key in self.swept(item.name)
+        }
+
+    def label(self, item: MeasureItem) -> str:
+        """The item's name in the analysis: the measure's name, and its setting when the measure is swept
+        (`sharpness-diff[rows=64,sigma=0.001]`)."""
+        setting = self.setting(item)
+        if not setting:
+            return item.name
+        parts = [
+            f"{ROWS}={'all' if v is None else v}" if k == "max_examples" else f"{k}={_short(v)}"
+            for k, v in setting.items()
+        ]
+        return f"{item.name}[{','.join(parts)}]"
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.label(m) for m in self.items]
+
+
+def _short(value: Any) -> str:
+    if value is None:  # the measure's own default (e.g. sharpness-diff's σ by mode)
+        return "default"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)

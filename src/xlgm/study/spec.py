@@ -41,6 +41,7 @@ PyYAML leaves a string); a float option given an integer is that float (the same
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ from xlgm.study.schema import (
     NOT_IN_TRAIN,
     DataDir,
     allowed_keys,
+    as_list,
     document_model,
     entry_list,
     measure_options_model,
@@ -140,6 +142,10 @@ class StudySpec:
             del item["config"]  # the options as written identify it
             if item["at"] == "all":
                 del item["at"]
+            if item["data"] is None:
+                del item["data"]
+        if not self.measures.sizes:
+            del out["measures"]["sizes"]
         return out
 
     @property
@@ -210,13 +216,11 @@ class StudySpec:
             },
             "evaluation": dataclasses.asdict(self.evaluation),
             "measures": {
-                "names": [
-                    {m.name: {**m.options_dict, **({"at": m.at} if m.at != "all" else {})}}
-                    if m.options or m.at != "all"
-                    else m.name
-                    for m in self.measures.items
-                ],
-                "data": dataclasses.asdict(self.measures.data),
+                "names": measure_entries(self.measures),
+                "data": {
+                    **dataclasses.asdict(self.measures.data),
+                    **({"max_examples": list(self.measures.sizes)} if self.measures.sizes else {}),
+                },
                 "params": self.measures.params,
                 "seed": self.measures.seed,
             },
@@ -237,15 +241,62 @@ class StudySpec:
     def eval_max_length(self) -> int:
         return self.evaluation.max_length or self.train_max_length
 
-    def measure_data(self):
-        """The `MeasureData` the measures see."""
+    def measure_data(self, item: MeasureItem | None = None) -> MeasureData:
+        """The `MeasureData` a measure item sees (None: the spec's `measures.data`), its max_length resolved."""
 
-        d = self.measures.data
+        d = self.measures.data if item is None else self.measures.data_of(item)
         return dataclasses.replace(d, max_length=d.max_length or self.train_max_length)
 
     def measure_config(self, item: MeasureItem) -> dict[str, Any]:
         """What identifies a measurement besides its name and data (as `xlgm measure` records it)."""
         return {"options": item.options_dict, "param_filter": self.measures.params, "seed": self.measures.seed}
+
+
+def measure_entries(measures: MeasuresSpec) -> list[Any]:
+    """`measures.names` as a file writes it: a measure's items gathered back into one entry when they are the
+    product of some options' values (an option that takes several values a list, in the items' order, which is
+    the order the file listed them in) over its data sizes (its own `max_examples` where they are not the
+    spec's); items that no one entry gives are split into the longest runs that one does (a single item always
+    does), so the entries give these items again, in order."""
+    spec_sizes = list(measures.sizes) or [measures.data.max_examples]
+
+    def entry(name: str, items: list[MeasureItem]) -> Any:
+        written: dict[str, Any] = {}
+        for key in dict.fromkeys(k for m in items for k, _ in m.options):
+            values = list({repr(v): v for v in (m.options_dict.get(key) for m in items)}.values())
+            written[key] = values[0] if len(values) == 1 else values
+        if items[0].at != "all":
+            written["at"] = items[0].at
+        sizes = list(dict.fromkeys(measures.data_of(m).max_examples for m in items))
+        if sizes != spec_sizes:
+            written["max_examples"] = sizes[0] if len(sizes) == 1 else sizes
+        return {name: written} if written else name
+
+    def expands_to(name: str, written: Any, items: list[MeasureItem]) -> bool:
+        """Whether the entry's product (sizes outermost, then the options by name) is exactly `items`."""
+        options = {} if isinstance(written, str) else dict(written[name])
+        at = options.pop("at", "all")
+        sizes = as_list(options.pop("max_examples")) if "max_examples" in options else spec_sizes
+        keys = sorted(options)
+        points = [
+            (size, tuple(zip(keys, combo)))
+            for size in sizes
+            for combo in itertools.product(*(as_list(options[k]) for k in keys))
+        ]
+        got = [(measures.data_of(m).max_examples, m.options) for m in items]
+        return points == got and all(m.at == at for m in items)
+
+    entries: list[Any] = []
+    for name in measures.names:
+        items = [m for m in measures.items if m.name == name]
+        start = 0
+        while start < len(items):  # the longest run of items from `start` that one entry gives
+            end = next(
+                e for e in range(len(items), start, -1) if expands_to(name, entry(name, items[start:e]), items[start:e])
+            )
+            entries.append(entry(name, items[start:end]))
+            start = end
+    return entries
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -466,27 +517,39 @@ class _Reader:
 
     def measures(self, section: Any, task: Task | None, source_language: str) -> MeasuresSpec:
         """`measures:` (a `schema.measures_model()`), whose entries pydantic has made into the measures' configs."""
-        items, seen = [], set()
-        for i, entry in enumerate(section.names):  # schema.measure_entry_models(): {NAME: its options}
-            ((field_name, info),) = type(entry).model_fields.items()
-            name, options = str(info.alias), getattr(entry, field_name)
-            if name in seen:
-                self.fail(("measures", "names", i), f"measure {name} is listed twice")
-                continue
-            seen.add(name)
-            written = options.written
-            written.pop("at", None)
-            items.append(MeasureItem(name, tuple(sorted(written.items())), options.at, options.config))
         d: dict[str, Any] = dict(section.data)  # a schema.MeasureDataSection
         d["language"] = d["language"] or source_language
+        sizes = tuple(as_list(d.pop("max_examples")))  # its default is the one size
+        if len(set(sizes)) < len(sizes):
+            self.fail(("measures", "data", "max_examples"), f"a size is listed twice in {list(sizes)}")
+            sizes = tuple(dict.fromkeys(sizes))  # reported once, not again for every measure
         if task is not None and d["language"] not in task.languages:
             self.fail(("measures", "data", "language"), f"expected one of {', '.join(task.languages)}")
         try:
-            data = MeasureData(**d)
+            data = MeasureData(**d, max_examples=sizes[0])
         except XlgmError as err:
             self.fail(("measures", "data"), str(err))
             data = MeasureData(max_length=None)
-        return MeasuresSpec(tuple(items), data, section.params, section.seed)
+        items: list[MeasureItem] = []
+        seen: set[str] = set()  # what each item computes: a measure may be listed again at other settings
+        for i, entry in enumerate(section.names):  # schema.measure_entry_models(): {NAME: its options}
+            ((field_name, info),) = type(entry).model_fields.items()
+            name, options = str(info.alias), getattr(entry, field_name)  # a schema.MeasureOptions
+            # a sweep: one item a (size, setting), the sizes outermost
+            entry_sizes = options.sizes or sizes
+            for size in entry_sizes:
+                own = dataclasses.replace(data, max_examples=size)
+                for written, config in options.settings:
+                    computes = repr((name, config, own))
+                    if computes in seen:
+                        plain = not written and len(entry_sizes) == 1
+                        at = "" if plain else f" with {written or 'its defaults'} on {size or 'all'} rows"
+                        self.fail(("measures", "names", i), f"measure {name} is listed twice{at}")
+                        return MeasuresSpec((), data)
+                    seen.add(computes)
+                    item_data = None if own == data else own
+                    items.append(MeasureItem(name, tuple(sorted(written.items())), options.at, config, item_data))
+        return MeasuresSpec(tuple(items), data, section.params, section.seed, sizes if len(sizes) > 1 else ())
 
     def check_runs(self, spec: StudySpec) -> None:
         """Build every TrainConfig and objective config now, so a bad value fails before any training."""

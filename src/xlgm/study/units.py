@@ -81,7 +81,9 @@ def outputs_path(spec: StudySpec, run_dir: Path, checkpoint: str, language: str)
 
 
 def measure_unit_id(spec: StudySpec, checkpoint_id: str, item) -> str:
-    key = config_hash({"config": spec.measure_config(item), "data": asdict(spec.measure_data())}, 8)
+    """A measure item's unit: keyed by its options and its data, so each setting of a sweep is a unit of its own
+    and one that an earlier spec already had (at the same options and data) is found done."""
+    key = config_hash({"config": spec.measure_config(item), "data": asdict(spec.measure_data(item))}, 8)
     return f"measure/{checkpoint_id}/{item.name}/{key}"
 
 

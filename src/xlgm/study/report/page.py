@@ -36,6 +36,7 @@ from xlgm.study.report.inputs import (
 )
 from xlgm.study.report.machines import write_mixed_machines
 from xlgm.study.report.prediction import PredictionSection, prediction_section, prediction_tables
+from xlgm.study.report.sensitivity import sensitivity_display_table, sensitivity_figure
 from xlgm.study.report.settings import settings_from_study, settings_sections
 from xlgm.study.report.tables import (
     accuracy_table,
@@ -253,12 +254,20 @@ class ReportFigures:
     tau: Figure
     curves: Figure
     languages: Figure | None = None  # per target language: tau with accuracy and with residual
+    sensitivity: Figure | None = None  # tau against each swept setting of the measures
 
     def accuracy(self) -> list[Figure]:
         return [self.heatmap] + ([self.intervals] if self.intervals else [])
 
     def all(self) -> list[Figure]:
-        return ([self.languages] if self.languages else []) + self.accuracy() + self.scatters + [self.tau, self.curves]
+        return (
+            ([self.languages] if self.languages else [])
+            + self.accuracy()
+            + self.scatters
+            + [self.tau]
+            + ([self.sensitivity] if self.sensitivity else [])
+            + [self.curves]
+        )
 
 
 def gather_inputs(
@@ -297,6 +306,7 @@ def draw_figures(inputs: ReportInputs) -> ReportFigures:
             if not inputs.tables.get("languages", pd.DataFrame()).empty
             else None
         ),
+        sensitivity=sensitivity_figure(inputs.tables.get("sensitivity", pd.DataFrame())),
     )
 
 
@@ -439,6 +449,21 @@ def write_measure_figures(page: Page, inputs: ReportInputs, figures: ReportFigur
 
     page.heading("Correlation with each language")
     page.figures([figures.tau])
+    if figures.sensitivity is not None:
+        write_sensitivity(page, inputs, figures.sensitivity)
+
+
+def write_sensitivity(page: Page, inputs: ReportInputs, figure: Figure) -> None:
+    page.heading("Sensitivity to the measures' settings")
+    page.paragraph(
+        "The spec sweeps some measures' data size or options: each setting is a measure of its own in the verdict. "
+        "τ with its run-level interval at each setting, against the transfer residual and the mean target "
+        "accuracy. seed_share and draw_share: the spread of a setting's run values across the seeds of a "
+        "configuration, and over the measure's own random draws, as shares of its spread over all runs "
+        "(analysis/sensitivity.csv)."
+    )
+    page.figures([figure])
+    page.table(sensitivity_display_table(inputs.tables["sensitivity"]), "sensitivity", details="τ at each setting")
 
 
 def write_correlations(page: Page, inputs: ReportInputs) -> None:

@@ -52,7 +52,7 @@ def settings_from_study(data: StudyData, records: StudyRecords) -> dict[str, Any
         "train rows": ", ".join(map(str, train_rows)) or "unknown",
         "held-out rows (checkpoint selection)": ", ".join(map(str, held_out)) or "unknown",
         **{f"eval rows {lang} ({spec.evaluation.split})": n for lang, n in records.eval_rows.items()},
-        "measure examples": f"{d.max_examples} ({d.language} {d.split})",
+        "measure examples": f"{', '.join(map(str, spec.measures.sizes or [d.max_examples]))} ({d.language} {d.split})",
     }
     recorded: dict[str, set] = {}
     for config in configs:
@@ -66,7 +66,12 @@ def settings_from_study(data: StudyData, records: StudyRecords) -> dict[str, Any
     return {
         "spec": spec.to_yaml(),
         "measures": {
-            item.name: dict(item.options_dict, seed=spec.measures.seed, params=spec.measures.params or "all")
+            spec.measures.label(item): dict(
+                item.options_dict,
+                seed=spec.measures.seed,
+                params=spec.measures.params or "all",
+                **({"rows": spec.measure_data(item).max_examples} if item.data is not None else {}),
+            )
             for item in spec.measures.items
         },
         "data sizes": sizes,

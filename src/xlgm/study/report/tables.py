@@ -32,7 +32,8 @@ DROPPED_NOTE = re.compile(r"(\d+) row\(s\) with NaN/inf dropped")
 
 def once_a_run(data: StudyData) -> dict[str, str]:
     """measure -> the checkpoints it is taken at (`best`), for the measures not taken at every checkpoint."""
-    return {item.name: item.at for item in data.spec.measures.items if item.at != "all"}
+    measures = data.spec.measures
+    return {measures.label(item): item.at for item in measures.items if item.at != "all"}
 
 
 def describe_once_a_run(table: pd.DataFrame, once: dict[str, str]) -> pd.DataFrame:
