@@ -367,8 +367,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
     if best:
+        metric = json.loads((run_dir / "config.json").read_text()).get("selection_metric", "accuracy")
         print(
-            f"best checkpoint: {best['name']} (held-out {config.source_language} accuracy {best['dev_accuracy']:.3f})"
+            f"best checkpoint: {best['name']} (held-out {config.source_language} {metric} {best['dev_accuracy']:.3f})"
         )
 
 
@@ -382,6 +383,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from xlgm.data.tasks import get_task, read_run_task
     from xlgm.models.load import load_target
     from xlgm.recipes.evaluate import EvaluateConfig, evaluate_languages, format_table, load_languages, write_report
+    from xlgm.recipes.tokens import evaluate_token_languages, format_token_table, load_token_languages
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished, resolve_target
 
@@ -403,28 +405,35 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         raise XlgmError(f"{args.target} was trained on {run_config['task']}, not {task_name}")
     task = get_task(task_name)
     codes = task.resolve_languages(config.languages)
+    split = config.split or task.evaluation_split
+    # Token tasks score words with the task's metric (recipes/tokens.py), sentence pairs by accuracy.
+    load, evaluate = (
+        (load_token_languages, evaluate_token_languages) if task.is_token_task else (load_languages, evaluate_languages)
+    )
     # Read every data file before loading the model: a malformed file fails in a second, not a minute.
-    examples = load_languages(task, codes, config.source, config.split, config.max_examples)
-    model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=args.random_head)
+    examples = load(task, codes, config.source, split, config.max_examples)
+    model, tokenizer = load_target(
+        target, task.num_labels, task.label_names, random_head=args.random_head, output=task.output
+    )
     validation.max_length("--max-length", config.max_length, validation.model_positions(model.config))
     module: torch.nn.Module = model  # transformers' `to` is typed through functools.wraps, unbound to mypy
     module.to(device)
-    report = evaluate_languages(
+    report = evaluate(
         model,
         tokenizer,
         task,
         codes,
         config.source,
-        config.split,
+        split,
         config.max_examples,
         config.max_length,
         config.batch_size,
-        examples=examples,
+        examples=examples,  # type: ignore[arg-type]  # the loader's rows, of the kind its evaluate reads
         precision=precision,
     )
     report["target"] = target.label
     base = target.run_dir or Path(".")
-    out = Path(args.out) if args.out else base / f"eval-{config.split}.json"
+    out = Path(args.out) if args.out else base / f"eval-{split}.json"
     checkpoint_id = (
         f"{run_config['run_id']}/{target.checkpoint.name}" if target.run_dir and target.checkpoint else target.model
     )
@@ -435,13 +444,13 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
                 checkpoint_id,
                 task.name,
                 lang,
-                config.split,
+                split,
                 report["data"],
                 r["num_examples"],
                 r["accuracy"],
                 report["machine"],
             )
-    print(format_table(report))
+    print(format_token_table(report) if task.is_token_task else format_table(report))
     print(f"{report['examples_per_second']:.0f} examples/s; report: {out}")
     return report
 

@@ -1,5 +1,10 @@
 """Tensor helpers the objectives, the measures and the stages share: a batch's model inputs, a forward pass to
-logits, and the loss in at least float32."""
+logits, and the loss in at least float32.
+
+Logits are [batch, num_labels] for a sequence classifier and [batch, length, num_labels] for a token
+classifier (token tasks), whose labels are [batch, length] with -100 on every position that is not a word's
+first subword (`xlgm.data.tagging`); torch's cross-entropy ignores -100, so the token loss is the mean over
+the labelled words of the batch, as Hugging Face's own token-classification loss."""
 
 from __future__ import annotations
 
@@ -20,16 +25,19 @@ def model_inputs(batch: Batch) -> Batch:
 
 
 def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """`model(**inputs).logits`, for Hugging Face sequence classifiers and anything returning `.logits`, a tuple
-    whose first item is the logits, or the logits tensor itself."""
+    """`model(**inputs).logits`, for Hugging Face sequence and token classifiers and anything returning `.logits`,
+    a tuple whose first item is the logits, or the logits tensor itself."""
     out = model(**model_inputs(batch))
     logits = getattr(out, "logits", None)
     if logits is None and isinstance(out, (tuple, list)):
         logits = out[0]
     if logits is None and isinstance(out, torch.Tensor):
         logits = out
-    if logits is None or logits.dim() != 2:
-        raise XlgmError("the model must return classification logits of shape (batch, num_labels)")
+    if logits is None or logits.dim() not in (2, 3):
+        raise XlgmError(
+            "the model must return classification logits of shape (batch, num_labels), or (batch, length, "
+            "num_labels) for a token task"
+        )
     return logits
 
 
@@ -39,5 +47,8 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the batch, in at least fp32 (logits may be fp16/bf16)."""
+    """Mean cross-entropy over the batch, in at least fp32 (logits may be fp16/bf16). Token logits [B, T, C] with
+    labels [B, T]: the mean over the labelled positions (labels -100 are ignored)."""
+    if logits.dim() == 3:
+        return F.cross_entropy(upcast(logits).flatten(0, 1), labels.flatten())
     return F.cross_entropy(upcast(logits), labels)

@@ -25,9 +25,10 @@ import random
 import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 from xlgm.core.errors import XlgmError
+from xlgm.core.types import TaggedSentence
 from xlgm.data.tasks import Example, Task
 
 Split = Literal["dev", "test", "train"]  # the files of a task's language
@@ -36,6 +37,7 @@ TRAIN_MINUS_TEST = re.compile(r"train-minus-test-([1-9][0-9]*)")
 SPLIT_HELP = (
     "dev, test, train or train-minus-test-N (English dev + the test rows that share nothing with test rows 1..N)"
 )
+Row = TypeVar("Row")  # what a held-out split divides: sentence-pair rows or tagged sentences
 NO_TRANSLATION = frozenset({"", "NS"})  # PAWS-X's mark for a sentence that was not translated
 
 
@@ -87,6 +89,20 @@ def group_holdout(
     """(train, held out): about `fraction` of the rows held out for checkpoint selection, whole groups at a
     time, so no held-out premise (PAWS-X: sentence) also occurs in a training row. Rows linked through a
     shared text (a PAWS-X sentence in two pairs) form one group. Each side keeps the rows' order."""
+    return _holdout(rows, [group_texts(task, row) for row in rows], fraction, seed)
+
+
+def sentence_holdout(
+    sentences: Sequence[TaggedSentence], fraction: float, seed: int
+) -> tuple[list[TaggedSentence], list[TaggedSentence]]:
+    """A token task's (train, held out): about `fraction` of the tagged sentences held out for checkpoint
+    selection, a sentence that occurs more than once (the same words) held out with all its copies."""
+    return _holdout(sentences, [{" ".join(s.words)} for s in sentences], fraction, seed)
+
+
+def _holdout(rows: Sequence[Row], keys: Sequence[set[str]], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Rows that share a key form one group (transitively); whole groups, in a shuffled order drawn from
+    `seed`, are held out until about `fraction` of the rows are. Each side keeps the rows' order."""
     parent = list(range(len(rows)))
 
     def find(i: int) -> int:
@@ -96,8 +112,8 @@ def group_holdout(
         return i
 
     first_with: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        for text in group_texts(task, row):
+    for i, row_keys in enumerate(keys):
+        for text in row_keys:
             parent[find(i)] = find(first_with.setdefault(text, i))
     groups: dict[int, list[int]] = {}
     for i in range(len(rows)):

@@ -40,6 +40,9 @@ penalty of the whole batch's mean gradient. Under DDP the penalty is per rank an
 all-reduced with the rest (the inner `autograd.grad` never touches `.grad`, so DDP's hooks see one
 backward); the extra sub-batch forward runs under `ctx.no_sync`.
 
+Token tasks (logits [B, T, C]): ŷ is drawn at the labelled positions only, each word's first subword (where
+the labels are not -100), and is -100 elsewhere, so CE(f(x'), ŷ) is the mean over the same words as the loss.
+
 Attention kernels: the fused SDPA kernels (flash / memory-efficient, on CPU and CUDA) have no double
 backward, so the forward whose graph is differentiated twice runs under the SDPA math backend.
 
@@ -59,6 +62,7 @@ import torch
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, flag_label, option
+from xlgm.data.tagging import IGNORE_INDEX
 from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
@@ -79,8 +83,19 @@ def math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def sample_labels(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """ŷ_i ~ softmax(logits_i), drawn with `generator` (on the generator's device), no gradient."""
+def sample_labels(
+    logits: torch.Tensor, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ŷ_i ~ softmax(logits_i), drawn with `generator` (on the generator's device), no gradient. Token logits
+    [B, T, C] need the true `labels` [B, T]: ŷ is drawn where they are not IGNORE_INDEX and is IGNORE_INDEX
+    elsewhere."""
+    if logits.dim() == 3:
+        if labels is None:
+            raise ValueError("sampling token labels needs the true labels, to find the labelled positions")
+        mask = labels != IGNORE_INDEX
+        sampled = torch.full_like(labels, IGNORE_INDEX)
+        sampled[mask] = sample_labels(logits[mask], generator)
+        return sampled
     probs = torch.softmax(logits.detach().float(), dim=-1)
     if generator is not None and generator.device != probs.device:
         return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(1).to(probs.device)
@@ -203,7 +218,7 @@ class FisherObjective:
             with ctx.no_sync(model), math_attention():
                 sub_logits = logits_of(model, sub)
         loss = cross_entropy(logits, labels)
-        y_hat = sample_labels(sub_logits, ctx.generator)
+        y_hat = sample_labels(sub_logits, ctx.generator, labels[:m])
         penalty = gradient_norm_penalty(cross_entropy(sub_logits, y_hat), params, grad_scale(ctx))
         total = loss + self.lam * penalty
         ctx.backward(total * ctx.loss_scale)

@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, flag_label, option
+from xlgm.core.types import TaggedSentence
 from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
@@ -144,6 +145,11 @@ class MVRObjective:
         self._default_max_length = DEFAULT_MAX_LENGTH
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
+        if train_rows and isinstance(train_rows[0], TaggedSentence):
+            raise XlgmError(
+                "mvr does not train token tasks yet: its second view re-segments sentence-pair text, and "
+                "re-segmenting tagged words so that each keeps its tag on its first subword is not implemented"
+            )
         self.rows = train_rows
         if self.config.rate == 0:
             self.sampler = None  # nothing to sample: the second view is the first

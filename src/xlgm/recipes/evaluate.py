@@ -31,11 +31,11 @@ from xlgm.core.types import TextOutputs as TextOutputs  # re-exported: what `pre
 from xlgm.data.batching import MAX_LENGTH, BatchCollator, TokenizedSet, length_sorted_batches, tokenize_examples
 from xlgm.data.loading import DataSource, load_examples
 from xlgm.data.splits import Split
-from xlgm.data.tasks import Example, Task, check_task
+from xlgm.data.tasks import TASKS, Example, Task, check_task
 
 SPLITS: tuple[str, ...] = typing.get_args(Split)
 CHECKPOINT_CHOICES = ("best", "last")
-TASK_HELP = "a task name (xnli, pawsx) or a task file, path/to/task.yaml (default: the run's task, else xnli)"
+TASK_HELP = f"a task name ({', '.join(TASKS)}) or a task file, path/to/task.yaml (default: the run's task, else xnli)"
 MAX_LENGTH_HELP = "tokens a row is cut to: at least 8, at most the model's positions"
 DEVICE_HELP = "auto (a CUDA GPU, else MPS, else the CPU), cpu, cuda, cuda:N or mps"
 
@@ -48,7 +48,14 @@ class EvaluateConfig:
 
     task: str | None = field(default=None, metadata=option(help=TASK_HELP))
     languages: tuple[str, ...] | None = None  # None: every language of the task
-    split: Split = field(default="test", metadata=option(help="the split of every language evaluated"))
+    # None: the task's evaluation split (`Task.evaluation_split`)
+    split: Split | None = field(
+        default=None,
+        metadata=option(
+            help="the split of every language evaluated (default: the task's evaluation split: test, dev for "
+            "PAN-X, whose test files have no labels)"
+        ),
+    )
     checkpoint: Literal["best", "last"] = field(default="best", metadata=option(help="which checkpoint of a run"))
     max_examples: int | None = field(default=None, metadata=option(help="at most N (>= 1) examples per language"))
     batch_size: int = field(default=64, metadata=option(help="rows a forward pass"))

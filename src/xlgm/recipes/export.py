@@ -1,10 +1,11 @@
 """`xlgm export RUN OUT`: a run's checkpoint as a Hugging Face folder.
 
 The folder holds the full weights (model.safetensors), a config whose id2label/label2id name the task's
-labels, and the tokenizer files, so that `AutoModelForSequenceClassification.from_pretrained(OUT)` and
-`AutoTokenizer.from_pretrained(OUT)` load it, and `xlgm evaluate OUT` accepts its head. The weights are
-the model xlgm's own loader builds (`load_target`: the base weights, the run's initial head, then the
-checkpoint's trained parameters), so the exported model gives the same logits.
+labels, and the tokenizer files, so that `AutoModelForSequenceClassification.from_pretrained(OUT)` (a token
+task's run: `AutoModelForTokenClassification`, id2label its tags) and `AutoTokenizer.from_pretrained(OUT)`
+load it, and `xlgm evaluate OUT` accepts its head. The weights are the model xlgm's own loader builds
+(`load_target`: the base weights, the run's initial head, then the checkpoint's trained parameters), so the
+exported model gives the same logits.
 
 The folder is written beside OUT under a temporary name and moved into place once complete: an export cut
 short leaves no folder that looks like a model.
@@ -70,7 +71,7 @@ def export_run(run: str | Path, out: str | Path, config: ExportConfig = ExportCo
     require_finished(run_path, config.allow_partial)
     target = resolve_target(str(run_path), config.checkpoint, config.verify)
     task = get_task(RunDir(run_path).config["task"])
-    model, tokenizer = load_target(target, task.num_labels, task.label_names)
+    model, tokenizer = load_target(target, task.num_labels, task.label_names, output=task.output)
     # load_classifier gave a fresh head the task's label names; said again here, as the folder's contract.
     model.config.id2label = dict(enumerate(task.label_names))
     model.config.label2id = {name: i for i, name in enumerate(task.label_names)}

@@ -46,14 +46,16 @@ from xlgm.core.files import sha256_problem
 from xlgm.core.machine import describe_machine, machine_kind, machine_record
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import MAX_LENGTH, BatchCollator, TokenizedSet, bucketed_shuffled_batches, tokenize_examples
-from xlgm.data.loading import DataSource, load_examples
-from xlgm.data.splits import SPLIT_HELP, check_split, group_holdout
-from xlgm.data.tasks import Example, Task, get_task, write_run_task
+from xlgm.data.loading import DataSource, load_examples, load_tagged_sentences
+from xlgm.data.splits import SPLIT_HELP, check_split, group_holdout, sentence_holdout
+from xlgm.data.tagging import TaggedBatchCollator, TaggedTokenizedSet, tokenize_tagged
+from xlgm.data.tasks import TASKS, Task, get_task, write_run_task
 from xlgm.models.load import EMBEDDED, load_classifier, load_tokenizer
 from xlgm.objectives.base import StepContext
 from xlgm.recipes.accelerator import broadcast_flag, check_report_to, global_means, make_accelerator, wait_for_everyone
 from xlgm.recipes.evaluate import accuracy
 from xlgm.recipes.schedule import StepSchedule, config_schedule
+from xlgm.recipes.tokens import token_score
 from xlgm.results import ResultsDB, config_hash
 from xlgm.runs import (
     CONFIG,
@@ -86,21 +88,27 @@ class TrainConfig:
     # Each field is a flag of `xlgm train` (`--max-length`) and a key of a study spec's `train:` section, with
     # this type, default and help (xlgm.core.options); shared rules are validation.FIELD_RULES.
     model: str = field(default="embedded", metadata=option(help="`embedded`, a Hub id or a local folder"))
-    task: str = field(default="xnli", metadata=option(help="xnli, pawsx or a task file (a .yaml path)"))
+    task: str = field(default="xnli", metadata=option(help=f"{', '.join(TASKS)} or a task file (a .yaml path)"))
     source_language: str = field(default="en", metadata=option(help="the language trained on"))
     data: str = "bundled"  # bundled | local | hf
     data_dir: str | None = None
-    train_split: str = field(default="dev", metadata=option(help=SPLIT_HELP))
-    select_split: str = field(
-        default="dev",
+    # None: the task's (TASK_SPLITS), resolved when the config is made, so the run id hashes the split in use
+    train_split: str | None = field(
+        default=None, metadata=option(help=f"{SPLIT_HELP} (default: dev; train for token tasks, which have one)")
+    )
+    select_split: str | None = field(
+        default=None,
         metadata=option(
-            help="split for checkpoint selection (a held-out part, whole premises, when it equals the train split)"
+            help="split for checkpoint selection (a held-out part, whole premises or sentences, when it equals the "
+            "train split; default: dev; the train split for token tasks)"
         ),
     )
     holdout_fraction: float = field(
         default=0.1, metadata=option(help="the held-out part when --select-split is the train split")
     )
-    max_train_examples: int | None = field(default=None, metadata=option(help="train on at most N rows (all)"))
+    max_train_examples: int | None = field(
+        default=None, metadata=option(help="train on at most N rows (token tasks: sentences) (all)")
+    )
     max_length: int = field(default=MAX_LENGTH, metadata=option(help="tokens a row is truncated to"))
     epochs: float = field(default=1.0, metadata=option(help="passes over the training rows (may be fractional)"))
     batch_size: int = field(default=32, metadata=option(help="micro-batch size per device"))
@@ -136,13 +144,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.freeze == "auto":  # the config holds what the run freezes: its run id hashes that
             object.__setattr__(self, "freeze", default_freeze(self.model))
+        train_split, select_split = self.train_split, self.select_split
+        if train_split is None or select_split is None:
+            default_train, default_select = default_splits(get_task(self.task))
+            train_split = train_split or default_train
+            select_split = select_split or default_select or train_split
+            object.__setattr__(self, "train_split", train_split)
+            object.__setattr__(self, "select_split", select_split)
         check_fields(self)
         validation.one_of("--data", self.data, ("bundled", "local", "hf"))
-        check_split(self.train_split)
-        check_split(self.select_split)
-        holds_dev = self.train_split.startswith("train-minus-test") or (self.data, self.train_split) == (
-            "bundled",
-            "train",
+        check_split(train_split)
+        check_split(select_split)
+        # A sentence-pair task's bundled train split is built from English dev; a token task's is its own.
+        holds_dev = train_split.startswith("train-minus-test") or (
+            (self.data, train_split) == ("bundled", "train") and not get_task(self.task).is_token_task
         )
         if self.patience and not self.save_every:
             raise XlgmError("--patience counts checkpoints: give --save-every N too")
@@ -166,6 +181,13 @@ class TrainConfig:
     @property
     def source(self) -> DataSource:
         return DataSource(self.data, self.data_dir)
+
+
+def default_splits(task: Task) -> tuple[str, str | None]:
+    """(train split, selection split) of a config that names none; a selection split of None is the train
+    split (a held-out part of it). Sentence-pair tasks train on English dev (their bundled data has no train
+    file) and select on it; token tasks have a real train split, and select on a held-out part of it."""
+    return ("train", None) if task.is_token_task else ("dev", "dev")
 
 
 def default_freeze(model: str) -> Freeze:
@@ -206,13 +228,16 @@ def checkpoints_without_gain(index: dict) -> int:
     return since
 
 
-def split_train_select(config: TrainConfig, task: Task, rows: list[Example], select_rows: list[Example] | None):
+def split_train_select(config: TrainConfig, task: Task, rows: list, select_rows: list | None):
     """Hold out a fixed part of the training rows for selection when both come from the same split: whole
-    premises (PAWS-X: sentences) at a time, so no held-out premise is also trained on."""
+    premises (PAWS-X: sentences) at a time, so no held-out premise is also trained on; a token task's tagged
+    sentences, with every copy of a repeated one."""
     if select_rows is not None:
         return rows, select_rows
     if config.holdout_fraction == 0:
         return rows, []
+    if task.is_token_task:
+        return sentence_holdout(rows, config.holdout_fraction, HOLDOUT_SEED)
     return group_holdout(task, rows, config.holdout_fraction, HOLDOUT_SEED)
 
 
@@ -260,7 +285,9 @@ def train(
     frozen = freeze_parameters(model, config.freeze)
     if objective is None:
         objective = build_objective(config)
-    data = tokenize_examples(tokenizer, train_rows, config.max_length)
+    # Before the run's files: an objective that cannot train this task (MVR on tokens) refuses here.
+    objective.setup(model, tokenizer, train_rows)
+    data, collator = tokenize_rows(tokenizer, task, train_rows, config.max_length)
     schedule = config_schedule(config, len(data), accelerator.num_processes)
     session = {
         "device": str(accelerator.device),
@@ -271,7 +298,13 @@ def train(
     resumed = resume_point(run, model, session, len(train_rows), schedule) if mode == "resume" else None
     start_step = resumed.step if resumed is not None else 0
     if main and mode == "new":
-        counts = {"num_train": len(train_rows), "num_select": len(select_rows), "frozen_parameters": frozen}
+        counts: dict[str, Any] = {
+            "num_train": len(train_rows),
+            "num_select": len(select_rows),
+            "frozen_parameters": frozen,
+        }
+        if task.is_token_task:  # what the held-out score is, and what tokenizing did to the training words
+            counts |= {"selection_metric": task.metric, "alignment": asdict(data.counts)}
         write_run_files(run, config, task, model, new_parameters, {**session, **first_session(machine)}, counts)
     elif main:  # what a resumed run wrote after its last checkpoint is forgotten
         run.rewind(start_step)
@@ -282,8 +315,6 @@ def train(
         )
     if trackers:
         start_trackers(accelerator, config, run)
-    collator = BatchCollator(tokenizer, data)
-    objective.setup(model, tokenizer, train_rows)
 
     # The optimizer, then the loop
     optimizer, scheduler = build_optimizer(config, model, schedule.total_steps)
@@ -299,7 +330,7 @@ def train(
     if db:
         db.add_run(config.run_id, asdict(config), str(run.path), status="training", machine=run.machine)
     log = TrainLog(accelerator, (run.path / LOG).open("a") if main else None)
-    checkpoints = CheckpointSaver(run, loop, tokenizer, select_rows, db, log)
+    checkpoints = CheckpointSaver(run, loop, tokenizer, task, select_rows, db, log)
     step, stopped = run_steps(
         loop, checkpoints, data, collator, objective, start_step, resumed is not None, show_progress
     )
@@ -334,20 +365,43 @@ def prepare_run_dir(
     return run, mode
 
 
-def load_rows(config: TrainConfig, task: Task) -> tuple[list[Example], list[Example]]:
-    """The rows trained on and the held-out rows checkpoints are selected on."""
-    rows = load_examples(task, config.train_split, config.source_language, config.source, config.max_train_examples)
+def load_rows(config: TrainConfig, task: Task) -> tuple[list, list]:
+    """The rows trained on and the held-out rows checkpoints are selected on: sentence pairs (`Example`), or a
+    token task's tagged sentences (`TaggedSentence`)."""
+    load = load_tagged_sentences if task.is_token_task else load_examples
+    assert config.train_split is not None and config.select_split is not None  # resolved by TrainConfig
+    rows: list = load(task, config.train_split, config.source_language, config.source, config.max_train_examples)
     select = None
     if config.select_split != config.train_split:
-        select = load_examples(task, config.select_split, config.source_language, config.source)
+        select = load(task, config.select_split, config.source_language, config.source)
     return split_train_select(config, task, rows, select)
+
+
+def tokenize_rows(tokenizer, task: Task, rows: list, max_length: int) -> tuple[Any, Any]:
+    """The training rows tokenized once, and the collator that pads index lists of them into batches: a token
+    task's words with each tag on the first subword (`xlgm.data.tagging`), else sentence pairs."""
+    if task.is_token_task:
+        tagged = tokenize_tagged(tokenizer, rows, max_length)
+        return tagged, TaggedBatchCollator(tokenizer, tagged)
+    data = tokenize_examples(tokenizer, rows, max_length)
+    return data, BatchCollator(tokenizer, data)
+
+
+def held_out_score(model: PreTrainedModel, tokenizer, task: Task, rows: list, max_length: int) -> float:
+    """What checkpoints are selected on: accuracy on held-out sentence pairs, or the token task's metric
+    (token accuracy, entity F1) on held-out tagged sentences."""
+    if task.is_token_task:
+        return token_score(model, tokenizer, task, rows, max_length).value
+    return accuracy(model, tokenizer, rows, max_length)
 
 
 def build_model(config: TrainConfig, task: Task) -> tuple[Any, PreTrainedModel, set[str]]:
     """The tokenizer, the classifier and the names of its newly initialised parameters (the head)."""
     tokenizer = load_tokenizer(config.model)
     set_seed(config.seed)  # the head's initialisation depends on the seed alone
-    model, new_parameters = load_classifier(config.model, task.num_labels, task.label_names, return_new=True)
+    model, new_parameters = load_classifier(
+        config.model, task.num_labels, task.label_names, return_new=True, output=task.output
+    )
     return tokenizer, model, new_parameters
 
 
@@ -532,7 +586,9 @@ class TrainingLoop:
         )
         return tensors, meta
 
-    def optimizer_step(self, step: int, batches: list, collator: BatchCollator, objective) -> float | None:
+    def optimizer_step(
+        self, step: int, batches: list, collator: BatchCollator | TaggedBatchCollator, objective
+    ) -> float | None:
         """Optimizer step `step` over this process's micro-batches of the epoch's order `batches`; the gradient
         norm before clipping (None without clipping)."""
         accumulation, per_step = self.config.grad_accum, self.schedule.micro_batches_per_step
@@ -583,7 +639,8 @@ class CheckpointSaver:
     run: RunDir
     loop: TrainingLoop
     tokenizer: Any
-    select_rows: list[Example]
+    task: Task
+    select_rows: list  # Example, or a token task's TaggedSentence
     db: ResultsDB | None
     log: TrainLog
 
@@ -594,7 +651,11 @@ class CheckpointSaver:
         config, run = self.loop.config, self.run
         model = self.loop.accelerator.unwrap_model(self.loop.model)
         epoch = step / self.loop.schedule.steps_per_epoch
-        dev_acc = accuracy(model, self.tokenizer, self.select_rows, config.max_length) if self.select_rows else None
+        dev_acc = (
+            held_out_score(model, self.tokenizer, self.task, self.select_rows, config.max_length)
+            if self.select_rows
+            else None
+        )
         name = checkpoint_name(step)
         previous = run.last_checkpoint
         checksums = save_checkpoint(
@@ -627,8 +688,8 @@ class CheckpointSaver:
 def run_steps(
     loop: TrainingLoop,
     checkpoints: CheckpointSaver,
-    data: TokenizedSet,
-    collator: BatchCollator,
+    data: TokenizedSet | TaggedTokenizedSet,
+    collator: BatchCollator | TaggedBatchCollator,
     objective,
     start_step: int,
     resumed: bool,
