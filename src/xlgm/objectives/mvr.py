@@ -61,6 +61,7 @@ from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, flag_label, option
 from xlgm.core.types import TaggedSentence
+from xlgm.data.tasks import TASKS
 from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
@@ -71,6 +72,10 @@ from xlgm.objectives.registry import register_objective
 from xlgm.objectives.segmentation import SubwordSampler
 
 DEFAULT_MAX_LENGTH = 512
+NO_TOKEN_TASKS = (
+    "mvr does not train token tasks yet: its second view re-segments sentence-pair text, and re-segmenting "
+    "tagged words so that each keeps its tag on its first subword is not implemented"
+)
 
 
 def consistency_kl(logits_det: torch.Tensor, logits_sampled: torch.Tensor) -> torch.Tensor:
@@ -137,6 +142,8 @@ class MVRObjective:
 
     def __init__(self, config: MVRConfig | None = None, task: str | None = None):
         self.config = config or MVRConfig()
+        if task in TASKS and TASKS[task].is_token_task:  # a token task of a task file is refused in setup()
+            raise XlgmError(NO_TOKEN_TASKS)
         # λ in use: the given one, else the authors' value for the task
         self.lam = self.config.lam if self.config.lam is not None else default_kl_weight(task or DEFAULT_TASK)
         self.sampler: SubwordSampler | None = None
@@ -146,10 +153,7 @@ class MVRObjective:
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, train_rows: Any) -> None:
         if train_rows and isinstance(train_rows[0], TaggedSentence):
-            raise XlgmError(
-                "mvr does not train token tasks yet: its second view re-segments sentence-pair text, and "
-                "re-segmenting tagged words so that each keeps its tag on its first subword is not implemented"
-            )
+            raise XlgmError(NO_TOKEN_TASKS)
         self.rows = train_rows
         if self.config.rate == 0:
             self.sampler = None  # nothing to sample: the second view is the first

@@ -35,6 +35,7 @@ from xlgm.data.tasks import Task, check_task
 from xlgm.measures.base import MeasureResult, compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
 from xlgm.recipes.evaluate import DEVICE_HELP, MAX_LENGTH_HELP, TASK_HELP, model_device
+from xlgm.recipes.tokens import refuse_token_task
 from xlgm.recipes.train import freeze_parameters
 from xlgm.results import ResultsDB
 from xlgm.runs import ResolvedTarget, RunDir, is_run_dir, load_initial_into, resolve_target
@@ -271,6 +272,7 @@ def measure_checkpoints(
 ) -> list[dict]:
     """Compute every measure of `config` on every target; returns one record per (checkpoint, measure).
     `random_head` (a seed) allows a base model without a trained head (see models.load)."""
+    refuse_token_task(task, "measure")
     measures, options, data, seed, param_filter = (
         config.measures,
         config.options,

@@ -57,6 +57,7 @@ from xlgm.data.batching import MAX_LENGTH
 from xlgm.data.tasks import Task, get_task, is_task_file
 from xlgm.objectives import build_config, config_fields
 from xlgm.recipes.measure import MeasureData
+from xlgm.recipes.tokens import refuse_token_task
 from xlgm.recipes.train import TrainConfig, default_freeze
 from xlgm.results import config_hash
 from xlgm.study.schema import (
@@ -454,7 +455,9 @@ class _Reader:
         """A task name or a task file (relative to the spec) -> (the task, its file's absolute path or None)."""
         path = self.path(ref) if is_task_file(ref) else None
         try:
-            return get_task(str(path) if path is not None else ref), None if path is None else str(path)
+            task = get_task(str(path) if path is not None else ref)
+            refuse_token_task(task, "study")
+            return task, None if path is None else str(path)
         except XlgmError as err:
             self.fail(("task",), str(err))
             return None, None
