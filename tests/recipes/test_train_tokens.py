@@ -26,7 +26,7 @@ from xlgm.runs import RunDir, resolve_target
 
 def _config(model_dir, task: str, **kw) -> TrainConfig:
     base = dict(model=str(model_dir), task=task, epochs=1, batch_size=16, max_train_examples=80, lr=3e-3)
-    base.update(save_every=2, log_every=1, seed=0)
+    base.update(save_every=2, log_every=1, seed=0, mixed_precision="no")
     base.update(kw)
     return TrainConfig(**base)
 
