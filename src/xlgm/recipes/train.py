@@ -92,7 +92,7 @@ class TrainConfig:
     source_language: str = field(default="en", metadata=option(help="the language trained on"))
     data: str = "bundled"  # bundled | local | hf
     data_dir: str | None = None
-    # None: the task's (TASK_SPLITS), resolved when the config is made, so the run id hashes the split in use
+    # None: the task's (default_splits), resolved when the config is made, so the run id hashes the split in use
     train_split: str | None = field(
         default=None, metadata=option(help=f"{SPLIT_HELP} (default: dev; train for token tasks, which have one)")
     )
