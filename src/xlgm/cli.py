@@ -200,10 +200,17 @@ def cmd_export(args: argparse.Namespace) -> None:
         verify=not args.no_verify,
     )
     out = export_run(args.run, args.out, config)
-    index = RunDir(Path(args.run)).index
+    run = RunDir(Path(args.run))
+    index = run.index
     chosen = next(c for c in index["checkpoints"] if c["name"] == index[config.checkpoint])
-    accuracy = f", held-out accuracy {chosen['dev_accuracy']:.3f}" if chosen.get("dev_accuracy") is not None else ""
+    metric = selection_metric(run.config)
+    accuracy = f", held-out {metric} {chosen['dev_accuracy']:.3f}" if chosen.get("dev_accuracy") is not None else ""
     print(f"exported {args.run} ({config.checkpoint} checkpoint: step {chosen['step']}{accuracy}) to {out}")
+
+
+def selection_metric(run_config: dict) -> str:
+    """What a run's held-out score (`dev_accuracy`) is: accuracy, or a token task's metric (its config says)."""
+    return run_config.get("selection_metric", "accuracy")
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
@@ -367,7 +374,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     index = json.loads((run_dir / "checkpoints.json").read_text())
     best = next(c for c in index["checkpoints"] if c["name"] == index["best"]) if index.get("best") else None
     if best:
-        metric = json.loads((run_dir / "config.json").read_text()).get("selection_metric", "accuracy")
+        metric = selection_metric(json.loads((run_dir / "config.json").read_text()))
         print(
             f"best checkpoint: {best['name']} (held-out {config.source_language} {metric} {best['dev_accuracy']:.3f})"
         )

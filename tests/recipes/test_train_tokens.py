@@ -160,9 +160,10 @@ def test_cli_evaluate_panx_prints_entity_f1_with_a_bootstrap_on_dev(panx_run, ca
     assert (r["accuracy"], r["low"], r["high"]) == pytest.approx((expected.value, expected.low, expected.high))
 
 
-def test_export_of_a_token_run_loads_as_token_classifier_with_the_same_logits(udpos_run, tmp_path):
+def test_export_of_a_token_run_loads_as_token_classifier_with_the_same_logits(udpos_run, tmp_path, capsys):
     out = tmp_path / "hf"
     assert main(["export", str(udpos_run), str(out)]) == 0
+    assert "held-out token_accuracy" in capsys.readouterr().out
     model = AutoModelForTokenClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.id2label == dict(enumerate(UDPOS.label_names))
