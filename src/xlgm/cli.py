@@ -477,7 +477,6 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
         resolve_measures,
         write_records,
     )
-    from xlgm.recipes.tokens import refuse_token_task
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished
 
@@ -515,7 +514,6 @@ def cmd_measure(args: argparse.Namespace) -> list[dict]:
     if run_task and task_name != run_task:
         raise XlgmError(f"{args.target} was trained on {run_task}, not {task_name}")
     task = get_task(task_name)
-    refuse_token_task(task, "measure")
     task.resolve_languages([config.data.language])
     base = run_dir or Path(".")
     out = Path(args.out) if args.out else base / "measures.json"

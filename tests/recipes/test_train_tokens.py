@@ -1,5 +1,5 @@
 """Token tasks through `xlgm train`, `xlgm evaluate` and `xlgm export`, on a tiny random BERT and the bundled
-UD-POS and PAN-X subsets; the stages that do not take token tasks yet refuse them in one line."""
+UD-POS and PAN-X subsets, and `xlgm measure` on a token run."""
 
 from __future__ import annotations
 
@@ -183,10 +183,26 @@ def test_mvr_refuses_a_token_task_before_writing_the_run(tiny_bert_dir, tmp_path
     assert not (out / "config.json").exists()
 
 
-def test_measure_refuses_a_token_run_in_one_line(udpos_run, capsys):
-    assert main(["measure", str(udpos_run), "--measures", "margin"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "token tasks are not supported by xlgm measure yet" in err and "\n" not in err
+def test_measure_of_a_token_run_is_over_the_labelled_words(udpos_run, tmp_path):
+    """`xlgm measure` on a token run: the margin is the mean over the dev words of their first subword's
+    probability margin, computed here from the model's row logits."""
+    out = tmp_path / "m.json"
+    args = ["measure", str(udpos_run), "--checkpoint", "best", "--measures", "margin,sharpness-diff,frobenius-distance"]
+    assert main([*args, "--max-examples", "12", "--mixed-precision", "no", "--out", str(out)]) == 0
+    records = {r["name"]: r for r in json.loads(out.read_text())}
+    model, tokenizer = load_target(resolve_target(str(udpos_run)), UDPOS.num_labels, UDPOS.label_names, output="tokens")
+    sentences = load_tagged_sentences(UDPOS, "dev", "en", max_sentences=12)
+    data = tokenize_tagged(tokenizer, sentences, 128)
+    logits = np.concatenate(word_outputs(data, predict_row_logits(model, tokenizer, data))).astype(np.float64)
+    tags = np.concatenate([s.tags for s in sentences])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    true = probs[np.arange(len(tags)), tags]
+    probs[np.arange(len(tags)), tags] = -np.inf
+    assert records["margin"]["value"] == pytest.approx(float(np.mean(true - probs.max(1))), abs=1e-5)
+    assert records["margin"]["details"]["num_examples"] == len(tags) == sum(len(s.words) for s in sentences)
+    assert np.isfinite(records["sharpness-diff"]["value"]) and records["sharpness-diff"]["spread"] is not None
+    assert records["frobenius-distance"]["value"] > 0  # the token head's initial weights were found
 
 
 def test_study_spec_refuses_a_token_task(tmp_path):

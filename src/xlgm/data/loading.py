@@ -113,6 +113,15 @@ def load_tagged_sentences(
     return sentences[:max_sentences] if max_sentences else sentences
 
 
+def load_task_rows(
+    task: Task, split: str, lang: str, source: DataSource = DataSource(), max_rows: int | None = None
+) -> list:
+    """A task's labelled rows of one split and language: sentence pairs (`Example`), or a token task's tagged
+    sentences (`TaggedSentence`); `max_rows` counts either."""
+    load = load_tagged_sentences if task.is_token_task else load_examples
+    return load(task, split, lang, source, max_rows)
+
+
 def _root(source: DataSource) -> Path:
     return bundled_dir() if source.kind == "bundled" else source.folder
 

@@ -48,9 +48,10 @@ from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, option
 from xlgm.core.types import TextOutputs
+from xlgm.data.tagging import IGNORE_INDEX
 from xlgm.measures import sharpness_avg, sharpness_diff
 from xlgm.measures.base import MeasureContext, MeasureResult, register_measure
-from xlgm.measures.loss import batch_size, logits_of
+from xlgm.measures.loss import logits_of, num_examples
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers
@@ -394,12 +395,20 @@ def retrieval_accuracy(target: TextOutputs, config: RetrievalConfig, source=None
 
 @torch.no_grad()
 def pseudo_labelled(ctx: MeasureContext) -> list[dict[str, torch.Tensor]]:
-    """The context's batches with `labels` replaced by the model's predictions at the current weights."""
+    """The context's batches with `labels` replaced by the model's predictions at the current weights. A token
+    batch keeps its labelled positions (the words' first subwords) and predicts the tag there."""
     out = []
     for batch in ctx.batches:
         logits = logits_of(ctx.model, batch)
-        ctx.meter.forward(batch_size(batch))
-        out.append({**batch, "labels": logits.argmax(-1)})
+        predicted = logits.argmax(-1)
+        if logits.dim() == 3:
+            if "labels" not in batch:
+                raise XlgmError(
+                    "pseudo-labels of a token task need the batch's `labels`: they mark which positions are words"
+                )
+            predicted = predicted.masked_fill(batch["labels"] == IGNORE_INDEX, IGNORE_INDEX)
+        ctx.meter.forward(num_examples({**batch, "labels": predicted}))
+        out.append({**batch, "labels": predicted})
     return out
 
 

@@ -1,5 +1,9 @@
 """The loss helpers every measure shares: mean loss, error rate and full-data gradients over batches.
 
+An *example* is what carries a label: a sentence pair, or in a token task (labels [batch, length], logits
+[batch, length, C]) a word, i.e. a position whose label is not `IGNORE_INDEX` (a word's first subword,
+`xlgm.data.tagging`). Every helper reads a batch's logits and labels through `labelled`, which keeps the
+labelled positions of a token batch as rows, so a token measure is the sentence-pair measure over words.
 All losses are the mean over *all examples* of all batches (batches of different sizes weigh by their size):
 
     L(w) = (1/N) sum_b sum_{i in b} CE(f_w(x_i), y_i),      err(w) = (1/N) #{i : argmax f_w(x_i) != y_i}
@@ -29,6 +33,7 @@ from xlgm.core.errors import XlgmError
 from xlgm.core.tensors import logits_of as logits_of
 from xlgm.core.tensors import upcast as upcast
 from xlgm.core.types import Batch as Batch
+from xlgm.data.tagging import IGNORE_INDEX
 
 # criterion(logits, labels) -> the batch's mean loss (a scalar tensor); None: cross-entropy.
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,27 +79,56 @@ class LossAndError:
 
 
 def labels_of(batch: Batch) -> torch.Tensor:
+    """The batch's labels: class ids [batch], or a token batch's tags [batch, length] (`IGNORE_INDEX` where a
+    position is not labelled)."""
     labels = batch.get("labels")
     if labels is None:
         raise XlgmError("this measure needs labelled data: a batch has no `labels`")
-    if labels.dtype not in (torch.long, torch.int, torch.int32, torch.int64) or labels.dim() != 1:
-        raise XlgmError(f"labels must be a 1-D integer tensor of class ids, got {labels.dtype} {tuple(labels.shape)}")
-    if bool((labels < 0).any()):
+    if labels.dtype not in (torch.long, torch.int, torch.int32, torch.int64) or labels.dim() not in (1, 2):
+        raise XlgmError(
+            "labels must be integer class ids [batch], or a token task's tags [batch, length], got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
+    known = labels != IGNORE_INDEX if labels.dim() == 2 else torch.ones_like(labels, dtype=torch.bool)
+    if bool((labels[known] < 0).any()):
         raise XlgmError("this measure needs labelled data: a batch has negative (missing) labels")
+    if labels.dim() == 2 and not bool(known.any()):
+        raise XlgmError("this measure needs labelled data: a token batch has no labelled word")
     return labels.long()
 
 
+def labelled(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and labels of the batch's examples: unchanged for sentence pairs ([N, C], [N]); a token batch's
+    labelled positions as rows, in row-major order ([B, T, C], [B, T] -> [words, C], [words])."""
+    if labels.dim() == 1:
+        return logits, labels
+    if logits.dim() != 3 or logits.shape[:2] != labels.shape:
+        raise XlgmError(
+            f"token labels {tuple(labels.shape)} need logits [batch, length, num_labels], got {tuple(logits.shape)}"
+        )
+    keep = labels != IGNORE_INDEX
+    return logits[keep], labels[keep]
+
+
 def batch_size(batch: Batch) -> int:
-    if "labels" in batch:
-        return int(batch["labels"].shape[0])
+    """The batch's rows (sentence pairs, or a token task's sentences): its first dimension."""
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return int(value.shape[0])
     raise XlgmError("a batch holds no tensor")
 
 
+def num_examples(batch: Batch) -> int:
+    """The batch's labelled examples: its rows, or a token batch's labelled words."""
+    labels = batch.get("labels")
+    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+        return int((labels != IGNORE_INDEX).sum())
+    return batch_size(batch)
+
+
 def total_examples(batches: Sequence[Batch]) -> int:
-    return sum(batch_size(b) for b in batches)
+    """The labelled examples of all batches (`num_examples`): the N every mean divides by."""
+    return sum(num_examples(b) for b in batches)
 
 
 def take_rows(batch: Batch, rows: torch.Tensor) -> Batch:
@@ -106,7 +140,8 @@ def take_rows(batch: Batch, rows: torch.Tensor) -> Batch:
 
 
 def subsample(batches: Sequence[Batch], fraction: float, generator: torch.Generator) -> list[Batch]:
-    """A random `fraction` of the examples of every batch (at least one each), drawn with `generator`."""
+    """A random `fraction` of the rows of every batch (at least one each; a token task's sentences), drawn with
+    `generator`."""
     if fraction >= 1.0:
         return list(batches)
     out = []
@@ -118,8 +153,9 @@ def subsample(batches: Sequence[Batch], fraction: float, generator: torch.Genera
     return out
 
 
-def single_examples(batches: Sequence[Batch]) -> Iterator[Batch]:
-    """Every example as a batch of one (padding kept, so the model sees the same input)."""
+def single_rows(batches: Sequence[Batch]) -> Iterator[Batch]:
+    """Every row (a sentence pair, or a token task's sentence) as a batch of one (padding kept, so the model
+    sees the same input)."""
     for batch in batches:
         for i in range(batch_size(batch)):
             yield {k: v[i : i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
@@ -131,7 +167,9 @@ def single_examples(batches: Sequence[Batch]) -> Iterator[Batch]:
 
 
 def summed_loss(logits: torch.Tensor, labels: torch.Tensor, criterion: Criterion | None = None) -> torch.Tensor:
-    """The batch's loss summed over its examples: cross-entropy, or `criterion`'s mean times the batch size."""
+    """The batch's loss summed over its examples: cross-entropy, or `criterion`'s mean times the number of
+    examples. Token logits and labels are reduced to their labelled words first (`labelled`)."""
+    logits, labels = labelled(logits, labels)
     if criterion is None:
         return F.cross_entropy(logits, labels, reduction="sum")
     loss = criterion(logits, labels)
@@ -143,12 +181,13 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor, criterion: Criterion
 def logits_and_labels(
     model: nn.Module, batches: Sequence[Batch], meter: CostMeter | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All logits (N x C, at least float32) and labels (N), concatenated over batches, without gradients."""
+    """All examples' logits (N x C, at least float32) and labels (N), concatenated over batches, without
+    gradients."""
     all_logits, all_labels = [], []
     with torch.inference_mode():
         for batch in batches:
-            labels = labels_of(batch)
-            all_logits.append(upcast(logits_of(model, batch)))
+            logits, labels = labelled(upcast(logits_of(model, batch)), labels_of(batch))
+            all_logits.append(logits)
             all_labels.append(labels)
             if meter is not None:
                 meter.forward(labels.shape[0])
@@ -165,8 +204,7 @@ def evaluate(
     n = 0
     with torch.inference_mode():
         for batch in batches:
-            labels = labels_of(batch)
-            logits = upcast(logits_of(model, batch))
+            logits, labels = labelled(upcast(logits_of(model, batch)), labels_of(batch))
             total_loss += summed_loss(logits, labels, criterion).double().cpu()
             total_wrong += int((logits.argmax(dim=-1) != labels).sum())
             n += labels.shape[0]
@@ -199,9 +237,8 @@ def loss_and_gradient(
     total_wrong = 0
     with torch.enable_grad(), sparse_embedding_gradients(model, params):
         for batch in batches:
-            labels = labels_of(batch)
-            logits = logits_of(model, batch)
-            loss_sum = summed_loss(upcast(logits), labels, criterion)
+            logits, labels = labelled(upcast(logits_of(model, batch)), labels_of(batch))
+            loss_sum = summed_loss(logits, labels, criterion)
             parts = torch.autograd.grad(loss_sum / n_total, list(params), allow_unused=True)
             for g, part in zip(grads, parts):
                 if part is not None:

@@ -28,15 +28,14 @@ from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_json, write_json
 from xlgm.core.machine import machine_record
 from xlgm.core.options import check_fields, option
-from xlgm.data.batching import MAX_LENGTH, BatchCollator, length_sorted_batches, tokenize_examples
-from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.batching import MAX_LENGTH, length_sorted_batches
+from xlgm.data.loading import DataSource, load_task_rows
 from xlgm.data.splits import FILE_SPLITS, TRAIN_MINUS_TEST, Split
 from xlgm.data.tasks import Task, check_task
 from xlgm.measures.base import MeasureResult, compute_measure, get_measure, list_measures, resolve_config
 from xlgm.models.load import load_classifier, load_target
 from xlgm.recipes.evaluate import DEVICE_HELP, MAX_LENGTH_HELP, TASK_HELP, model_device
-from xlgm.recipes.tokens import refuse_token_task
-from xlgm.recipes.train import freeze_parameters
+from xlgm.recipes.train import freeze_parameters, tokenize_rows
 from xlgm.results import ResultsDB
 from xlgm.runs import ResolvedTarget, RunDir, is_run_dir, load_initial_into, resolve_target
 
@@ -50,7 +49,9 @@ class MeasureData:
 
     language: str = "en"
     split: Split = "dev"
-    max_examples: int | None = field(default=256, metadata=option(help="rows the measures see"))
+    max_examples: int | None = field(
+        default=256, metadata=option(help="rows the measures see (token tasks: sentences)")
+    )
     batch_size: int = field(default=32, metadata=option(help="rows a forward and backward pass"))
     # None (a study spec's default): the run's training max_length
     max_length: int | None = field(default=MAX_LENGTH, metadata=option(help=MAX_LENGTH_HELP))
@@ -213,12 +214,12 @@ def compute_measures(
 def build_batches(
     tokenizer, task: Task, data: MeasureData, source: DataSource, device: torch.device
 ) -> list[dict[str, torch.Tensor]]:
-    """The data's fixed length-sorted batches, on `device` (the model's)."""
+    """The data's fixed length-sorted batches, on `device` (the model's). A token task's `max_examples` counts
+    sentences, and its batches carry each word's tag on its first subword (`xlgm.data.tagging`)."""
     if data.max_length is None:
         raise XlgmError("measure data without max_length: a study resolves it (StudySpec.measure_data)")
-    rows = load_examples(task, data.split, data.language, source, data.max_examples)
-    tokenized = tokenize_examples(tokenizer, rows, data.max_length)
-    collator = BatchCollator(tokenizer, tokenized)
+    rows = load_task_rows(task, data.split, data.language, source, data.max_examples)
+    tokenized, collator = tokenize_rows(tokenizer, task, rows, data.max_length)
     return [
         {k: v.to(device) for k, v in collator(idx).items()}
         for idx in length_sorted_batches(tokenized.lengths, data.batch_size)
@@ -229,7 +230,7 @@ def initial_state(target: ResolvedTarget, task: Task, names: Sequence[str]) -> d
     """The run's initial weights (base model + recorded head) for the given parameter names."""
     if target.run_dir is None:
         raise XlgmError(f"{target.label}: the initial weights belong to a run; this is not one")
-    model = load_classifier(target.model, task.num_labels, task.label_names)
+    model = load_classifier(target.model, task.num_labels, task.label_names, output=task.output)
     load_initial_into(model, target.run_dir, target.init_head_sha256)
     params = dict(model.named_parameters())
     return {n: params[n].detach().clone() for n in names}
@@ -272,7 +273,6 @@ def measure_checkpoints(
 ) -> list[dict]:
     """Compute every measure of `config` on every target; returns one record per (checkpoint, measure).
     `random_head` (a seed) allows a base model without a trained head (see models.load)."""
-    refuse_token_task(task, "measure")
     measures, options, data, seed, param_filter = (
         config.measures,
         config.options,
@@ -286,7 +286,9 @@ def measure_checkpoints(
     init_cache: dict[Path, dict[str, torch.Tensor]] = {}
     bar: tqdm | None = None  # made once the first model has loaded and passed its checks: no bar before an error
     for target in targets:
-        model, tokenizer = load_target(target, task.num_labels, task.label_names, random_head=random_head)
+        model, tokenizer = load_target(
+            target, task.num_labels, task.label_names, random_head=random_head, output=task.output
+        )
         validation.max_length("--max-length", data.max_length, validation.model_positions(model.config))
         run_config = RunDir(target.run_dir).config if target.run_dir else {}
         freeze_parameters(model, run_config.get("freeze", "none"))

@@ -46,7 +46,7 @@ from xlgm.core.files import sha256_problem
 from xlgm.core.machine import describe_machine, machine_kind, machine_record
 from xlgm.core.options import check_fields, option
 from xlgm.data.batching import MAX_LENGTH, BatchCollator, TokenizedSet, bucketed_shuffled_batches, tokenize_examples
-from xlgm.data.loading import DataSource, load_examples, load_tagged_sentences
+from xlgm.data.loading import DataSource, load_task_rows
 from xlgm.data.splits import SPLIT_HELP, check_split, group_holdout, sentence_holdout
 from xlgm.data.tagging import TaggedBatchCollator, TaggedTokenizedSet, tokenize_tagged
 from xlgm.data.tasks import TASKS, Task, get_task, write_run_task
@@ -368,12 +368,13 @@ def prepare_run_dir(
 def load_rows(config: TrainConfig, task: Task) -> tuple[list, list]:
     """The rows trained on and the held-out rows checkpoints are selected on: sentence pairs (`Example`), or a
     token task's tagged sentences (`TaggedSentence`)."""
-    load = load_tagged_sentences if task.is_token_task else load_examples
     assert config.train_split is not None and config.select_split is not None  # resolved by TrainConfig
-    rows: list = load(task, config.train_split, config.source_language, config.source, config.max_train_examples)
+    rows: list = load_task_rows(
+        task, config.train_split, config.source_language, config.source, config.max_train_examples
+    )
     select = None
     if config.select_split != config.train_split:
-        select = load(task, config.select_split, config.source_language, config.source)
+        select = load_task_rows(task, config.select_split, config.source_language, config.source)
     return split_train_select(config, task, rows, select)
 
 

@@ -19,7 +19,7 @@ from xlgm.core.options import check_fields, option
 from xlgm.measures.base import MeasureContext, MeasureResult, mean_and_spread, register_measure
 from xlgm.measures.curvature.algorithms import hutchinson, hutchpp, lanczos, power_iteration
 from xlgm.measures.curvature.operators import FisherOperator, HessianOperator
-from xlgm.measures.loss import labels_of, logits_of, single_examples, sparse_embedding_gradients, upcast
+from xlgm.measures.loss import labelled, labels_of, logits_of, single_rows, sparse_embedding_gradients, upcast
 
 
 def _check_hutchpp(method: str, num_matvecs: int) -> None:
@@ -217,24 +217,26 @@ def _per_example_sq_norm(ctx: MeasureContext, loss: torch.Tensor) -> float:
 
 
 def _exact_fisher_trace(ctx: MeasureContext, kind: str) -> list[float]:
-    """Per-example contributions: ||∇CE_i||² (empirical) or Σ_c p_ic ||∇ log p_ic||² (true)."""
+    """Per-example contributions: ||∇CE_i||² (empirical) or Σ_c p_ic ||∇ log p_ic||² (true). A token task's
+    examples are its labelled words: one forward pass per sentence, one gradient per word."""
     values = []
     ctx.expect(ctx.num_examples)
-    for example in single_examples(ctx.batches):
-        label = labels_of(example)
+    for row in single_rows(ctx.batches):
         with torch.enable_grad(), sparse_embedding_gradients(ctx.model, ctx.params):
-            log_probs = F.log_softmax(upcast(logits_of(ctx.model, example)), dim=-1)[0]
-            ctx.meter.forward(1)
-            if kind == "empirical":
-                values.append(_per_example_sq_norm(ctx, -log_probs[label[0]]))
-                ctx.meter.backward(1)
-            else:
-                probs = log_probs.detach().exp()
-                values.append(
-                    sum(float(probs[c]) * _per_example_sq_norm(ctx, log_probs[c]) for c in range(log_probs.shape[0]))
-                )
-                ctx.meter.backward(log_probs.shape[0])
-        ctx.advance()
+            logits, labels = labelled(upcast(logits_of(ctx.model, row)), labels_of(row))
+            log_probs = F.log_softmax(logits, dim=-1)
+            ctx.meter.forward(labels.shape[0])
+            for i, label in enumerate(labels.tolist()):
+                if kind == "empirical":
+                    values.append(_per_example_sq_norm(ctx, -log_probs[i, label]))
+                    ctx.meter.backward(1)
+                else:
+                    probs = log_probs[i].detach().exp()
+                    values.append(
+                        sum(float(probs[c]) * _per_example_sq_norm(ctx, log_probs[i, c]) for c in range(probs.shape[0]))
+                    )
+                    ctx.meter.backward(probs.shape[0])
+                ctx.advance()
     return values
 
 

@@ -33,6 +33,7 @@ from xlgm.measures.loss import (
     CostMeter,
     Criterion,
     double_backward_safe,
+    labelled,
     labels_of,
     logits_of,
     summed_loss,
@@ -139,8 +140,8 @@ class HessianOperator(_ModelOperator):
         self.criterion = criterion
 
     def _batch_product(self, batch: Batch, vs: list[torch.Tensor]) -> Sequence[torch.Tensor | None]:
-        labels = labels_of(batch)
-        loss = summed_loss(upcast(logits_of(self.model, batch)), labels, self.criterion) / self.num_examples
+        logits, labels = labelled(upcast(logits_of(self.model, batch)), labels_of(batch))  # a token task's words
+        loss = summed_loss(logits, labels, self.criterion) / self.num_examples
         grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         if self.meter is not None:
             self.meter.forward(labels.shape[0])
@@ -172,8 +173,7 @@ class FisherOperator(_ModelOperator):
         self.kind = kind
 
     def _batch_product(self, batch: Batch, vs: list[torch.Tensor]) -> Sequence[torch.Tensor | None]:
-        labels = labels_of(batch)
-        logits = upcast(logits_of(self.model, batch))
+        logits, labels = labelled(upcast(logits_of(self.model, batch)), labels_of(batch))  # a token task's words
         # J v by the double-vjp trick: u -> Jᵀu is linear in u, and d/du [(Jᵀu)·v] = J v.
         u = torch.zeros_like(logits, requires_grad=True)
         jt_u = torch.autograd.grad(logits, self.params, grad_outputs=u, create_graph=True, allow_unused=True)
