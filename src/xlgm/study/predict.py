@@ -12,15 +12,16 @@
    per (scheme, baseline): both MAEs, their ratio and difference with a paired bootstrap interval over
    languages, whether the predictor beats it, whether the baseline uses the predicted checkpoint's own target
    labels, and which baseline is the best rival (`analysis.predict.compare_with_baselines`).
+3. `--text FILE --language XX`: the predictor, fitted on the study's labelled target languages (XX's own
+   rows left out if the study has them) and anchored on them, predicts the accuracy of the study's
+   checkpoints on the language's unlabelled text (a TSV of text_a, text_b; a label column is ignored).
+   Sentence-pair tasks only.
+
 On a token task (UD-POS, PAN-X) the kept outputs have a row a word and an embedding a sentence
 (`TextOutputs.sentences`); the accuracy predicted is the task's metric (the evaluations' value: token accuracy
 or entity F1), and the source side is that metric on the source outputs. The task's files are not parallel
 across languages, so the parallel-text measures and features are left out whatever `prediction.parallel`
 says (`not_parallel`), and naming one in `prediction.features` is refused.
-
-3. `--text FILE --language XX`: the predictor, fitted on the study's labelled target languages (XX's own
-   rows left out if the study has them) and anchored on them, predicts the accuracy of the study's
-   checkpoints on the language's unlabelled text (a TSV of text_a, text_b; a label column is ignored).
 """
 
 from __future__ import annotations
