@@ -297,3 +297,26 @@ def test_derived_features_and_availability():
     assert available_features(out) == ["disagreement", "atc-gap"]  # linear-cka has a missing value
     with pytest.raises(XlgmError, match="unknown feature"):
         available_features(out, ["nope"])
+
+
+def test_applicable_features_leave_out_or_refuse_the_parallel_ones():
+    from xlgm.analysis.predict import FEATURES, PARALLEL_ONLY, applicable_features
+
+    assert applicable_features(None) is None and applicable_features(["atc-gap"]) == ["atc-gap"]
+    reason = "task udpos labels words, and token data is not parallel across languages"
+    assert applicable_features(None, reason) == [f for f in FEATURES if f not in PARALLEL_ONLY]
+    assert applicable_features(["atc-gap", "margin-gap"], reason) == ["atc-gap", "margin-gap"]
+    with pytest.raises(XlgmError, match=f"^prediction.features: linear-cka need\\(s\\) parallel text, and {reason}$"):
+        applicable_features(["atc-gap", "linear-cka"], reason)
+
+
+def test_atc_and_doc_gaps_are_to_the_source_word_accuracy_where_the_frame_has_it():
+    from xlgm.analysis.predict import SOURCE_WORD_ACCURACY
+
+    rows = pd.DataFrame(
+        {"atc-accuracy": [0.7], "doc-accuracy": [0.6], "source_accuracy": [0.5], SOURCE_WORD_ACCURACY: [0.9]}
+    )
+    derived = derive_features(rows)
+    assert derived["atc-gap"].iloc[0] == pytest.approx(-0.2) and derived["doc-gap"].iloc[0] == pytest.approx(-0.3)
+    pairs = derive_features(rows.drop(columns=SOURCE_WORD_ACCURACY))
+    assert pairs["atc-gap"].iloc[0] == pytest.approx(0.2)  # sentence pairs: to the source accuracy, as before

@@ -9,7 +9,7 @@ from scipy import stats
 from seqeval.metrics import f1_score
 
 from xlgm.analysis.frame import AnalysisInputError
-from xlgm.analysis.token_metrics import entity_counts, entity_f1, score_words, token_accuracy
+from xlgm.analysis.token_metrics import entity_counts, entity_f1, metric_value, score_words, token_accuracy
 from xlgm.data.tasks import PANX
 
 NAMES = PANX.label_names  # O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC
@@ -108,3 +108,11 @@ def test_bad_inputs_are_one_line_errors():
         entity_f1([np.array([0])], [np.array([-1])], NAMES)
     with pytest.raises(AnalysisInputError, match="unknown token metric 'f1'"):
         score_words("f1", [], [], NAMES)
+
+
+def test_metric_value_is_the_scores_value_without_an_interval():
+    gold = [ids(g) for g, _ in FIXED]
+    predicted = [ids(p) for _, p in FIXED]
+    for metric in ("entity_f1", "token_accuracy"):
+        expected = score_words(metric, predicted, gold, NAMES).value
+        assert metric_value(metric, predicted, gold, NAMES) == expected and 0 < expected < 1

@@ -43,6 +43,12 @@ baseline "same as the source language", (b) the source accuracy plus the languag
 checkpoints (the same anchors without features), (c) the mean accuracy of the checkpoint's other target
 languages (which uses their labels, as the anchors do: not a rival for a model without target labels) and
 (d) the pooled part alone (the source as the only anchor).
+
+On a token task (UD-POS, PAN-X) the accuracy columns hold the task's metric (token accuracy, entity F1), the
+rows' outputs are words (measures/label_free.py), and the features that need parallel text are not available
+(token data is not parallel across languages; `applicable_features`). ATC and DoC estimate word accuracy, so
+their gaps are taken to the source's word accuracy (`SOURCE_WORD_ACCURACY`): for UD-POS the metric itself, for
+PAN-X a proxy whose relation to the entity-F1 gap the regression learns.
 """
 
 from __future__ import annotations
@@ -64,8 +70,8 @@ KEYS = ("checkpoint_id", "run_id", "language")
 FEATURES: dict[str, str] = {
     "disagreement": "1 - translation-agreement: share of parallel rows whose prediction changes (needs parallel)",
     "translation-gap": "expected accuracy change under the source posterior (needs parallel)",
-    "atc-gap": "atc-accuracy - source accuracy (Garg et al. 2022)",
-    "doc-gap": "doc-accuracy - source accuracy (Guillory et al. 2021)",
+    "atc-gap": "atc-accuracy - source accuracy (Garg et al. 2022); token tasks: word accuracies",
+    "doc-gap": "doc-accuracy - source accuracy (Guillory et al. 2021); token tasks: word accuracies",
     "margin-gap": "confidence-margin on the target - on the source",
     "entropy-gap": "prediction-entropy on the target - on the source",
     "checkpoint-agreement": "mean agreement with the study's other checkpoints on the same text",
@@ -74,17 +80,22 @@ FEATURES: dict[str, str] = {
     "retrieval-accuracy": "translation retrieval accuracy by nearest neighbour (needs parallel)",
 }
 PARALLEL_ONLY = ("disagreement", "translation-gap", "linear-cka", "retrieval-accuracy")
+# The source's share of rows predicted right, where the accuracy columns hold another metric (a token task's
+# word accuracy): what ATC and DoC estimate, so what their gaps are taken to. Absent: `source_accuracy`.
+SOURCE_WORD_ACCURACY = "source_word_accuracy"
 DEFAULT_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
 def derive_features(rows: pd.DataFrame) -> pd.DataFrame:
     """Add the FEATURES columns to a frame holding the label-free measure columns and the source-side columns
-    `source_accuracy`, `source_confidence-margin`, `source_prediction-entropy`."""
+    `source_accuracy`, `source_confidence-margin`, `source_prediction-entropy` (and, for a token task,
+    `SOURCE_WORD_ACCURACY`)."""
     out = rows.copy()
+    estimated = SOURCE_WORD_ACCURACY if SOURCE_WORD_ACCURACY in out.columns else "source_accuracy"
     derived = {
         "disagreement": lambda f: 1.0 - f["translation-agreement"],
-        "atc-gap": lambda f: f["atc-accuracy"] - f["source_accuracy"],
-        "doc-gap": lambda f: f["doc-accuracy"] - f["source_accuracy"],
+        "atc-gap": lambda f: f["atc-accuracy"] - f[estimated],
+        "doc-gap": lambda f: f["doc-accuracy"] - f[estimated],
         "margin-gap": lambda f: f["confidence-margin"] - f["source_confidence-margin"],
         "entropy-gap": lambda f: f["prediction-entropy"] - f["source_prediction-entropy"],
     }
@@ -94,6 +105,19 @@ def derive_features(rows: pd.DataFrame) -> pd.DataFrame:
         except KeyError:
             pass  # its inputs are absent (e.g. no parallel text): the feature is simply unavailable
     return out
+
+
+def applicable_features(wanted: Sequence[str] | None, not_parallel: str | None = None) -> list[str] | None:
+    """The features the study's text allows. `not_parallel`: why its text is not parallel (None when it is).
+    Auto (`wanted` None) then leaves out the PARALLEL_ONLY features; naming one of them is refused in one line."""
+    if not_parallel is None:
+        return None if wanted is None else list(wanted)
+    if wanted is None:
+        return [f for f in FEATURES if f not in PARALLEL_ONLY]
+    named = [f for f in wanted if f in PARALLEL_ONLY]
+    if named:
+        raise XlgmError(f"prediction.features: {', '.join(named)} need(s) parallel text, and {not_parallel}")
+    return list(wanted)
 
 
 def available_features(frame: pd.DataFrame, wanted: Sequence[str] | None = None) -> list[str]:

@@ -116,6 +116,17 @@ def entity_f1(
     return WordScore(ENTITY_F1, value, low, high, words, len(counts), interval)
 
 
+def metric_value(
+    metric: str, predicted: Sequence[np.ndarray], gold: Sequence[np.ndarray], label_names: Sequence[str]
+) -> float:
+    """The task file's `metric` on per-sentence word tags, without its interval (no bootstrap): what
+    `score_words(...).value` is."""
+    if metric == ENTITY_F1:
+        counts = entity_counts(predicted, gold, label_names)
+        return float(_f1(counts[:, 0], counts[:, 1], counts[:, 2]))
+    return score_words(metric, predicted, gold, label_names).value
+
+
 def score_words(
     metric: str,
     predicted: Sequence[np.ndarray],

@@ -31,14 +31,44 @@ class Example:
 class TextOutputs:
     """One model's outputs on one language's text, in the original row order.
 
-    logits [n, num_labels] (float32); embeddings [n, hidden] (float32): the mean over non-padding tokens of
-    the encoder's hidden states at `layer` (None when not asked for); labels [n] (-1 where unknown).
+    A sentence-pair task has one row a sentence pair: logits [n, num_labels] (float32); labels [n] (-1 where
+    unknown); embeddings [m, hidden] (float32, m <= n, the first m rows): the mean over non-padding tokens of the
+    encoder's hidden states at `layer` (None when not asked for); `sentences` is None.
+
+    A token task (`sentences` set, `is_token_level`) has one row a labelled word, the words of each sentence in
+    order and the sentences in file order: logits [n_words, num_labels] are the logits at the word's first
+    subword; labels [n_words] its gold tag; sentences [n_words] (int64, non-decreasing) the index of the word's
+    sentence; embeddings [m, hidden] one mean-pooled embedding per sentence (the first m sentences), so they do
+    not have one row per logits row. `predictions` and `accuracy` are then per word.
     """
 
     language: str
     logits: np.ndarray
     embeddings: np.ndarray | None = None
     labels: np.ndarray | None = None
+    sentences: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        s = self.sentences
+        if s is None:
+            return
+        if s.ndim != 1 or len(s) != len(self.logits):
+            raise ValueError(
+                f"sentences has shape {s.shape}; expected one sentence index a logits row ({len(self.logits)})"
+            )
+        if (np.diff(s) < 0).any():
+            raise ValueError("sentences must be non-decreasing: the words of a sentence are consecutive rows")
+
+    @property
+    def is_token_level(self) -> bool:
+        """Whether each row is a word of a token task (see the class docstring)."""
+        return self.sentences is not None
+
+    def by_sentence(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-row `values` split into one array a sentence (token outputs only)."""
+        if self.sentences is None:
+            raise ValueError("by_sentence needs token outputs (sentences set)")
+        return np.split(values, np.flatnonzero(np.diff(self.sentences)) + 1)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -64,6 +94,8 @@ class TextOutputs:
             arrays["embeddings"] = self.embeddings.astype(np.float16)  # ample for distances, half the disk
         if self.labels is not None:
             arrays["labels"] = self.labels
+        if self.sentences is not None:
+            arrays["sentences"] = self.sentences.astype(np.int64)
         tmp = path.with_name(path.name + ".tmp.npz")
         # numpy's stubs type **kwds like the allow_pickle keyword; these are arrays saved under their names.
         np.savez_compressed(tmp, language=np.array(self.language), **arrays)  # type: ignore[arg-type]
@@ -74,7 +106,8 @@ class TextOutputs:
         with np.load(path, allow_pickle=False) as z:
             emb = z["embeddings"].astype(np.float32) if "embeddings" in z else None
             labels = z["labels"] if "labels" in z else None
-            return cls(str(z["language"]), z["logits"], emb, labels)
+            sentences = z["sentences"] if "sentences" in z else None  # absent from sentence-pair files
+            return cls(str(z["language"]), z["logits"], emb, labels, sentences)
 
 
 @dataclass(frozen=True)

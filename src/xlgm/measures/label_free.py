@@ -31,6 +31,20 @@ Outputs measures (kind="outputs"; `compute_output_measure(name, target, source=.
                         averaged, after centering each language (parallel text; XTREME's Tatoeba/BUCC protocol,
                         Hu et al., ICML 2020; centering after Libovický et al., 2020).
 
+Token outputs (`TextOutputs.is_token_level`: UD-POS, PAN-X; one row a labelled word, one embedding a sentence):
+
+- confidence-margin, prediction-entropy, atc-accuracy, doc-accuracy and checkpoint-agreement are the same
+  formulas over words (each word's first-subword logits). The first four give their spread and count over
+  sentences (the std of the per-sentence means), since the words of one sentence are not independent samples;
+  checkpoint-agreement's spread stays over peers.
+- atc-accuracy and doc-accuracy read the source's word accuracy and estimate the target's word accuracy. That is
+  UD-POS's metric (token accuracy). For PAN-X, whose metric is entity F1, it stays a word-accuracy estimate: the
+  predictor (analysis/predict.py) uses its gap to the source's word accuracy as a feature and learns how it maps
+  to the F1 gap; it is no F1 estimate by itself.
+- embedding-distance reads the sentence embeddings; it never needed parallel text.
+- translation-agreement, translation-gap, linear-cka and retrieval-accuracy refuse token outputs: they pair row
+  i of the target with row i of the source, and token data (UD-POS, PAN-X) is not parallel across languages.
+
 Model measures with pseudo-labels (kind="model", the labels of the batches are replaced by the model's own
 predictions, so the data may be unlabelled): sharpness-diff-pseudo and sharpness-avg-pseudo.
 """
@@ -66,6 +80,22 @@ def _result(name: str, value: float, per_row: np.ndarray | None = None, **detail
     return MeasureResult(name, float(value), spread, n, clean)
 
 
+def _samples(per_row: np.ndarray, outputs: TextOutputs) -> np.ndarray:
+    """What a measure's spread and count are over: its rows, or for token outputs each sentence's mean over its
+    words (the sentences are the independent samples)."""
+    if not outputs.is_token_level:
+        return per_row
+    return np.array([words.mean() for words in outputs.by_sentence(per_row)])
+
+
+def _refuse_tokens(name: str, *outputs: TextOutputs) -> None:
+    if any(o.is_token_level for o in outputs):
+        raise XlgmError(
+            f"{name} needs parallel text (row i of both languages the same sentence), and token outputs are not: "
+            "token data is not parallel across languages"
+        )
+
+
 def _need_source(
     name: str,
     source: TextOutputs | None,
@@ -75,6 +105,8 @@ def _need_source(
 ) -> TextOutputs:
     if source is None:
         raise XlgmError(f"{name} needs the model's outputs on source-language text (source=...)")
+    if parallel_to is not None:
+        _refuse_tokens(name, parallel_to, source)
     if labels and source.accuracy is None:
         raise XlgmError(f"{name} needs labelled source rows (every source label known)")
     if parallel_to is not None and len(source.logits) != len(parallel_to.logits):
@@ -143,7 +175,11 @@ def confidence_margin(target: TextOutputs, config: NoConfig, source=None, peers=
     first, second = top_two(target.probabilities)
     margins = first - second
     return _result(
-        "confidence-margin", margins.mean(), margins, min=float(margins.min()), mean_confidence=float(first.mean())
+        "confidence-margin",
+        margins.mean(),
+        _samples(margins, target),
+        min=float(margins.min()),
+        mean_confidence=float(first.mean()),
     )
 
 
@@ -159,7 +195,7 @@ def prediction_entropy(target: TextOutputs, config: NoConfig, source=None, peers
     """Mean of H(p(·|x)) = -Σ_j p_j log p_j (nats) over the rows; details also give it divided by log K."""
     p = target.probabilities
     h = -(p * np.log(np.clip(p, 1e-300, None))).sum(-1)
-    return _result("prediction-entropy", h.mean(), h, normalized=float(h.mean() / np.log(p.shape[1])))
+    return _result("prediction-entropy", h.mean(), _samples(h, target), normalized=float(h.mean() / np.log(p.shape[1])))
 
 
 @dataclass(frozen=True)
@@ -196,7 +232,9 @@ def atc_accuracy(target: TextOutputs, config: AtcConfig, source=None, peers=()) 
     correct = (src.predictions == src.labels).astype(np.float64)
     t = atc_threshold(_scores(src, config.score), correct)
     above = (_scores(target, config.score) > t).astype(np.float64)
-    return _result("atc-accuracy", above.mean(), above, threshold=t, source_accuracy=float(correct.mean()))
+    return _result(
+        "atc-accuracy", above.mean(), _samples(above, target), threshold=t, source_accuracy=float(correct.mean())
+    )
 
 
 @register_measure(
@@ -217,7 +255,7 @@ def doc_accuracy(target: TextOutputs, config: NoConfig, source=None, peers=()) -
     return _result(
         "doc-accuracy",
         acc - (conf_src.mean() - conf_tgt.mean()),
-        conf_tgt,
+        _samples(conf_tgt, target),
         source_accuracy=acc,
         source_confidence=float(conf_src.mean()),
         target_confidence=float(conf_tgt.mean()),

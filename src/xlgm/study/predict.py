@@ -15,6 +15,13 @@
 3. `--text FILE --language XX`: the predictor, fitted on the study's labelled target languages (XX's own
    rows left out if the study has them) and anchored on them, predicts the accuracy of the study's
    checkpoints on the language's unlabelled text (a TSV of text_a, text_b; a label column is ignored).
+   Sentence-pair tasks only.
+
+On a token task (UD-POS, PAN-X) the kept outputs have a row a word and an embedding a sentence
+(`TextOutputs.sentences`); the accuracy predicted is the task's metric (the evaluations' value: token accuracy
+or entity F1), and the source side is that metric on the source outputs. The task's files are not parallel
+across languages, so the parallel-text measures and features are left out whatever `prediction.parallel`
+says (`not_parallel`), and naming one in `prediction.features` is refused.
 """
 
 from __future__ import annotations
@@ -34,19 +41,22 @@ from xlgm.analysis.predict import (
     FEATURES,
     PARALLEL_ONLY,
     SCHEMES,
+    SOURCE_WORD_ACCURACY,
     GapRegressor,
+    applicable_features,
     available_features,
     compare_with_baselines,
     cross_validate,
     derive_features,
     summarize,
 )
+from xlgm.analysis.token_metrics import metric_value
 from xlgm.core.devices import resolve_device
 from xlgm.core.errors import XlgmError
 from xlgm.core.machine import machine_record
 from xlgm.core.types import TextOutputs
 from xlgm.data.batching import tokenize_examples
-from xlgm.data.tasks import get_task
+from xlgm.data.tasks import Task, get_task
 from xlgm.data.tsv import read_tsv
 from xlgm.measures.base import compute_output_measure
 from xlgm.recipes.evaluate import predict_outputs
@@ -82,12 +92,34 @@ def label_free_measures(
     return {name: compute_output_measure(name, target, source=source, peers=peers).value for name in names}
 
 
-def source_measures(source: TextOutputs) -> dict[str, float | None]:
-    return {
-        "source_accuracy": source.accuracy,
+def not_parallel(spec: StudySpec, task: Task) -> str | None:
+    """Why the study's evaluation files are not row-by-row translations of each other; None when they are."""
+    if task.is_token_task:
+        return f"task {task.name} labels words, and token data is not parallel across languages"
+    return None if spec.prediction.parallel else "the spec says prediction.parallel: false"
+
+
+def source_score(source: TextOutputs, task: Task) -> float | None:
+    """The task's metric on the labelled source outputs (None if a label is unknown): accuracy, or a token task's
+    metric over its words regrouped into sentences."""
+    if not source.is_token_level or source.accuracy is None:
+        return source.accuracy
+    assert source.labels is not None  # accuracy is None without them
+    predicted, gold = source.by_sentence(source.predictions), source.by_sentence(source.labels)
+    return metric_value(task.metric, predicted, gold, task.label_names)
+
+
+def source_measures(source: TextOutputs, task: Task) -> dict[str, float | None]:
+    """A checkpoint's source side: the score its target gaps are taken to, its margin and entropy, and on a
+    token task its word accuracy (what ATC and DoC estimate)."""
+    out = {
+        "source_accuracy": source_score(source, task),
         "source_confidence-margin": compute_output_measure("confidence-margin", source).value,
         "source_prediction-entropy": compute_output_measure("prediction-entropy", source).value,
     }
+    if source.is_token_level:
+        out[SOURCE_WORD_ACCURACY] = source.accuracy
+    return out
 
 
 def _study_checkpoints(spec: StudySpec, db: StudyDB) -> pd.DataFrame:
@@ -135,6 +167,8 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
     if not spec.prediction.enabled:
         raise XlgmError(f"{spec.source}: prediction.enabled is false, so the study kept no outputs to predict from")
     src_lang = spec.source_language
+    task = get_task(spec.task)
+    parallel = not_parallel(spec, task) is None
     with StudyDB(out / DB_NAME) as db:
         ckpts = _study_checkpoints(spec, db)
         evals = pd.DataFrame(
@@ -159,7 +193,7 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
     targets = [lang for lang in spec.languages if lang != src_lang]
     for cid in tqdm(usable, desc="label-free measures", unit="checkpoint", disable=not show_progress):
         source = logits[(cid, src_lang)]
-        src_side = source_measures(source)
+        src_side = source_measures(source, task)
         for lang in targets:
             if (cid, lang) not in logits:
                 continue
@@ -168,7 +202,7 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
                 for other in usable
                 if other != cid and (other, lang) in logits
             ]
-            values = label_free_measures(logits[(cid, lang)], source, peers, spec.prediction.parallel)
+            values = label_free_measures(logits[(cid, lang)], source, peers, parallel)
             rows.append({"checkpoint_id": cid, "run_id": run_of[cid], "language": lang, **src_side, **values})
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -182,7 +216,7 @@ def label_free_frame(spec: StudySpec, out: Path, show_progress: bool = True) -> 
 def _store(spec: StudySpec, out: Path, frame: pd.DataFrame) -> None:
     skip = {"checkpoint_id", "run_id", "language", "accuracy"}
     measure_cols = [c for c in frame.columns if c not in skip and not c.startswith("source_")]
-    config = {"label_free": True, "parallel": spec.prediction.parallel}
+    config = {"label_free": True, "parallel": not_parallel(spec, get_task(spec.task)) is None}
     machine = machine_record("cpu", "no")  # computed from the kept outputs, in numpy
     with StudyDB(out / DB_NAME) as db:
         for rec in frame.to_dict("records"):
@@ -205,13 +239,16 @@ def write_predictions(spec: StudySpec, label_free: pd.DataFrame, out: Path, echo
     frame = frame[frame["accuracy"].notna()].reset_index(drop=True)
     configurations = {c.run_id: seed_group_id(c) for c in spec.run_configs()}
     frame["configuration"] = frame["run_id"].map(configurations)
-    features = available_features(frame, spec.prediction.features)
+    task = get_task(spec.task)
+    features = available_features(frame, applicable_features(spec.prediction.features, not_parallel(spec, task)))
     if not features:
         raise XlgmError("none of the predictor's features could be computed from the kept outputs")
     folder = out / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "label_free.csv", index=False)
     results: dict[str, Any] = {"features": features, "rows": len(frame), "schemes": {}}
+    if task.is_token_task:  # the accuracy columns hold another metric (sentence-pair tables stay as they were)
+        results["metric"] = task.metric
     cvs = []
     for scheme in SCHEMES:
         try:
@@ -234,8 +271,9 @@ def write_predictions(spec: StudySpec, label_free: pd.DataFrame, out: Path, echo
 
 
 def format_summary(results: dict[str, Any]) -> str:
+    target = f", predicting {results['metric']}" if "metric" in results else ""
     lines = [
-        f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows)",
+        f"predictor: ridge on {', '.join(results['features'])} ({results['rows']} checkpoint x language rows{target})",
         f"{'scheme':<28}{'MAE':>8}{'en anchor only':>16}{'same as en':>12}{'en + lang gap':>15}"
         f"{'other langs':>13}{'ratio to best rival':>21}",
     ]
@@ -286,6 +324,11 @@ def predict_text(
     (default: resolve_device("auto")) under autocast `precision` (a resolved one: no, fp16, bf16)."""
 
     task = get_task(spec.task)
+    if task.is_token_task:
+        raise XlgmError(
+            f"xlgm predict --text reads sentence pairs; task {task.name} labels words, and predicting a token "
+            "study's checkpoints on new text is not supported yet (xlgm predict STUDY works)"
+        )
     rows = read_tsv(text_file, task, labelled=False)
     rows = [replace(r, label=-1) for r in rows]  # a label column, if any, is never read
     study = derive_features(label_free_frame(spec, out, show_progress))
@@ -333,7 +376,7 @@ def predict_text(
                 "checkpoint_id": row.checkpoint_id,
                 "run_id": row.run_id,
                 "language": language,
-                **source_measures(source),
+                **source_measures(source, task),
                 **values,
             }
         )
