@@ -189,8 +189,16 @@ def test_an_extended_study_computes_only_the_new_values(tiny_study, tiny_bert_di
     table = pd.read_csv(out / "analysis" / "sensitivity.csv")
     assert list(table["setting"].drop_duplicates()) == spec.measures.labels
     assert set(table["rows"]) == {16, 8} and set(table["percentile"].dropna()) == {50, 75}
+    # the verdict judges each measure once, at its first entry's largest size; the sensitivity table judges every
+    # setting, with a Holm correction over all of them (a family of its own)
+    primary = ["margin[rows=16]", "frobenius-distance[rows=16]", "logit-margin[rows=16,percentile=50]"]
+    assert spec.measures.primary_labels == primary
     verdict = pd.read_csv(out / "analysis" / "verdict.csv")
-    assert set(verdict["measure"]) == set(spec.measures.labels)
+    assert list(verdict["measure"].drop_duplicates()) == primary
+    same = verdict.merge(table, left_on=["measure", "target"], right_on=["setting", "target"], suffixes=("", "_all"))
+    assert len(same) == len(verdict)
+    assert (same["tau"].fillna(9) == same["tau_all"].fillna(9)).all()
+    assert (same["p_holm"].fillna(1) <= same["p_holm_all"].fillna(1) + 1e-12).all()
     assert "Sensitivity to the measures" in html and (out / "report" / "figures" / "sensitivity.png").is_file()
 
 
@@ -206,5 +214,14 @@ def test_the_study_folder_spec_gives_back_the_entries_as_written():
     assert parse_text(spec.to_yaml()) == spec
     labels = spec.measures.labels
     assert len(labels) == 22 and len(set(labels)) == 22
+    assert spec.measures.primary_labels == [
+        "margin[rows=256]",
+        "logit-margin[rows=256]",
+        "sharpness-diff[rows=256,alpha=0.05,sigma=0.01]",
+        "sharpness-diff-paper[rows=256]",
+        "pacbayes-flatness[rows=256]",
+        "frobenius-distance",
+        "hessian-trace",
+    ]
     sigma = [m.config.sigma for m in spec.measures.items if m.name == "sharpness-diff"]
     assert sorted(set(sigma)) == [1e-4, 1e-3, 1e-2, 1e-1]  # three orders of magnitude around the default

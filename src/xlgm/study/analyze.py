@@ -327,19 +327,27 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         confidence=a.confidence,
         seed=a.seed,
     )
-    tables["verdict"] = verdict_table(
-        corr,
-        tables["health"],
-        directions,
-        levels=tables["levels"],
-        granulated=tables["granulated"],
-        cmi=verdict_cmi,
-        measures=data.measures,
-        source=spec.source_language,
-    )
+
+    def verdict_of(measures: list[str]) -> pd.DataFrame:
+        return verdict_table(
+            corr,
+            tables["health"],
+            directions,
+            levels=tables["levels"],
+            granulated=tables["granulated"],
+            cmi=verdict_cmi,
+            measures=measures,
+            source=spec.source_language,
+        )
+
+    # The verdict judges each measure once (its primary setting); every setting of a sweep is judged in the
+    # sensitivity table, whose Holm correction runs over all the settings.
+    primary = [m for m in spec.measures.primary_labels if m in data.measures]
+    tables["verdict"] = verdict_of(primary)
     tables["findings"] = findings_table(tables["verdict"])
+    swept = primary != data.measures
     tables["sensitivity"] = sensitivity_table(
-        tables["verdict"],
+        verdict_of(data.measures) if swept else tables["verdict"],
         measure_settings(spec, data.measures),
         run_frame(data),
         stored.rename(columns={"measure": SETTING}),

@@ -188,6 +188,23 @@ class MeasuresSpec:
     def labels(self) -> list[str]:
         return [self.label(m) for m in self.items]
 
+    @property
+    def primary_labels(self) -> list[str]:
+        """Each measure once, at the setting the verdict judges it by: its first entry in the spec, at that
+        entry's largest data size (all rows counting as the largest). A sweep's other settings go to the
+        sensitivity table, a multiple-testing family of its own, so sweeping a measure does not weaken the
+        correction of the verdict's tests."""
+        out = []
+        for name in self.names:
+            items = [m for m in self.items if m.name == name]
+            first = [m for m in items if m.options == items[0].options]
+            out.append(self.label(max(first, key=lambda m: _size(self.data_of(m).max_examples))))
+        return out
+
+
+def _size(rows: int | None) -> float:
+    return math.inf if rows is None else rows
+
 
 def _short(value: Any) -> str:
     if value is None:  # the measure's own default (e.g. sharpness-diff's σ by mode)

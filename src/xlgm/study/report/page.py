@@ -456,7 +456,9 @@ def write_measure_figures(page: Page, inputs: ReportInputs, figures: ReportFigur
 def write_sensitivity(page: Page, inputs: ReportInputs, figure: Figure) -> None:
     page.heading("Sensitivity to the measures' settings")
     page.paragraph(
-        "The spec sweeps some measures' data size or options: each setting is a measure of its own in the verdict. "
+        "The spec sweeps some measures' data size or options. The verdict above judges each measure once, at its "
+        "first entry's largest data size; here every setting is judged as a measure of its own, with Holm over all "
+        "the settings' tests (a larger family than the verdict's, so larger adjusted p-values for the same test). "
         "τ with its run-level interval at each setting, against the transfer residual and the mean target "
         "accuracy. seed_share and draw_share: the spread of a setting's run values across the seeds of a "
         "configuration, and over the measure's own random draws, as shares of its spread over all runs "
