@@ -203,12 +203,3 @@ def test_measure_of_a_token_run_is_over_the_labelled_words(udpos_run, tmp_path):
     assert records["margin"]["details"]["num_examples"] == len(tags) == sum(len(s.words) for s in sentences)
     assert np.isfinite(records["sharpness-diff"]["value"]) and records["sharpness-diff"]["spread"] is not None
     assert records["frobenius-distance"]["value"] > 0  # the token head's initial weights were found
-
-
-def test_study_spec_refuses_a_token_task(tmp_path):
-    from xlgm.study.spec import load_spec
-
-    spec = tmp_path / "s.yaml"
-    spec.write_text("name: t\nmodel: embedded\ntask: udpos\ntarget_languages: [fr]\n", encoding="utf-8")
-    with pytest.raises(XlgmError, match="token tasks are not supported by xlgm study yet"):
-        load_spec(spec)
