@@ -25,7 +25,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xlgm.analysis.token_metrics import WordScore, score_words
 from xlgm.core.devices import autocast
-from xlgm.core.errors import XlgmError
 from xlgm.core.machine import machine_record
 from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TaggedSentence, TextOutputs
@@ -34,16 +33,6 @@ from xlgm.data.loading import DataSource, load_tagged_sentences
 from xlgm.data.tagging import AlignmentCounts, TaggedBatchCollator, TaggedTokenizedSet, tokenize_tagged, word_outputs
 from xlgm.data.tasks import Task
 from xlgm.recipes.evaluate import evaluate_languages, load_languages, model_device, pooled_hidden, summarize
-
-
-def refuse_token_task(task: Task, stage: str) -> None:
-    """A one-line error for a stage that does not take token tasks yet (`xlgm measure`, `xlgm study`, `xlgm
-    predict`), rather than a crash deep inside it."""
-    if task.is_token_task:
-        raise XlgmError(
-            f"token tasks are not supported by xlgm {stage} yet ({task.name} labels words); xlgm train, "
-            "evaluate and export take them"
-        )
 
 
 def evaluation_stage(task: Task) -> tuple[Callable[..., dict], Callable[..., dict]]:
