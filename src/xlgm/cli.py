@@ -389,8 +389,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from xlgm.data.loading import DataSource
     from xlgm.data.tasks import get_task, read_run_task
     from xlgm.models.load import load_target
-    from xlgm.recipes.evaluate import EvaluateConfig, evaluate_languages, format_table, load_languages, write_report
-    from xlgm.recipes.tokens import evaluate_token_languages, format_token_table, load_token_languages
+    from xlgm.recipes.evaluate import EvaluateConfig, format_table, write_report
+    from xlgm.recipes.tokens import evaluation_stage, format_token_table
     from xlgm.results import ResultsDB
     from xlgm.runs import RunDir, require_finished, resolve_target
 
@@ -414,9 +414,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     codes = task.resolve_languages(config.languages)
     split = config.split or task.evaluation_split
     # Token tasks score words with the task's metric (recipes/tokens.py), sentence pairs by accuracy.
-    load, evaluate = (
-        (load_token_languages, evaluate_token_languages) if task.is_token_task else (load_languages, evaluate_languages)
-    )
+    load, evaluate = evaluation_stage(task)
     # Read every data file before loading the model: a malformed file fails in a second, not a minute.
     examples = load(task, codes, config.source, split, config.max_examples)
     model, tokenizer = load_target(
@@ -435,7 +433,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         config.max_examples,
         config.max_length,
         config.batch_size,
-        examples=examples,  # type: ignore[arg-type]  # the loader's rows, of the kind its evaluate reads
+        examples=examples,
         precision=precision,
     )
     report["target"] = target.label

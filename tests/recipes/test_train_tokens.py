@@ -19,7 +19,7 @@ from xlgm.data.splits import sentence_holdout
 from xlgm.data.tagging import tokenize_tagged, word_outputs
 from xlgm.data.tasks import PANX, UDPOS
 from xlgm.models.load import load_target
-from xlgm.recipes.tokens import predict_row_logits, token_score
+from xlgm.recipes.tokens import predict_row_logits, predict_rows, token_outputs, token_score
 from xlgm.recipes.train import HOLDOUT_SEED, TrainConfig, train
 from xlgm.runs import RunDir, resolve_target
 
@@ -99,6 +99,29 @@ def test_row_logits_are_each_rows_own_forward_and_words_get_one_prediction(udpos
         np.testing.assert_allclose(rows[r], alone, rtol=0, atol=1e-5)
     words = word_outputs(data, rows)
     assert [len(w) for w in words] == [len(s.words) for s in sentences]
+
+
+def test_token_outputs_are_per_word_and_embeddings_per_sentence_over_all_its_rows(udpos_run):
+    model, tokenizer = load_target(resolve_target(str(udpos_run)), UDPOS.num_labels, output=UDPOS.output)
+    sentences = load_tagged_sentences(UDPOS, "test", "fr", max_sentences=12)
+    data = tokenize_tagged(tokenizer, sentences, max_length=16)
+    rows, pooled = predict_rows(model, tokenizer, data, batch_size=5, layer=-1)
+    outputs = token_outputs("fr", sentences, data, rows, pooled)
+    words = [len(s.words) for s in sentences]
+    assert outputs.logits.shape == (sum(words), UDPOS.num_labels)
+    np.testing.assert_array_equal(outputs.sentences, np.repeat(np.arange(len(sentences)), words))
+    np.testing.assert_array_equal(outputs.labels, np.concatenate([s.tags for s in sentences]))
+    np.testing.assert_array_equal(outputs.logits, np.concatenate(word_outputs(data, rows)))
+    # A sentence split into windows: the mean of the hidden states over every token of its rows.
+    split = next(i for i in range(len(sentences)) if data.sentence.count(i) > 1)
+    states = []
+    for r in [r for r, s in enumerate(data.sentence) if s == split]:
+        ids = {k: torch.tensor([v]) for k, v in data.features[r].items()}
+        with torch.no_grad():
+            states.append(model(**ids, output_hidden_states=True).hidden_states[-1][0])
+    expected = torch.cat(states).mean(0).numpy()
+    assert outputs.embeddings is not None and outputs.embeddings.shape == (len(sentences), expected.shape[0])
+    np.testing.assert_allclose(outputs.embeddings[split], expected, rtol=0, atol=1e-5)
 
 
 def test_cli_evaluate_udpos_prints_token_accuracy_with_wilson_intervals(udpos_run, capsys):
@@ -203,12 +226,3 @@ def test_measure_of_a_token_run_is_over_the_labelled_words(udpos_run, tmp_path):
     assert records["margin"]["details"]["num_examples"] == len(tags) == sum(len(s.words) for s in sentences)
     assert np.isfinite(records["sharpness-diff"]["value"]) and records["sharpness-diff"]["spread"] is not None
     assert records["frobenius-distance"]["value"] > 0  # the token head's initial weights were found
-
-
-def test_study_spec_refuses_a_token_task(tmp_path):
-    from xlgm.study.spec import load_spec
-
-    spec = tmp_path / "s.yaml"
-    spec.write_text("name: t\nmodel: embedded\ntask: udpos\ntarget_languages: [fr]\n", encoding="utf-8")
-    with pytest.raises(XlgmError, match="token tasks are not supported by xlgm study yet"):
-        load_spec(spec)

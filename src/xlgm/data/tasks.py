@@ -53,6 +53,8 @@ ENTITY_F1 = "entity_f1"
 # Each output type and its metrics, the default first.
 METRICS = {CLASSIFICATION: ("accuracy",), TOKENS: (TOKEN_ACCURACY, ENTITY_F1)}
 OUTPUT_TYPES = tuple(METRICS)
+# Each metric as a reader names it (reports, tables).
+METRIC_NAMES = {"accuracy": "accuracy", TOKEN_ACCURACY: "token accuracy", ENTITY_F1: "entity F1"}
 EVALUATION_SPLITS = ("test", "dev")
 # The Hub columns of a token task, when its task file does not name them: words, tags.
 DEFAULT_TOKEN_COLUMNS = ("tokens", "tags")
@@ -91,6 +93,11 @@ class Task:
     def is_token_task(self) -> bool:
         """One label per word (`output: tokens`), not one per sentence pair."""
         return self.output == TOKENS
+
+    @property
+    def metric_name(self) -> str:
+        """The task's metric as a reader names it: accuracy, token accuracy, entity F1."""
+        return METRIC_NAMES[self.metric]
 
     def hf_config(self, lang: str) -> str:
         """The Hub config of a language; "" where the task's Hub dataset does not have it."""

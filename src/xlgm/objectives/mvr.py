@@ -61,7 +61,7 @@ from xlgm.core import validation
 from xlgm.core.errors import XlgmError
 from xlgm.core.options import check_fields, flag_label, option
 from xlgm.core.types import TaggedSentence
-from xlgm.data.tasks import TASKS
+from xlgm.data.tasks import get_task
 from xlgm.objectives.base import StepContext
 from xlgm.objectives.common import (
     cross_entropy,
@@ -132,6 +132,14 @@ class MVRConfig:
         check_fields(self, label=flag_label(type(self)), store=True)
 
 
+def is_known_token_task(task: str) -> bool:
+    """Whether `task` names a token task: a built-in one, or one whose task file this process has read."""
+    try:
+        return get_task(task).is_token_task
+    except XlgmError:
+        return False
+
+
 @register_objective
 class MVRObjective:
     name = "mvr"
@@ -142,7 +150,7 @@ class MVRObjective:
 
     def __init__(self, config: MVRConfig | None = None, task: str | None = None):
         self.config = config or MVRConfig()
-        if task in TASKS and TASKS[task].is_token_task:  # a token task of a task file is refused in setup()
+        if task is not None and is_known_token_task(task):  # a task this process has not read: refused in setup()
             raise XlgmError(NO_TOKEN_TASKS)
         # λ in use: the given one, else the authors' value for the task
         self.lam = self.config.lam if self.config.lam is not None else default_kl_weight(task or DEFAULT_TASK)

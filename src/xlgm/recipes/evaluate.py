@@ -79,7 +79,7 @@ class EvaluateConfig:
         check_fields(self)  # split, checkpoint, max_examples, batch_size, max_length, device, mixed_precision
 
 
-def _pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+def pooled_hidden(outputs, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
     """Mean of the encoder's hidden states at `layer` over non-padding tokens (encoder-decoder models: the
     encoder's)."""
     states = getattr(outputs, "hidden_states", None) or getattr(outputs, "encoder_hidden_states", None)
@@ -120,7 +120,7 @@ def predict_outputs(
                 out = model(**batch, output_hidden_states=embeddings)
             logits_out[indices] = out.logits.float().cpu().numpy()
             if embeddings:
-                pooled = _pooled_hidden(out, batch["attention_mask"], layer).cpu().numpy()
+                pooled = pooled_hidden(out, batch["attention_mask"], layer).cpu().numpy()
                 if emb_out is None:
                     emb_out = np.zeros((len(data), pooled.shape[1]), dtype=np.float32)
                 emb_out[indices] = pooled

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -25,28 +25,66 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xlgm.analysis.token_metrics import WordScore, score_words
 from xlgm.core.devices import autocast
-from xlgm.core.errors import XlgmError
 from xlgm.core.machine import machine_record
 from xlgm.core.tensors import model_inputs
-from xlgm.core.types import TaggedSentence
+from xlgm.core.types import TaggedSentence, TextOutputs
 from xlgm.data.batching import MAX_LENGTH, length_sorted_batches
 from xlgm.data.loading import DataSource, load_tagged_sentences
 from xlgm.data.tagging import AlignmentCounts, TaggedBatchCollator, TaggedTokenizedSet, tokenize_tagged, word_outputs
 from xlgm.data.tasks import Task
-from xlgm.recipes.evaluate import model_device, summarize
+from xlgm.recipes.evaluate import evaluate_languages, load_languages, model_device, pooled_hidden, summarize
 
 
-def refuse_token_task(task: Task, stage: str) -> None:
-    """A one-line error for a stage that does not take token tasks yet (`xlgm measure`, `xlgm study`, `xlgm
-    predict`), rather than a crash deep inside it."""
+def evaluation_stage(task: Task) -> tuple[Callable[..., dict], Callable[..., dict]]:
+    """(read every language's rows, evaluate them) for the task: words scored with the task's metric here, or
+    sentence pairs by accuracy (`recipes.evaluate`); both take the same arguments and report the same shape."""
     if task.is_token_task:
-        raise XlgmError(
-            f"token tasks are not supported by xlgm {stage} yet ({task.name} labels words); xlgm train, "
-            "evaluate and export take them"
-        )
+        return load_token_languages, evaluate_token_languages
+    return load_languages, evaluate_languages
 
 
 @torch.inference_mode()
+def predict_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaggedTokenizedSet,
+    batch_size: int = 64,
+    progress: tqdm | None = None,
+    precision: str = "no",
+    layer: int | None = None,
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Each row's logits [row length, num_labels] (float32, padding removed), in row order, from one forward pass
+    per length-sorted batch on the model's device; with `layer`, also each row's hidden states at that layer
+    mean-pooled over its tokens ([rows, hidden], as `recipes.evaluate` pools a sentence pair), else None. The
+    model is left in the mode it was in."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    collator = TaggedBatchCollator(tokenizer, data)
+    left = tokenizer.padding_side == "left"
+    rows: list[np.ndarray] = [np.empty(0)] * len(data)
+    pooled: np.ndarray | None = None
+    try:
+        for indices in length_sorted_batches(data.lengths, batch_size):
+            batch = {k: v.to(device) for k, v in model_inputs(collator(indices)).items()}
+            with autocast(precision, device):
+                out = model(**batch, output_hidden_states=layer is not None)
+            logits = out.logits.float().cpu().numpy()
+            for j, r in enumerate(indices):
+                n = len(data.labels[r])
+                rows[r] = logits[j, logits.shape[1] - n :] if left else logits[j, :n]
+            if layer is not None:
+                hidden = pooled_hidden(out, batch["attention_mask"], layer).cpu().numpy()
+                if pooled is None:
+                    pooled = np.zeros((len(data), hidden.shape[1]), dtype=np.float32)
+                pooled[indices] = hidden
+            if progress is not None:
+                progress.update(len(indices))
+    finally:
+        model.train(was_training)
+    return rows, pooled
+
+
 def predict_row_logits(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -55,27 +93,39 @@ def predict_row_logits(
     progress: tqdm | None = None,
     precision: str = "no",
 ) -> list[np.ndarray]:
-    """Each row's logits [row length, num_labels] (float32, padding removed), in row order, from one forward pass
-    per length-sorted batch on the model's device. The model is left in the mode it was in."""
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    collator = TaggedBatchCollator(tokenizer, data)
-    left = tokenizer.padding_side == "left"
-    rows: list[np.ndarray] = [np.empty(0)] * len(data)
-    try:
-        for indices in length_sorted_batches(data.lengths, batch_size):
-            batch = {k: v.to(device) for k, v in model_inputs(collator(indices)).items()}
-            with autocast(precision, device):
-                logits = model(**batch).logits.float().cpu().numpy()
-            for j, r in enumerate(indices):
-                n = len(data.labels[r])
-                rows[r] = logits[j, logits.shape[1] - n :] if left else logits[j, :n]
-            if progress is not None:
-                progress.update(len(indices))
-    finally:
-        model.train(was_training)
-    return rows
+    """Each row's logits [row length, num_labels] (float32, padding removed), in row order (`predict_rows`)."""
+    return predict_rows(model, tokenizer, data, batch_size, progress, precision)[0]
+
+
+def sentence_embeddings(data: TaggedTokenizedSet, row_pooled: np.ndarray) -> np.ndarray:
+    """Each sentence's embedding [sentences, hidden]: the mean over the tokens of all its rows, from each row's
+    mean (`predict_rows`) weighted by the row's length. A sentence of one row (nearly all) gets its row's mean,
+    the embedding a sentence pair gets; a sentence split into windows counts the windows' special tokens too."""
+    lengths = np.asarray(data.lengths, dtype=np.float64)
+    sums = np.zeros((data.counts.sentences, row_pooled.shape[1]), dtype=np.float64)
+    np.add.at(sums, np.asarray(data.sentence), row_pooled * lengths[:, None])
+    tokens = np.bincount(data.sentence, weights=lengths, minlength=data.counts.sentences)
+    return (sums / tokens[:, None]).astype(np.float32)
+
+
+def token_outputs(
+    language: str,
+    sentences: Sequence[TaggedSentence],
+    data: TaggedTokenizedSet,
+    row_logits: Sequence[np.ndarray],
+    row_pooled: np.ndarray | None = None,
+) -> TextOutputs:
+    """One language's outputs on words: each word's first-subword logits [words, num_labels] and gold tag
+    [words], in sentence then word order, the sentence each word is in [words], and (from `row_pooled`) each
+    sentence's embedding [sentences, hidden]."""
+    words = word_outputs(data, row_logits)
+    return TextOutputs(
+        language,
+        np.concatenate(words).astype(np.float32),
+        None if row_pooled is None else sentence_embeddings(data, row_pooled),
+        np.concatenate([np.asarray(s.tags, dtype=np.int64) for s in sentences]),
+        np.repeat(np.arange(len(words), dtype=np.int64), [len(w) for w in words]),
+    )
 
 
 def score_rows(
@@ -125,13 +175,18 @@ def evaluate_token_languages(
     show_progress: bool = True,
     examples: dict[str, list[TaggedSentence]] | None = None,
     precision: str = "no",
+    embeddings: bool = False,
+    layer: int = -1,
+    on_language: Callable[[str, TextOutputs, float, float], None] | None = None,
     desc: str = "evaluate",
     leave: bool = True,
 ) -> dict:
     """The evaluation stage of a token task on one loaded model, as `evaluate_languages` for sentence pairs: per
     language the task's metric (under `accuracy`) with its interval (`low`, `high`), the sentences
     (`num_examples`) and words scored and what tokenizing did to them (`alignment`); the mean over target
-    languages and each one's gap to the source. `examples` (language -> sentences) skips reading the files."""
+    languages and each one's gap to the source. `examples` (language -> sentences) skips reading the files.
+    `on_language(language, outputs, seconds, metric)` is called as each language finishes, with its outputs on
+    words (`token_outputs`; with `embeddings`, each sentence's embedding at `layer`)."""
     per_language = examples or load_token_languages(task, languages, source, split, max_examples)
     tokenized = {lang: tokenize_tagged(tokenizer, rows, max_length) for lang, rows in per_language.items()}
     total = sum(len(data) for data in tokenized.values())
@@ -141,11 +196,15 @@ def evaluate_token_languages(
     with tqdm(total=total, desc=desc, unit="row", leave=leave, disable=not show_progress) as bar:
         for lang, rows in per_language.items():
             bar.set_postfix_str(lang)
+            began = time.perf_counter()
             data = tokenized[lang]
             if not rows:
                 results[lang] = {"accuracy": math.nan, "low": math.nan, "high": math.nan, "num_examples": 0}
                 continue
-            score = score_rows(task, rows, data, predict_row_logits(model, tokenizer, data, batch_size, bar, precision))
+            row_logits, row_pooled = predict_rows(
+                model, tokenizer, data, batch_size, bar, precision, layer if embeddings else None
+            )
+            score = score_rows(task, rows, data, row_logits)
             interval = score.interval
             results[lang] = {
                 "accuracy": score.value,
@@ -155,6 +214,9 @@ def evaluate_token_languages(
                 "words": score.words,
                 "alignment": asdict(data.counts),
             }
+            if on_language is not None:
+                outputs = token_outputs(lang, rows, data, row_logits, row_pooled)
+                on_language(lang, outputs, time.perf_counter() - began, score.value)
     seconds = time.perf_counter() - start
     return {
         "task": task.name,

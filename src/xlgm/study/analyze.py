@@ -75,6 +75,7 @@ from xlgm.analysis.sensitivity import ROWS, SETTING, sensitivity_table
 from xlgm.analysis.verdict import findings_table, verdict_table, verdict_targets
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
+from xlgm.data.tasks import get_task
 from xlgm.measures.base import get_measure
 from xlgm.results import config_hash
 from xlgm.study.db import StudyDB
@@ -643,6 +644,7 @@ def analyze_study(
     if echo:
         a = data.spec.analysis
         unit = a.unit + (f" ({a.run_reduce} checkpoint)" if a.unit == "run" else "")
+        metric = get_task(spec.task).metric_name  # what the study's accuracies are: token accuracy, entity F1
         print(
             f"study {spec.name} ({spec.study_id}): {data.frame['run_id'].nunique()} runs, {len(data.frame)} "
             f"checkpoints; unit {unit}; axes {', '.join(data.axes) or '(none)'}"
@@ -651,7 +653,7 @@ def analyze_study(
             print(f"note: {note}")
         print(
             "verdict: does each measure predict transfer beyond the fit? Kendall tau with the transfer residual "
-            "(mean target accuracy less its line on source accuracy), mean target and source accuracy; "
+            f"(mean target {metric} less its line on source {metric}), mean target and source {metric}; "
             f"{a.confidence:.0%} CI resampling whole runs, p from permuting runs, Holm-adjusted over this table"
         )
         print(format_verdict(tables["verdict"]))
@@ -667,7 +669,7 @@ def analyze_study(
         if not tables["cmi"].empty:
             cmi = tables["cmi"][["measure", "k"]].sort_values("k", ascending=False, na_position="last")
             print(
-                "CMI K vs mean target accuracy: "
+                f"CMI K vs mean target {metric}: "
                 + ", ".join(f"{m} {num:.3f}" if not np.isnan(num) else f"{m} nan" for m, num in zip(cmi.measure, cmi.k))
             )
         print(f"tables: {written}")

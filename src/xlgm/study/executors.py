@@ -35,12 +35,12 @@ from xlgm.core.devices import resolve_device, resolve_precision
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import read_safetensors
 from xlgm.core.machine import machine_record
-from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.loading import DataSource
 from xlgm.data.tasks import get_task
 from xlgm.measures.base import compute_group_measure
 from xlgm.models.load import load_target
-from xlgm.recipes.evaluate import evaluate_languages
 from xlgm.recipes.measure import build_batches, cached_initial_state, compute_measures
+from xlgm.recipes.tokens import evaluation_stage
 from xlgm.recipes.train import freeze_parameters, train
 from xlgm.runs import WEIGHTS, RunDir
 from xlgm.study.db import RUNS_FOLDER, StudyDB
@@ -184,7 +184,7 @@ def run_point(task: RunTask, emit: Callable[[dict[str, Any]], None]) -> None:
 def load_run_model(config, run_dir: Path, checkpoint: Path, task_def, device):
     """A run's checkpoint as its evaluations and measures see it: the run's frozen parameters frozen, on `device`."""
     target = RunDir(run_dir).target(checkpoint.name)  # checked against the checksums the run recorded
-    model, tokenizer = load_target(target, task_def.num_labels, task_def.label_names)
+    model, tokenizer = load_target(target, task_def.num_labels, task_def.label_names, output=task_def.output)
     freeze_parameters(model, config.freeze)  # the measures perturb what the run trained
     return model.to(device), tokenizer
 
@@ -192,14 +192,16 @@ def load_run_model(config, run_dir: Path, checkpoint: Path, task_def, device):
 def _evaluate(
     task: RunTask, model, tokenizer, task_def, source, ckpt: dict, languages: list[str], device, emit
 ) -> None:
-    """Accuracy per language; with `prediction.enabled`, the same pass's logits and sentence embeddings are
-    kept on disk (before the unit is marked done) for the label-free measures."""
+    """Accuracy per language (a token task's metric, under the same name); with `prediction.enabled`, the same
+    pass's logits and sentence embeddings (a token task's: per word and per sentence, `TextOutputs`) are kept
+    on disk (before the unit is marked done) for the label-free measures."""
     spec = task.spec
     ev, pred = spec.evaluation, spec.prediction
     checkpoint_id = ckpt["checkpoint_id"]
     keep = pred.enabled
     embed = keep and pred.embedding_rows > 0
-    rows = {lang: load_examples(task_def, ev.split, lang, source, ev.max_examples) for lang in languages}
+    load, evaluate = evaluation_stage(task_def)
+    rows = load(task_def, languages, source, ev.split, ev.max_examples)
     precision = resolve_precision(ev.mixed_precision, device)
     machine = machine_record(device, precision)
 
@@ -225,7 +227,7 @@ def _evaluate(
             }
         )
 
-    evaluate_languages(
+    evaluate(
         model,
         tokenizer,
         task_def,

@@ -35,7 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from xlgm.core.errors import XlgmError
-from xlgm.data.loading import DataSource, load_examples
+from xlgm.data.loading import DataSource, load_task_rows
 from xlgm.data.tasks import get_task
 from xlgm.study.db import StudyDB
 from xlgm.study.executors import EXECUTORS, RunTask, check_device, run_groups, run_on_ray, run_point
@@ -121,6 +121,6 @@ def _check_data(spec: StudySpec) -> None:
     task = get_task(spec.task)
     source = DataSource(spec.data.kind, spec.data.dir)
     for lang in spec.languages:
-        load_examples(task, spec.evaluation.split, lang, source, spec.evaluation.max_examples)
+        load_task_rows(task, spec.evaluation.split, lang, source, spec.evaluation.max_examples)
     for data in dict.fromkeys(spec.measures.data_of(item) for item in spec.measures.items):  # a sweep's sizes
-        load_examples(task, data.split, data.language, source, data.max_examples)
+        load_task_rows(task, data.split, data.language, source, data.max_examples)

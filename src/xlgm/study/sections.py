@@ -103,7 +103,10 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    split: Split = field(default="test", metadata=option(help="the evaluated split of every language"))
+    # the spec reader puts the task's evaluation split here when the file names none (test; PAN-X: dev)
+    split: Split = field(
+        default="test", metadata=option(help="the evaluated split of every language (default: the task's)")
+    )
     max_examples: int | None = field(default=None, metadata=option(help="rows a language (null: all)"))
     batch_size: int = 64
     max_length: int | None = field(default=None, metadata=option(help="null: the training max_length"))

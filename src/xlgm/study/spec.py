@@ -57,8 +57,7 @@ from xlgm.data.batching import MAX_LENGTH
 from xlgm.data.tasks import Task, get_task, is_task_file
 from xlgm.objectives import build_config, config_fields
 from xlgm.recipes.measure import MeasureData
-from xlgm.recipes.tokens import refuse_token_task
-from xlgm.recipes.train import TrainConfig, default_freeze
+from xlgm.recipes.train import TrainConfig, build_objective, default_freeze
 from xlgm.results import config_hash
 from xlgm.study.schema import (
     NOT_IN_TRAIN,
@@ -456,7 +455,6 @@ class _Reader:
         path = self.path(ref) if is_task_file(ref) else None
         try:
             task = get_task(str(path) if path is not None else ref)
-            refuse_token_task(task, "study")
             return task, None if path is None else str(path)
         except XlgmError as err:
             self.fail(("task",), str(err))
@@ -504,6 +502,13 @@ class _Reader:
         if "steps" in given and not section.steps:
             self.fail(("checkpoints", "steps"), "expected a non-empty list of steps")
         return CheckpointSpec(**section.model_dump())
+
+    def evaluation(self, section: Any, task: Task) -> EvaluationSpec:  # a schema.Evaluation
+        """`evaluation:`, its split the task's evaluation split unless the file names one (PAN-X: dev)."""
+        fields = section.model_dump()
+        if "split" not in section.model_fields_set:
+            fields["split"] = task.evaluation_split
+        return EvaluationSpec(**fields)
 
     def grid(self, entries: list[Any]) -> tuple[GridEntry, ...]:  # schema.grid_entry_models()
         out = []
@@ -564,9 +569,14 @@ class _Reader:
                     self.fail(("grid", i), str(err))
                     return
                 try:
-                    spec.train_config(entry.objective, options, overrides)
+                    config = spec.train_config(entry.objective, options, overrides)
                 except XlgmError as err:
                     self.fail(("grid", i) if set(overrides) else ("train",), str(err))
+                    return
+                try:  # an objective that cannot train the task (MVR on a token task) refuses when built
+                    build_objective(config)
+                except XlgmError as err:
+                    self.fail(("grid", i, "objective"), str(err))
                     return
 
     def spec(self, doc: Any) -> StudySpec | None:
@@ -596,7 +606,7 @@ class _Reader:
             grid=self.grid(doc.grid),
             seeds=tuple(dict.fromkeys(doc.seeds)),
             checkpoints=self.checkpoints(doc.checkpoints),
-            evaluation=EvaluationSpec(**doc.evaluation.model_dump()),
+            evaluation=self.evaluation(doc.evaluation, task),
             measures=self.measures(doc.measures, task, source_language),
             analysis=AnalysisSpec(**analysis),
             prediction=PredictionSpec(**prediction),

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from xlgm.data.loading import load_examples
+from xlgm.data.loading import load_task_rows
 from xlgm.data.tasks import get_task
 from xlgm.measures.base import list_measures
 from xlgm.recipes.schedule import config_schedule
@@ -154,7 +154,9 @@ def expected_checkpoints(config, num_train: int) -> list[dict[str, Any]]:
 
 
 def training_rows(config, cache: dict | None = None) -> int:
-    """How many rows `train` trains on (after holding out the selection rows), read as `train` reads them."""
+    """How many rows `train` trains on (after holding out the selection rows), read as `train` reads them. A token
+    task's are its sentences: the few that tokenizing splits into windows give `train` a row more each, so the
+    plan may be a step short until the run is trained and its real checkpoints replace the expected ones."""
     key = (
         config.task,
         config.data,
@@ -168,7 +170,7 @@ def training_rows(config, cache: dict | None = None) -> int:
     if cache is not None and key in cache:
         return cache[key]
     task = get_task(config.task)
-    rows = load_examples(task, config.train_split, config.source_language, config.source, config.max_train_examples)
+    rows = load_task_rows(task, config.train_split, config.source_language, config.source, config.max_train_examples)
     # a separate selection split is read by `train` itself; here only its presence matters
     train_rows, _ = split_train_select(config, task, rows, [] if config.select_split != config.train_split else None)
     if cache is not None:

@@ -17,8 +17,8 @@ from xlgm.analysis import acc_column
 from xlgm.analysis.intervals import wilson_interval
 from xlgm.study.analyze import StudyData
 from xlgm.study.folders import run_dir
-from xlgm.study.report.format import fmt, fmt_coefficient, fmt_pvalue, is_missing, to_number
-from xlgm.study.report.inputs import StudyRecords, task_num_labels
+from xlgm.study.report.format import fmt, fmt_coefficient, fmt_pvalue, heading_case, is_missing, to_number
+from xlgm.study.report.inputs import StudyRecords, metric_name, task_num_labels
 from xlgm.study.report.tables import hyperparameters
 
 GREY = "#9a9a9a"
@@ -132,9 +132,10 @@ def accuracy_heatmap(data: StudyData, per_run: pd.DataFrame, labels: dict[str, s
                     fontsize=SMALL_FONT,
                     color="white" if v < np.nanmean(values) else "black",
                 )
-    fig.colorbar(image, ax=ax, label="accuracy")
-    ax.set_title(f"Accuracy per run and language ({mpl_text(data.spec.evaluation.split)})", fontsize=10)
-    return Figure("accuracy-heatmap", "Accuracy: run x language", png_bytes(fig))
+    metric = metric_name(data)
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(f"{heading_case(metric)} per run and language ({mpl_text(data.spec.evaluation.split)})", fontsize=10)
+    return Figure("accuracy-heatmap", f"{heading_case(metric)}: run x language", png_bytes(fig))
 
 
 def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str, str], records: StudyRecords) -> Figure:

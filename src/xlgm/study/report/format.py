@@ -32,6 +32,11 @@ def target_name(target: Any) -> str:
     return text
 
 
+def heading_case(text: str) -> str:
+    """`token accuracy` -> `Token accuracy`, `entity F1` -> `Entity F1` (unlike str.capitalize)."""
+    return text[:1].upper() + text[1:]
+
+
 def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True

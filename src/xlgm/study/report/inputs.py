@@ -84,8 +84,11 @@ class StudyRecords:
 def read_study_records(data: StudyData) -> StudyRecords:
     """Rows evaluated per language and the work's wall time per kind, for the study's checkpoints and runs."""
     rows, work = evaluated_rows_and_work(data)
+    # The rows give Wilson intervals (tables, figures, the chance check). A token task's rows are sentences and
+    # its metric is over words or entities: its report shows no interval rather than a wrong one.
+    token_task = get_task(data.spec.task).is_token_task
     return StudyRecords(
-        {str(lang): int(most) for lang, _, most in rows if most},
+        {} if token_task else {str(lang): int(most) for lang, _, most in rows if most},
         {str(kind): float(seconds or 0.0) for kind, _, seconds in work},
         run_records(data),
     )
@@ -105,6 +108,12 @@ def run_records(data: StudyData) -> dict[str, dict]:
         if isinstance(record, dict):
             out[str(run_id)] = record
     return out
+
+
+def metric_name(data: StudyData) -> str:
+    """What the study's `accuracy` values are, as the report names them: accuracy, or a token task's metric
+    (token accuracy, entity F1)."""
+    return get_task(data.spec.task).metric_name
 
 
 def task_num_labels(data: StudyData) -> int:

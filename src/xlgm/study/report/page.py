@@ -24,11 +24,12 @@ from xlgm.study.report.figures import (
     tau_heatmap,
     training_curves,
 )
-from xlgm.study.report.format import fmt
+from xlgm.study.report.format import fmt, heading_case
 from xlgm.study.report.inputs import (
     AnalysisFiles,
     StudyRecords,
     load_analysis_files,
+    metric_name,
     one_checkpoint_per_run,
     read_study_records,
     target_eval_rows,
@@ -320,6 +321,7 @@ def study_facts(inputs: ReportInputs) -> list[tuple[str, str]]:
     return [
         ("study", f"{spec.name} ({spec.study_id})"),
         ("task", spec.task),
+        ("evaluation metric", f"{metric_name(data)} on {spec.evaluation.split}"),
         ("model", spec.model),
         ("source language", spec.source_language),
         ("target languages", " ".join(spec.target_languages)),
@@ -338,6 +340,12 @@ def write_title(page: Page, inputs: ReportInputs) -> None:
     """The title, and a warning when the models did not leave chance."""
     data = inputs.data
     page.heading(f"Study {data.spec.name}", 1)
+    metric = metric_name(data)
+    if metric != "accuracy":
+        page.paragraph(
+            f"This study's evaluation metric is {metric}: every accuracy in this report (per language, mean "
+            f"target, source, and the residuals made of them) is the {metric} of the task."
+        )
     check = chance_check(data, inputs.rows, inputs.records)
     if check is not None and check.warn:
         page.warning(check.message(data.spec.source_language))
@@ -420,12 +428,19 @@ def write_verdict(page: Page, inputs: ReportInputs, figures: ReportFigures) -> N
 
 def write_accuracy_and_runs(page: Page, inputs: ReportInputs, figures: ReportFigures) -> None:
     data, records = inputs.data, inputs.records
-    page.heading("Accuracy per run and language")
+    metric = metric_name(data)
+    page.heading(f"{heading_case(metric)} per run and language")
     if records.eval_rows:
         page.paragraph(
             "Accuracies carry 95% Wilson intervals from the number of evaluated rows; a mean target "
             "accuracy's interval uses one language's rows (the target sets are translations of the same "
             "rows, so their errors are not independent). The dashed line is chance."
+        )
+    elif metric != "accuracy":
+        page.paragraph(
+            f"No intervals: {metric} is over words or entities, not the evaluated sentences the study counts; "
+            "`xlgm evaluate` gives a checkpoint's intervals.",
+            "note",
         )
     else:
         page.paragraph("Accuracy intervals not computed: the number of evaluated rows is unknown.", "note")
