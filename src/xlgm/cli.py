@@ -213,9 +213,20 @@ def selection_metric(run_config: dict) -> str:
     return run_config.get("selection_metric", "accuracy")
 
 
+# The shipped demo of each kind of task: its spec under xlgm/studies/ and the folder it writes by default.
+DEMOS = {"xnli": ("demo.yaml", "runs/study-demo"), "udpos": ("demo-udpos.yaml", "runs/study-demo-udpos")}
+
+
 def _demo_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/study-demo", help="where the demo writes (default: runs/study-demo)")
-    p.add_argument("--spec", default=None, help="another spec than the shipped studies/demo.yaml")
+    p.add_argument(
+        "--task",
+        choices=sorted(DEMOS),
+        default="xnli",
+        help="xnli: sentence pairs (studies/demo.yaml); udpos: part-of-speech tags, a token task "
+        "(studies/demo-udpos.yaml) (default: xnli)",
+    )
+    p.add_argument("--out", default=None, help="where the demo writes (default: runs/study-demo, -udpos for udpos)")
+    p.add_argument("--spec", default=None, help="another spec than the task's shipped demo")
 
 
 def _predict_parser(p: argparse.ArgumentParser) -> None:
@@ -536,11 +547,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from xlgm.study.runner import run_study
     from xlgm.study.spec import load_spec
 
-    spec_path = Path(args.spec) if args.spec else Path(__file__).parent / "studies" / "demo.yaml"
+    spec_file, default_out = DEMOS[args.task]
+    spec_path = Path(args.spec) if args.spec else Path(__file__).parent / "studies" / spec_file
     spec = load_spec(spec_path)
     start = time.perf_counter()
     result = run_study(
-        spec, args.out, "local", None, None, show_progress=True, spec_text=spec_path.read_text(encoding="utf-8")
+        spec,
+        args.out or default_out,
+        "local",
+        None,
+        None,
+        show_progress=True,
+        spec_text=spec_path.read_text(encoding="utf-8"),
     )
     analyze_study(result.out)  # prints the top correlations
     predict_study(spec, result.out)  # prints the label-free predictor's errors
