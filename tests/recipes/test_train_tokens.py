@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
+from token_testlib import word_margins
 from xlgm.analysis.token_metrics import score_words
 from xlgm.cli import main
 from xlgm.core.errors import XlgmError
@@ -215,14 +216,8 @@ def test_measure_of_a_token_run_is_over_the_labelled_words(udpos_run, tmp_path):
     records = {r["name"]: r for r in json.loads(out.read_text())}
     model, tokenizer = load_target(resolve_target(str(udpos_run)), UDPOS.num_labels, UDPOS.label_names, output="tokens")
     sentences = load_tagged_sentences(UDPOS, "dev", "en", max_sentences=12)
-    data = tokenize_tagged(tokenizer, sentences, 128)
-    logits = np.concatenate(word_outputs(data, predict_row_logits(model, tokenizer, data))).astype(np.float64)
-    tags = np.concatenate([s.tags for s in sentences])
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    true = probs[np.arange(len(tags)), tags]
-    probs[np.arange(len(tags)), tags] = -np.inf
-    assert records["margin"]["value"] == pytest.approx(float(np.mean(true - probs.max(1))), abs=1e-5)
-    assert records["margin"]["details"]["num_examples"] == len(tags) == sum(len(s.words) for s in sentences)
+    margins = word_margins(model, tokenizer, sentences, 128)
+    assert records["margin"]["value"] == pytest.approx(float(margins.mean()), abs=1e-5)
+    assert records["margin"]["details"]["num_examples"] == len(margins) == sum(len(s.words) for s in sentences)
     assert np.isfinite(records["sharpness-diff"]["value"]) and records["sharpness-diff"]["spread"] is not None
     assert records["frobenius-distance"]["value"] > 0  # the token head's initial weights were found

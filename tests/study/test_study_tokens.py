@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from token_testlib import word_margins
 from xlgm.data.loading import DataSource, load_tagged_sentences
-from xlgm.data.tagging import tokenize_tagged, word_outputs
 from xlgm.data.tasks import get_task
 from xlgm.recipes.evaluate import TextOutputs
-from xlgm.recipes.tokens import evaluate_token_languages, predict_row_logits
+from xlgm.recipes.tokens import evaluate_token_languages
 from xlgm.study.analyze import resolve_study
 from xlgm.study.cli import main
 from xlgm.study.executors import load_run_model
@@ -168,20 +168,32 @@ def test_a_token_study_is_measured_analysed_and_reported_by_its_metric(tag_study
     _, checkpoint_id, margin, details = next(m for m in measures if m[0] == "margin")
     model, tokenizer, _ = _checkpoint_model(spec, out, checkpoint_id)
     sentences = load_tagged_sentences(task, "dev", "en", DataSource("local", spec.data.dir), 12)
-    data = tokenize_tagged(tokenizer, sentences, spec.train_max_length)
-    logits = np.concatenate(word_outputs(data, predict_row_logits(model, tokenizer, data))).astype(np.float64)
-    tags = np.concatenate([s.tags for s in sentences])
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    true = probs[np.arange(len(tags)), tags]
-    probs[np.arange(len(tags)), tags] = -np.inf
-    assert margin == pytest.approx(float(np.mean(true - probs.max(1))), abs=1e-5)
-    assert json.loads(details)["details"]["num_examples"] == len(tags)  # words, not subwords or sentences
+    margins = word_margins(model, tokenizer, sentences, spec.train_max_length)
+    assert margin == pytest.approx(float(margins.mean()), abs=1e-5)
+    assert json.loads(details)["details"]["num_examples"] == len(margins)  # words, not subwords or sentences
     assert main(["analyze", str(tag_study)]) == 0
     assert "mean target token accuracy" in capsys.readouterr().out
     assert main(["report", str(tag_study)]) == 0
     html = (tag_study / "report" / "report.html").read_text()
     assert "evaluation metric is token accuracy" in html and "Token accuracy per run and language" in html
+    assert "chance token accuracy" in html and "1/3 = 0.333" in html
+    assert "all sentences" in html  # the evaluated rows a language: the spec asked for every test sentence
+
+
+def test_the_chance_check_of_a_token_study_compares_the_metric_without_an_interval(tag_study):
+    """A token study stores no interval of its metric: a unit is near chance when within the margin of it."""
+    import pandas as pd
+
+    from xlgm.study.analyze import load_study
+    from xlgm.study.report.inputs import read_study_records
+    from xlgm.study.report.tables import TOKEN_CHANCE_MARGIN, chance_check
+
+    data = load_study(*resolve_study(tag_study))
+    rows = pd.DataFrame({"acc_en": [1 / 3, 1 / 3 + 0.9 * TOKEN_CHANCE_MARGIN, 0.9], "mean_target": [0.3, 0.9, 0.9]})
+    check = chance_check(data, rows, read_study_records(data))
+    assert check is not None and (check.near_source, check.near_target, check.units) == (2, 1, 3) and check.warn
+    assert f"en token accuracy's value is within {TOKEN_CHANCE_MARGIN} of chance (1/3 = 0.333)" in check.message("en")
+    assert get_task("panx").chance == (0.0, "0 (no entity found)")
 
 
 def test_a_token_study_run_again_computes_nothing(tag_study, capsys):

@@ -99,6 +99,14 @@ class Task:
         """The task's metric as a reader names it: accuracy, token accuracy, entity F1."""
         return METRIC_NAMES[self.metric]
 
+    @property
+    def chance(self) -> tuple[float, str]:
+        """The metric of a model that learned nothing, and how it is reached: a uniform guess over the labels
+        (accuracy, token accuracy), or no entity found (entity F1)."""
+        if self.metric == ENTITY_F1:
+            return 0.0, "0 (no entity found)"
+        return 1.0 / self.num_labels, f"1/{self.num_labels} = {1.0 / self.num_labels:.3f}"
+
     def hf_config(self, lang: str) -> str:
         """The Hub config of a language; "" where the task's Hub dataset does not have it."""
         return dict(self.hf_configs).get(lang, lang)

@@ -18,7 +18,7 @@ from xlgm.analysis.intervals import wilson_interval
 from xlgm.study.analyze import StudyData
 from xlgm.study.folders import run_dir
 from xlgm.study.report.format import fmt, fmt_coefficient, fmt_pvalue, heading_case, is_missing, to_number
-from xlgm.study.report.inputs import StudyRecords, metric_name, task_num_labels
+from xlgm.study.report.inputs import StudyRecords, chance_level, metric_name, task_num_labels
 from xlgm.study.report.tables import hyperparameters
 
 GREY = "#9a9a9a"
@@ -141,7 +141,7 @@ def accuracy_heatmap(data: StudyData, per_run: pd.DataFrame, labels: dict[str, s
 def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str, str], records: StudyRecords) -> Figure:
     """Each run's accuracy per language with its 95% Wilson interval, and the chance level."""
     langs = data.languages
-    chance = 1.0 / task_num_labels(data)
+    chance, chance_text = chance_level(data)
     fig = new_figure(max(6.0, 0.5 * len(langs) + 3.5), 4.0)
     ax = fig.add_subplot()
     styles = run_styles(data, list(per_run["run_id"]))
@@ -167,7 +167,7 @@ def accuracy_intervals(data: StudyData, per_run: pd.DataFrame, labels: dict[str,
             color=styles[r["run_id"]].colour,
             label=mpl_text(labels.get(r["run_id"], r["run_id"])),
         )
-    ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance (1/{task_num_labels(data)})")
+    ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance ({chance_text})")
     ax.set_xticks(range(len(langs)), [mpl_text(lang) for lang in langs])
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_title("Accuracy per language: each run's checkpoint, with 95% intervals", fontsize=10)
@@ -229,7 +229,7 @@ def measure_scatter(
         slope, intercept = np.polyfit(x[ok], y[ok], 1)
         xs = np.linspace(x[ok].min(), x[ok].max(), 50)
         ax.plot(xs, slope * xs + intercept, color="black", linewidth=1, label="least squares")
-    ax.axhline(1.0 / task_num_labels(data), color="black", linestyle="--", linewidth=0.8, label="chance")
+    ax.axhline(chance_level(data)[0], color="black", linestyle="--", linewidth=0.8, label="chance")
     title = scatter_title(measure, corr, verdict, excluded)
     ax.set_title(mpl_text("\n".join(textwrap.wrap(title, 52))), fontsize=9, color=GREY if excluded else "black")
     ax.set_xlabel(mpl_text(measure))

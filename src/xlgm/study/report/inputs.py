@@ -116,6 +116,22 @@ def metric_name(data: StudyData) -> str:
     return get_task(data.spec.task).metric_name
 
 
+def chance_level(data: StudyData) -> tuple[float, str]:
+    """The metric of a model that learned nothing (`Task.chance`): the value and how the report writes it."""
+    return get_task(data.spec.task).chance
+
+
+def evaluation_rows_text(data: StudyData, rows: dict[str, int]) -> str:
+    """The evaluated rows a language, as the study facts give them: the counts found, else what the spec asked
+    (a token task's rows are sentences, whose count the study does not store)."""
+    if rows:
+        return ", ".join(sorted({str(n) for n in rows.values()}))
+    limit = data.spec.evaluation.max_examples
+    if get_task(data.spec.task).is_token_task:
+        return "all sentences" if limit is None else f"the first {limit} sentences (fewer where a language has fewer)"
+    return "unknown"
+
+
 def task_num_labels(data: StudyData) -> int:
 
     return get_task(data.spec.task).num_labels

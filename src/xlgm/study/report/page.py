@@ -28,6 +28,8 @@ from xlgm.study.report.format import fmt, heading_case
 from xlgm.study.report.inputs import (
     AnalysisFiles,
     StudyRecords,
+    chance_level,
+    evaluation_rows_text,
     load_analysis_files,
     metric_name,
     one_checkpoint_per_run,
@@ -330,8 +332,8 @@ def study_facts(inputs: ReportInputs) -> list[tuple[str, str]]:
         ("unit of correlation", unit),
         ("axes", ", ".join(data.axes) or "(none)"),
         ("units done", f"{data.units_done} of {data.units_total}"),
-        ("chance accuracy", f"1/{task_num_labels(data)} = {1 / task_num_labels(data):.3f}"),
-        ("evaluation rows a language", ", ".join(sorted({str(n) for n in eval_rows.values()})) or "unknown"),
+        (f"chance {metric_name(data)}", chance_level(data)[1]),
+        ("evaluation rows a language", evaluation_rows_text(data, eval_rows)),
         ("generated", time.strftime("%Y-%m-%d %H:%M:%S")),
     ]
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from xlgm.analysis import acc_column
 from xlgm.analysis.intervals import wilson_interval
+from xlgm.data.tasks import get_task
 from xlgm.study.analyze import StudyData
 from xlgm.study.report.format import (
     fmt,
@@ -24,7 +25,13 @@ from xlgm.study.report.format import (
     to_number,
     truthy,
 )
-from xlgm.study.report.inputs import AnalysisFiles, StudyRecords, target_eval_rows, task_num_labels
+from xlgm.study.report.inputs import (
+    AnalysisFiles,
+    StudyRecords,
+    chance_level,
+    metric_name,
+    target_eval_rows,
+)
 
 # the note of xlgm.analysis.correlation and .granulated for rows without a finite value
 DROPPED_NOTE = re.compile(r"(\d+) row\(s\) with NaN/inf dropped")
@@ -246,12 +253,21 @@ def accuracy_table(
     return pd.DataFrame(rows)
 
 
+# A token task's study stores no interval of its metric (its rows are sentences, the metric is over words or
+# entities): a unit counts as near chance when its metric is within this of chance. A metric over a hundred
+# sentences (1,500 words or more) has a sampling error of about 0.01-0.03.
+TOKEN_CHANCE_MARGIN = 0.05
+
+
 @dataclass
 class ChanceCheck:
     chance: float
+    chance_text: str  # how the report writes chance, e.g. "1/3 = 0.333"
     near_source: int  # units whose source accuracy's 95% interval includes chance
     near_target: int  # units whose mean target accuracy's 95% interval includes chance
     units: int
+    metric: str = "accuracy"
+    rule: str = "95% interval includes"
 
     @property
     def warn(self) -> bool:
@@ -259,23 +275,26 @@ class ChanceCheck:
 
     def message(self, source: str) -> str:
         return (
-            f"The models barely left chance: the {source} accuracy's 95% interval includes chance "
-            f"(1/{round(1 / self.chance)} = {self.chance:.3f}) at {self.near_source} of {self.units} units, "
-            f"the mean target accuracy's at {self.near_target}. These correlations compare training progress, "
-            "not generalization."
+            f"The models barely left chance: the {source} {self.metric}'s {self.rule} chance ({self.chance_text}) "
+            f"at {self.near_source} of {self.units} units, the mean target {self.metric}'s at {self.near_target}. "
+            "These correlations compare training progress, not generalization."
         )
 
 
 def chance_check(data: StudyData, rows: pd.DataFrame, records: StudyRecords) -> ChanceCheck | None:
-    """How many correlated units have a source (and mean target) accuracy within sampling noise of chance."""
-    chance = 1.0 / task_num_labels(data)
+    """How many correlated units have a source (and mean target) accuracy within sampling noise of chance: inside
+    their 95% Wilson interval, or for a token task (no interval stored) within `TOKEN_CHANCE_MARGIN`."""
+    chance, text = chance_level(data)
+    token_task = get_task(data.spec.task).is_token_task
     source_rows = records.eval_rows.get(data.spec.source_language)
-    if not source_rows or rows.empty:
+    if rows.empty or not (source_rows or token_task):
         return None
 
     def near(values: pd.Series, n: int | None) -> int:
         acc = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
         acc = acc[np.isfinite(acc)]
+        if token_task:
+            return int(np.sum(acc <= chance + TOKEN_CHANCE_MARGIN))
         if not n or acc.size == 0:
             return 0
         low, high = wilson_interval(acc * n, n)
@@ -283,9 +302,12 @@ def chance_check(data: StudyData, rows: pd.DataFrame, records: StudyRecords) -> 
 
     return ChanceCheck(
         chance,
+        text,
         near(rows[acc_column(data.spec.source_language)], source_rows),
         near(rows["mean_target"], target_eval_rows(data, records)),
         int(len(rows)),
+        metric_name(data),
+        f"value is within {TOKEN_CHANCE_MARGIN} of" if token_task else "95% interval includes",
     )
 
 
