@@ -23,3 +23,26 @@ def word_margins(model, tokenizer, sentences: Sequence[TaggedSentence], max_leng
     true = probs[np.arange(len(tags)), tags]
     probs[np.arange(len(tags)), tags] = -np.inf
     return true - probs.max(1)
+
+
+def tiny_bert_tagger(vocab_size: int, num_labels: int, seed: int = 0, dropout: float = 0.0, positions: int = 80):
+    """A random 2-layer BERT token classifier (hidden 16), in train mode: the objectives must keep it there and
+    the measures must give it back so. `dropout` > 0 makes a forgotten eval mode show."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=positions,
+        num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    torch.manual_seed(seed)
+    model = BertForTokenClassification(config)
+    model.train()
+    return model

@@ -18,9 +18,9 @@ import pytest
 import torch
 from test_measures_contract import CHEAP, _assert_same, _inputs, _snapshot
 from torch import nn
-from transformers import BertConfig, BertForTokenClassification
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from token_testlib import tiny_bert_tagger
 from xlgm.core.errors import XlgmError
 from xlgm.data.tagging import IGNORE_INDEX
 from xlgm.measures import compute_measure, get_measure, list_measures
@@ -161,22 +161,9 @@ def test_a_token_batch_without_a_labelled_word_is_refused():
         compute_measure("margin", PositionwiseTagger(False), [batch])
 
 
-def _tiny_bert_tagger() -> BertForTokenClassification:
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=NUM_TAGS,
-        hidden_dropout_prob=0.2,
-        attention_probs_dropout_prob=0.2,
-    )
-    torch.manual_seed(0)
-    model = BertForTokenClassification(config)
-    model.train()  # measures must run it in eval mode and give it back in train mode
-    return model
+def _tiny_bert_tagger():
+    """Dropout 0.2: a measure that forgot eval mode would give another value each call."""
+    return tiny_bert_tagger(VOCAB, NUM_TAGS, dropout=0.2, positions=32)
 
 
 @pytest.mark.parametrize("name", list_measures())

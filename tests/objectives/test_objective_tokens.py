@@ -14,8 +14,9 @@ from objectives_testlib import (
     wordpiece_tokenizer,
 )
 from torch.func import functional_call
-from transformers import BertConfig, BertForTokenClassification
+from transformers import BertForTokenClassification
 
+from token_testlib import tiny_bert_tagger
 from xlgm.core.errors import XlgmError
 from xlgm.core.tensors import cross_entropy
 from xlgm.core.types import TaggedSentence
@@ -47,21 +48,7 @@ def tagged_sentences(n: int, seed: int = 0) -> list[TaggedSentence]:
 
 
 def token_model(vocab_size: int, seed: int = 0, dtype=torch.float32) -> BertForTokenClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=80,
-        num_labels=NUM_TAGS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    model = BertForTokenClassification(config).to(dtype)
-    model.train()
-    return model
+    return tiny_bert_tagger(vocab_size, NUM_TAGS, seed).to(dtype)
 
 
 @pytest.fixture(scope="module")

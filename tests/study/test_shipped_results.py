@@ -1,5 +1,5 @@
-"""The shipped results of the CPU study (results/xnli-e5-cpu/) are what `xlgm study analyze` computes from the
-shipped study.sqlite and spec.yaml: every analysis table, value for value."""
+"""The shipped results (results/NAME/) are what `xlgm study analyze` computes from each folder's shipped
+study.sqlite and spec.yaml: every analysis table, value for value."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pytest
 
 from xlgm.study.analyze import analyze_study
 
-RESULTS = Path(__file__).resolve().parents[2] / "results" / "xnli-e5-cpu"
+SHIPPED = Path(__file__).resolve().parents[2] / "results"
+RESULTS = SHIPPED / "xnli-e5-cpu"
+# Every shipped study folder; each must hold the files below.
+STUDIES = ("xnli-e5-cpu", "udpos-e5-cpu")
 TABLES = (
     "verdict",
     "findings",
@@ -29,16 +32,22 @@ TABLES = (
 )
 
 
-def test_shipped_analysis_tables_are_recomputed_from_the_shipped_database(tmp_path):
+def test_every_shipped_study_folder_is_listed():
+    assert sorted(p.name for p in SHIPPED.iterdir() if p.is_dir()) == sorted(STUDIES)
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_shipped_analysis_tables_are_recomputed_from_the_shipped_database(study, tmp_path):
+    results = SHIPPED / study
     folder = tmp_path / "study"
     folder.mkdir()
     for name in ("study.sqlite", "spec.yaml"):
-        shutil.copy(RESULTS / name, folder / name)
+        shutil.copy(results / name, folder / name)
     analyze_study(folder, echo=False)
-    shipped = sorted(p.stem for p in (RESULTS / "analysis").glob("*.csv"))
+    shipped = sorted(p.stem for p in (results / "analysis").glob("*.csv"))
     assert set(TABLES) <= set(shipped)
     for name in shipped:
-        expected = pd.read_csv(RESULTS / "analysis" / f"{name}.csv")
+        expected = pd.read_csv(results / "analysis" / f"{name}.csv")
         computed = pd.read_csv(folder / "analysis" / f"{name}.csv")
         pd.testing.assert_frame_equal(computed, expected, check_exact=False, rtol=1e-9, atol=1e-12, obj=name)
 
@@ -53,6 +62,7 @@ def test_the_shipped_verdict_reads_the_best_checkpoint_measures_with_a_plain_per
     assert fit.loc["mean_target", "slope"] < 1 and fit.loc["mean_target", "r2"] > 0.9
 
 
+@pytest.mark.parametrize("study", STUDIES)
 @pytest.mark.parametrize("name", ["report.html", "report.md", "README.md"])
-def test_the_shipped_report_and_readme_are_there(name):
-    assert (RESULTS / name).stat().st_size > 1000
+def test_the_shipped_report_and_readme_are_there(study, name):
+    assert (SHIPPED / study / name).stat().st_size > 1000

@@ -189,42 +189,72 @@ def evaluate_languages(
     embeddings at `layer`): a study keeps them and records each language as it is done.
     """
     per_language = examples or load_languages(task, languages, source, split, max_examples)
-    total = sum(len(rows) for rows in per_language.values())
+
+    def score(lang: str, rows: list[Example], bar: tqdm) -> tuple[dict, TextOutputs, float]:
+        data = tokenize_examples(tokenizer, rows, max_length)
+        outputs = predict_outputs(
+            model,
+            tokenizer,
+            data,
+            batch_size,
+            bar,
+            embeddings=embeddings,
+            layer=layer,
+            language=lang,
+            precision=precision,
+        )
+        acc = float((outputs.logits.argmax(-1) == np.asarray(data.labels)).mean()) if len(data) else math.nan
+        return {"accuracy": acc, "num_examples": len(rows)}, outputs, acc
+
+    bar = dict(total=sum(len(rows) for rows in per_language.values()), unit="ex", desc=desc, leave=leave)
+    return evaluate_each_language(
+        model, task, per_language, score, split, source, precision, bar, show_progress, on_language
+    )
+
+
+# Scores one language's rows, advancing the progress bar: (its row of the report, its outputs for `on_language`
+# or None, the value of the task's metric).
+LanguageScorer = Callable[[str, list, tqdm], tuple[dict, "TextOutputs | None", float]]
+
+
+def evaluate_each_language(
+    model: PreTrainedModel,
+    task: Task,
+    per_language: dict[str, list],
+    score: LanguageScorer,
+    split: str,
+    source: DataSource,
+    precision: str,
+    bar: dict,
+    show_progress: bool = True,
+    on_language: Callable[[str, TextOutputs, float, float], None] | None = None,
+) -> dict:
+    """The evaluation loop of every kind of task: each language scored in turn under one progress bar (`bar`:
+    tqdm's total, unit, desc and leave), `on_language(language, outputs, seconds, value)` as each finishes, then
+    the report: per language, the mean over the targets and each target's gap to the source, the machine and the
+    time."""
     results: dict[str, dict] = {}
     start = time.perf_counter()
-    with tqdm(total=total, desc=desc, unit="ex", leave=leave, disable=not show_progress) as bar:
+    with tqdm(**bar, disable=not show_progress) as progress:
         for lang, rows in per_language.items():
-            bar.set_postfix_str(lang)
+            progress.set_postfix_str(lang)
             began = time.perf_counter()
-            data = tokenize_examples(tokenizer, rows, max_length)
-            outputs = predict_outputs(
-                model,
-                tokenizer,
-                data,
-                batch_size,
-                bar,
-                embeddings=embeddings,
-                layer=layer,
-                language=lang,
-                precision=precision,
-            )
-            acc = float((outputs.logits.argmax(-1) == np.asarray(data.labels)).mean()) if len(data) else math.nan
-            results[lang] = {"accuracy": acc, "num_examples": len(rows)}
-            if on_language is not None:
-                on_language(lang, outputs, time.perf_counter() - began, acc)
+            results[lang], outputs, value = score(lang, rows, progress)
+            if on_language is not None and outputs is not None:
+                on_language(lang, outputs, time.perf_counter() - began, value)
     seconds = time.perf_counter() - start
-    summary = summarize(results, task.source_language)
+    device = model_device(model)
     return {
         "task": task.name,
         "split": split,
         "data": source.describe(),
         "languages": results,
-        **summary,
-        "device": str(model_device(model)),
+        **summarize(results, task.source_language),
+        "device": str(device),
         "precision": precision,
-        "machine": machine_record(model_device(model), precision),
+        "machine": machine_record(device, precision),
         "seconds": seconds,
-        "examples_per_second": total / seconds if seconds else None,
+        "examples_per_second": sum(len(rows) for rows in per_language.values()) / seconds if seconds else None,
     }
 
 

@@ -14,7 +14,6 @@ database, the mean over targets and the gaps read it as they read accuracy.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
@@ -25,14 +24,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xlgm.analysis.token_metrics import WordScore, score_words
 from xlgm.core.devices import autocast
-from xlgm.core.machine import machine_record
 from xlgm.core.tensors import model_inputs
 from xlgm.core.types import TaggedSentence, TextOutputs
 from xlgm.data.batching import MAX_LENGTH, length_sorted_batches
 from xlgm.data.loading import DataSource, load_tagged_sentences
 from xlgm.data.tagging import AlignmentCounts, TaggedBatchCollator, TaggedTokenizedSet, tokenize_tagged, word_outputs
 from xlgm.data.tasks import Task
-from xlgm.recipes.evaluate import evaluate_languages, load_languages, model_device, pooled_hidden, summarize
+from xlgm.recipes.evaluate import (
+    evaluate_each_language,
+    evaluate_languages,
+    load_languages,
+    model_device,
+    pooled_hidden,
+)
 
 
 def evaluation_stage(task: Task) -> tuple[Callable[..., dict], Callable[..., dict]]:
@@ -189,49 +193,32 @@ def evaluate_token_languages(
     words (`token_outputs`; with `embeddings`, each sentence's embedding at `layer`)."""
     per_language = examples or load_token_languages(task, languages, source, split, max_examples)
     tokenized = {lang: tokenize_tagged(tokenizer, rows, max_length) for lang, rows in per_language.items()}
-    total = sum(len(data) for data in tokenized.values())
-    results: dict[str, dict] = {}
-    interval = ""
-    start = time.perf_counter()
-    with tqdm(total=total, desc=desc, unit="row", leave=leave, disable=not show_progress) as bar:
-        for lang, rows in per_language.items():
-            bar.set_postfix_str(lang)
-            began = time.perf_counter()
-            data = tokenized[lang]
-            if not rows:
-                results[lang] = {"accuracy": math.nan, "low": math.nan, "high": math.nan, "num_examples": 0}
-                continue
-            row_logits, row_pooled = predict_rows(
-                model, tokenizer, data, batch_size, bar, precision, layer if embeddings else None
-            )
-            score = score_rows(task, rows, data, row_logits)
-            interval = score.interval
-            results[lang] = {
-                "accuracy": score.value,
-                "low": score.low,
-                "high": score.high,
-                "num_examples": score.sentences,
-                "words": score.words,
-                "alignment": asdict(data.counts),
-            }
-            if on_language is not None:
-                outputs = token_outputs(lang, rows, data, row_logits, row_pooled)
-                on_language(lang, outputs, time.perf_counter() - began, score.value)
-    seconds = time.perf_counter() - start
-    return {
-        "task": task.name,
-        "split": split,
-        "data": source.describe(),
-        "metric": task.metric,
-        "interval": f"95% {interval}",
-        "languages": results,
-        **summarize(results, task.source_language),
-        "device": str(model_device(model)),
-        "precision": precision,
-        "machine": machine_record(model_device(model), precision),
-        "seconds": seconds,
-        "examples_per_second": sum(len(rows) for rows in per_language.values()) / seconds if seconds else None,
-    }
+    intervals: set[str] = set()
+
+    def score(lang: str, rows: list[TaggedSentence], bar: tqdm) -> tuple[dict, TextOutputs | None, float]:
+        data = tokenized[lang]
+        if not rows:
+            return {"accuracy": math.nan, "low": math.nan, "high": math.nan, "num_examples": 0}, None, math.nan
+        row_logits, row_pooled = predict_rows(
+            model, tokenizer, data, batch_size, bar, precision, layer if embeddings else None
+        )
+        result = score_rows(task, rows, data, row_logits)
+        intervals.add(result.interval)
+        row = {
+            "accuracy": result.value,
+            "low": result.low,
+            "high": result.high,
+            "num_examples": result.sentences,
+            "words": result.words,
+            "alignment": asdict(data.counts),
+        }
+        return row, token_outputs(lang, rows, data, row_logits, row_pooled), result.value
+
+    bar = dict(total=sum(len(data) for data in tokenized.values()), unit="row", desc=desc, leave=leave)
+    report = evaluate_each_language(
+        model, task, per_language, score, split, source, precision, bar, show_progress, on_language
+    )
+    return {**report, "metric": task.metric, "interval": f"95% {' / '.join(sorted(intervals))}"}
 
 
 def alters_words(counts: AlignmentCounts) -> bool:
