@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from xlgm.analysis.report_table import correlation_table
-from xlgm.analysis.sensitivity import option_columns, sensitivity_table
+from xlgm.analysis.sensitivity import option_columns, sensitivity_table, stability_table
 from xlgm.analysis.verdict import BEYOND_FIT, verdict_table
 
 CONFIGS, SEEDS, SIZES = 9, 3, (16, 64, 256)
@@ -70,3 +70,26 @@ def test_the_verdict_and_the_spreads_follow_the_rows_a_measure_sees():
     assert seed[16.0] > seed[64.0] > seed[256.0] and 0.004 < seed[256.0] < 0.012
     assert np.allclose(beyond["draw_share"], beyond["draw_spread"] / beyond["spread"])
     assert np.allclose(beyond["seed_share"], beyond["seed_spread"] / beyond["spread"])
+
+
+def test_stability_says_which_answers_hold_at_every_setting_and_which_flip():
+    table = pd.DataFrame(
+        {
+            "setting": ["m[rows=16]", "m[rows=16]", "m[rows=64]", "m[rows=64]", "one", "one"],
+            "measure": ["m", "m", "m", "m", "one", "one"],
+            "target": ["transfer_residual", "mean_accuracy"] * 3,
+            "tau": [0.1, 0.5, -0.2, 0.6, 0.3, 0.3],
+            "verdict": ["inconclusive", "agrees", "inconclusive", "disagrees", "agrees", "agrees"],
+        }
+    )
+    stability = stability_table(table).set_index(["measure", "target"])
+    assert list(stability.index) == [("m", "transfer_residual"), ("m", "mean_accuracy")]  # `one` is not swept
+    beyond, target = stability.loc[("m", "transfer_residual")], stability.loc[("m", "mean_accuracy")]
+    assert (beyond["holds"], beyond["verdicts"], beyond["settings"]) == ("holds", "inconclusive 2", 2)
+    assert (beyond["tau_min"], beyond["at_min"], beyond["tau_max"], beyond["at_max"]) == (
+        -0.2,
+        "m[rows=64]",
+        0.1,
+        "m[rows=16]",
+    )
+    assert target["holds"] == "flips" and target["verdicts"] == "agrees 1, disagrees 1"

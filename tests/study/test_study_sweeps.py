@@ -199,6 +199,10 @@ def test_an_extended_study_computes_only_the_new_values(tiny_study, tiny_bert_di
     assert len(same) == len(verdict)
     assert (same["tau"].fillna(9) == same["tau_all"].fillna(9)).all()
     assert (same["p_holm"].fillna(1) <= same["p_holm_all"].fillna(1) + 1e-12).all()
+    stability = pd.read_csv(out / "analysis" / "stability.csv")
+    assert set(stability["measure"]) == {"margin", "frobenius-distance", "logit-margin"}  # every one is swept
+    assert set(stability["holds"]) <= {"holds", "flips"} and (stability["settings"] >= 2).all()
+    assert "Does each answer hold at every setting?" in html
     assert "Sensitivity to the measures" in html and (out / "report" / "figures" / "sensitivity.png").is_file()
 
 

@@ -78,6 +78,37 @@ def sensitivity_table(
     return table.reset_index(drop=True)
 
 
+STABILITY_COLUMNS = ["measure", "target", "settings", "verdicts", "holds", "tau_min", "tau_max", "at_min", "at_max"]
+
+
+def stability_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Whether each answer of a swept measure holds at every setting: one row per (measure, target) of the
+    measures with two settings or more. `verdicts` counts the settings of each verdict ("agrees 3,
+    inconclusive 1"); `holds` is "holds" when every setting has the same verdict, else "flips"; `tau_min` and
+    `tau_max` are its range over the settings, `at_min` and `at_max` the settings where it takes them."""
+    rows = []
+    for (measure, target), part in table.groupby(["measure", "target"], sort=False):
+        if part[SETTING].nunique() < 2:
+            continue
+        counts = part["verdict"].astype(str).value_counts()
+        tau = pd.to_numeric(part["tau"], errors="coerce")
+        finite = tau[np.isfinite(tau)]
+        rows.append(
+            {
+                "measure": measure,
+                "target": target,
+                "settings": int(part[SETTING].nunique()),
+                "verdicts": ", ".join(f"{v} {n}" for v, n in counts.items()),
+                "holds": "holds" if len(counts) == 1 else "flips",
+                "tau_min": float(finite.min()) if len(finite) else np.nan,
+                "tau_max": float(finite.max()) if len(finite) else np.nan,
+                "at_min": part.loc[finite.idxmin(), SETTING] if len(finite) else None,
+                "at_max": part.loc[finite.idxmax(), SETTING] if len(finite) else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=STABILITY_COLUMNS)
+
+
 def option_columns(table: pd.DataFrame) -> list[str]:
     """The swept options' columns of a sensitivity table: those between `rows` and `target`."""
     columns = list(table.columns)

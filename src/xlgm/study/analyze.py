@@ -12,7 +12,10 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
     sensitivity.csv           per measure setting (a swept measure's settings are measures of their own, named
                               `sharpness-diff[rows=64,alpha=0.05,sigma=0.001]`) and verdict target: the rows it
                               saw and its swept options, tau with its run-level CI, Holm p and verdict, and its
-                              draw-to-draw and seed-to-seed spread (`xlgm.analysis.sensitivity`)
+                              draw-to-draw and seed-to-seed spread (`xlgm.analysis.sensitivity`); its Holm
+                              correction runs over every setting's tests
+    stability.csv             per swept measure and verdict target: whether the verdict holds at every setting or
+                              flips, and tau's range over the settings
     levels.csv                the within-configuration (exact permutation among seeds), between-configuration
                               (configuration means) and two-level bootstrap results behind the verdict
                               (`xlgm.analysis.levels`)
@@ -71,7 +74,7 @@ from xlgm.analysis.health import measure_health
 from xlgm.analysis.levels import level_table
 from xlgm.analysis.multiple import adjust_table
 from xlgm.analysis.report_table import fit_table, language_table, prepare_frame
-from xlgm.analysis.sensitivity import ROWS, SETTING, sensitivity_table
+from xlgm.analysis.sensitivity import ROWS, SETTING, sensitivity_table, stability_table
 from xlgm.analysis.verdict import findings_table, verdict_table, verdict_targets
 from xlgm.core.errors import XlgmError
 from xlgm.core.files import write_json
@@ -353,6 +356,7 @@ def analysis_tables(data: StudyData) -> dict[str, pd.DataFrame]:
         run_frame(data),
         stored.rename(columns={"measure": SETTING}),
     )
+    tables["stability"] = stability_table(tables["sensitivity"])
     tables["languages"] = language_table(corr)
     tables["fit"] = fit_table(
         frame, data.measures, data.languages, spec.source_language, unit=unit, run_reduce=run_reduce
@@ -479,6 +483,7 @@ def write_tables(data: StudyData, tables: dict[str, pd.DataFrame]) -> Path:
         "verdict",
         "findings",
         "sensitivity",
+        "stability",
         "levels",
         "languages",
         "fit",

@@ -39,7 +39,7 @@ from xlgm.study.report.inputs import (
 )
 from xlgm.study.report.machines import write_mixed_machines
 from xlgm.study.report.prediction import PredictionSection, prediction_section, prediction_tables
-from xlgm.study.report.sensitivity import sensitivity_display_table, sensitivity_figure
+from xlgm.study.report.sensitivity import sensitivity_display_table, sensitivity_figure, stability_display_table
 from xlgm.study.report.settings import settings_from_study, settings_sections
 from xlgm.study.report.tables import (
     accuracy_table,
@@ -483,6 +483,13 @@ def write_sensitivity(page: Page, inputs: ReportInputs, figure: Figure) -> None:
     )
     page.figures([figure])
     page.table(sensitivity_display_table(inputs.tables["sensitivity"]), "sensitivity", details="τ at each setting")
+    stability = inputs.tables.get("stability", pd.DataFrame())
+    if not stability.empty:
+        page.paragraph(
+            "Does each answer hold at every setting? 'holds': the same verdict at every setting of the measure; "
+            "'flips': not (analysis/stability.csv)."
+        )
+        page.table(stability_display_table(stability), "stability")
 
 
 def write_correlations(page: Page, inputs: ReportInputs) -> None:

@@ -118,3 +118,22 @@ def sensitivity_display_table(table: pd.DataFrame) -> pd.DataFrame:
             row[spread] = "" if pd.isna(first[spread]) else f"{first[spread]:.2f}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stability_display_table(stability: pd.DataFrame) -> pd.DataFrame:
+    """One row per swept measure and answer: its settings, verdicts, whether it holds, and τ's range."""
+    return pd.DataFrame(
+        {
+            "measure": stability["measure"],
+            "answer": stability["target"],
+            "settings": stability["settings"],
+            "verdicts": stability["verdicts"],
+            "holds?": stability["holds"],
+            "τ range": [
+                f"{lo:+.2f} ({a}) to {hi:+.2f} ({b})" if np.isfinite(lo) else ""
+                for lo, hi, a, b in zip(
+                    stability["tau_min"], stability["tau_max"], stability["at_min"], stability["at_max"]
+                )
+            ],
+        }
+    )
