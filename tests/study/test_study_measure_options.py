@@ -21,8 +21,10 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 # would make `xlgm study run` treat an existing study folder as another study's).
 SHIPPED_STUDY_IDS = {
     "demo.yaml": "a0f6ba585430",
+    "demo-udpos.yaml": "eb0b2d513343",
     "pawsx-mbert.yaml": "3d4a5cbc5673",
     "predict-embedded.yaml": "df9fd5c3633c",
+    "udpos-e5-cpu.yaml": "b139271379cc",  # the id of the shipped results/udpos-e5-cpu
     "xnli-e5-cpu.yaml": "195232095f4f",
     "xnli-e5-design.yaml": "eaf03bbaf466",
     "xnli-mbert.yaml": "175582b51da2",
