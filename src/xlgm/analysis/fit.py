@@ -22,6 +22,13 @@ configurations it has not seen; when it is close to the in-sample R^2 the line i
 configurations, and the two residuals rank the units alike. `fit_summary` reports both, with the slope,
 intercept and the correlation of each residual with the source accuracy.
 
+The fit's shape. Target accuracy need not be a straight line in source accuracy: over a wide range of fit it
+bends (it rises fast from barely trained models and flattens near the top), and a straight line then leaves
+the bend in the residual, where a measure that peaks at mid fit would seem to predict transfer. The fit is a
+polynomial of degree 1, 2 or 3 (`DEGREES`), the one with the smallest out-of-fold error over the folds below
+(the lowest degree on a tie, and a straight line where the folds are too small for a curve); `fit_summary`
+reports the degree chosen with the straight line's slope and intercept.
+
 Why no partial rank correlation. A partial Spearman (the Pearson correlation of the measure's and the target's
 rank residuals on the source's ranks) asks a different question (is the part of the *measure* not explained by
 the fit related to the part of transfer not explained by it?) and needs its own permutation scheme
@@ -42,11 +49,13 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 MIN_FIT_ROWS = 3
+DEGREES = (1, 2, 3)  # a straight line, then curves that bend once or twice
 
 
 @dataclass(frozen=True)
 class LineFit:
-    """The OLS line of target on source over the finite rows and how well it fits, in sample and out of fold."""
+    """The fit of target on source over the finite rows (a polynomial of `degree`; the straight line's intercept
+    and slope) and how well it fits, in sample and out of fold."""
 
     intercept: float
     slope: float
@@ -58,6 +67,7 @@ class LineFit:
     tau_source_residual: float
     tau_source_residual_oof: float
     tau_residual_oof: float  # Kendall tau between the in-sample and the out-of-fold residuals
+    degree: int = 1  # the fit's degree (`choose_degree`); intercept and slope are the straight line's
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,35 +80,74 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(fit.intercept), float(fit.slope)
 
 
-def residuals(source: ArrayLike, target: ArrayLike) -> np.ndarray:
-    """target - (a + b * source), (a, b) the OLS line over the rows where both are finite; NaN elsewhere (and
-    everywhere when fewer than 3 rows are finite or the source is constant)."""
+def _fits(x: np.ndarray, degree: int) -> bool:
+    """Whether a polynomial of `degree` can be fitted to these source values (more rows than coefficients)."""
+    return x.size >= max(MIN_FIT_ROWS, degree + 2) and np.unique(x).size > degree
+
+
+def _predict(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
+    """The degree-`degree` least-squares polynomial of y on x, evaluated at `x` (a straight line by linregress)."""
+    if degree == 1:
+        a, b = _line(x_fit, y_fit)
+        return a + b * x
+    return np.polyval(np.polyfit(x_fit, y_fit, degree), x)
+
+
+def _oof(x: np.ndarray, y: np.ndarray, labels: np.ndarray, keep: np.ndarray, degree: int) -> np.ndarray:
+    out = np.full(x.shape, np.nan)
+    for fold in np.unique(labels):
+        held = labels == fold
+        train = keep & ~held
+        if not _fits(x[train], degree):
+            continue
+        rows = held & keep
+        out[rows] = y[rows] - _predict(x[train], y[train], x[rows], degree)
+    return out
+
+
+def _labels(folds: ArrayLike) -> np.ndarray:
+    return pd.factorize(pd.Series(np.asarray(folds, dtype=object).ravel()))[0]
+
+
+def choose_degree(source: ArrayLike, target: ArrayLike, folds: ArrayLike | None) -> int:
+    """The degree of `DEGREES` whose out-of-fold residuals have the smallest sum of squares (the lowest on a tie);
+    1 without folds, or when a curve cannot be fitted without some fold."""
+    if folds is None:
+        return 1
+    x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    labels = _labels(folds)
+    best, best_sse = 1, math.inf
+    for degree in DEGREES:
+        oof = _oof(x, y, labels, keep, degree)
+        if not np.all(np.isfinite(oof[keep])):
+            break  # a fold too small for this degree: no higher one either
+        sse = float(np.sum(oof[keep] ** 2))
+        if sse < best_sse:
+            best, best_sse = degree, sse
+    return best
+
+
+def residuals(source: ArrayLike, target: ArrayLike, folds: ArrayLike | None = None) -> np.ndarray:
+    """target - fit(source), the fit a polynomial of the degree `choose_degree` picks with `folds` (a straight
+    line without), over the rows where both are finite; NaN elsewhere (and everywhere when fewer than 3 rows are
+    finite or the source is constant)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     out = np.full(x.shape, np.nan)
     if keep.sum() < MIN_FIT_ROWS:
         return out
-    a, b = _line(x[keep], y[keep])
-    out[keep] = y[keep] - (a + b * x[keep])
+    degree = choose_degree(x, y, folds)
+    out[keep] = y[keep] - _predict(x[keep], y[keep], x[keep], degree)
     return out
 
 
 def out_of_fold_residuals(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> np.ndarray:
-    """Each row's residual from the OLS line fitted on the rows of the other folds (NaN where that fit has fewer
-    than 3 finite rows or a constant source, or the row itself is not finite)."""
+    """Each row's residual from the fit (of the degree `choose_degree` picks) on the rows of the other folds (NaN
+    where that fit cannot be made or the row itself is not finite)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
-    labels, _ = pd.factorize(pd.Series(np.asarray(folds, dtype=object).ravel()))
     keep = np.isfinite(x) & np.isfinite(y)
-    out = np.full(x.shape, np.nan)
-    for fold in np.unique(labels):
-        held = labels == fold
-        train = keep & ~held
-        if train.sum() < MIN_FIT_ROWS:
-            continue
-        a, b = _line(x[train], y[train])
-        rows = held & keep
-        out[rows] = y[rows] - (a + b * x[rows])
-    return out
+    return _oof(x, y, _labels(folds), keep, choose_degree(x, y, folds))
 
 
 def _tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -118,7 +167,7 @@ def fit_summary(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> LineF
     if n < MIN_FIT_ROWS:
         return LineFit(nan, nan, nan, nan, n, n_folds, nan, nan, nan, nan)
     a, b = _line(x[keep], y[keep])
-    res = residuals(x, y)
+    res = residuals(x, y, folds)
     oof = out_of_fold_residuals(x, y, folds)
     total = float(np.sum((y[keep] - y[keep].mean()) ** 2))
     oof_keep = keep & np.isfinite(oof)
@@ -138,4 +187,5 @@ def fit_summary(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> LineF
         tau_source_residual=_tau(x, res),
         tau_source_residual_oof=_tau(x, oof),
         tau_residual_oof=_tau(res, oof),
+        degree=choose_degree(x, y, folds),
     )

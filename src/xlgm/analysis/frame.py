@@ -318,8 +318,8 @@ def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en
         out[MEAN_TARGET] = out[[acc_column(lang) for lang in targets]].astype(float).mean(axis=1, skipna=False)
     out[MEAN_GAP] = src - out[MEAN_TARGET]
     for lang in targets:
-        out[residual_column(lang)] = residuals(src, out[acc_column(lang)].astype(float))
-    out[TRANSFER_RESIDUAL] = residuals(src, out[MEAN_TARGET])
+        out[residual_column(lang)] = residuals(src, out[acc_column(lang)].astype(float), fold_labels(out))
+    out[TRANSFER_RESIDUAL] = residuals(src, out[MEAN_TARGET], fold_labels(out))
     out[TRANSFER_RESIDUAL_OOF] = out_of_fold_residuals(src, out[MEAN_TARGET], fold_labels(out))
     return out
 
