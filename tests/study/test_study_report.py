@@ -152,9 +152,12 @@ def test_verdict_table_comes_first_and_matches_the_csv(study_parts, tmp_path):
     levels = table_dicts(next(rows for css, rows in parsed.tables if css == "levels"))
     assert [r["measure"] for r in levels] == ["margin"] * 3  # the excluded measure has no levels
     assert levels[1]["level"] == "between configurations only" and levels[1]["τ within"] == "+0.10"
-    # the residual's line and the per-language tables of the analysis just computed
-    assert "The transfer residual is the mean target accuracy less its ordinary least-squares line" in page
+    # the residual's fit, its shape named, and the per-language tables of the analysis just computed
+    assert "The transfer residual is the mean target accuracy less its least-squares fit" in page
     assert {"fit", "languages"} <= {css for css, _ in parsed.tables}
+    fit_rows = table_dicts(next(rows for css, rows in parsed.tables if css == "fit"))
+    shapes = {"1": "a straight line", "2": "a quadratic (degree 2)", "3": "a cubic (degree 3)"}
+    assert f"here it is {shapes[fit_rows[0]['degree']]}, R²" in page and fit_rows[0]["target"] == "mean"
     assert "Kendall τ per target language" in page
     # markdown: the verdict table is the first table, before the study's facts
     lines = markdown.splitlines()

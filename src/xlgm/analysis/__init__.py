@@ -1,7 +1,7 @@
 """Which generalization measure predicts cross-lingual accuracy? Pure functions on pandas DataFrames.
 
 frame.py        build the analysis frame (one row per checkpoint) from the long result tables; targets; unit
-fit.py          transfer beyond the fit: the OLS line of target on source accuracy, in sample and out of fold
+fit.py          transfer beyond the fit: target's least-squares fit (degree 1-3) on source accuracy, in and out of fold
 correlation.py  Kendall tau-b / Spearman / Pearson with p-values and percentile-bootstrap CIs
 levels.py       within-configuration and between-configuration tests, the two-level bootstrap
 verdict.py      three answers per measure (beyond the fit, target accuracy, source accuracy) and its finding

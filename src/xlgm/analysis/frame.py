@@ -293,9 +293,9 @@ def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en
                       columns are there, so that units with the same number of correct rows are exactly tied;
                       else the mean of the acc_<l>); NaN if any acc_<l> is NaN (no partial means)
         mean_gap    = acc_<source> - mean_target
-        resid_<l>, transfer_residual: acc_<l> and mean_target less their OLS line on acc_<source> fitted across
+        resid_<l>, transfer_residual: acc_<l> and mean_target less their fit (degree 1-3) on acc_<source> across
                       the rows of `frame` (`xlgm.analysis.fit.residuals`)
-        transfer_residual_oof: the same residual with the line fitted without the row's configuration
+        transfer_residual_oof: the same residual with the fit made without the row's configuration
                       (`fold_labels`; `xlgm.analysis.fit.out_of_fold_residuals`)
 
     With equal row counts in every language the count-based mean equals the mean of the accuracies. Raises

@@ -377,8 +377,9 @@ def fit_table(
     run_reduce: RunReduce = "last",
 ) -> pd.DataFrame:
     """How the transfer residuals are made (`xlgm.analysis.fit`): per target (the mean target accuracy, then each
-    target language) the OLS line on source accuracy over the units, its in-sample and out-of-fold R^2 (folds:
-    `xlgm.analysis.frame.fold_labels`) and how each residual relates to the source accuracy."""
+    target language) the least-squares fit (degree 1-3) on source accuracy over the units, its in-sample and
+    out-of-fold R^2 (folds: `xlgm.analysis.frame.fold_labels`) and how each residual relates to the source
+    accuracy."""
     data = prepare_frame(frame, measures, languages, source, unit=unit, run_reduce=run_reduce)
     folds = fold_labels(data)
     src = data[acc_column(source)].to_numpy(dtype=float)

@@ -3,7 +3,7 @@
 Three answers per measure, one row each, in this order:
 
     transfer_residual  does it predict transfer beyond the fit? Kendall tau with the mean transfer residual,
-                       mean target accuracy less its OLS line on source accuracy (`xlgm.analysis.fit`)
+                       mean target accuracy less its fit on source accuracy (`xlgm.analysis.fit`)
     mean_accuracy      does it track target accuracy? tau with the mean zero-shot accuracy (``mean_target``)
     source_accuracy    does it track the fit? tau with the source-language accuracy (``acc_<source>``)
 

@@ -21,8 +21,9 @@ builds the analysis frame (`xlgm.analysis.build_frame`, one row per checkpoint) 
                               (`xlgm.analysis.levels`)
     languages.csv             per (measure, target language): tau with its accuracy and with its residual, raw and
                               Holm-adjusted p (family: all measures x target languages of that kind)
-    fit.csv                   the OLS line of target on source accuracy behind the residuals: slope, intercept,
-                              in-sample and leave-one-configuration-out R^2 (`xlgm.analysis.fit`)
+    fit.csv                   the fit of target on source accuracy behind the residuals: its degree, the straight
+                              line's slope and intercept, in-sample and leave-one-configuration-out R^2
+                              (`xlgm.analysis.fit`)
     health.csv                per measure: checkpoints, converged, saturated, NaN, constant, healthy, why not
     frame.csv                 the frame: configuration, config, measures, acc_<lang>, rows_<lang>, mean_target,
                               gap_<lang>, mean_gap, resid_<lang>, transfer_residual(_oof)

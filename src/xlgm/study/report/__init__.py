@@ -8,7 +8,7 @@ predicts transfer beyond the fit (a line counting the measures that predict tran
 only, are inconclusive or excluded; then one row per measure: its finding and Kendall tau with the transfer
 residual, the mean target accuracy and the source accuracy, each with its confidence interval, Holm-adjusted p and
 the level it rests on, the direction the literature expects, and under it the reference, the measure's health and
-the reason), read from OUT/analysis/verdict.csv, with the line behind the residual (fit.csv), the tests within and
+the reason), read from OUT/analysis/verdict.csv, with the fit behind the residual (fit.csv), the tests within and
 between configurations and each target language's tau for accuracy and residual (languages.csv: table and heatmap),
 and a warning naming the units when one stage's units come from more than one kind of machine; the study's facts;
 accuracies with 95% Wilson intervals (heatmap, per-language plot with the chance level, table);

@@ -408,7 +408,7 @@ def write_verdict(page: Page, inputs: ReportInputs, figures: ReportFigures) -> N
     fit = inputs.tables.get("fit")
     page.paragraph(fit_sentence(fit, source))
     if fit is not None and not fit.empty:
-        page.table(fit_display_table(fit), "fit", details="the line per target")
+        page.table(fit_display_table(fit), "fit", details="the fit per target")
     page.heading("Levels: within and between configurations", 3)
     page.paragraph(
         "p within: seeds of one configuration permuted among themselves, Holm-adjusted over the verdict's rows (a "

@@ -1,5 +1,5 @@
 """The verdict section's tables and figure: does each measure predict transfer beyond the fit? Three answers per
-measure (transfer residual, target accuracy, source accuracy), the level each decided answer rests on, the line
+measure (transfer residual, target accuracy, source accuracy), the level each decided answer rests on, the fit
 behind the residual, and each target language's tau for accuracy and for residual."""
 
 from __future__ import annotations
@@ -134,27 +134,35 @@ def between_only(verdict: pd.DataFrame) -> list[str]:
     return [f"{r['measure']} ({ANSWER_NAMES.get(str(r['target']), r['target'])})" for _, r in rows.iterrows()]
 
 
+SHAPE_NAMES = {1: "a straight line", 2: "a quadratic (degree 2)", 3: "a cubic (degree 3)"}
+
+
 def fit_sentence(fit: pd.DataFrame | None, source: str) -> str:
-    """How the residual's line is made and how well it fits, from fit.csv's row for the mean target accuracy."""
+    """How the residual's fit is made and how well it fits, from fit.csv's row for the mean target accuracy."""
     if fit is None or fit.empty:
-        return "The line behind the transfer residual was not computed."
+        return "The fit behind the transfer residual was not computed."
     r = fit[fit["target"] == "mean_target"].iloc[0]
+    degree = int(r["degree"]) if "degree" in r.index and pd.notna(r["degree"]) else 1
+    shape = SHAPE_NAMES.get(degree, f"a polynomial of degree {degree}")
     return (
-        f"The transfer residual is the mean target accuracy less its ordinary least-squares line on {source} "
-        f"accuracy across the study's {fmt_count(r['n'])} units: mean target = {fmt(r['intercept'])} + "
-        f"{fmt(r['slope'])} × {source} accuracy, R² {fmt(r['r2'])}. Fitted without each configuration in turn "
-        f"({fmt_count(r['n_folds'])} folds) the held-out R² is {fmt(r['oof_r2'])}, and the two residuals rank the "
-        f"units alike (τ {fmt_signed(r['tau_residual_oof'])}). In sample the residual is uncorrelated with "
-        f"{source} accuracy by construction (Pearson {fmt_signed(r['pearson_source_residual'])}; Kendall τ "
-        f"{fmt_signed(r['tau_source_residual'])}). Per target language the same line is fitted for that language. "
-        "No partial rank correlation is reported: it would also remove the fit from the measure, which asks "
-        "another question, and its permutation test (Freedman-Lane) is not exact when whole runs are permuted."
+        f"The transfer residual is the mean target accuracy less its least-squares fit on {source} accuracy "
+        f"across the study's {fmt_count(r['n'])} units. The fit is a polynomial of degree 1, 2 or 3, whichever "
+        f"predicts held-out configurations best; here it is {shape}, R² {fmt(r['r2'])} (the straight line alone: "
+        f"mean target = {fmt(r['intercept'])} + {fmt(r['slope'])} × {source} accuracy). Fitted without each "
+        f"configuration in turn ({fmt_count(r['n_folds'])} folds) the held-out R² is {fmt(r['oof_r2'])}, and the "
+        f"two residuals rank the units alike (τ {fmt_signed(r['tau_residual_oof'])}). In sample the residual is "
+        f"uncorrelated with {source} accuracy by construction (Pearson {fmt_signed(r['pearson_source_residual'])}; "
+        f"Kendall τ {fmt_signed(r['tau_source_residual'])}). Per target language the fit is chosen and made for "
+        "that language. No partial rank correlation is reported: it would also remove the fit from the measure, "
+        "which asks another question, and its permutation test (Freedman-Lane) is not exact when whole runs are "
+        "permuted."
     )
 
 
 def fit_display_table(fit: pd.DataFrame) -> pd.DataFrame:
     names = {
         "target": "target",
+        "degree": "degree",
         "intercept": "intercept",
         "slope": "slope",
         "r2": "R²",
@@ -164,6 +172,7 @@ def fit_display_table(fit: pd.DataFrame) -> pd.DataFrame:
         "tau_source_residual": "τ(source, residual)",
         "tau_residual_oof": "τ(residual, out-of-fold residual)",
     }
+    fit = fit if "degree" in fit.columns else fit.assign(degree=1)
     table = fit[list(names)].rename(columns=names).copy()
     table["target"] = ["mean" if t == "mean_target" else str(t).removeprefix("acc_") for t in fit["target"]]
     return table
