@@ -659,7 +659,7 @@ def analyze_study(
             print(f"note: {note}")
         print(
             "verdict: does each measure predict transfer beyond the fit? Kendall tau with the transfer residual "
-            f"(mean target {metric} less its line on source {metric}), mean target and source {metric}; "
+            f"(mean target {metric} less its fit on source {metric}), mean target and source {metric}; "
             f"{a.confidence:.0%} CI resampling whole runs, p from permuting runs, Holm-adjusted over this table"
         )
         print(format_verdict(tables["verdict"]))
