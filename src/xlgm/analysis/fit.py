@@ -27,7 +27,10 @@ bends (it rises fast from barely trained models and flattens near the top), and 
 the bend in the residual, where a measure that peaks at mid fit would seem to predict transfer. The fit is a
 polynomial of degree 1, 2 or 3 (`DEGREES`), the one with the smallest out-of-fold error over the folds below
 (the lowest degree on a tie, and a straight line where the folds are too small for a curve); `fit_summary`
-reports the degree chosen with the straight line's slope and intercept.
+reports the degree chosen with the straight line's slope and intercept. The degree is chosen once, from all the
+folds, and the out-of-fold residuals are then those of that degree: choosing among three shapes is too small a
+search for its optimism to matter, and a degree that changed from fold to fold would make the two residuals
+harder to compare.
 
 Why no partial rank correlation. A partial Spearman (the Pearson correlation of the measure's and the target's
 rank residuals on the source's ranks) asks a different question (is the part of the *measure* not explained by
