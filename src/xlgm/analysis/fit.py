@@ -131,26 +131,31 @@ def choose_degree(source: ArrayLike, target: ArrayLike, folds: ArrayLike | None)
     return best
 
 
-def residuals(source: ArrayLike, target: ArrayLike, folds: ArrayLike | None = None) -> np.ndarray:
-    """target - fit(source), the fit a polynomial of the degree `choose_degree` picks with `folds` (a straight
-    line without), over the rows where both are finite; NaN elsewhere (and everywhere when fewer than 3 rows are
-    finite or the source is constant)."""
+def residuals(
+    source: ArrayLike, target: ArrayLike, folds: ArrayLike | None = None, degree: int | None = None
+) -> np.ndarray:
+    """target - fit(source), the fit a polynomial of `degree` (by default the one `choose_degree` picks with
+    `folds`; a straight line without), over the rows where both are finite; NaN elsewhere (and everywhere when
+    fewer than 3 rows are finite or the source is constant)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     out = np.full(x.shape, np.nan)
     if keep.sum() < MIN_FIT_ROWS:
         return out
-    degree = choose_degree(x, y, folds)
+    degree = choose_degree(x, y, folds) if degree is None else degree
     out[keep] = y[keep] - _predict(x[keep], y[keep], x[keep], degree)
     return out
 
 
-def out_of_fold_residuals(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> np.ndarray:
-    """Each row's residual from the fit (of the degree `choose_degree` picks) on the rows of the other folds (NaN
-    where that fit cannot be made or the row itself is not finite)."""
+def out_of_fold_residuals(
+    source: ArrayLike, target: ArrayLike, folds: ArrayLike, degree: int | None = None
+) -> np.ndarray:
+    """Each row's residual from the fit of `degree` (by default the one `choose_degree` picks) on the rows of the
+    other folds (NaN where that fit cannot be made or the row itself is not finite)."""
     x, y = np.asarray(source, dtype=float), np.asarray(target, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
-    return _oof(x, y, _labels(folds), keep, choose_degree(x, y, folds))
+    degree = choose_degree(x, y, folds) if degree is None else degree
+    return _oof(x, y, _labels(folds), keep, degree)
 
 
 def _tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -170,8 +175,9 @@ def fit_summary(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> LineF
     if n < MIN_FIT_ROWS:
         return LineFit(nan, nan, nan, nan, n, n_folds, nan, nan, nan, nan)
     a, b = _line(x[keep], y[keep])
-    res = residuals(x, y, folds)
-    oof = out_of_fold_residuals(x, y, folds)
+    degree = choose_degree(x, y, folds)
+    res = residuals(x, y, degree=degree)
+    oof = out_of_fold_residuals(x, y, folds, degree=degree)
     total = float(np.sum((y[keep] - y[keep].mean()) ** 2))
     oof_keep = keep & np.isfinite(oof)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -190,5 +196,5 @@ def fit_summary(source: ArrayLike, target: ArrayLike, folds: ArrayLike) -> LineF
         tau_source_residual=_tau(x, res),
         tau_source_residual_oof=_tau(x, oof),
         tau_residual_oof=_tau(res, oof),
-        degree=choose_degree(x, y, folds),
+        degree=degree,
     )

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from xlgm.analysis.fit import out_of_fold_residuals, residuals
+from xlgm.analysis.fit import choose_degree, out_of_fold_residuals, residuals
 from xlgm.core.errors import XlgmError
 
 ACC_PREFIX = "acc_"
@@ -317,10 +317,12 @@ def add_targets(frame: pd.DataFrame, languages: Sequence[str], source: str = "en
     else:
         out[MEAN_TARGET] = out[[acc_column(lang) for lang in targets]].astype(float).mean(axis=1, skipna=False)
     out[MEAN_GAP] = src - out[MEAN_TARGET]
+    folds = fold_labels(out)
     for lang in targets:
-        out[residual_column(lang)] = residuals(src, out[acc_column(lang)].astype(float), fold_labels(out))
-    out[TRANSFER_RESIDUAL] = residuals(src, out[MEAN_TARGET], fold_labels(out))
-    out[TRANSFER_RESIDUAL_OOF] = out_of_fold_residuals(src, out[MEAN_TARGET], fold_labels(out))
+        out[residual_column(lang)] = residuals(src, out[acc_column(lang)].astype(float), folds)
+    degree = choose_degree(src, out[MEAN_TARGET], folds)
+    out[TRANSFER_RESIDUAL] = residuals(src, out[MEAN_TARGET], degree=degree)
+    out[TRANSFER_RESIDUAL_OOF] = out_of_fold_residuals(src, out[MEAN_TARGET], folds, degree=degree)
     return out
 
 
