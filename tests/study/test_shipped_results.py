@@ -14,7 +14,8 @@ from xlgm.study.analyze import analyze_study
 SHIPPED = Path(__file__).resolve().parents[2] / "results"
 RESULTS = SHIPPED / "xnli-e5-cpu"
 # Every shipped study folder; each must hold the files below.
-STUDIES = ("xnli-e5-cpu", "udpos-e5-cpu")
+STUDIES = ("xnli-e5-cpu", "udpos-e5-cpu", "xnli-e5-design")
+DESIGN = SHIPPED / "xnli-e5-design"
 TABLES = (
     "verdict",
     "findings",
@@ -60,6 +61,27 @@ def test_the_shipped_verdict_reads_the_best_checkpoint_measures_with_a_plain_per
     assert verdict.loc[("hessian-trace", "transfer_residual"), "verdict"] == "inconclusive"
     fit = pd.read_csv(RESULTS / "analysis" / "fit.csv").set_index("target")
     assert fit.loc["mean_target", "slope"] < 1 and fit.loc["mean_target", "r2"] > 0.9
+
+
+def test_the_designed_study_varies_fit_and_every_verdict_measure_is_healthy():
+    best = pd.read_csv(DESIGN / "analysis" / "frame.csv")
+    assert best["run_id"].nunique() == len(best) == 27  # one checkpoint a run
+    assert best["acc_en"].max() - best["acc_en"].min() >= 0.10  # fit varies
+    health = pd.read_csv(DESIGN / "analysis" / "health.csv").set_index("measure")
+    assert health.loc[~health["healthy"], "reason"].notna().all()  # excluded ones say why
+    verdict = pd.read_csv(DESIGN / "analysis" / "verdict.csv")
+    assert health.loc[verdict["measure"].unique(), "healthy"].all()
+
+
+def test_the_designed_study_sweeps_data_size_and_sigma():
+    sens = pd.read_csv(DESIGN / "analysis" / "sensitivity.csv")
+    for measure in ("margin", "logit-margin", "sharpness-diff", "sharpness-diff-paper", "pacbayes-flatness"):
+        assert set(sens.loc[sens["measure"] == measure, "rows"]) == {16, 64, 256}, measure
+    sigma = sens.loc[sens["measure"] == "sharpness-diff", "sigma"].dropna()
+    assert sigma.max() / sigma.min() >= 1e3 and sigma.min() < 0.01 < sigma.max()  # spans the default
+    # every setting has its τ, interval and verdict for each of the three targets
+    assert (sens.groupby("setting")["target"].nunique() == 3).all()
+    assert sens[["tau", "ci_low", "ci_high", "verdict"]].notna().all().all()
 
 
 @pytest.mark.parametrize("study", STUDIES)
